@@ -1,0 +1,244 @@
+//! The exchange cache in proxy-wasm shared data: a fixed table of slots (shared data has no
+//! delete, so memory stays bounded), the entry encoding, and the lifetime rule.
+//!
+//! A key is the SHA-256 of everything that shapes a minted token ([`crate::sts::ExchangeProfile::cache_key`]).
+//! Its first eight bytes pick the slot; the entry stores the whole key, so an entry is served only
+//! for the exact exchange it was made for, and a collision of slots merely evicts.
+
+use crate::config::CacheConfig;
+use crate::sts::StsFailure;
+
+/// A cache key: the SHA-256 of an exchange's inputs.
+pub type CacheKey = [u8; 32];
+
+const VERSION: u8 = 1;
+const KIND_TOKEN: u8 = 0;
+const KIND_SUBJECT_REJECTED: u8 = 1;
+const KIND_FORBIDDEN: u8 = 2;
+const HEADER_LEN: usize = 2 + 32 + 8;
+
+/// What a cache entry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// A minted access token.
+    Token(String),
+    /// A remembered STS rejection (negative cache).
+    Rejected(StsFailure),
+}
+
+/// The shared-data key of the slot that `key` lives in.
+pub fn slot_name(key: &CacheKey, max_entries: u32) -> String {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key[..8]);
+    let slot = u64::from_be_bytes(first) % u64::from(max_entries.max(1));
+    format!("token_exchange.slot.{slot}")
+}
+
+/// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload. Only tokens and
+/// rejections of the subject or of the exchange can be cached; anything else gives `None`.
+pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Option<Vec<u8>> {
+    let (kind, payload) = match value {
+        Cached::Token(t) => (KIND_TOKEN, t.as_bytes()),
+        Cached::Rejected(StsFailure::SubjectRejected(code)) => {
+            (KIND_SUBJECT_REJECTED, code.as_bytes())
+        }
+        Cached::Rejected(StsFailure::Forbidden(code)) => (KIND_FORBIDDEN, code.as_bytes()),
+        Cached::Rejected(_) => return None,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
+/// Reads a slot: the entry if it was made for `key` and is still alive at `now_ms`.
+pub fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<Cached> {
+    if slot.len() < HEADER_LEN || slot[0] != VERSION || slot[2..34] != key[..] {
+        return None;
+    }
+    let mut exp = [0u8; 8];
+    exp.copy_from_slice(&slot[34..HEADER_LEN]);
+    if now_ms >= u64::from_be_bytes(exp) {
+        return None;
+    }
+    let payload = String::from_utf8(slot[HEADER_LEN..].to_vec()).ok()?;
+    match slot[1] {
+        KIND_TOKEN => Some(Cached::Token(payload)),
+        KIND_SUBJECT_REJECTED => Some(Cached::Rejected(StsFailure::SubjectRejected(payload))),
+        KIND_FORBIDDEN => Some(Cached::Rejected(StsFailure::Forbidden(payload))),
+        _ => None,
+    }
+}
+
+/// How long a minted token may be served, in ms:
+/// `min(expires_in or default_ttl_s, subject exp − now) − expiry_skew_s`; `None` when that is
+/// not positive (then nothing is cached).
+pub fn token_lifetime_ms(
+    rules: &CacheConfig,
+    expires_in_s: Option<u64>,
+    subject_exp_s: Option<u64>,
+    now_ms: u64,
+) -> Option<u64> {
+    let mut life = expires_in_s
+        .unwrap_or(rules.default_ttl_s)
+        .saturating_mul(1000);
+    if let Some(exp) = subject_exp_s {
+        life = life.min(exp.saturating_mul(1000).saturating_sub(now_ms));
+    }
+    let life = life.saturating_sub(rules.expiry_skew_s.saturating_mul(1000));
+    (life > 0).then_some(life)
+}
+
+/// How long an STS rejection is remembered, in ms: `negative_ttl_s`, never past the subject's
+/// `exp`; `None` when negative caching is off or would be empty.
+pub fn rejection_lifetime_ms(
+    rules: &CacheConfig,
+    subject_exp_s: Option<u64>,
+    now_ms: u64,
+) -> Option<u64> {
+    let mut life = rules.negative_ttl_s.saturating_mul(1000);
+    if let Some(exp) = subject_exp_s {
+        life = life.min(exp.saturating_mul(1000).saturating_sub(now_ms));
+    }
+    (life > 0).then_some(life)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: CacheConfig = CacheConfig {
+        max_entries: 16,
+        expiry_skew_s: 30,
+        default_ttl_s: 300,
+        negative_ttl_s: 5,
+    };
+
+    fn key(b: u8) -> CacheKey {
+        [b; 32]
+    }
+
+    #[test]
+    fn entries_round_trip_until_expiry_and_never_after() {
+        let e = encode(&key(1), 10_000, &Cached::Token("tok".into())).unwrap();
+        assert_eq!(
+            lookup(&e, &key(1), 9_999),
+            Some(Cached::Token("tok".into()))
+        );
+        assert_eq!(lookup(&e, &key(1), 10_000), None);
+        assert_eq!(lookup(&e, &key(1), 10_001), None);
+    }
+
+    #[test]
+    fn an_entry_is_served_only_for_its_own_key() {
+        let e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        let mut other = key(1);
+        other[31] ^= 1;
+        assert_eq!(lookup(&e, &other, 0), None);
+    }
+
+    #[test]
+    fn rejections_round_trip_and_other_failures_are_not_cached() {
+        for f in [
+            StsFailure::SubjectRejected("invalid_grant".into()),
+            StsFailure::Forbidden("invalid_target".into()),
+        ] {
+            let e = encode(&key(2), 5, &Cached::Rejected(f.clone())).unwrap();
+            assert_eq!(lookup(&e, &key(2), 4), Some(Cached::Rejected(f)));
+        }
+        assert_eq!(
+            encode(&key(2), 5, &Cached::Rejected(StsFailure::InvalidClient)),
+            None
+        );
+        assert_eq!(
+            encode(&key(2), 5, &Cached::Rejected(StsFailure::Unavailable("x"))),
+            None
+        );
+    }
+
+    #[test]
+    fn garbage_slots_are_misses() {
+        assert_eq!(lookup(&[], &key(1), 0), None);
+        assert_eq!(lookup(&[9; 60], &key(9), 0), None);
+        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        e[1] = 7;
+        assert_eq!(lookup(&e, &key(1), 0), None);
+        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        e.push(0xff);
+        assert_eq!(lookup(&e, &key(1), 0), None);
+    }
+
+    #[test]
+    fn slots_stay_within_the_table() {
+        let mut seen = std::collections::HashSet::new();
+        for b in 0..=255u8 {
+            let mut k = [0u8; 32];
+            k[7] = b;
+            let name = slot_name(&k, 16);
+            let n: u64 = name.rsplit('.').next().unwrap().parse().unwrap();
+            assert!(n < 16);
+            seen.insert(n);
+        }
+        assert_eq!(seen.len(), 16);
+        assert_eq!(slot_name(&key(3), 1), "token_exchange.slot.0");
+    }
+
+    #[test]
+    fn lifetime_takes_the_smallest_bound_minus_skew() {
+        let now = 1_000_000_000; // ms
+        assert_eq!(
+            token_lifetime_ms(&RULES, Some(3600), None, now),
+            Some(3_570_000)
+        );
+        assert_eq!(token_lifetime_ms(&RULES, None, None, now), Some(270_000));
+        // subject expires in 100 s: 100 − 30
+        assert_eq!(
+            token_lifetime_ms(&RULES, Some(3600), Some(1_000_100), now),
+            Some(70_000)
+        );
+    }
+
+    #[test]
+    fn lifetime_edges_cache_nothing() {
+        let now = 1_000_000_000;
+        assert_eq!(token_lifetime_ms(&RULES, Some(30), None, now), None);
+        assert_eq!(token_lifetime_ms(&RULES, Some(31), None, now), Some(1000));
+        assert_eq!(token_lifetime_ms(&RULES, Some(0), None, now), None);
+        // subject already expired, or expiring within the skew
+        assert_eq!(
+            token_lifetime_ms(&RULES, Some(3600), Some(999_000), now),
+            None
+        );
+        assert_eq!(
+            token_lifetime_ms(&RULES, Some(3600), Some(1_000_030), now),
+            None
+        );
+        assert_eq!(
+            token_lifetime_ms(&RULES, Some(u64::MAX), Some(u64::MAX), now),
+            Some(u64::MAX - now - 30_000)
+        );
+        let no_skew = CacheConfig {
+            expiry_skew_s: 0,
+            ..RULES
+        };
+        assert_eq!(token_lifetime_ms(&no_skew, Some(1), None, now), Some(1000));
+    }
+
+    #[test]
+    fn rejections_are_remembered_for_negative_ttl() {
+        let now = 1_000_000_000;
+        assert_eq!(rejection_lifetime_ms(&RULES, None, now), Some(5000));
+        assert_eq!(
+            rejection_lifetime_ms(&RULES, Some(1_000_002), now),
+            Some(2000)
+        );
+        let off = CacheConfig {
+            negative_ttl_s: 0,
+            ..RULES
+        };
+        assert_eq!(rejection_lifetime_ms(&off, None, now), None);
+    }
+}

@@ -1,0 +1,1069 @@
+//! The configuration contract: the serde shape of the plugin's JSON and its validation into a
+//! [`Config`] that the engine uses without further checks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::sts::{ClientAuth, ExchangeProfile};
+
+/// The RFC 8693 token type URI of an OAuth access token, the default subject token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Form parameters the filter writes itself; `extra_params` may not name them.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "audience",
+    "resource",
+    "scope",
+    "requested_token_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "assertion",
+];
+
+/// Why a configuration was refused: the key at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `sts.timeout_ms`.
+    pub key: String,
+    /// What is wrong, without echoing any secret value.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What to do with a request that carries no subject token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingToken {
+    /// Answer 401 with a `WWW-Authenticate` challenge.
+    #[default]
+    Reject,
+    /// Pass the request on untouched.
+    Allow,
+}
+
+/// What to do when the STS cannot be reached, times out or answers 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStsUnavailable {
+    /// Answer 503 (fail closed).
+    #[default]
+    Deny,
+    /// Strip the caller's token and pass the request on (fail open).
+    Allow,
+}
+
+/// Where the subject token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTokenConfig {
+    /// Lower-case request header name.
+    pub header: String,
+    /// Scheme prefix, matched case-insensitively; empty for a raw token header.
+    pub prefix: String,
+    /// `subject_token_type` sent to the STS.
+    pub token_type: String,
+    /// Largest token accepted, in bytes.
+    pub max_bytes: usize,
+}
+
+/// Where the minted token is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Lower-case header that receives the minted token.
+    pub header: String,
+    /// Prefix written before the minted token.
+    pub prefix: String,
+    /// Header that receives the caller's original token, if any (a client-sent copy is removed).
+    pub original_token_header: Option<String>,
+}
+
+/// Cache sizing and lifetime rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Number of slots in the shared-data table.
+    pub max_entries: u32,
+    /// Seconds taken off every lifetime so a token is never served close to its expiry.
+    pub expiry_skew_s: u64,
+    /// Lifetime used when the STS sends no `expires_in`.
+    pub default_ttl_s: u64,
+    /// How long an STS rejection of a subject token is remembered; 0 disables it.
+    pub negative_ttl_s: u64,
+}
+
+/// The STS endpoint and the filter's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsConfig {
+    /// Envoy cluster name of the STS.
+    pub cluster: String,
+    /// `:authority` of the call.
+    pub authority: String,
+    /// Path of the token endpoint.
+    pub token_path: String,
+    /// Call timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// The filter's client id, if it authenticates.
+    pub client_id: Option<String>,
+    /// How the filter authenticates itself.
+    pub client_auth: ClientAuth,
+}
+
+/// The criteria of a route rule; every criterion given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteMatch {
+    /// Lower-case authority; compared with and without the port of the request.
+    pub authority: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// Upper-case methods.
+    pub methods: Vec<String>,
+}
+
+/// What a matching route rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Leave the request alone.
+    Bypass,
+    /// Exchange with the profile at this index of [`Config::profiles`].
+    Exchange(usize),
+}
+
+/// One route rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// When the rule applies.
+    pub matcher: RouteMatch,
+    /// What it does.
+    pub action: RouteAction,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// STS endpoint and credentials.
+    pub sts: StsConfig,
+    /// Subject token extraction.
+    pub subject_token: SubjectTokenConfig,
+    /// Exchange profiles; index 0 is the default exchange, the others belong to routes.
+    pub profiles: Vec<ExchangeProfile>,
+    /// Route rules, first match wins.
+    pub routes: Vec<Route>,
+    /// Minted token output.
+    pub output: OutputConfig,
+    /// Cache rules.
+    pub cache: CacheConfig,
+    /// Realm named in `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Missing token policy.
+    pub on_missing_token: OnMissingToken,
+    /// STS outage policy.
+    pub on_sts_unavailable: OnStsUnavailable,
+}
+
+// ---- serde shape -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sts: RawSts,
+    #[serde(default)]
+    subject_token: RawSubjectToken,
+    #[serde(default)]
+    trusted_issuers: Option<serde_json::Value>,
+    #[serde(default)]
+    exchange: RawExchange,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    output: RawOutput,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    realm: Option<String>,
+    #[serde(default)]
+    on_missing_token: OnMissingToken,
+    #[serde(default)]
+    on_sts_unavailable: OnStsUnavailable,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSts {
+    cluster: String,
+    authority: String,
+    token_path: String,
+    timeout_ms: Option<u64>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    client_auth: Option<String>,
+    private_key: Option<serde_json::Value>,
+    ciba: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSubjectToken {
+    header: Option<String>,
+    prefix: Option<String>,
+    token_type: Option<String>,
+    max_bytes: Option<usize>,
+}
+
+/// A list that may also be written as one string.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawExchange {
+    grant: Option<String>,
+    audience: Option<OneOrMany>,
+    resource: Option<OneOrMany>,
+    scope: Option<String>,
+    requested_token_type: Option<String>,
+    actor: Option<serde_json::Value>,
+    extra_params: Option<BTreeMap<String, String>>,
+}
+
+impl RawExchange {
+    /// This exchange with every key the override sets replaced.
+    fn overridden_by(&self, o: &RawExchange) -> RawExchange {
+        RawExchange {
+            grant: o.grant.clone().or_else(|| self.grant.clone()),
+            audience: o.audience.clone().or_else(|| self.audience.clone()),
+            resource: o.resource.clone().or_else(|| self.resource.clone()),
+            scope: o.scope.clone().or_else(|| self.scope.clone()),
+            requested_token_type: o
+                .requested_token_type
+                .clone()
+                .or_else(|| self.requested_token_type.clone()),
+            actor: o.actor.clone().or_else(|| self.actor.clone()),
+            extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default, rename = "match")]
+    matcher: RawMatch,
+    #[serde(default)]
+    exchange: Option<RawExchange>,
+    #[serde(default)]
+    bypass: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    authority: Option<String>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    header: Option<String>,
+    prefix: Option<String>,
+    original_token_header: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<u32>,
+    expiry_skew_s: Option<u64>,
+    default_ttl_s: Option<u64>,
+    negative_ttl_s: Option<u64>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+impl Config {
+    /// Parses and validates the plugin configuration. `env` resolves `*_env` keys (the VM's
+    /// environment in Envoy).
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| serde_error(&e))?;
+        validate(raw, env)
+    }
+
+    /// A one-line summary for the start-up log; it names no secret.
+    pub fn summary(&self) -> String {
+        format!(
+            "sts={}{} via cluster {} auth={} routes={} cache.max_entries={} on_missing_token={:?} on_sts_unavailable={:?}",
+            self.sts.authority,
+            self.sts.token_path,
+            self.sts.cluster,
+            self.sts.client_auth.name(),
+            self.routes.len(),
+            self.cache.max_entries,
+            self.on_missing_token,
+            self.on_sts_unavailable,
+        )
+    }
+}
+
+/// Names the key serde complained about (its dotted path, e.g. `sts.timeout_ms`) and cuts the
+/// offending value out of "invalid type/value" messages so that a misplaced secret is never logged.
+fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let mut msg = e.inner().to_string();
+    if msg.starts_with("invalid") {
+        if let (Some(colon), Some(expected)) = (msg.find(':'), msg.find(", expected")) {
+            if colon < expected {
+                msg = format!("{}{}", &msg[..colon], &msg[expected..]);
+            }
+        }
+    }
+    let path = e.path().to_string();
+    let missing = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next());
+    let key = match (path.as_str(), missing) {
+        (".", Some(field)) => field.to_string(),
+        (_, Some(field)) => format!("{path}.{field}"),
+        (".", None) => "(document)".to_string(),
+        _ => path,
+    };
+    ConfigError::new(key, msg)
+}
+
+fn not_yet(key: &str) -> ConfigError {
+    ConfigError::new(key, "is not supported by this version of the filter")
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    if raw.trusted_issuers.is_some() {
+        return Err(not_yet("trusted_issuers"));
+    }
+    let sts = validate_sts(raw.sts, env)?;
+    let subject_token = validate_subject(raw.subject_token)?;
+    let output = validate_output(raw.output, &subject_token)?;
+    let cache = validate_cache(raw.cache)?;
+
+    let mut profiles = vec![validate_exchange(
+        &raw.exchange,
+        "exchange",
+        &sts,
+        &subject_token,
+    )?];
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let matcher = validate_match(r.matcher, &key)?;
+        let action = match (r.bypass, r.exchange) {
+            (true, Some(_)) => {
+                return Err(ConfigError::new(
+                    key,
+                    "a rule either bypasses or overrides the exchange, not both",
+                ))
+            }
+            (true, None) => RouteAction::Bypass,
+            (false, None) => RouteAction::Exchange(0),
+            (false, Some(o)) => {
+                let merged = raw.exchange.overridden_by(&o);
+                profiles.push(validate_exchange(
+                    &merged,
+                    &format!("{key}.exchange"),
+                    &sts,
+                    &subject_token,
+                )?);
+                RouteAction::Exchange(profiles.len() - 1)
+            }
+        };
+        routes.push(Route { matcher, action });
+    }
+
+    let realm = raw.realm.unwrap_or_else(|| "token-exchange".to_string());
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(ConfigError::new(
+            "realm",
+            "must be non-empty, without quotes, backslashes or control characters",
+        ));
+    }
+
+    Ok(Config {
+        sts,
+        subject_token,
+        profiles,
+        routes,
+        output,
+        cache,
+        realm,
+        on_missing_token: raw.on_missing_token,
+        on_sts_unavailable: raw.on_sts_unavailable,
+    })
+}
+
+fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsConfig, ConfigError> {
+    if s.private_key.is_some() {
+        return Err(not_yet("sts.private_key"));
+    }
+    if s.ciba.is_some() {
+        return Err(not_yet("sts.ciba"));
+    }
+    non_empty(&s.cluster, "sts.cluster")?;
+    non_empty(&s.authority, "sts.authority")?;
+    if s.authority.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ConfigError::new(
+            "sts.authority",
+            "must be a host[:port] without scheme or path",
+        ));
+    }
+    if !s.token_path.starts_with('/') || s.token_path.chars().any(char::is_whitespace) {
+        return Err(ConfigError::new(
+            "sts.token_path",
+            "must start with '/' and hold no whitespace",
+        ));
+    }
+    let timeout_ms = s.timeout_ms.unwrap_or(2000);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::new(
+            "sts.timeout_ms",
+            "must be between 1 and 60000",
+        ));
+    }
+
+    let method = s.client_auth.as_deref().unwrap_or("client_secret_basic");
+    let secret = match (s.client_secret, s.client_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "sts.client_secret",
+                "give client_secret or client_secret_env, not both",
+            ))
+        }
+        (Some(v), None) => Some(v),
+        (None, Some(var)) => match env(&var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                return Err(ConfigError::new(
+                    "sts.client_secret_env",
+                    format!("environment variable {var} is not set in the VM"),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    let client_id = s.client_id.filter(|id| !id.is_empty());
+    let client_auth = match method {
+        "none" => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    "sts.client_secret",
+                    "must not be set when client_auth is none",
+                ));
+            }
+            ClientAuth::None
+        }
+        "client_secret_basic" | "client_secret_post" => {
+            let id = client_id.clone().ok_or_else(|| {
+                ConfigError::new("sts.client_id", format!("is required for {method}"))
+            })?;
+            let secret = secret.ok_or_else(|| {
+                ConfigError::new(
+                    "sts.client_secret",
+                    format!("client_secret or client_secret_env is required for {method}"),
+                )
+            })?;
+            if method == "client_secret_basic" {
+                ClientAuth::basic(&id, &secret)
+            } else {
+                ClientAuth::Post { id, secret }
+            }
+        }
+        "private_key_jwt" => return Err(not_yet("sts.client_auth private_key_jwt")),
+        other => {
+            return Err(ConfigError::new(
+                "sts.client_auth",
+                format!(
+                    "unknown method {other:?}; use client_secret_basic, client_secret_post or none"
+                ),
+            ))
+        }
+    };
+    Ok(StsConfig {
+        cluster: s.cluster,
+        authority: s.authority,
+        token_path: s.token_path,
+        timeout_ms,
+        client_id,
+        client_auth,
+    })
+}
+
+fn validate_subject(s: RawSubjectToken) -> Result<SubjectTokenConfig, ConfigError> {
+    let header = header_name(
+        s.header.as_deref().unwrap_or("authorization"),
+        "subject_token.header",
+    )?;
+    let prefix = s.prefix.unwrap_or_else(|| "Bearer ".to_string());
+    printable(&prefix, "subject_token.prefix")?;
+    let token_type = s
+        .token_type
+        .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_string());
+    uri(&token_type, "subject_token.token_type")?;
+    let max_bytes = s.max_bytes.unwrap_or(8192);
+    if !(16..=65_536).contains(&max_bytes) {
+        return Err(ConfigError::new(
+            "subject_token.max_bytes",
+            "must be between 16 and 65536",
+        ));
+    }
+    Ok(SubjectTokenConfig {
+        header,
+        prefix,
+        token_type,
+        max_bytes,
+    })
+}
+
+fn validate_output(
+    o: RawOutput,
+    subject: &SubjectTokenConfig,
+) -> Result<OutputConfig, ConfigError> {
+    let header = header_name(
+        o.header.as_deref().unwrap_or("authorization"),
+        "output.header",
+    )?;
+    if header.starts_with(':') || header == "host" {
+        return Err(ConfigError::new(
+            "output.header",
+            "must not be a pseudo-header or host",
+        ));
+    }
+    let prefix = o.prefix.unwrap_or_else(|| "Bearer ".to_string());
+    printable(&prefix, "output.prefix")?;
+    let original_token_header = match o.original_token_header {
+        None => None,
+        Some(h) => {
+            let h = header_name(&h, "output.original_token_header")?;
+            if h == header || h == subject.header {
+                return Err(ConfigError::new(
+                    "output.original_token_header",
+                    "must differ from output.header and subject_token.header",
+                ));
+            }
+            Some(h)
+        }
+    };
+    Ok(OutputConfig {
+        header,
+        prefix,
+        original_token_header,
+    })
+}
+
+fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
+    let max_entries = c.max_entries.unwrap_or(4096);
+    if !(1..=1_000_000).contains(&max_entries) {
+        return Err(ConfigError::new(
+            "cache.max_entries",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let day = 86_400;
+    let check = |v: u64, key: &str| {
+        if v > day {
+            Err(ConfigError::new(key, "must be at most 86400 seconds"))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(CacheConfig {
+        max_entries,
+        expiry_skew_s: check(c.expiry_skew_s.unwrap_or(30), "cache.expiry_skew_s")?,
+        default_ttl_s: check(c.default_ttl_s.unwrap_or(300), "cache.default_ttl_s")?,
+        negative_ttl_s: check(c.negative_ttl_s.unwrap_or(5), "cache.negative_ttl_s")?,
+    })
+}
+
+fn validate_exchange(
+    e: &RawExchange,
+    key: &str,
+    sts: &StsConfig,
+    subject: &SubjectTokenConfig,
+) -> Result<ExchangeProfile, ConfigError> {
+    match e.grant.as_deref() {
+        None | Some("token_exchange") => {}
+        Some("jwt_bearer") | Some("ciba") => return Err(not_yet(&format!("{key}.grant"))),
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{key}.grant"),
+                format!("unknown grant {other:?}; use token_exchange"),
+            ))
+        }
+    }
+    if e.actor.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(not_yet(&format!("{key}.actor")));
+    }
+    let audience = e
+        .audience
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    for a in &audience {
+        non_empty(a, &format!("{key}.audience"))?;
+    }
+    let resource = e
+        .resource
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    for r in &resource {
+        uri(r, &format!("{key}.resource"))?;
+        if r.contains('#') {
+            return Err(ConfigError::new(
+                format!("{key}.resource"),
+                "must not contain a fragment",
+            ));
+        }
+    }
+    if let Some(scope) = &e.scope {
+        let ok = !scope.is_empty()
+            && scope.split(' ').all(|t| {
+                !t.is_empty()
+                    && t.bytes().all(|b| {
+                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                    })
+            });
+        if !ok {
+            return Err(ConfigError::new(
+                format!("{key}.scope"),
+                "must be space-separated scope tokens (RFC 6749 §3.3)",
+            ));
+        }
+    }
+    if let Some(t) = &e.requested_token_type {
+        uri(t, &format!("{key}.requested_token_type"))?;
+    }
+    let extra = e.extra_params.clone().unwrap_or_default();
+    for k in extra.keys() {
+        non_empty(k, &format!("{key}.extra_params"))?;
+        if RESERVED_PARAMS.contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                format!("{key}.extra_params.{k}"),
+                "is a parameter the filter sets itself",
+            ));
+        }
+    }
+    Ok(ExchangeProfile::new(
+        sts,
+        subject,
+        audience,
+        resource,
+        e.scope.clone(),
+        e.requested_token_type.clone(),
+        extra,
+    ))
+}
+
+fn validate_match(m: RawMatch, key: &str) -> Result<RouteMatch, ConfigError> {
+    if let Some(a) = &m.authority {
+        non_empty(a, &format!("{key}.match.authority"))?;
+    }
+    if let Some(p) = &m.path_prefix {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{key}.match.path_prefix"),
+                "must start with '/'",
+            ));
+        }
+    }
+    let methods: Vec<String> = m
+        .methods
+        .unwrap_or_default()
+        .into_iter()
+        .map(|x| x.to_ascii_uppercase())
+        .collect();
+    if methods
+        .iter()
+        .any(|x| x.is_empty() || !x.bytes().all(is_tchar))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.match.methods"),
+            "must be HTTP method names",
+        ));
+    }
+    Ok(RouteMatch {
+        authority: m.authority.map(|a| a.to_ascii_lowercase()),
+        path_prefix: m.path_prefix,
+        methods,
+    })
+}
+
+fn non_empty(v: &str, key: &str) -> Result<(), ConfigError> {
+    if v.trim().is_empty() {
+        Err(ConfigError::new(key, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn printable(v: &str, key: &str) -> Result<(), ConfigError> {
+    if v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, "must be printable ASCII"))
+    }
+}
+
+/// An absolute URI in the loose sense RFC 8693 needs: a scheme, a colon, no whitespace.
+fn uri(v: &str, key: &str) -> Result<(), ConfigError> {
+    let scheme_ok = v.split_once(':').is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    if scheme_ok && !v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, "must be an absolute URI"))
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn header_name(v: &str, key: &str) -> Result<String, ConfigError> {
+    let lower = v.to_ascii_lowercase();
+    if !lower.is_empty() && lower.bytes().all(is_tchar) {
+        Ok(lower)
+    } else {
+        Err(ConfigError::new(key, "must be an HTTP header name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::parse(json.as_bytes(), &no_env)
+    }
+
+    const MINIMAL: &str = r#"{"sts":{"cluster":"sts","authority":"sts.example.com","token_path":"/token","client_id":"edge","client_secret":"s3cret"}}"#;
+
+    /// MINIMAL with `extra` spliced in as further top-level keys.
+    fn with(extra: &str) -> String {
+        format!("{},{extra}}}", &MINIMAL[..MINIMAL.len() - 1])
+    }
+
+    fn err_key(json: &str) -> String {
+        parse(json).expect_err("config must be refused").key
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.sts.timeout_ms, 2000);
+        assert_eq!(c.sts.client_auth.name(), "client_secret_basic");
+        assert_eq!(c.subject_token.header, "authorization");
+        assert_eq!(c.subject_token.prefix, "Bearer ");
+        assert_eq!(c.subject_token.token_type, ACCESS_TOKEN_TYPE);
+        assert_eq!(c.subject_token.max_bytes, 8192);
+        assert_eq!(c.output.header, "authorization");
+        assert_eq!(c.output.prefix, "Bearer ");
+        assert_eq!(c.output.original_token_header, None);
+        assert_eq!(
+            c.cache,
+            CacheConfig {
+                max_entries: 4096,
+                expiry_skew_s: 30,
+                default_ttl_s: 300,
+                negative_ttl_s: 5
+            }
+        );
+        assert_eq!(c.on_missing_token, OnMissingToken::Reject);
+        assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Deny);
+        assert_eq!(c.profiles.len(), 1);
+        assert!(c.routes.is_empty());
+        assert_eq!(c.realm, "token-exchange");
+    }
+
+    #[test]
+    fn full_documented_example_is_accepted() {
+        let c = parse(
+            r#"{
+            "sts": {"cluster":"sts","authority":"sts.example.com","token_path":"/oauth2/token","timeout_ms":1500,
+                    "client_id":"edge-proxy","client_secret":"x","client_auth":"client_secret_post"},
+            "subject_token": {"header":"Authorization","prefix":"Bearer ","token_type":"urn:ietf:params:oauth:token-type:jwt","max_bytes":4096},
+            "exchange": {"grant":"token_exchange","audience":["orders-api"],"resource":["https://orders.internal/"],"scope":"orders:read",
+                         "requested_token_type":null,"actor":null,"extra_params":{"k":"v"}},
+            "routes": [
+              {"match":{"authority":"orders.example.com","path_prefix":"/orders","methods":["get"]},"exchange":{"audience":["orders-api"],"scope":"orders:read"}},
+              {"match":{"path_prefix":"/healthz"},"bypass":true}
+            ],
+            "output": {"header":"authorization","prefix":"Bearer ","original_token_header":"x-original-token"},
+            "cache": {"max_entries":10,"expiry_skew_s":0,"default_ttl_s":60,"negative_ttl_s":0},
+            "realm": "orders",
+            "on_missing_token":"allow","on_sts_unavailable":"allow"
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(c.subject_token.header, "authorization");
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].action, RouteAction::Exchange(1));
+        assert_eq!(c.routes[0].matcher.methods, vec!["GET".to_string()]);
+        assert_eq!(c.routes[1].action, RouteAction::Bypass);
+        assert_eq!(
+            c.output.original_token_header.as_deref(),
+            Some("x-original-token")
+        );
+        assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Allow);
+        assert_eq!(c.sts.client_auth.name(), "client_secret_post");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        assert_eq!(err_key(&with(r#""colour":"blue""#)), "colour");
+        assert_eq!(
+            err_key(&with(r#""routes":[{"match":{"path":"/"}}]"#)),
+            "routes[0].match.path"
+        );
+        assert_eq!(
+            err_key(
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","tmeout_ms":5}}"#
+            ),
+            "sts.tmeout_ms"
+        );
+        assert_eq!(
+            err_key(&with(r#""cache":{"max_entry":5}"#)),
+            "cache.max_entry"
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_are_refused() {
+        assert_eq!(err_key("{}"), "sts");
+        assert_eq!(
+            err_key(r#"{"sts":{"cluster":"s","authority":"a"}}"#),
+            "sts.token_path"
+        );
+        assert_eq!(
+            err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t"}}"#),
+            "sts.client_id"
+        );
+        assert_eq!(
+            err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c"}}"#),
+            "sts.client_secret"
+        );
+        assert_eq!(err_key("not json"), "(document)");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let cases = [
+            (
+                r#"{"sts":{"cluster":"","authority":"a","token_path":"/t","client_auth":"none"}}"#,
+                "sts.cluster",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"https://a","token_path":"/t","client_auth":"none"}}"#,
+                "sts.authority",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"t","client_auth":"none"}}"#,
+                "sts.token_path",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":0}}"#,
+                "sts.timeout_ms",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":60001}}"#,
+                "sts.timeout_ms",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"mtls"}}"#,
+                "sts.client_auth",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","client_secret":"x"}}"#,
+                "sts.client_secret",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_secret_env":"E"}}"#,
+                "sts.client_secret",
+            ),
+        ];
+        for (json, key) in cases {
+            assert_eq!(err_key(json), key, "{json}");
+        }
+        let cases = [
+            (
+                r#""subject_token":{"header":"bad header"}"#,
+                "subject_token.header",
+            ),
+            (
+                r#""subject_token":{"token_type":"access_token"}"#,
+                "subject_token.token_type",
+            ),
+            (
+                r#""subject_token":{"max_bytes":1}"#,
+                "subject_token.max_bytes",
+            ),
+            (
+                r#""subject_token":{"prefix":"Bearer\n"}"#,
+                "subject_token.prefix",
+            ),
+            (r#""output":{"header":":path"}"#, "output.header"),
+            (
+                r#""output":{"original_token_header":"authorization"}"#,
+                "output.original_token_header",
+            ),
+            (r#""cache":{"max_entries":0}"#, "cache.max_entries"),
+            (r#""cache":{"default_ttl_s":90000}"#, "cache.default_ttl_s"),
+            (r#""exchange":{"grant":"password"}"#, "exchange.grant"),
+            (r#""exchange":{"audience":[""]}"#, "exchange.audience"),
+            (r#""exchange":{"resource":["orders"]}"#, "exchange.resource"),
+            (
+                r#""exchange":{"resource":["https://o/#frag"]}"#,
+                "exchange.resource",
+            ),
+            (r#""exchange":{"scope":"a  b"}"#, "exchange.scope"),
+            (r#""exchange":{"scope":"a\"b"}"#, "exchange.scope"),
+            (
+                r#""exchange":{"requested_token_type":"jwt"}"#,
+                "exchange.requested_token_type",
+            ),
+            (
+                r#""exchange":{"extra_params":{"subject_token":"x"}}"#,
+                "exchange.extra_params.subject_token",
+            ),
+            (
+                r#""routes":[{"match":{"path_prefix":"x"}}]"#,
+                "routes[0].match.path_prefix",
+            ),
+            (
+                r#""routes":[{"match":{"methods":["G ET"]}}]"#,
+                "routes[0].match.methods",
+            ),
+            (
+                r#""routes":[{"bypass":true,"exchange":{"scope":"a"}}]"#,
+                "routes[0]",
+            ),
+            (
+                r#""routes":[{"exchange":{"scope":""}}]"#,
+                "routes[0].exchange.scope",
+            ),
+            (r#""on_missing_token":"maybe""#, "on_missing_token"),
+            (r#""cache":{"max_entries":-1}"#, "cache.max_entries"),
+            (r#""realm":"a\"b""#, "realm"),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(err_key(&with(extra)), key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn features_of_later_versions_are_refused_not_ignored() {
+        assert_eq!(err_key(&with(r#""trusted_issuers":[]"#)), "trusted_issuers");
+        assert_eq!(
+            err_key(&with(
+                r#""exchange":{"actor":{"source":"header","header":"x"}}"#
+            )),
+            "exchange.actor"
+        );
+        assert_eq!(
+            err_key(&with(r#""exchange":{"grant":"jwt_bearer"}"#)),
+            "exchange.grant"
+        );
+        assert_eq!(
+            err_key(
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt"}}"#
+            ),
+            "sts.client_auth private_key_jwt"
+        );
+    }
+
+    #[test]
+    fn secret_comes_from_the_vm_environment() {
+        let json = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"STS_SECRET"}}"#;
+        let env = |k: &str| (k == "STS_SECRET").then(|| "from-env".to_string());
+        let c = Config::parse(json.as_bytes(), &env).unwrap();
+        assert_eq!(c.sts.client_auth, ClientAuth::basic("c", "from-env"));
+        let e = parse(json).unwrap_err();
+        assert_eq!(e.key, "sts.client_secret_env");
+        assert!(e.to_string().contains("STS_SECRET"));
+    }
+
+    #[test]
+    fn errors_never_echo_the_secret() {
+        let typed = parse(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":987654321}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!typed.contains("987654321"), "{typed}");
+        assert!(typed.contains("expected a string"), "{typed}");
+        let e = err_key(&with(r#""bogus":1"#));
+        assert_eq!(e, "bogus");
+        let msg = parse(&with(r#""bogus":1"#)).unwrap_err().to_string();
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let summary = parse(MINIMAL).unwrap().summary();
+        assert!(!summary.contains("s3cret"), "{summary}");
+        assert!(summary.contains("sts.example.com/token"));
+    }
+
+    #[test]
+    fn route_overrides_replace_only_the_keys_they_set() {
+        let c = parse(&with(
+            r#""exchange":{"audience":"a","scope":"s1"},"routes":[{"match":{"path_prefix":"/b"},"exchange":{"audience":["b","c"]}}]"#,
+        ))
+        .unwrap();
+        let base = &c.profiles[0];
+        let over = &c.profiles[1];
+        assert_eq!(base.audience, vec!["a".to_string()]);
+        assert_eq!(over.audience, vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(over.scope.as_deref(), Some("s1"));
+    }
+}

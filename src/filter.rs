@@ -1,0 +1,336 @@
+//! The proxy-wasm glue, the only file that imports `proxy_wasm`: a root context that reads the
+//! configuration and owns the per-worker [`Engine`], and HTTP contexts that feed it request
+//! headers and STS answers and carry out its verdicts.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel, MetricType};
+
+use crate::config::Config;
+use crate::engine::{Engine, HeaderOp, Verdict};
+use crate::host::{Host, HostError, LogLevel, RequestHeaders};
+use crate::metrics::{Metric, MetricKind};
+use crate::reply::LocalReply;
+use crate::sts::{StsAnswer, StsRequest, MAX_RESPONSE_BYTES};
+
+/// How often the root looks for STS calls to dispatch again.
+const TICK: Duration = Duration::from_millis(200);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(WasmLogLevel::Trace);
+    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
+        Box::new(Root { id: root_id, shared: Rc::new(RefCell::new(None)) })
+    });
+}}
+
+/// The engine and the metric ids, shared by the root and the HTTP contexts of one worker.
+struct Worker {
+    engine: Engine,
+    host: ProxyHost,
+}
+
+type SharedWorker = Rc<RefCell<Option<Worker>>>;
+
+/// [`Host`] over proxy-wasm host calls. Failures map to [`HostError`], never to a panic.
+struct ProxyHost {
+    metric_ids: Vec<Option<u32>>,
+    debug: bool,
+}
+
+impl ProxyHost {
+    fn new() -> Self {
+        let metric_ids = Metric::ALL
+            .iter()
+            .map(|m| {
+                let kind = match m.kind() {
+                    MetricKind::Counter => MetricType::Counter,
+                    MetricKind::Histogram => MetricType::Histogram,
+                };
+                hostcalls::define_metric(kind, m.name()).ok()
+            })
+            .collect();
+        let debug = matches!(
+            hostcalls::get_log_level(),
+            Ok(WasmLogLevel::Trace | WasmLogLevel::Debug)
+        );
+        ProxyHost { metric_ids, debug }
+    }
+}
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_shared_data(key, Some(value), None)
+            .map_err(|s| HostError(format!("set_shared_data: {s:?}")))
+    }
+
+    fn dispatch(&self, request: &StsRequest) -> Result<u32, HostError> {
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        hostcalls::dispatch_http_call(
+            &request.cluster,
+            headers,
+            Some(request.body.as_bytes()),
+            Vec::new(),
+            Duration::from_millis(request.timeout_ms),
+        )
+        .map_err(|s| {
+            HostError(format!(
+                "dispatch_http_call to cluster {}: {s:?}",
+                request.cluster
+            ))
+        })
+    }
+
+    fn metric(&self, metric: Metric, value: u64) {
+        let Some(Some(id)) = self.metric_ids.get(metric.index()) else {
+            return;
+        };
+        let _ = match metric.kind() {
+            MetricKind::Counter => {
+                hostcalls::increment_metric(*id, i64::try_from(value).unwrap_or(i64::MAX))
+            }
+            MetricKind::Histogram => hostcalls::record_metric(*id, value),
+        };
+    }
+
+    fn debug_enabled(&self) -> bool {
+        self.debug
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => WasmLogLevel::Debug,
+            LogLevel::Info => WasmLogLevel::Info,
+            LogLevel::Warn => WasmLogLevel::Warn,
+        };
+        let _ = hostcalls::log(level, message);
+    }
+}
+
+/// Carries out verdicts for other contexts (requests that waited on a call) and for `own`.
+fn deliver(verdicts: Vec<(u32, Verdict)>, own: Option<u32>) {
+    for (ctx, verdict) in verdicts.iter().filter(|(c, _)| Some(*c) != own) {
+        if hostcalls::set_effective_context(*ctx).is_ok() {
+            apply(verdict);
+        }
+    }
+    if let Some(own) = own {
+        if let Some((_, verdict)) = verdicts.iter().find(|(c, _)| *c == own) {
+            if hostcalls::set_effective_context(own).is_ok() {
+                apply(verdict);
+            }
+        }
+    }
+}
+
+/// Applies a final verdict to the effective context and lets the request go on.
+fn apply(verdict: &Verdict) {
+    match verdict {
+        Verdict::Continue(ops) => {
+            apply_ops(ops);
+            let _ = hostcalls::resume_http_request();
+        }
+        Verdict::Respond(reply) => respond(reply),
+        Verdict::Pause => {}
+    }
+}
+
+fn apply_ops(ops: &[HeaderOp]) {
+    for op in ops {
+        let _ = match op {
+            HeaderOp::Set(name, value) => hostcalls::set_map_value(
+                proxy_wasm::types::MapType::HttpRequestHeaders,
+                name,
+                Some(value),
+            ),
+            HeaderOp::Remove(name) => {
+                hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, None)
+            }
+        };
+    }
+}
+
+fn respond(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+}
+
+/// The root context of one worker: configuration, engine, and the tick that re-dispatches calls
+/// whose carrying request went away.
+struct Root {
+    id: u32,
+    shared: SharedWorker,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let verdicts = call_answer(&self.shared, token, body_size);
+        deliver(verdicts, None);
+        let _ = hostcalls::set_effective_context(self.id);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let host = ProxyHost::new();
+        match Config::parse(&bytes, &|name| std::env::var(name).ok()) {
+            Ok(config) => {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "token-exchange-wasm {} configured: {}",
+                        env!("CARGO_PKG_VERSION"),
+                        config.summary()
+                    ),
+                );
+                *self.shared.borrow_mut() = Some(Worker {
+                    engine: Engine::new(config),
+                    host,
+                });
+                let _ = hostcalls::set_tick_period(TICK);
+                true
+            }
+            Err(e) => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("token-exchange-wasm refused its configuration: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let verdicts = match self.shared.borrow_mut().as_mut() {
+            Some(w) if w.engine.has_orphans() => w.engine.on_tick(&w.host),
+            _ => return,
+        };
+        deliver(verdicts, None);
+        let _ = hostcalls::set_effective_context(self.id);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            id: context_id,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Reads an STS answer from the host and hands it to the engine.
+fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32, Verdict)> {
+    let status = hostcalls::get_map_value(
+        proxy_wasm::types::MapType::HttpCallResponseHeaders,
+        ":status",
+    )
+    .ok()
+    .flatten()
+    .and_then(|s| s.parse::<u16>().ok());
+    let too_large = body_size > MAX_RESPONSE_BYTES;
+    let body = if too_large || body_size == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::HttpCallResponseBody,
+            0,
+            body_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    };
+    let answer = StsAnswer {
+        status,
+        body,
+        too_large,
+    };
+    match shared.borrow_mut().as_mut() {
+        Some(w) => w.engine.on_sts_answer(&w.host, token, &answer),
+        None => Vec::new(),
+    }
+}
+
+/// One HTTP request.
+struct Request {
+    id: u32,
+    shared: SharedWorker,
+}
+
+/// Request headers read through host calls, one at a time.
+struct HostHeaders;
+
+impl RequestHeaders for HostHeaders {
+    fn header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let verdicts = call_answer(&self.shared, token, body_size);
+        deliver(verdicts, Some(self.id));
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(w) = self.shared.borrow_mut().as_mut() {
+            w.engine.on_request_done(self.id);
+        }
+        true
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let verdict = match self.shared.borrow_mut().as_mut() {
+            Some(w) => w.engine.on_request(&w.host, self.id, &HostHeaders),
+            None => Verdict::Respond(LocalReply::unavailable("token exchange is not configured")),
+        };
+        match verdict {
+            Verdict::Continue(ops) => {
+                apply_ops(&ops);
+                Action::Continue
+            }
+            Verdict::Pause => Action::Pause,
+            Verdict::Respond(reply) => {
+                respond(&reply);
+                Action::Pause
+            }
+        }
+    }
+}

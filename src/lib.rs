@@ -1,0 +1,18 @@
+//! token-exchange-wasm: a proxy-wasm HTTP filter for Envoy and Istio that exchanges the caller's
+//! bearer token at a Security Token Service (RFC 8693), caches the result in shared data and
+//! rewrites `Authorization` before routing.
+//!
+//! Everything but [`filter`] (the proxy-wasm glue, built for `wasm32` only) runs and is tested on
+//! the host.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod metrics;
+pub mod reply;
+pub mod sts;
+pub mod token;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,120 @@
+//! The error table: every local answer the filter sends, with its status, challenge and JSON body.
+//! Bodies never carry a token.
+
+/// A response the filter sends instead of routing the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u32,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// JSON body `{"error": …, "error_description": …}`.
+    pub body: String,
+}
+
+impl LocalReply {
+    fn new(status: u32, error: &str, description: &str) -> Self {
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        LocalReply {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: body.to_string(),
+        }
+    }
+
+    fn with(mut self, name: &str, value: String) -> Self {
+        self.headers.push((name.into(), value));
+        self
+    }
+
+    /// 401 for a request without a token: a bare challenge (RFC 6750 §3.1).
+    pub fn missing_token(realm: &str) -> Self {
+        Self::new(401, "unauthorized", "a bearer token is required")
+            .with("www-authenticate", format!("Bearer realm=\"{realm}\""))
+    }
+
+    /// 401 for a token that was sent but cannot be used.
+    pub fn invalid_token(realm: &str, description: &str) -> Self {
+        Self::new(401, "invalid_token", description).with(
+            "www-authenticate",
+            format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""),
+        )
+    }
+
+    /// 403 for an exchange the STS refuses for this audience, resource, scope or client.
+    pub fn forbidden(realm: &str, description: &str) -> Self {
+        Self::new(403, "insufficient_scope", description).with(
+            "www-authenticate",
+            format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
+        )
+    }
+
+    /// 502 when the STS rejects the filter's own credentials or answers nonsense.
+    pub fn bad_gateway(description: &str) -> Self {
+        Self::new(502, "bad_gateway", description)
+    }
+
+    /// 503 when the STS cannot be used right now.
+    pub fn unavailable(description: &str) -> Self {
+        Self::new(503, "temporarily_unavailable", description).with("retry-after", "1".into())
+    }
+
+    /// The value of a header, for tests and logs.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &LocalReply) -> serde_json::Value {
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_code() {
+        let r = LocalReply::missing_token("edge");
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"edge\""));
+        assert_eq!(body(&r)["error"], "unauthorized");
+    }
+
+    #[test]
+    fn invalid_token_challenge_names_the_reason() {
+        let r = LocalReply::invalid_token("edge", "token too large");
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"edge\", error=\"invalid_token\", error_description=\"token too large\"")
+        );
+        assert_eq!(body(&r)["error_description"], "token too large");
+    }
+
+    #[test]
+    fn statuses_of_the_error_table() {
+        let f = LocalReply::forbidden("edge", "no");
+        assert_eq!(
+            (f.status, body(&f)["error"].as_str()),
+            (403, Some("insufficient_scope"))
+        );
+        assert!(f
+            .header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope"));
+        let b = LocalReply::bad_gateway("x");
+        assert_eq!(b.status, 502);
+        assert_eq!(b.header("www-authenticate"), None);
+        let u = LocalReply::unavailable("x");
+        assert_eq!(u.status, 503);
+        assert_eq!(u.header("retry-after"), Some("1"));
+        assert_eq!(u.header("content-type"), Some("application/json"));
+    }
+}

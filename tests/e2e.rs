@@ -1,0 +1,392 @@
+//! End-to-end: the release `.wasm` in a real Envoy, a test STS that each test controls, and an
+//! echo upstream, all on 127.0.0.1. `make test` builds the module and installs Envoy first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::thread;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::json;
+use support::{mint, start_echo, Envoy, EnvoySetup, StsCall, StsReply, TestSts, ACCESS_TOKEN_TYPE};
+
+const SECRET: &str = "s3:cr+t% ü";
+
+fn sts_config(extra: serde_json::Value) -> serde_json::Value {
+    let mut config = json!({
+        "sts": {
+            "cluster": "sts",
+            "authority": "sts.test",
+            "token_path": "/oauth2/token",
+            "timeout_ms": 500,
+            "client_id": "edge proxy",
+            "client_secret_env": "STS_SECRET"
+        },
+        "exchange": { "audience": ["default-api"], "scope": "read" }
+    });
+    if let (Some(base), Some(more)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    config
+}
+
+fn envoy(sts_port: u16, config: serde_json::Value, concurrency: u32) -> Envoy {
+    support::require(
+        &support::wasm_module(),
+        "run `make build` (or `make test`) first",
+    );
+    support::require(
+        &support::envoy_binary(),
+        "run `make envoy` (or `make test`) first",
+    );
+    Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port,
+        echo_port: start_echo(0),
+        env: &[("STS_SECRET", SECRET)],
+        concurrency,
+    })
+}
+
+/// Every header value the upstream received, flattened.
+fn upstream_values(reply: &support::Reply) -> Vec<String> {
+    reply.json()["headers"]
+        .as_object()
+        .map(|h| h.values().map(|v| v.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn exchange_happy_path_then_cache_hit() {
+    let sts = TestSts::start(0, mint);
+    let envoy = envoy(sts.port, sts_config(json!({})), 1);
+
+    let first = envoy.get_with_token("/api", "alice-token");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let minted = "Bearer minted-1-aud-default-api-for-alice-token";
+    assert_eq!(first.upstream_header("authorization"), Some(json!(minted)));
+    assert!(
+        upstream_values(&first)
+            .iter()
+            .all(|v| !v.contains("alice-token\"") || v.contains("minted")),
+        "the caller's token reached the upstream: {}",
+        first.body
+    );
+
+    let calls = sts.calls();
+    assert_eq!(calls.len(), 1);
+    let call: &StsCall = &calls[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/oauth2/token");
+    assert_eq!(call.header("host"), Some("sts.test"));
+    assert_eq!(
+        call.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let form: Vec<(&str, &str)> = call
+        .form
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        form,
+        vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange"
+            ),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("audience", "default-api"),
+            ("scope", "read"),
+            ("subject_token", "alice-token"),
+        ]
+    );
+    let basic = call
+        .header("authorization")
+        .expect("basic auth")
+        .strip_prefix("Basic ")
+        .expect("Basic");
+    let decoded = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(basic)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decoded, "edge+proxy:s3%3Acr%2Bt%25+%C3%BC",
+        "RFC 6749 §2.3.1 encoding"
+    );
+
+    let second = envoy.get_with_token("/api", "alice-token");
+    assert_eq!(second.upstream_header("authorization"), Some(json!(minted)));
+    assert_eq!(sts.count(), 1, "second request served from the cache");
+
+    assert_eq!(envoy.counter("requests"), 2);
+    assert_eq!(envoy.counter("cache_misses"), 1);
+    assert_eq!(envoy.counter("cache_hits"), 1);
+    assert_eq!(envoy.counter("sts_calls"), 1);
+    assert_eq!(envoy.counter("sts_errors"), 0);
+    assert_eq!(envoy.counter("rejected"), 0);
+}
+
+#[test]
+fn routes_pick_audiences_bypass_and_strip_spoofed_headers() {
+    let sts = TestSts::start(0, mint);
+    let config = sts_config(json!({
+        "routes": [
+            { "match": { "path_prefix": "/orders" }, "exchange": { "audience": ["orders-api"] } },
+            { "match": { "path_prefix": "/healthz" }, "bypass": true }
+        ],
+        "output": { "original_token_header": "x-original-token" }
+    }));
+    let envoy = envoy(sts.port, config, 1);
+
+    let orders = envoy.get(
+        "/orders/1",
+        &[
+            ("authorization", "Bearer bob"),
+            ("x-original-token", "spoofed"),
+        ],
+    );
+    let other = envoy.get_with_token("/other", "bob");
+    assert_eq!(
+        orders.upstream_header("authorization"),
+        Some(json!("Bearer minted-1-aud-orders-api-for-bob"))
+    );
+    assert_eq!(
+        other.upstream_header("authorization"),
+        Some(json!("Bearer minted-2-aud-default-api-for-bob"))
+    );
+    assert_eq!(
+        orders.upstream_header("x-original-token"),
+        Some(json!("bob")),
+        "client copy replaced"
+    );
+    assert_eq!(sts.count(), 2, "two audiences, two exchanges");
+
+    let health = envoy.get(
+        "/healthz",
+        &[
+            ("authorization", "Bearer bob"),
+            ("x-original-token", "spoofed"),
+        ],
+    );
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        health.upstream_header("authorization"),
+        Some(json!("Bearer bob")),
+        "bypass leaves the request alone"
+    );
+    assert_eq!(
+        health.upstream_header("x-original-token"),
+        None,
+        "but never passes a spoofed copy"
+    );
+    assert_eq!(sts.count(), 2);
+    assert_eq!(envoy.counter("bypassed"), 1);
+}
+
+#[test]
+fn expired_entries_are_exchanged_again() {
+    let sts = TestSts::start(0, |n, _| StsReply::token(&format!("short-{n}"), 2));
+    let envoy = envoy(
+        sts.port,
+        sts_config(json!({ "cache": { "expiry_skew_s": 0 } })),
+        1,
+    );
+    let a = envoy.get_with_token("/", "carol");
+    let b = envoy.get_with_token("/", "carol");
+    assert_eq!(
+        a.upstream_header("authorization"),
+        Some(json!("Bearer short-1"))
+    );
+    assert_eq!(
+        b.upstream_header("authorization"),
+        Some(json!("Bearer short-1"))
+    );
+    thread::sleep(Duration::from_millis(2100));
+    let c = envoy.get_with_token("/", "carol");
+    assert_eq!(
+        c.upstream_header("authorization"),
+        Some(json!("Bearer short-2"))
+    );
+    assert_eq!(sts.count(), 2);
+}
+
+#[test]
+fn error_table_end_to_end() {
+    let sts = TestSts::start(0, |n, call| {
+        match call.field("subject_token").unwrap_or("") {
+            "rejected" => StsReply::error(400, "invalid_grant"),
+            "forbidden" => StsReply::error(400, "invalid_target"),
+            "badclient" => StsReply::error(401, "invalid_client"),
+            "boom" => StsReply::raw(500, "internal"),
+            "slow" => StsReply::token("late", 60).after(Duration::from_millis(1500)),
+            "garbage" => StsReply::raw(200, "<html>not json</html>"),
+            "na" => StsReply::json(
+                200,
+                json!({"access_token": "x", "token_type": "N_A", "issued_token_type": ACCESS_TOKEN_TYPE}),
+            ),
+            _ => mint(n, call),
+        }
+    });
+    let envoy = envoy(sts.port, sts_config(json!({})), 1);
+
+    let missing = envoy.get("/", &[]);
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"token-exchange\"")
+    );
+
+    let malformed = envoy.get("/", &[("authorization", "Bearer a\"b")]);
+    assert_eq!(malformed.status, 401);
+    assert!(malformed
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    let cases = [
+        ("rejected", 401, Some("error=\"invalid_token\"")),
+        ("forbidden", 403, Some("error=\"insufficient_scope\"")),
+        ("badclient", 502, None),
+        ("boom", 503, None),
+        ("slow", 503, None),
+        ("garbage", 502, None),
+        ("na", 502, None),
+    ];
+    for (token, status, challenge) in cases {
+        let r = envoy.get_with_token("/", token);
+        assert_eq!(r.status, status, "{token}: {}", r.body);
+        assert_eq!(
+            r.header("www-authenticate").is_some(),
+            challenge.is_some(),
+            "{token}"
+        );
+        if let Some(c) = challenge {
+            assert!(r.header("www-authenticate").unwrap().contains(c), "{token}");
+        }
+        if status == 503 {
+            assert_eq!(r.header("retry-after"), Some("1"), "{token}");
+        }
+        let body = r.json();
+        assert!(
+            body["error"].is_string() && body["error_description"].is_string(),
+            "{token}"
+        );
+        assert!(
+            !r.body.contains(&format!("{token}\"")),
+            "the token is echoed: {}",
+            r.body
+        );
+    }
+    assert_eq!(sts.count(), 7);
+
+    // a rejected token is remembered (negative cache): no second STS call
+    assert_eq!(envoy.get_with_token("/", "rejected").status, 401);
+    assert_eq!(sts.count(), 7);
+
+    assert_eq!(envoy.counter("requests"), 10);
+    assert_eq!(
+        envoy.counter("rejected"),
+        5,
+        "missing, malformed, rejected twice, forbidden"
+    );
+    assert_eq!(
+        envoy.counter("sts_errors"),
+        5,
+        "badclient, boom, slow, garbage, na"
+    );
+    assert_eq!(envoy.counter("sts_calls"), 7);
+    assert_eq!(envoy.counter("cache_hits"), 1);
+}
+
+#[test]
+fn fail_open_passes_the_request_on_without_any_token() {
+    // Nothing listens on the STS port: unreachable.
+    let dead = support::free_port();
+    let envoy = envoy(
+        dead,
+        sts_config(json!({ "on_sts_unavailable": "allow" })),
+        1,
+    );
+    let r = envoy.get_with_token("/", "dave");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("authorization"), None);
+    assert!(upstream_values(&r).iter().all(|v| !v.contains("dave")));
+    assert_eq!(envoy.counter("sts_errors"), 1);
+}
+
+#[test]
+fn concurrent_requests_with_one_new_token_make_one_sts_call() {
+    let sts = TestSts::start(0, |n, call| mint(n, call).after(Duration::from_millis(400)));
+    let envoy = std::sync::Arc::new(envoy(sts.port, sts_config(json!({})), 1));
+    let workers: Vec<_> = (0..20)
+        .map(|_| {
+            let envoy = envoy.clone();
+            thread::spawn(move || envoy.get_with_token("/", "erin"))
+        })
+        .collect();
+    for w in workers {
+        let r = w.join().expect("request thread");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.upstream_header("authorization"),
+            Some(json!("Bearer minted-1-aud-default-api-for-erin"))
+        );
+    }
+    assert_eq!(sts.count(), 1);
+    assert_eq!(envoy.counter("requests"), 20);
+    assert_eq!(envoy.counter("sts_calls"), 1);
+    let coalesced = envoy.counter("coalesced");
+    let hits = envoy.counter("cache_hits");
+    assert_eq!(
+        coalesced + hits,
+        19,
+        "every other request waited on the call or hit the cache"
+    );
+    assert!(
+        coalesced >= 10,
+        "most requests arrived while the call was in flight: {coalesced}"
+    );
+}
+
+#[test]
+fn waiters_are_served_when_the_request_carrying_the_call_goes_away() {
+    use std::io::Write;
+    let sts = TestSts::start(0, |n, call| mint(n, call).after(Duration::from_millis(400)));
+    let envoy = std::sync::Arc::new(envoy(sts.port, sts_config(json!({})), 1));
+
+    // The first request dispatches the STS call, then its client hangs up.
+    let mut quitter = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    write!(
+        quitter,
+        "GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer frank\r\n\r\n"
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let waiter = {
+        let envoy = envoy.clone();
+        thread::spawn(move || envoy.get_with_token("/", "frank"))
+    };
+    thread::sleep(Duration::from_millis(100));
+    drop(quitter);
+
+    let r = waiter.join().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, envoy.log_text());
+    assert!(
+        r.upstream_header("authorization")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer minted-"),
+        "{}",
+        r.body
+    );
+    assert_eq!(envoy.counter("coalesced"), 1);
+    assert_eq!(sts.count(), 2, "the root dispatched the lost call again");
+}

@@ -1,0 +1,526 @@
+//! Test peers for the end-to-end suite and the demo: a test STS whose answers each test
+//! controls and which records what it received, an echo upstream that answers with the headers
+//! it saw, and a real Envoy loading the release `.wasm`. Everything listens on 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Header, Response, Server};
+
+/// The RFC 8693 access token type URI.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// One call the test STS received.
+#[derive(Debug, Clone)]
+pub struct StsCall {
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The decoded form.
+    pub form: Vec<(String, String)>,
+}
+
+impl StsCall {
+    /// First value of a form field.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a form field.
+    pub fn fields(&self, name: &str) -> Vec<&str> {
+        self.form
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the test STS answers to one call.
+#[derive(Debug, Clone)]
+pub struct StsReply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON (or not) body.
+    pub body: String,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl StsReply {
+    /// A 200 with a minted token.
+    pub fn token(access_token: &str, expires_in: u64) -> Self {
+        StsReply::json(
+            200,
+            serde_json::json!({
+                "access_token": access_token,
+                "token_type": "Bearer",
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "expires_in": expires_in,
+            }),
+        )
+    }
+
+    /// An OAuth error answer.
+    pub fn error(status: u16, code: &str) -> Self {
+        StsReply::json(
+            status,
+            serde_json::json!({ "error": code, "error_description": "test" }),
+        )
+    }
+
+    /// Any JSON body.
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        StsReply {
+            status,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A raw body.
+    pub fn raw(status: u16, body: &str) -> Self {
+        StsReply {
+            status,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The same answer, later.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// The default minting rule: a token naming the call number, the audiences and the subject.
+pub fn mint(call_no: usize, call: &StsCall) -> StsReply {
+    let aud = call.fields("audience").join("+");
+    let subject = call.field("subject_token").unwrap_or("none");
+    StsReply::token(&format!("minted-{call_no}-aud-{aud}-for-{subject}"), 3600)
+}
+
+type Behaviour = dyn Fn(usize, &StsCall) -> StsReply + Send + Sync;
+
+/// A token service the test controls.
+pub struct TestSts {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    calls: Arc<Mutex<Vec<StsCall>>>,
+}
+
+impl TestSts {
+    /// Starts an STS on `port` (0 picks one) that answers with `behaviour(call_number, call)`.
+    pub fn start(
+        port: u16,
+        behaviour: impl Fn(usize, &StsCall) -> StsReply + Send + Sync + 'static,
+    ) -> Self {
+        let server = Server::http(("127.0.0.1", port)).expect("test STS binds");
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let calls: Arc<Mutex<Vec<StsCall>>> = Arc::default();
+        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
+        let recorded = calls.clone();
+        thread::spawn(move || {
+            for mut request in server.incoming_requests() {
+                let mut body = String::new();
+                let _ = request.as_reader().read_to_string(&mut body);
+                let call = StsCall {
+                    method: request.method().to_string(),
+                    path: request.url().to_string(),
+                    headers: request
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_string(),
+                            )
+                        })
+                        .collect(),
+                    form: form_urlencoded::parse(body.as_bytes())
+                        .into_owned()
+                        .collect(),
+                };
+                let number = {
+                    let mut all = recorded.lock().expect("lock");
+                    all.push(call.clone());
+                    all.len()
+                };
+                let behaviour = behaviour.clone();
+                thread::spawn(move || {
+                    let reply = behaviour(number, &call);
+                    thread::sleep(reply.delay);
+                    let response = Response::from_string(reply.body)
+                        .with_status_code(reply.status)
+                        .with_header(header("content-type", "application/json"));
+                    let _ = request.respond(response);
+                });
+            }
+        });
+        TestSts { port, calls }
+    }
+
+    /// The calls received so far.
+    pub fn calls(&self) -> Vec<StsCall> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    /// How many calls were received.
+    pub fn count(&self) -> usize {
+        self.calls.lock().expect("lock").len()
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+}
+
+/// Starts an upstream that answers every request with `{"path": …, "headers": {name: value}}`.
+pub fn start_echo(port: u16) -> u16 {
+    let server = Server::http(("127.0.0.1", port)).expect("echo binds");
+    let port = server.server_addr().to_ip().expect("ip listener").port();
+    thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let mut headers = serde_json::Map::new();
+            for h in request.headers() {
+                let name = h.field.as_str().as_str().to_ascii_lowercase();
+                let value = serde_json::Value::String(h.value.as_str().to_string());
+                // repeated headers show as a list so a test sees every copy
+                match headers.get_mut(&name) {
+                    Some(serde_json::Value::Array(a)) => a.push(value),
+                    Some(existing) => {
+                        *existing = serde_json::Value::Array(vec![existing.clone(), value])
+                    }
+                    None => {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            let body = serde_json::json!({ "path": request.url(), "headers": headers }).to_string();
+            let _ = request.respond(
+                Response::from_string(body).with_header(header("content-type", "application/json")),
+            );
+        }
+    });
+    port
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `$ENVOY`, or the one the Makefile installs into `.venv`.
+pub fn envoy_binary() -> PathBuf {
+    std::env::var_os("ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/envoy"))
+}
+
+/// The release module `make build` leaves.
+pub fn wasm_module() -> PathBuf {
+    repo().join("target/wasm32-wasip1/release/token_exchange_wasm.wasm")
+}
+
+/// A running Envoy with the filter; killed on drop.
+pub struct Envoy {
+    /// Listener port.
+    pub port: u16,
+    /// Admin port.
+    pub admin: u16,
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty folder under the system's temp dir.
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let p = std::env::temp_dir().join(format!("txw-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What an Envoy under test is made of.
+pub struct EnvoySetup<'a> {
+    /// The filter's JSON configuration.
+    pub filter_config: serde_json::Value,
+    /// Port of the STS cluster.
+    pub sts_port: u16,
+    /// Port of the upstream cluster.
+    pub echo_port: u16,
+    /// VM environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Worker threads.
+    pub concurrency: u32,
+}
+
+impl Envoy {
+    /// Starts Envoy with the filter and waits until it is ready.
+    pub fn start(setup: EnvoySetup<'_>) -> Envoy {
+        let dir = TempDir::new("envoy");
+        let port = free_port();
+        let admin = free_port();
+        let yaml = envoy_yaml(&setup, port, admin);
+        let config_path = dir.0.join("envoy.yaml");
+        std::fs::write(&config_path, yaml).expect("write envoy config");
+        let log = dir.0.join("envoy.log");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .args([
+                "--concurrency",
+                &setup.concurrency.to_string(),
+                "--disable-hot-restart",
+                "-l",
+                "info",
+                "--component-log-level",
+                "wasm:debug",
+                "--file-flush-interval-msec",
+                "50",
+            ])
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy_binary().display()));
+        let mut envoy = Envoy {
+            port,
+            admin,
+            child,
+            log,
+            _dir: dir,
+        };
+        envoy.wait_ready();
+        envoy
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited with {status}:\n{}", self.log_text());
+            }
+            if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{}/ready", self.admin)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("envoy not ready after 30 s:\n{}", self.log_text());
+    }
+
+    /// Envoy's log so far.
+    pub fn log_text(&self) -> String {
+        thread::sleep(Duration::from_millis(200)); // the log file is flushed every 50 ms
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of one of the filter's counters, from the admin `/stats`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let text = ureq::get(&format!(
+            "http://127.0.0.1:{}/stats?filter=token_exchange",
+            self.admin
+        ))
+        .call()
+        .expect("admin stats")
+        .into_string()
+        .expect("stats text");
+        let suffix = format!("token_exchange.{name}: ");
+        text.lines()
+            .find_map(|l| l.find(&suffix).map(|i| &l[i + suffix.len()..]))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
+    }
+
+    /// A GET through Envoy.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = ureq::get(&format!("http://127.0.0.1:{}{path}", self.port))
+            .timeout(Duration::from_secs(10));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let response = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}\n{}", self.log_text()),
+        };
+        Reply::from(response)
+    }
+
+    /// A GET with `Authorization: Bearer <token>`.
+    pub fn get_with_token(&self, path: &str, token: &str) -> Reply {
+        self.get(path, &[("authorization", &format!("Bearer {token}"))])
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response seen by the client.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    pub body: String,
+}
+
+impl From<ureq::Response> for Reply {
+    fn from(r: ureq::Response) -> Self {
+        let status = r.status();
+        let headers = r
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                r.header(&n)
+                    .map(|v| (n.to_ascii_lowercase(), v.to_string()))
+            })
+            .collect();
+        let body = r.into_string().unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// A header the echo upstream received (`None` when it was absent).
+    pub fn upstream_header(&self, name: &str) -> Option<serde_json::Value> {
+        self.json()["headers"].get(name).cloned()
+    }
+}
+
+/// The Envoy bootstrap for a test: one listener routing everything to the echo upstream through
+/// the filter, an `sts` cluster, and the admin interface.
+pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
+    let env: serde_json::Map<String, serde_json::Value> = setup
+        .env
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let config = serde_json::json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin } } },
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
+                            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "echo" } }] }] },
+                        "http_filters": [
+                            { "name": "envoy.filters.http.wasm",
+                              "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                "config": {
+                                    "name": "token_exchange",
+                                    "configuration": {
+                                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": setup.filter_config.to_string()
+                                    },
+                                    "vm_config": {
+                                        "runtime": "envoy.wasm.runtime.v8",
+                                        "code": { "local": { "filename": wasm_module().display().to_string() } },
+                                        "environment_variables": { "key_values": env }
+                                    }
+                                }
+                              } },
+                            { "name": "envoy.filters.http.router",
+                              "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
+                        ]
+                    }
+                }] }]
+            }],
+            "clusters": [
+                cluster("sts", setup.sts_port),
+                cluster("echo", setup.echo_port),
+            ]
+        }
+    });
+    // JSON is YAML.
+    config.to_string()
+}
+
+fn cluster(name: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }] }] }
+    })
+}
+
+/// Whether a path exists, with a hint for the developer when it does not.
+pub fn require(path: &Path, hint: &str) {
+    assert!(path.exists(), "{} is missing: {hint}", path.display());
+}
