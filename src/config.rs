@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::jwks::{JwsAlg, KeySet};
 use crate::sts::{ClientAuth, ExchangeProfile};
 
 /// The RFC 8693 token type URI of an OAuth access token, the default subject token type.
@@ -160,6 +161,45 @@ pub struct Route {
     pub action: RouteAction,
 }
 
+/// Where a trusted issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Given in the configuration.
+    Inline(KeySet),
+    /// Fetched from a cluster and refreshed.
+    Remote(JwksUri),
+}
+
+/// A JWKS endpoint reached through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUri {
+    /// Envoy cluster.
+    pub cluster: String,
+    /// `:authority` of the fetch.
+    pub authority: String,
+    /// Path of the JWKS.
+    pub path: String,
+    /// Regular refresh period in seconds.
+    pub refresh_s: u64,
+    /// Fetch timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// An identity provider whose subject JWTs the filter accepts.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// If not empty, the token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values.
+    pub algorithms: Vec<JwsAlg>,
+    /// Clock leeway for `exp`, `nbf`, `iat`, in seconds.
+    pub leeway_s: u64,
+    /// The issuer's keys.
+    pub keys: KeySource,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +207,8 @@ pub struct Config {
     pub sts: StsConfig,
     /// Subject token extraction.
     pub subject_token: SubjectTokenConfig,
+    /// Issuers whose JWTs are accepted; empty: the STS alone judges tokens.
+    pub trusted_issuers: Vec<TrustedIssuer>,
     /// Exchange profiles; index 0 is the default exchange, the others belong to routes.
     pub profiles: Vec<ExchangeProfile>,
     /// Route rules, first match wins.
@@ -192,7 +234,7 @@ struct RawConfig {
     #[serde(default)]
     subject_token: RawSubjectToken,
     #[serde(default)]
-    trusted_issuers: Option<serde_json::Value>,
+    trusted_issuers: Vec<RawIssuer>,
     #[serde(default)]
     exchange: RawExchange,
     #[serde(default)]
@@ -222,6 +264,27 @@ struct RawSts {
     client_auth: Option<String>,
     private_key: Option<serde_json::Value>,
     ciba: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Option<Vec<String>>,
+    algorithms: Vec<String>,
+    leeway_s: Option<u64>,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<RawJwksUri>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwksUri {
+    cluster: String,
+    authority: String,
+    path: String,
+    refresh_s: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,11 +436,22 @@ fn not_yet(key: &str) -> ConfigError {
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    if raw.trusted_issuers.is_some() {
-        return Err(not_yet("trusted_issuers"));
-    }
     let sts = validate_sts(raw.sts, env)?;
     let subject_token = validate_subject(raw.subject_token)?;
+    let mut trusted_issuers = Vec::with_capacity(raw.trusted_issuers.len());
+    for (i, r) in raw.trusted_issuers.into_iter().enumerate() {
+        let issuer = validate_issuer(r, &format!("trusted_issuers[{i}]"))?;
+        if trusted_issuers
+            .iter()
+            .any(|t: &TrustedIssuer| t.issuer == issuer.issuer)
+        {
+            return Err(ConfigError::new(
+                format!("trusted_issuers[{i}].issuer"),
+                "is listed twice",
+            ));
+        }
+        trusted_issuers.push(issuer);
+    }
     let output = validate_output(raw.output, &subject_token)?;
     let cache = validate_cache(raw.cache)?;
 
@@ -429,6 +503,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     Ok(Config {
         sts,
         subject_token,
+        trusted_issuers,
         profiles,
         routes,
         output,
@@ -532,6 +607,95 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         timeout_ms,
         client_id,
         client_auth,
+    })
+}
+
+fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError> {
+    non_empty(&r.issuer, &format!("{key}.issuer"))?;
+    let audiences = r.audiences.unwrap_or_default();
+    for a in &audiences {
+        non_empty(a, &format!("{key}.audiences"))?;
+    }
+    if r.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            format!("{key}.algorithms"),
+            "must list at least one algorithm",
+        ));
+    }
+    let mut algorithms = Vec::with_capacity(r.algorithms.len());
+    for name in &r.algorithms {
+        let alg = JwsAlg::from_name(name).ok_or_else(|| {
+            let why = if name.eq_ignore_ascii_case("none")
+                || name.to_ascii_uppercase().starts_with("HS")
+            {
+                format!("{name} is never accepted for subject tokens")
+            } else {
+                format!("{name} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA")
+            };
+            ConfigError::new(format!("{key}.algorithms"), why)
+        })?;
+        algorithms.push(alg);
+    }
+    let leeway_s = r.leeway_s.unwrap_or(30);
+    if leeway_s > 300 {
+        return Err(ConfigError::new(
+            format!("{key}.leeway_s"),
+            "must be at most 300",
+        ));
+    }
+    let keys = match (r.jwks, r.jwks_uri) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ConfigError::new(
+                key,
+                "give exactly one of jwks and jwks_uri",
+            ))
+        }
+        (Some(jwks), None) => {
+            let value = match jwks {
+                serde_json::Value::String(text) => serde_json::from_str(&text)
+                    .map_err(|_| ConfigError::new(format!("{key}.jwks"), "is not JSON"))?,
+                other => other,
+            };
+            let set = KeySet::from_value(&value)
+                .map_err(|e| ConfigError::new(format!("{key}.jwks"), e.to_string()))?;
+            KeySource::Inline(set)
+        }
+        (None, Some(u)) => {
+            let k = format!("{key}.jwks_uri");
+            non_empty(&u.cluster, &format!("{k}.cluster"))?;
+            non_empty(&u.authority, &format!("{k}.authority"))?;
+            if !u.path.starts_with('/') {
+                return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
+            }
+            let refresh_s = u.refresh_s.unwrap_or(300);
+            if !(10..=86_400).contains(&refresh_s) {
+                return Err(ConfigError::new(
+                    format!("{k}.refresh_s"),
+                    "must be between 10 and 86400",
+                ));
+            }
+            let timeout_ms = u.timeout_ms.unwrap_or(2000);
+            if !(1..=60_000).contains(&timeout_ms) {
+                return Err(ConfigError::new(
+                    format!("{k}.timeout_ms"),
+                    "must be between 1 and 60000",
+                ));
+            }
+            KeySource::Remote(JwksUri {
+                cluster: u.cluster,
+                authority: u.authority,
+                path: u.path,
+                refresh_s,
+                timeout_ms,
+            })
+        }
+    };
+    Ok(TrustedIssuer {
+        issuer: r.issuer,
+        audiences,
+        algorithms,
+        leeway_s,
+        keys,
     })
 }
 
@@ -1008,7 +1172,6 @@ mod tests {
 
     #[test]
     fn features_of_later_versions_are_refused_not_ignored() {
-        assert_eq!(err_key(&with(r#""trusted_issuers":[]"#)), "trusted_issuers");
         assert_eq!(
             err_key(&with(
                 r#""exchange":{"actor":{"source":"header","header":"x"}}"#
@@ -1025,6 +1188,99 @@ mod tests {
             ),
             "sts.client_auth private_key_jwt"
         );
+    }
+
+    #[test]
+    fn trusted_issuers_are_validated() {
+        let good = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["RS256","EdDSA"],"audiences":["api"],
+            "jwks_uri":{"cluster":"idp","authority":"idp.local","path":"/jwks"}}]"#;
+        let c = parse(&with(good)).unwrap();
+        let t = &c.trusted_issuers[0];
+        assert_eq!(t.algorithms, vec![JwsAlg::Rs256, JwsAlg::EdDsa]);
+        assert_eq!(t.leeway_s, 30);
+        let KeySource::Remote(u) = &t.keys else {
+            panic!("remote keys expected")
+        };
+        assert_eq!((u.refresh_s, u.timeout_ms), (300, 2000));
+
+        let ed = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k"}"#;
+        let inline = format!(
+            r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{{"keys":[{ed}]}}}}]"#
+        );
+        assert!(matches!(
+            parse(&with(&inline)).unwrap().trusted_issuers[0].keys,
+            KeySource::Inline(_)
+        ));
+        let as_string = format!(
+            r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{}}}]"#,
+            serde_json::Value::String(format!(r#"{{"keys":[{ed}]}}"#))
+        );
+        assert!(matches!(
+            parse(&with(&as_string)).unwrap().trusted_issuers[0].keys,
+            KeySource::Inline(_)
+        ));
+
+        let cases = [
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["none"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].algorithms",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["HS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].algorithms",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["ES384"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].algorithms",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":[],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].algorithms",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"]}]"#,
+                "trusted_issuers[0]",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[]},"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0]",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}}]"#,
+                "trusted_issuers[0].jwks",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":"not json"}]"#,
+                "trusted_issuers[0].jwks",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"j"}}]"#,
+                "trusted_issuers[0].jwks_uri.path",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","refresh_s":1}}]"#,
+                "trusted_issuers[0].jwks_uri.refresh_s",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"leeway_s":301,"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].leeway_s",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}},{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+                "trusted_issuers[1].issuer",
+            ),
+            (
+                r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","url":"x"}}]"#,
+                "trusted_issuers[0].jwks_uri.url",
+            ),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(err_key(&with(extra)), key, "{extra}");
+        }
     }
 
     #[test]

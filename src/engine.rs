@@ -1,16 +1,22 @@
 //! The request state machine, per worker: request headers in → a verdict (continue with header
-//! edits, pause, or answer); an STS answer in → verdicts for every request that waited on it.
-//! Nothing here touches proxy-wasm: the host is reached through [`Host`].
+//! edits, pause, or answer); a callout answer or a tick in → verdicts for the requests that
+//! waited. Nothing here touches proxy-wasm: the host is reached through [`Host`].
 
 use std::collections::HashMap;
 
+use sha2::{Digest, Sha256};
+
 use crate::cache::{self, CacheKey, Cached};
-use crate::config::{Config, OnMissingToken, OnStsUnavailable, RouteAction, RouteMatch};
-use crate::host::{Host, LogLevel, RequestHeaders};
+use crate::config::{Config, KeySource, OnMissingToken, OnStsUnavailable, RouteAction, RouteMatch};
+use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
+use crate::jwks::{KeySet, Schedule};
 use crate::metrics::Metric;
 use crate::reply::LocalReply;
-use crate::sts::{self, StsAnswer, StsFailure, StsRequest};
-use crate::token::{self, Extracted};
+use crate::sts::{self, StsFailure};
+use crate::token::{self, Extracted, JwtCheck, JwtError};
+
+/// Verified subject tokens remembered per worker before the memo is cleared.
+const MAX_VERIFIED: usize = 10_000;
 
 /// One change to the request's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +40,12 @@ pub enum Verdict {
 
 /// An STS call in progress and the requests waiting on it (single flight).
 struct Flight {
-    request: StsRequest,
+    request: HttpCall,
     /// The callout's token; `None` when the context that carried it went away and the root has
     /// to dispatch it again.
     call: Option<u32>,
     /// The context whose callout it is (its answer is lost with it); `None` for the root.
-    dispatcher: Option<u32>,
+    carrier: Option<u32>,
     members: Vec<u32>,
     profile: usize,
     subject: String,
@@ -47,22 +53,78 @@ struct Flight {
     started_ms: u64,
 }
 
-/// The per-worker filter state: the configuration and the flights in progress.
+/// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
+struct KeyWaiter {
+    ctx: u32,
+    profile: usize,
+    subject: String,
+    since_ms: u64,
+}
+
+/// A remote key set: how to fetch it and where workers share it.
+struct RemoteKeys {
+    call: HttpCall,
+    schedule: Schedule,
+    /// Shared-data key of the last good set: fetch time (8 bytes) + the JWKS document.
+    keys_slot: String,
+    /// Shared-data key of the last fetch attempt by any worker: start time (8 bytes) + failed.
+    attempt_slot: String,
+    /// This worker's fetch in flight and when it started.
+    fetching: Option<(u32, u64)>,
+}
+
+/// A trusted issuer's keys as this worker sees them.
+struct IssuerState {
+    remote: Option<RemoteKeys>,
+    keys: Option<KeySet>,
+    /// Fetch time of `keys` (ms); 0 for inline keys.
+    version: u64,
+    /// A token named a key not in the set: fetch early (rate-limited).
+    unknown_kid: bool,
+    waiters: Vec<KeyWaiter>,
+}
+
+/// A subject token that verified, remembered so a hot token is verified once.
+#[derive(Clone, Copy)]
+struct Verified {
+    issuer: usize,
+    version: u64,
+    exp: u64,
+}
+
+/// The last fetch attempt any worker made for one issuer.
+#[derive(Clone, Copy, Default)]
+struct Attempt {
+    at: Option<u64>,
+    failed: bool,
+    cas: Option<u32>,
+}
+
+/// The per-worker filter state: the configuration, STS calls and key fetches in progress.
 pub struct Engine {
     config: Config,
     flights: HashMap<CacheKey, Flight>,
     calls: HashMap<u32, CacheKey>,
     members: HashMap<u32, CacheKey>,
+    issuers: Vec<IssuerState>,
+    jwks_calls: HashMap<u32, usize>,
+    key_waiters: HashMap<u32, usize>,
+    verified: HashMap<CacheKey, Verified>,
 }
 
 impl Engine {
     /// An engine for a validated configuration.
     pub fn new(config: Config) -> Self {
+        let issuers = config.trusted_issuers.iter().map(issuer_state).collect();
         Engine {
             config,
             flights: HashMap::new(),
             calls: HashMap::new(),
             members: HashMap::new(),
+            issuers,
+            jwks_calls: HashMap::new(),
+            key_waiters: HashMap::new(),
+            verified: HashMap::new(),
         }
     }
 
@@ -113,13 +175,35 @@ impl Engine {
                 return Verdict::Respond(LocalReply::invalid_token(&cfg.realm, why));
             }
         };
-
-        let key = cfg.profiles[profile].cache_key(subject);
-        let slot = cache::slot_name(&key, cfg.cache.max_entries);
         let now = host.now_ms();
+        self.proceed(host, ctx, Some(ctx), profile, subject, now)
+    }
+
+    /// The request from the subject check on: verify (if issuers are trusted), cache lookup,
+    /// then join or start an STS call carried by `carrier` (`None`: the root context).
+    fn proceed<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        carrier: Option<u32>,
+        profile: usize,
+        subject: &str,
+        now: u64,
+    ) -> Verdict {
+        let key = self.config.profiles[profile].cache_key(subject);
+        let verified_exp = if self.config.trusted_issuers.is_empty() {
+            None
+        } else {
+            match self.check_subject(host, ctx, profile, subject, &key, now) {
+                Ok(exp) => Some(exp),
+                Err(verdict) => return verdict,
+            }
+        };
+
+        let slot = cache::slot_name(&key, self.config.cache.max_entries);
         if let Some(hit) = host
             .shared_get(&slot)
-            .and_then(|s| cache::lookup(&s, &key, now))
+            .and_then(|(s, _)| cache::lookup(&s, &key, now))
         {
             host.metric(Metric::CacheHits, 1);
             if host.debug_enabled() {
@@ -147,7 +231,7 @@ impl Engine {
             return Verdict::Pause;
         }
 
-        let request = cfg.profiles[profile].request(subject);
+        let request = self.config.profiles[profile].request(subject);
         let call = match host.dispatch(&request) {
             Ok(call) => call,
             Err(e) => {
@@ -173,11 +257,11 @@ impl Engine {
             Flight {
                 request,
                 call: Some(call),
-                dispatcher: Some(ctx),
+                carrier,
                 members: vec![ctx],
                 profile,
                 subject: subject.to_string(),
-                subject_exp: token::unverified_exp(subject),
+                subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
                 started_ms: now,
             },
         );
@@ -186,13 +270,143 @@ impl Engine {
         Verdict::Pause
     }
 
-    /// Handles the answer to STS call `call`: caches it and returns a verdict for every request
-    /// that waited on it.
-    pub fn on_sts_answer<H: Host>(
+    /// Verifies the subject JWT against the trusted issuers, once per token and key set.
+    /// `Ok(exp)` lets the request go on; `Err` is the verdict (refusal, 503, or a pause while the
+    /// issuer's keys are fetched again).
+    fn check_subject<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        profile: usize,
+        subject: &str,
+        key: &CacheKey,
+        now: u64,
+    ) -> Result<u64, Verdict> {
+        let now_s = now / 1000;
+        if let Some(v) = self.verified.get(key) {
+            let leeway = self.config.trusted_issuers[v.issuer].leeway_s;
+            if self.issuers[v.issuer].version == v.version && now_s < v.exp.saturating_add(leeway) {
+                return Ok(v.exp);
+            }
+        }
+        let issuers = &self.issuers;
+        let check = token::verify_jwt(
+            subject,
+            &self.config.trusted_issuers,
+            |i| issuers.get(i).and_then(|s| s.keys.as_ref()),
+            now_s,
+        );
+        match check {
+            JwtCheck::Valid { issuer, exp } => {
+                if host.debug_enabled() {
+                    let fp = token::fingerprint(subject);
+                    host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} verified"));
+                }
+                if self.verified.len() >= MAX_VERIFIED {
+                    self.verified.clear();
+                }
+                let version = self.issuers[issuer].version;
+                self.verified.insert(
+                    *key,
+                    Verified {
+                        issuer,
+                        version,
+                        exp,
+                    },
+                );
+                Ok(exp)
+            }
+            JwtCheck::Invalid(e) => Err(self.refuse_jwt(host, ctx, subject, e)),
+            // Fetches run every second until the first keys arrive.
+            JwtCheck::NoKeys(_) => Err(Verdict::Respond(LocalReply::unavailable(
+                "signing keys of the token issuer are not available yet",
+            ))),
+            JwtCheck::UnknownKey(i) => {
+                if !self.may_refetch(host, i, now) {
+                    return Err(self.refuse_jwt(host, ctx, subject, JwtError::UnknownKey));
+                }
+                let state = &mut self.issuers[i];
+                state.unknown_kid = true;
+                state.waiters.push(KeyWaiter {
+                    ctx,
+                    profile,
+                    subject: subject.to_string(),
+                    since_ms: now,
+                });
+                self.key_waiters.insert(ctx, i);
+                if host.debug_enabled() {
+                    let fp = token::fingerprint(subject);
+                    host.log(
+                        LogLevel::Debug,
+                        &format!("ctx={ctx} token={fp} waits for fresh signing keys"),
+                    );
+                }
+                Err(Verdict::Pause)
+            }
+        }
+    }
+
+    fn refuse_jwt<H: Host>(&self, host: &H, ctx: u32, subject: &str, e: JwtError) -> Verdict {
+        host.metric(Metric::Rejected, 1);
+        host.metric(Metric::InvalidToken(e), 1);
+        if host.debug_enabled() {
+            let fp = token::fingerprint(subject);
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={ctx} token={fp} refused: {}", e.description()),
+            );
+        }
+        Verdict::Respond(LocalReply::invalid_token(
+            &self.config.realm,
+            e.description(),
+        ))
+    }
+
+    /// Whether a token with an unknown `kid` should wait for a fetch: one is due (rate limit
+    /// permitting) or already in progress in some worker.
+    fn may_refetch<H: Host>(&self, host: &H, issuer: usize, now: u64) -> bool {
+        let state = &self.issuers[issuer];
+        let Some(remote) = &state.remote else {
+            return false;
+        };
+        if remote.fetching.is_some() {
+            return true;
+        }
+        let attempt = read_attempt(host, &remote.attempt_slot);
+        let in_progress = attempt.at.is_some_and(|at| {
+            !attempt.failed
+                && at > state.version
+                && now.saturating_sub(at) <= remote.call.timeout_ms + 1000
+        });
+        in_progress
+            || remote.schedule.due(
+                now,
+                state.keys.as_ref().map(|_| state.version),
+                attempt.at,
+                attempt.failed,
+                true,
+            )
+    }
+
+    /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
+    /// for every request that waited on it.
+    pub fn on_http_answer<H: Host>(
         &mut self,
         host: &H,
         call: u32,
-        answer: &StsAnswer,
+        answer: &HttpAnswer,
+    ) -> Vec<(u32, Verdict)> {
+        match self.jwks_calls.remove(&call) {
+            Some(issuer) => self.on_jwks_answer(host, issuer, answer),
+            None => self.on_sts_answer(host, call, answer),
+        }
+    }
+
+    fn on_sts_answer<H: Host>(
+        &mut self,
+        host: &H,
+        call: u32,
+        answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
         let Some(key) = self.calls.remove(&call) else {
             return Vec::new();
@@ -278,9 +492,64 @@ impl Engine {
             .collect()
     }
 
+    fn on_jwks_answer<H: Host>(
+        &mut self,
+        host: &H,
+        issuer: usize,
+        answer: &HttpAnswer,
+    ) -> Vec<(u32, Verdict)> {
+        let now = host.now_ms();
+        let name = &self.config.trusted_issuers[issuer].issuer;
+        let parsed = match answer.status {
+            Some(200) if !answer.too_large => {
+                KeySet::parse(&answer.body).map_err(|e| e.to_string())
+            }
+            Some(status) => Err(format!("status {status}")),
+            None => Err("unreachable or timed out".to_string()),
+        };
+        let state = &mut self.issuers[issuer];
+        let Some(remote) = state.remote.as_mut() else {
+            return Vec::new();
+        };
+        let started = remote.fetching.take().map_or(now, |(_, at)| at);
+        match parsed {
+            Ok(set) => {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "keys of issuer {name}: {} usable, {} skipped",
+                        set.keys.len(),
+                        set.skipped
+                    ),
+                );
+                let mut slot = now.to_be_bytes().to_vec();
+                slot.extend_from_slice(&answer.body);
+                if let Err(e) = host.shared_set(&remote.keys_slot, &slot, None) {
+                    host.log(LogLevel::Warn, &format!("sharing keys failed: {}", e.0));
+                }
+                state.keys = Some(set);
+                state.version = now;
+                state.unknown_kid = false;
+                self.resolve_key_waiters(host, issuer, now)
+            }
+            Err(why) => {
+                host.metric(Metric::JwksFetchFailures, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("fetching keys of issuer {name} failed: {why}"),
+                );
+                let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(started, true), None);
+                self.fail_key_waiters(issuer)
+            }
+        }
+    }
+
     /// Forgets a request that ended (answered, or the client went away). If its context carried
     /// an STS call others still wait on, the call is marked for the root to dispatch again.
     pub fn on_request_done(&mut self, ctx: u32) {
+        if let Some(i) = self.key_waiters.remove(&ctx) {
+            self.issuers[i].waiters.retain(|w| w.ctx != ctx);
+        }
         let Some(key) = self.members.remove(&ctx) else {
             return;
         };
@@ -288,20 +557,30 @@ impl Engine {
             return;
         };
         flight.members.retain(|m| *m != ctx);
-        if flight.dispatcher == Some(ctx) {
+        if flight.carrier == Some(ctx) {
             if let Some(call) = flight.call.take() {
                 self.calls.remove(&call);
             }
-            flight.dispatcher = None;
+            flight.carrier = None;
             if flight.members.is_empty() {
                 self.flights.remove(&key);
             }
         }
     }
 
-    /// Periodic work on the root context: dispatches again the calls whose carrier went away.
-    /// Returns verdicts for requests whose call could not be dispatched.
+    /// Periodic work on the root context: dispatches again the STS calls whose carrier went
+    /// away, takes up keys another worker fetched, and fetches keys that are due. Returns
+    /// verdicts for requests that were waiting.
     pub fn on_tick<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
+        let mut out = self.redispatch_orphans(host);
+        let now = host.now_ms();
+        for i in 0..self.issuers.len() {
+            out.extend(self.tick_issuer(host, i, now));
+        }
+        out
+    }
+
+    fn redispatch_orphans<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
         let orphans: Vec<CacheKey> = self
             .flights
             .iter()
@@ -344,9 +623,125 @@ impl Engine {
         out
     }
 
-    /// Whether any call waits for the root to dispatch it again.
-    pub fn has_orphans(&self) -> bool {
-        self.flights.values().any(|f| f.call.is_none())
+    fn tick_issuer<H: Host>(&mut self, host: &H, i: usize, now: u64) -> Vec<(u32, Verdict)> {
+        let state = &mut self.issuers[i];
+        let Some(remote) = state.remote.as_mut() else {
+            return Vec::new();
+        };
+        // Keys another worker (or an earlier fetch of ours) shared.
+        if let Some((bytes, _)) = host.shared_get(&remote.keys_slot) {
+            if let Some((at, body)) = split_stamp(&bytes) {
+                if at > state.version {
+                    if let Ok(set) = KeySet::parse(body) {
+                        state.keys = Some(set);
+                        state.version = at;
+                        state.unknown_kid = false;
+                        return self.resolve_key_waiters(host, i, now);
+                    }
+                }
+            }
+        }
+        if remote.fetching.is_some() {
+            return Vec::new();
+        }
+        let attempt = read_attempt(host, &remote.attempt_slot);
+        let fetched = state.keys.as_ref().map(|_| state.version);
+        if remote
+            .schedule
+            .due(now, fetched, attempt.at, attempt.failed, state.unknown_kid)
+        {
+            // Claim the attempt for this worker; a lost race means another worker fetches.
+            if host
+                .shared_set(
+                    &remote.attempt_slot,
+                    &encode_attempt(now, false),
+                    attempt.cas,
+                )
+                .is_err()
+            {
+                return Vec::new();
+            }
+            state.unknown_kid = false;
+            host.metric(Metric::JwksFetches, 1);
+            match host.dispatch(&remote.call) {
+                Ok(call) => {
+                    remote.fetching = Some((call, now));
+                    self.jwks_calls.insert(call, i);
+                    Vec::new()
+                }
+                Err(e) => {
+                    host.metric(Metric::JwksFetchFailures, 1);
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("key fetch not dispatched: {}", e.0),
+                    );
+                    let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
+                    self.fail_key_waiters(i)
+                }
+            }
+        } else {
+            // Nothing to fetch (rate limit) or another worker's fetch ended or timed out:
+            // waiters get a verdict from the keys at hand.
+            let in_progress = attempt.at.is_some_and(|at| {
+                !attempt.failed
+                    && at > state.version
+                    && now.saturating_sub(at) <= remote.call.timeout_ms + 1000
+            });
+            if state.waiters.is_empty() || in_progress {
+                return Vec::new();
+            }
+            state.unknown_kid = false;
+            self.resolve_key_waiters(host, i, now)
+        }
+    }
+
+    /// Runs the requests that waited for `issuer`'s keys again, with the keys now at hand.
+    fn resolve_key_waiters<H: Host>(
+        &mut self,
+        host: &H,
+        issuer: usize,
+        now: u64,
+    ) -> Vec<(u32, Verdict)> {
+        let waiters = std::mem::take(&mut self.issuers[issuer].waiters);
+        let mut out = Vec::with_capacity(waiters.len());
+        for w in waiters {
+            self.key_waiters.remove(&w.ctx);
+            // A token still naming an unknown key is refused now; it must not wait again.
+            let v = match self.proceed_after_refresh(host, &w, now) {
+                Verdict::Pause if self.key_waiters.contains_key(&w.ctx) => {
+                    self.key_waiters.remove(&w.ctx);
+                    self.issuers[issuer].waiters.retain(|x| x.ctx != w.ctx);
+                    self.refuse_jwt(host, w.ctx, &w.subject, JwtError::UnknownKey)
+                }
+                v => v,
+            };
+            out.push((w.ctx, v));
+        }
+        out
+    }
+
+    fn proceed_after_refresh<H: Host>(&mut self, host: &H, w: &KeyWaiter, now: u64) -> Verdict {
+        if host.debug_enabled() {
+            let waited = now.saturating_sub(w.since_ms);
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx),
+            );
+        }
+        self.proceed(host, w.ctx, None, w.profile, &w.subject, now)
+    }
+
+    fn fail_key_waiters(&mut self, issuer: usize) -> Vec<(u32, Verdict)> {
+        let waiters = std::mem::take(&mut self.issuers[issuer].waiters);
+        let reply =
+            LocalReply::unavailable("signing keys of the token issuer could not be fetched");
+        waiters
+            .into_iter()
+            .map(|w| {
+                self.key_waiters.remove(&w.ctx);
+                (w.ctx, Verdict::Respond(reply.clone()))
+            })
+            .collect()
     }
 
     fn store<H: Host>(
@@ -358,7 +753,7 @@ impl Engine {
         value: &Cached,
     ) {
         if let Some(bytes) = cache::encode(key, expires_at_ms, value) {
-            if let Err(e) = host.shared_set(slot, &bytes) {
+            if let Err(e) = host.shared_set(slot, &bytes, None) {
                 host.log(LogLevel::Warn, &format!("cache write failed: {}", e.0));
             }
         }
@@ -433,6 +828,84 @@ impl Engine {
     }
 }
 
+/// The per-worker state of one trusted issuer.
+fn issuer_state(t: &crate::config::TrustedIssuer) -> IssuerState {
+    match &t.keys {
+        KeySource::Inline(set) => IssuerState {
+            remote: None,
+            keys: Some(set.clone()),
+            version: 0,
+            unknown_kid: false,
+            waiters: Vec::new(),
+        },
+        KeySource::Remote(uri) => {
+            let mut h = Sha256::new();
+            for part in [&t.issuer, &uri.cluster, &uri.authority, &uri.path] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            let tag: String = h.finalize()[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            IssuerState {
+                remote: Some(RemoteKeys {
+                    call: HttpCall {
+                        cluster: uri.cluster.clone(),
+                        headers: vec![
+                            (":method".into(), "GET".into()),
+                            (":path".into(), uri.path.clone()),
+                            (":authority".into(), uri.authority.clone()),
+                            ("accept".into(), "application/json".into()),
+                        ],
+                        body: String::new(),
+                        timeout_ms: uri.timeout_ms,
+                    },
+                    schedule: Schedule {
+                        refresh_ms: uri.refresh_s * 1000,
+                    },
+                    keys_slot: format!("token_exchange.jwks.{tag}"),
+                    attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
+                    fetching: None,
+                }),
+                keys: None,
+                version: 0,
+                unknown_kid: false,
+                waiters: Vec::new(),
+            }
+        }
+    }
+}
+
+fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
+    let mut v = at.to_be_bytes().to_vec();
+    v.push(u8::from(failed));
+    v
+}
+
+fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
+    match host.shared_get(slot) {
+        Some((bytes, cas)) => match split_stamp(&bytes) {
+            Some((at, rest)) => Attempt {
+                at: Some(at),
+                failed: rest.first() == Some(&1),
+                cas: Some(cas),
+            },
+            None => Attempt {
+                cas: Some(cas),
+                ..Attempt::default()
+            },
+        },
+        None => Attempt::default(),
+    }
+}
+
+/// Splits an 8-byte big-endian time stamp off the front of a shared-data value.
+fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (stamp, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*stamp), rest))
+}
+
 /// Whether a request meets every criterion of a route rule.
 fn matches<R: RequestHeaders + ?Sized>(m: &RouteMatch, req: &R) -> bool {
     if let Some(want) = &m.authority {
@@ -479,8 +952,8 @@ mod tests {
         Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap())
     }
 
-    fn ok(token: &str, expires_in: u64) -> StsAnswer {
-        StsAnswer {
+    fn ok(token: &str, expires_in: u64) -> HttpAnswer {
+        HttpAnswer {
             status: Some(200),
             body: format!(r#"{{"access_token":"{token}","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":{expires_in}}}"#)
                 .into_bytes(),
@@ -488,8 +961,8 @@ mod tests {
         }
     }
 
-    fn err(status: u16, code: &str) -> StsAnswer {
-        StsAnswer {
+    fn err(status: u16, code: &str) -> HttpAnswer {
+        HttpAnswer {
             status: Some(status),
             body: format!(r#"{{"error":"{code}"}}"#).into_bytes(),
             too_large: false,
@@ -523,14 +996,14 @@ mod tests {
         h: &FakeHost,
         ctx: u32,
         token: &str,
-        answer: &StsAnswer,
+        answer: &HttpAnswer,
     ) -> Verdict {
         let auth = bearer(token);
         assert_eq!(
             e.on_request(h, ctx, &[("authorization", auth.as_str())][..]),
             Verdict::Pause
         );
-        let mut out = e.on_sts_answer(h, h.last_call(), answer);
+        let mut out = e.on_http_answer(h, h.last_call(), answer);
         assert_eq!(out.len(), 1);
         out.remove(0).1
     }
@@ -589,7 +1062,7 @@ mod tests {
         }
         assert_eq!(h.calls.borrow().len(), 1);
         assert_eq!(h.metric_value(Metric::Coalesced), 19);
-        let out = e.on_sts_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
         let mut ctxs: Vec<u32> = out.iter().map(|(c, _)| *c).collect();
         ctxs.sort_unstable();
         assert_eq!(ctxs, (1..=20).collect::<Vec<_>>());
@@ -611,7 +1084,7 @@ mod tests {
         for ctx in 1..=3 {
             e.on_request(&h, ctx, &[("authorization", "Bearer bad")][..]);
         }
-        let out = e.on_sts_answer(&h, h.last_call(), &err(400, "invalid_grant"));
+        let out = e.on_http_answer(&h, h.last_call(), &err(400, "invalid_grant"));
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|(_, v)| status(v) == 401));
         assert_eq!(h.metric_value(Metric::Rejected), 3);
@@ -626,21 +1099,18 @@ mod tests {
         e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
         let first = h.last_call();
         e.on_request_done(1);
-        assert!(e.has_orphans());
         assert!(
-            e.on_sts_answer(&h, first, &ok("late", 60)).is_empty(),
+            e.on_http_answer(&h, first, &ok("late", 60)).is_empty(),
             "lost call is forgotten"
         );
         assert!(e.on_tick(&h).is_empty());
-        assert!(!e.has_orphans());
         assert_eq!(h.calls.borrow().len(), 2);
-        let out = e.on_sts_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, 2);
         // when the last waiter leaves too, nothing is left behind
         e.on_request(&h, 3, &[("authorization", "Bearer u")][..]);
         e.on_request_done(3);
-        assert!(!e.has_orphans());
         assert!(e.on_tick(&h).is_empty());
         assert_eq!(h.calls.borrow().len(), 3);
     }
@@ -652,7 +1122,7 @@ mod tests {
         e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
         e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
         e.on_request_done(2);
-        let out = e.on_sts_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
         assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1]);
     }
 
@@ -700,7 +1170,7 @@ mod tests {
 
     #[test]
     fn every_sts_failure_answers_per_the_error_table() {
-        let cases: Vec<(StsAnswer, u32)> = vec![
+        let cases: Vec<(HttpAnswer, u32)> = vec![
             (err(400, "invalid_request"), 401),
             (err(400, "invalid_grant"), 401),
             (err(400, "invalid_target"), 403),
@@ -708,7 +1178,7 @@ mod tests {
             (err(400, "unauthorized_client"), 403),
             (err(401, "invalid_client"), 502),
             (
-                StsAnswer {
+                HttpAnswer {
                     status: Some(200),
                     body: b"garbage".to_vec(),
                     too_large: false,
@@ -716,7 +1186,7 @@ mod tests {
                 502,
             ),
             (
-                StsAnswer {
+                HttpAnswer {
                     status: Some(200),
                     body: br#"{"access_token":"a","token_type":"N_A","issued_token_type":"x:y"}"#
                         .to_vec(),
@@ -725,7 +1195,7 @@ mod tests {
                 502,
             ),
             (
-                StsAnswer {
+                HttpAnswer {
                     status: Some(500),
                     body: vec![],
                     too_large: false,
@@ -733,7 +1203,7 @@ mod tests {
                 503,
             ),
             (
-                StsAnswer {
+                HttpAnswer {
                     status: None,
                     body: vec![],
                     too_large: false,
@@ -777,7 +1247,7 @@ mod tests {
             &h,
             1,
             "t",
-            &StsAnswer {
+            &HttpAnswer {
                 status: None,
                 body: vec![],
                 too_large: false,
@@ -944,6 +1414,343 @@ mod tests {
             for secret in ["the-callers-token", "the-minted-token", "another", "pw"] {
                 assert!(!l.contains(secret), "{l}");
             }
+        }
+    }
+
+    mod issuers {
+        use super::*;
+        use crate::jwks::tests::TestKeys;
+        use serde_json::json;
+        use std::sync::OnceLock;
+
+        const ISS: &str = "https://idp.example";
+
+        fn keys() -> &'static TestKeys {
+            static KEYS: OnceLock<TestKeys> = OnceLock::new();
+            KEYS.get_or_init(TestKeys::new)
+        }
+
+        fn token(kid: &str, exp_in_s: u64) -> String {
+            let alg = match kid {
+                "ec" | "ec2" => "ES256",
+                "ed" => "EdDSA",
+                _ => "RS256",
+            };
+            keys().sign(
+                alg,
+                Some(kid),
+                &json!({ "iss": ISS, "sub": "alice", "exp": NOW / 1000 + exp_in_s }),
+            )
+        }
+
+        fn inline_engine() -> Engine {
+            engine(&format!(
+                r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256","ES256","EdDSA"],"jwks":{}}}]"#,
+                keys().jwks()
+            ))
+        }
+
+        fn remote_engine() -> Engine {
+            engine(&format!(
+                r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256","ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp.local","path":"/jwks","refresh_s":60}}}}]"#
+            ))
+        }
+
+        fn jwks_answer(keys: serde_json::Value) -> HttpAnswer {
+            HttpAnswer {
+                status: Some(200),
+                body: keys.to_string().into_bytes(),
+                too_large: false,
+            }
+        }
+
+        fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, t: &str) -> Verdict {
+            let auth = bearer(t);
+            e.on_request(h, ctx, &[("authorization", auth.as_str())][..])
+        }
+
+        /// Answers the last JWKS fetch.
+        fn answer_fetch(
+            e: &mut Engine,
+            h: &FakeHost,
+            keys: serde_json::Value,
+        ) -> Vec<(u32, Verdict)> {
+            let call = h.calls_to("idp").last().expect("a key fetch").0;
+            e.on_http_answer(h, call, &jwks_answer(keys))
+        }
+
+        fn verified_lines(h: &FakeHost) -> usize {
+            h.logs
+                .borrow()
+                .iter()
+                .filter(|(_, l)| l.ends_with(" verified"))
+                .count()
+        }
+
+        #[test]
+        fn a_valid_token_is_verified_once_then_exchanged_and_cached() {
+            let h = FakeHost::at(NOW);
+            let mut e = inline_engine();
+            let t = token("rsa", 600);
+            assert_eq!(ask(&mut e, &h, 1, &t), Verdict::Pause);
+            let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            assert_eq!(
+                set_value(&out[0].1, "authorization").as_deref(),
+                Some("Bearer minted")
+            );
+            for ctx in 2..10 {
+                assert_ne!(ask(&mut e, &h, ctx, &t), Verdict::Pause);
+            }
+            assert_eq!(verified_lines(&h), 1, "a hot token is verified once");
+            // the verified exp (600 s) capped the lifetime: 600 − 30 skew
+            h.advance_ms(570_000);
+            assert_eq!(ask(&mut e, &h, 20, &t), Verdict::Pause);
+        }
+
+        #[test]
+        fn refused_tokens_never_reach_the_sts_and_are_counted_by_reason() {
+            let h = FakeHost::at(NOW);
+            let mut e = inline_engine();
+            let expired = token("rsa", 0);
+            h.advance_ms(31_000);
+            let v = ask(&mut e, &h, 1, &expired);
+            let Verdict::Respond(r) = &v else {
+                panic!("{v:?}")
+            };
+            assert_eq!(r.status, 401);
+            assert!(r
+                .header("www-authenticate")
+                .unwrap()
+                .contains("error_description=\"token expired\""));
+            let v = ask(&mut e, &h, 2, "opaque-token");
+            assert_eq!(status(&v), 401);
+            assert!(h.calls.borrow().is_empty());
+            assert_eq!(h.metric_value(Metric::InvalidToken(JwtError::Expired)), 1);
+            assert_eq!(h.metric_value(Metric::InvalidToken(JwtError::Malformed)), 1);
+            assert_eq!(h.metric_value(Metric::Rejected), 2);
+        }
+
+        #[test]
+        fn remote_keys_answer_503_until_fetched_then_verify() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            let t = token("rsa", 600);
+            let v = ask(&mut e, &h, 1, &t);
+            assert_eq!(status(&v), 503);
+            assert!(e.on_tick(&h).is_empty());
+            assert_eq!(h.calls_to("idp").len(), 1);
+            let fetch = &h.calls_to("idp")[0].1;
+            assert_eq!(
+                fetch.headers[..3],
+                [
+                    (":method".to_string(), "GET".to_string()),
+                    (":path".into(), "/jwks".into()),
+                    (":authority".into(), "idp.local".into())
+                ]
+            );
+            assert!(answer_fetch(&mut e, &h, keys().jwks()).is_empty());
+            assert_eq!(ask(&mut e, &h, 2, &t), Verdict::Pause);
+            assert_eq!(h.calls_to("sts").len(), 1);
+            assert_eq!(h.metric_value(Metric::JwksFetches), 1);
+        }
+
+        #[test]
+        fn requests_before_the_first_keys_do_not_cause_an_early_refresh() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            assert_eq!(status(&ask(&mut e, &h, 1, &token("rsa", 600))), 503);
+            answer_fetch(&mut e, &h, keys().jwks());
+            h.advance_ms(10_000);
+            e.on_tick(&h);
+            assert_eq!(
+                h.calls_to("idp").len(),
+                1,
+                "no refresh before refresh_s without an unknown kid"
+            );
+        }
+
+        #[test]
+        fn a_failed_first_fetch_is_retried_every_second() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            let call = h.calls_to("idp")[0].0;
+            e.on_http_answer(
+                &h,
+                call,
+                &HttpAnswer {
+                    status: None,
+                    body: vec![],
+                    too_large: false,
+                },
+            );
+            assert_eq!(h.metric_value(Metric::JwksFetchFailures), 1);
+            h.advance_ms(900);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("idp").len(), 1);
+            h.advance_ms(100);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("idp").len(), 2);
+        }
+
+        #[test]
+        fn unknown_kid_waits_for_one_early_refresh_then_goes_on() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            h.advance_ms(10_000);
+            let rotated = token("ec", 600);
+            assert_eq!(ask(&mut e, &h, 7, &rotated), Verdict::Pause);
+            assert!(e.on_tick(&h).is_empty());
+            assert_eq!(h.calls_to("idp").len(), 2, "early refresh");
+            let out = answer_fetch(
+                &mut e,
+                &h,
+                json!({ "keys": [keys().rsa_jwk("rsa"), keys().ec_jwk("ec")] }),
+            );
+            assert_eq!(
+                out,
+                vec![(7, Verdict::Pause)],
+                "verified, now waiting on the STS"
+            );
+            assert_eq!(h.calls_to("sts").len(), 1);
+            let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            assert_eq!(out.len(), 1);
+            assert_eq!(
+                set_value(&out[0].1, "authorization").as_deref(),
+                Some("Bearer minted")
+            );
+        }
+
+        #[test]
+        fn a_flood_of_unknown_kids_costs_one_fetch_per_ten_seconds() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            h.advance_ms(10_000);
+            let stranger = token("ec", 600);
+            for ctx in 0..200 {
+                assert_eq!(ask(&mut e, &h, ctx, &stranger), Verdict::Pause);
+            }
+            e.on_tick(&h);
+            let out = answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            assert_eq!(out.len(), 200);
+            assert!(out.iter().all(|(_, v)| status(v) == 401));
+            for ctx in 200..400 {
+                assert_eq!(
+                    status(&ask(&mut e, &h, ctx, &stranger)),
+                    401,
+                    "no waiting inside the 10 s"
+                );
+                e.on_tick(&h);
+            }
+            assert_eq!(
+                h.calls_to("idp").len(),
+                2,
+                "the start fetch and one early refresh"
+            );
+            assert_eq!(
+                h.metric_value(Metric::InvalidToken(JwtError::UnknownKey)),
+                400
+            );
+            h.advance_ms(10_000);
+            assert_eq!(ask(&mut e, &h, 500, &stranger), Verdict::Pause);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("idp").len(), 3);
+        }
+
+        #[test]
+        fn a_failed_refresh_keeps_the_last_good_keys() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, keys().jwks());
+            h.advance_ms(60_000);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("idp").len(), 2, "regular refresh");
+            let call = h.calls_to("idp")[1].0;
+            e.on_http_answer(
+                &h,
+                call,
+                &HttpAnswer {
+                    status: Some(500),
+                    body: vec![],
+                    too_large: false,
+                },
+            );
+            assert_eq!(
+                ask(&mut e, &h, 1, &token("ec", 600)),
+                Verdict::Pause,
+                "old keys still verify"
+            );
+            h.advance_ms(9_000);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("idp").len(), 2);
+            h.advance_ms(1_000);
+            e.on_tick(&h);
+            assert_eq!(
+                h.calls_to("idp").len(),
+                3,
+                "retried after 10 s, before refresh_s"
+            );
+        }
+
+        #[test]
+        fn rotation_rejects_tokens_of_a_removed_key() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, keys().jwks());
+            let old = token("rsa", 600);
+            let v = ask(&mut e, &h, 1, &old);
+            assert_eq!(v, Verdict::Pause);
+            e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            h.advance_ms(60_000);
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, json!({ "keys": [keys().ec_jwk("ec")] }));
+            assert_eq!(
+                status(&ask(&mut e, &h, 2, &old)),
+                401,
+                "cached exchange is not served for a token whose key is gone"
+            );
+        }
+
+        #[test]
+        fn workers_share_one_fetch_through_shared_data() {
+            let h = FakeHost::at(NOW);
+            let mut a = remote_engine();
+            let mut b = remote_engine();
+            a.on_tick(&h);
+            b.on_tick(&h);
+            assert_eq!(
+                h.calls_to("idp").len(),
+                1,
+                "the CAS claim lets one worker fetch"
+            );
+            answer_fetch(&mut a, &h, keys().jwks());
+            b.on_tick(&h);
+            assert_eq!(
+                ask(&mut b, &h, 1, &token("rsa", 600)),
+                Verdict::Pause,
+                "b took up a's keys"
+            );
+            assert_eq!(h.calls_to("idp").len(), 1);
+        }
+
+        #[test]
+        fn a_waiter_that_leaves_is_forgotten() {
+            let h = FakeHost::at(NOW);
+            let mut e = remote_engine();
+            e.on_tick(&h);
+            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            h.advance_ms(10_000);
+            assert_eq!(ask(&mut e, &h, 3, &token("ec", 600)), Verdict::Pause);
+            e.on_request_done(3);
+            e.on_tick(&h);
+            assert!(answer_fetch(&mut e, &h, keys().jwks()).is_empty());
         }
     }
 }

@@ -12,13 +12,14 @@ use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel, MetricTyp
 
 use crate::config::Config;
 use crate::engine::{Engine, HeaderOp, Verdict};
-use crate::host::{Host, HostError, LogLevel, RequestHeaders};
+use crate::host::{
+    Host, HostError, HttpAnswer, HttpCall, LogLevel, RequestHeaders, MAX_ANSWER_BYTES,
+};
 use crate::metrics::{Metric, MetricKind};
 use crate::reply::LocalReply;
-use crate::sts::{StsAnswer, StsRequest, MAX_RESPONSE_BYTES};
 
-/// How often the root looks for STS calls to dispatch again.
-const TICK: Duration = Duration::from_millis(200);
+/// How often the root dispatches lost STS calls again and looks after the issuers' keys.
+const TICK: Duration = Duration::from_millis(100);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
@@ -43,7 +44,7 @@ struct ProxyHost {
 
 impl ProxyHost {
     fn new() -> Self {
-        let metric_ids = Metric::ALL
+        let metric_ids = Metric::all()
             .iter()
             .map(|m| {
                 let kind = match m.kind() {
@@ -69,16 +70,19 @@ impl Host for ProxyHost {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
+            _ => None,
+        }
     }
 
-    fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        hostcalls::set_shared_data(key, Some(value), None)
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        hostcalls::set_shared_data(key, Some(value), cas)
             .map_err(|s| HostError(format!("set_shared_data: {s:?}")))
     }
 
-    fn dispatch(&self, request: &StsRequest) -> Result<u32, HostError> {
+    fn dispatch(&self, request: &HttpCall) -> Result<u32, HostError> {
         let headers: Vec<(&str, &str)> = request
             .headers
             .iter()
@@ -87,7 +91,7 @@ impl Host for ProxyHost {
         hostcalls::dispatch_http_call(
             &request.cluster,
             headers,
-            Some(request.body.as_bytes()),
+            (!request.body.is_empty()).then_some(request.body.as_bytes()),
             Vec::new(),
             Duration::from_millis(request.timeout_ms),
         )
@@ -232,8 +236,8 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let verdicts = match self.shared.borrow_mut().as_mut() {
-            Some(w) if w.engine.has_orphans() => w.engine.on_tick(&w.host),
-            _ => return,
+            Some(w) => w.engine.on_tick(&w.host),
+            None => return,
         };
         deliver(verdicts, None);
         let _ = hostcalls::set_effective_context(self.id);
@@ -251,7 +255,7 @@ impl RootContext for Root {
     }
 }
 
-/// Reads an STS answer from the host and hands it to the engine.
+/// Reads a callout answer from the host and hands it to the engine.
 fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32, Verdict)> {
     let status = hostcalls::get_map_value(
         proxy_wasm::types::MapType::HttpCallResponseHeaders,
@@ -260,7 +264,7 @@ fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32,
     .ok()
     .flatten()
     .and_then(|s| s.parse::<u16>().ok());
-    let too_large = body_size > MAX_RESPONSE_BYTES;
+    let too_large = body_size > MAX_ANSWER_BYTES;
     let body = if too_large || body_size == 0 {
         Vec::new()
     } else {
@@ -273,13 +277,13 @@ fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32,
         .flatten()
         .unwrap_or_default()
     };
-    let answer = StsAnswer {
+    let answer = HttpAnswer {
         status,
         body,
         too_large,
     };
     match shared.borrow_mut().as_mut() {
-        Some(w) => w.engine.on_sts_answer(&w.host, token, &answer),
+        Some(w) => w.engine.on_http_answer(&w.host, token, &answer),
         None => Vec::new(),
     }
 }

@@ -3,7 +3,33 @@
 //! for tests that records what a real one would see.
 
 use crate::metrics::Metric;
-use crate::sts::StsRequest;
+
+/// An HTTP call to a cluster (the STS, a JWKS endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// Envoy cluster.
+    pub cluster: String,
+    /// Request headers, pseudo-headers first.
+    pub headers: Vec<(String, String)>,
+    /// Body; empty for none.
+    pub body: String,
+    /// Timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Largest answer body the filter reads from a callout.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What the host handed back for an HTTP call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// `:status`, absent when the call failed (reset, no upstream).
+    pub status: Option<u16>,
+    /// The body, empty when it was larger than [`MAX_ANSWER_BYTES`].
+    pub body: Vec<u8>,
+    /// The body was larger than [`MAX_ANSWER_BYTES`] and was not read.
+    pub too_large: bool,
+}
 
 /// Log severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,12 +50,13 @@ pub struct HostError(pub String);
 pub trait Host {
     /// Wall-clock time in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
-    /// The value stored under `key` in shared data, if any.
-    fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Stores `value` under `key` in shared data.
-    fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// The value stored under `key` in shared data with its CAS version, if any.
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Stores `value` under `key` in shared data; with `cas`, only if the entry still has that
+    /// version (compare-and-swap).
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError>;
     /// Dispatches an HTTP call; the answer comes back later with the returned token.
-    fn dispatch(&self, request: &StsRequest) -> Result<u32, HostError>;
+    fn dispatch(&self, call: &HttpCall) -> Result<u32, HostError>;
     /// Adds `value` to a counter, or records it in a histogram.
     fn metric(&self, metric: Metric, value: u64);
     /// Whether debug lines would be written (so callers can skip building them).
@@ -60,10 +87,10 @@ mod fake {
     pub struct FakeHost {
         /// Current time, ms since the epoch.
         pub now: Cell<u64>,
-        /// Shared data.
-        pub shared: RefCell<HashMap<String, Vec<u8>>>,
+        /// Shared data with CAS versions.
+        pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
         /// Every dispatched call with its token.
-        pub calls: RefCell<Vec<(u32, StsRequest)>>,
+        pub calls: RefCell<Vec<(u32, HttpCall)>>,
         /// Make the next dispatches fail.
         pub refuse_dispatch: Cell<bool>,
         /// Counter totals and histogram sums.
@@ -90,6 +117,16 @@ mod fake {
             self.metrics.borrow().get(&m).copied().unwrap_or(0)
         }
 
+        /// The calls dispatched to `cluster`.
+        pub fn calls_to(&self, cluster: &str) -> Vec<(u32, HttpCall)> {
+            self.calls
+                .borrow()
+                .iter()
+                .filter(|(_, c)| c.cluster == cluster)
+                .cloned()
+                .collect()
+        }
+
         /// The token of the last dispatched call.
         pub fn last_call(&self) -> u32 {
             self.calls
@@ -104,16 +141,19 @@ mod fake {
         fn now_ms(&self) -> u64 {
             self.now.get()
         }
-        fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.shared.borrow().get(key).cloned()
         }
-        fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-            self.shared
-                .borrow_mut()
-                .insert(key.to_string(), value.to_vec());
+        fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+            let mut shared = self.shared.borrow_mut();
+            let version = shared.get(key).map_or(0, |(_, v)| *v);
+            if cas.is_some_and(|c| c != version) {
+                return Err(HostError("CAS mismatch".into()));
+            }
+            shared.insert(key.to_string(), (value.to_vec(), version + 1));
             Ok(())
         }
-        fn dispatch(&self, request: &StsRequest) -> Result<u32, HostError> {
+        fn dispatch(&self, request: &HttpCall) -> Result<u32, HostError> {
             if self.refuse_dispatch.get() {
                 return Err(HostError("cluster not found".into()));
             }

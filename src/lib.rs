@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod jwks;
 pub mod metrics;
 pub mod reply;
 pub mod sts;

@@ -1,5 +1,7 @@
 //! The filter's Envoy stats: every name is defined here once, under the `token_exchange.` prefix.
 
+use crate::token::JwtError;
+
 /// Whether a metric counts events or records values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -30,21 +32,33 @@ pub enum Metric {
     Coalesced,
     /// Time from dispatch to answer of STS calls, in milliseconds.
     StsLatencyMs,
+    /// JWKS fetches dispatched.
+    JwksFetches,
+    /// JWKS fetches that failed (unreachable, non-200, not a usable key set).
+    JwksFetchFailures,
+    /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
+    InvalidToken(JwtError),
 }
 
 impl Metric {
-    /// Every metric, for defining them at start.
-    pub const ALL: [Metric; 9] = [
-        Metric::Requests,
-        Metric::CacheHits,
-        Metric::CacheMisses,
-        Metric::StsCalls,
-        Metric::StsErrors,
-        Metric::Rejected,
-        Metric::Bypassed,
-        Metric::Coalesced,
-        Metric::StsLatencyMs,
-    ];
+    /// Every metric, for defining them at start, in [`Metric::index`] order.
+    pub fn all() -> Vec<Metric> {
+        let mut all = vec![
+            Metric::Requests,
+            Metric::CacheHits,
+            Metric::CacheMisses,
+            Metric::StsCalls,
+            Metric::StsErrors,
+            Metric::Rejected,
+            Metric::Bypassed,
+            Metric::Coalesced,
+            Metric::StsLatencyMs,
+            Metric::JwksFetches,
+            Metric::JwksFetchFailures,
+        ];
+        all.extend(JwtError::ALL.iter().map(|e| Metric::InvalidToken(*e)));
+        all
+    }
 
     /// The full stat name.
     pub fn name(self) -> &'static str {
@@ -58,6 +72,19 @@ impl Metric {
             Metric::Bypassed => "token_exchange.bypassed",
             Metric::Coalesced => "token_exchange.coalesced",
             Metric::StsLatencyMs => "token_exchange.sts_latency_ms",
+            Metric::JwksFetches => "token_exchange.jwks_fetches",
+            Metric::JwksFetchFailures => "token_exchange.jwks_fetch_failures",
+            Metric::InvalidToken(e) => match e {
+                JwtError::Malformed => "token_exchange.rejected_malformed",
+                JwtError::MissingExp => "token_exchange.rejected_missing_exp",
+                JwtError::Algorithm => "token_exchange.rejected_algorithm",
+                JwtError::UntrustedIssuer => "token_exchange.rejected_untrusted_issuer",
+                JwtError::UnknownKey => "token_exchange.rejected_unknown_key",
+                JwtError::Signature => "token_exchange.rejected_signature",
+                JwtError::Expired => "token_exchange.rejected_expired",
+                JwtError::NotYetValid => "token_exchange.rejected_not_yet_valid",
+                JwtError::Audience => "token_exchange.rejected_audience",
+            },
         }
     }
 
@@ -69,9 +96,22 @@ impl Metric {
         }
     }
 
-    /// Position in [`Metric::ALL`], for id tables.
+    /// Position in [`Metric::all`], for id tables.
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            Metric::Requests => 0,
+            Metric::CacheHits => 1,
+            Metric::CacheMisses => 2,
+            Metric::StsCalls => 3,
+            Metric::StsErrors => 4,
+            Metric::Rejected => 5,
+            Metric::Bypassed => 6,
+            Metric::Coalesced => 7,
+            Metric::StsLatencyMs => 8,
+            Metric::JwksFetches => 9,
+            Metric::JwksFetchFailures => 10,
+            Metric::InvalidToken(e) => 11 + JwtError::ALL.iter().position(|x| *x == e).unwrap_or(0),
+        }
     }
 }
 
@@ -81,12 +121,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_prefixed_and_indexed_in_order() {
-        let mut names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();
+        let all = Metric::all();
+        let mut names: Vec<_> = all.iter().map(|m| m.name()).collect();
         assert!(names.iter().all(|n| n.starts_with("token_exchange.")));
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), Metric::ALL.len());
-        for (i, m) in Metric::ALL.iter().enumerate() {
+        assert_eq!(names.len(), all.len());
+        for (i, m) in all.iter().enumerate() {
             assert_eq!(m.index(), i);
         }
         assert_eq!(Metric::StsLatencyMs.kind(), MetricKind::Histogram);

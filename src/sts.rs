@@ -9,12 +9,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{StsConfig, SubjectTokenConfig};
+use crate::host::{HttpAnswer, HttpCall};
 
 /// The RFC 8693 grant type.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-
-/// Largest STS answer body the filter reads.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the filter authenticates to the STS (RFC 6749 §2.3). Credentials go in one place only.
 #[derive(Clone, PartialEq, Eq)]
@@ -63,19 +61,6 @@ impl ClientAuth {
 
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// A ready HTTP call to the STS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsRequest {
-    /// Envoy cluster.
-    pub cluster: String,
-    /// Request headers, pseudo-headers first.
-    pub headers: Vec<(String, String)>,
-    /// Form-urlencoded body.
-    pub body: String,
-    /// Timeout in milliseconds.
-    pub timeout_ms: u64,
 }
 
 /// One set of exchange parameters (the default, or a route's overrides), with everything that
@@ -205,11 +190,11 @@ impl ExchangeProfile {
     }
 
     /// The token request for `subject`.
-    pub fn request(&self, subject: &str) -> StsRequest {
+    pub fn request(&self, subject: &str) -> HttpCall {
         let body = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0)
             .append_pair("subject_token", subject)
             .finish();
-        StsRequest {
+        HttpCall {
             cluster: self.cluster.clone(),
             headers: self.headers.clone(),
             body,
@@ -242,17 +227,6 @@ pub enum StsFailure {
     Unavailable(&'static str),
 }
 
-/// What the host handed back for an STS call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsAnswer {
-    /// `:status`, absent when the call failed (reset, timeout, no upstream).
-    pub status: Option<u16>,
-    /// The body, empty when it was larger than [`MAX_RESPONSE_BYTES`].
-    pub body: Vec<u8>,
-    /// The body was larger than [`MAX_RESPONSE_BYTES`] and was not read.
-    pub too_large: bool,
-}
-
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<serde_json::Value>,
@@ -267,7 +241,7 @@ struct ErrorResponse {
 }
 
 /// Reads an STS answer. `requested` is the `requested_token_type` that was sent, if any.
-pub fn parse_answer(answer: &StsAnswer, requested: Option<&str>) -> Result<Minted, StsFailure> {
+pub fn parse_answer(answer: &HttpAnswer, requested: Option<&str>) -> Result<Minted, StsFailure> {
     let status = answer.status.ok_or(StsFailure::Unavailable(
         "token service unreachable or timed out",
     ))?;
@@ -361,7 +335,7 @@ mod tests {
             .collect()
     }
 
-    fn header<'a>(r: &'a StsRequest, name: &str) -> Option<&'a str> {
+    fn header<'a>(r: &'a HttpCall, name: &str) -> Option<&'a str> {
         r.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -487,8 +461,8 @@ mod tests {
         );
     }
 
-    fn answer(status: u16, body: &str) -> StsAnswer {
-        StsAnswer {
+    fn answer(status: u16, body: &str) -> HttpAnswer {
+        HttpAnswer {
             status: Some(status),
             body: body.as_bytes().to_vec(),
             too_large: false,
@@ -532,9 +506,9 @@ mod tests {
                 r#"{{"access_token":"new","token_type":"Bearer","issued_token_type":"{ATT}"{extra}}}"#
             )
         };
-        let cases: Vec<(StsAnswer, Option<&str>, StsFailure)> = vec![
+        let cases: Vec<(HttpAnswer, Option<&str>, StsFailure)> = vec![
             (
-                StsAnswer {
+                HttpAnswer {
                     status: None,
                     body: vec![],
                     too_large: false,
@@ -684,7 +658,7 @@ mod tests {
                 BadAnswer("expires_in is not a non-negative integer"),
             ),
             (
-                StsAnswer {
+                HttpAnswer {
                     status: Some(200),
                     body: vec![],
                     too_large: true,

@@ -1,8 +1,18 @@
-//! Reading the caller's token: extraction from the request header, the unverified `exp` of a
-//! JWT (only ever used to shorten a cache lifetime), and the short hash that logs carry.
+//! Reading the caller's token: extraction from the request header, verification of a JWT
+//! against trusted issuers (RFC 7519/7515, RFC 8725), the unverified `exp` of a JWT (only ever
+//! used to shorten a cache lifetime), and the short hash that logs carry.
 
-use jwt_compact::{Empty, UntrustedToken};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use jwt_compact::alg::{Ed25519, Es256, Rsa};
+use jwt_compact::{AlgorithmExt, Claims, Empty, UntrustedToken};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::config::TrustedIssuer;
+use crate::jwks::{JwsAlg, KeySet, Lookup, PublicKey};
 
 /// What the subject header held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +81,188 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
 pub fn fingerprint(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a subject JWT was refused. The description is safe to show the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JwtError {
+    /// Not three base64url segments of JSON, or claims of the wrong shape.
+    Malformed,
+    /// No `exp` claim.
+    MissingExp,
+    /// `alg` is `none`, HMAC, unsupported, not on the issuer's list, or not the key's.
+    Algorithm,
+    /// `iss` missing or not a trusted issuer.
+    UntrustedIssuer,
+    /// No key of the issuer matches the token's `kid`.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// `exp` has passed (beyond the leeway).
+    Expired,
+    /// `nbf` or `iat` lies in the future (beyond the leeway).
+    NotYetValid,
+    /// `aud` names none of the issuer's audiences.
+    Audience,
+}
+
+impl JwtError {
+    /// Every reason, for per-reason metrics.
+    pub const ALL: [JwtError; 9] = [
+        JwtError::Malformed,
+        JwtError::MissingExp,
+        JwtError::Algorithm,
+        JwtError::UntrustedIssuer,
+        JwtError::UnknownKey,
+        JwtError::Signature,
+        JwtError::Expired,
+        JwtError::NotYetValid,
+        JwtError::Audience,
+    ];
+
+    /// Short text for `error_description`; never contains the token.
+    pub fn description(self) -> &'static str {
+        match self {
+            JwtError::Malformed => "token is not a well-formed JWT",
+            JwtError::MissingExp => "token has no exp claim",
+            JwtError::Algorithm => "token algorithm not allowed",
+            JwtError::UntrustedIssuer => "token issuer is not trusted",
+            JwtError::UnknownKey => "token signing key is unknown",
+            JwtError::Signature => "token signature is invalid",
+            JwtError::Expired => "token expired",
+            JwtError::NotYetValid => "token not yet valid",
+            JwtError::Audience => "token audience not accepted",
+        }
+    }
+}
+
+/// The outcome of checking a subject JWT against the trusted issuers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtCheck {
+    /// Valid: the issuer's index and the token's `exp` (seconds since the epoch).
+    Valid {
+        /// Index into the trusted issuers.
+        issuer: usize,
+        /// `exp` claim.
+        exp: u64,
+    },
+    /// Refused.
+    Invalid(JwtError),
+    /// The issuer's keys have not arrived yet.
+    NoKeys(usize),
+    /// The issuer has keys, but none with the token's `kid`: perhaps they rotated.
+    UnknownKey(usize),
+}
+
+/// The claims the filter checks itself (`exp`, `nbf`, `iat` come with [`Claims`]).
+#[derive(Deserialize)]
+struct Registered {
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains_any(&self, wanted: &[String]) -> bool {
+        match self {
+            Audience::One(a) => wanted.contains(a),
+            Audience::Many(list) => list.iter().any(|a| wanted.contains(a)),
+        }
+    }
+}
+
+/// Verifies `token` against `issuers`: the `iss` must be listed, `alg` on that issuer's list and
+/// fit the key found by `kid` in `keys(issuer)`, the signature must verify, `exp` must be present
+/// and not passed, `nbf`/`iat` not in the future, `aud` must name one of the issuer's audiences
+/// when it lists any. Times are compared with the issuer's leeway.
+pub fn verify_jwt<'k>(
+    token: &str,
+    issuers: &[TrustedIssuer],
+    keys: impl Fn(usize) -> Option<&'k KeySet>,
+    now_s: u64,
+) -> JwtCheck {
+    use JwtCheck::Invalid;
+    let Ok(untrusted) = UntrustedToken::new(token) else {
+        return Invalid(JwtError::Malformed);
+    };
+    let Some(alg) = JwsAlg::from_name(untrusted.algorithm()) else {
+        return Invalid(JwtError::Algorithm);
+    };
+    let Ok(unchecked) = untrusted.deserialize_claims_unchecked::<Registered>() else {
+        return Invalid(JwtError::Malformed);
+    };
+    let Some(index) = unchecked
+        .custom
+        .iss
+        .as_deref()
+        .and_then(|iss| issuers.iter().position(|i| i.issuer == iss))
+    else {
+        return Invalid(JwtError::UntrustedIssuer);
+    };
+    let issuer = &issuers[index];
+    if !issuer.algorithms.contains(&alg) {
+        return Invalid(JwtError::Algorithm);
+    }
+    let Some(set) = keys(index) else {
+        return JwtCheck::NoKeys(index);
+    };
+    let key = match set.find(untrusted.header().key_id.as_deref(), alg) {
+        Lookup::Found(k) => k,
+        Lookup::Unknown => return JwtCheck::UnknownKey(index),
+        Lookup::Ambiguous => return Invalid(JwtError::UnknownKey),
+    };
+    if !key.public.fits(alg) || key.alg.as_deref().is_some_and(|a| a != alg.name()) {
+        return Invalid(JwtError::Algorithm);
+    }
+    let verified = match (&key.public, alg) {
+        (PublicKey::Rsa(k), _) => match Rsa::from_str(alg.name()) {
+            Ok(rsa) => rsa.validator::<Registered>(k).validate(&untrusted),
+            Err(_) => return Invalid(JwtError::Algorithm),
+        },
+        (PublicKey::P256(k), JwsAlg::Es256) => {
+            Es256.validator::<Registered>(k).validate(&untrusted)
+        }
+        (PublicKey::Ed25519(k), JwsAlg::EdDsa) => {
+            Ed25519.validator::<Registered>(k).validate(&untrusted)
+        }
+        _ => return Invalid(JwtError::Algorithm),
+    };
+    let Ok(verified) = verified else {
+        return Invalid(JwtError::Signature);
+    };
+    let claims: &Claims<Registered> = verified.claims();
+    let leeway = issuer.leeway_s;
+    let secs = |t: &DateTime<Utc>| u64::try_from(t.timestamp()).unwrap_or(0);
+    let Some(exp) = claims.expiration.as_ref().map(secs) else {
+        return Invalid(JwtError::MissingExp);
+    };
+    if now_s >= exp.saturating_add(leeway) {
+        return Invalid(JwtError::Expired);
+    }
+    let future = |t: &Option<DateTime<Utc>>| {
+        t.as_ref()
+            .is_some_and(|t| secs(t) > now_s.saturating_add(leeway))
+    };
+    if future(&claims.not_before) || future(&claims.issued_at) {
+        return Invalid(JwtError::NotYetValid);
+    }
+    if !issuer.audiences.is_empty()
+        && !claims
+            .custom
+            .aud
+            .as_ref()
+            .is_some_and(|a| a.contains_any(&issuer.audiences))
+    {
+        return Invalid(JwtError::Audience);
+    }
+    JwtCheck::Valid { issuer: index, exp }
 }
 
 #[cfg(test)]
@@ -176,6 +368,286 @@ mod tests {
         assert_eq!(unverified_exp(&jwt(r#"{"exp":"soon"}"#)), None);
         assert_eq!(unverified_exp("opaque-token"), None);
         assert_eq!(unverified_exp("a.b.c"), None);
+    }
+
+    mod jwt {
+        use super::super::*;
+        use crate::config::{KeySource, TrustedIssuer};
+        use crate::jwks::tests::TestKeys;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        use serde_json::json;
+        use std::sync::OnceLock;
+
+        const NOW: u64 = 1_800_000_000;
+        const ISS: &str = "https://idp.example";
+
+        fn keys() -> &'static TestKeys {
+            static KEYS: OnceLock<TestKeys> = OnceLock::new();
+            KEYS.get_or_init(TestKeys::new)
+        }
+
+        fn issuer(audiences: &[&str]) -> TrustedIssuer {
+            TrustedIssuer {
+                issuer: ISS.into(),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                algorithms: vec![JwsAlg::Rs256, JwsAlg::Es256, JwsAlg::EdDsa],
+                leeway_s: 30,
+                keys: KeySource::Inline(KeySet::from_value(&keys().jwks()).unwrap()),
+            }
+        }
+
+        fn check_with(token: &str, iss: &TrustedIssuer) -> JwtCheck {
+            let KeySource::Inline(set) = &iss.keys else {
+                unreachable!()
+            };
+            verify_jwt(token, std::slice::from_ref(iss), |_| Some(set), NOW)
+        }
+
+        fn check(token: &str) -> JwtCheck {
+            check_with(token, &issuer(&[]))
+        }
+
+        fn claims() -> serde_json::Value {
+            json!({ "iss": ISS, "sub": "alice", "exp": NOW + 600, "iat": NOW - 10 })
+        }
+
+        const VALID: JwtCheck = JwtCheck::Valid {
+            issuer: 0,
+            exp: NOW + 600,
+        };
+
+        #[test]
+        fn valid_rs256() {
+            assert_eq!(check(&keys().sign("RS256", Some("rsa"), &claims())), VALID);
+        }
+
+        #[test]
+        fn valid_es256() {
+            assert_eq!(check(&keys().sign("ES256", Some("ec"), &claims())), VALID);
+        }
+
+        #[test]
+        fn valid_eddsa() {
+            assert_eq!(check(&keys().sign("EdDSA", Some("ed"), &claims())), VALID);
+        }
+
+        #[test]
+        fn alg_none_is_refused() {
+            let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","kid":"rsa"}"#);
+            let c = URL_SAFE_NO_PAD.encode(claims().to_string());
+            assert_eq!(
+                check(&format!("{h}.{c}.")),
+                JwtCheck::Invalid(JwtError::Algorithm)
+            );
+            assert_eq!(
+                check(&format!("{h}.{c}")),
+                JwtCheck::Invalid(JwtError::Malformed)
+            );
+        }
+
+        #[test]
+        fn hs256_signed_with_the_rsa_public_key_is_refused() {
+            use jwt_compact::alg::{Hs256, Hs256Key};
+            use jwt_compact::{Algorithm, AlgorithmSignature};
+            let public = serde_json::to_vec(&keys().rsa_jwk("rsa")).unwrap();
+            let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"rsa"}"#);
+            let c = URL_SAFE_NO_PAD.encode(claims().to_string());
+            let input = format!("{h}.{c}");
+            let sig = Hs256.sign(&Hs256Key::new(&public), input.as_bytes());
+            let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_bytes()));
+            assert_eq!(check(&token), JwtCheck::Invalid(JwtError::Algorithm));
+        }
+
+        #[test]
+        fn alg_that_does_not_fit_the_key_is_refused() {
+            // An ES256 header naming the RSA key.
+            let token = keys().sign("ES256", Some("rsa"), &claims());
+            assert_eq!(check(&token), JwtCheck::Invalid(JwtError::Algorithm));
+        }
+
+        #[test]
+        fn alg_off_the_issuers_list_is_refused() {
+            let mut iss = issuer(&[]);
+            iss.algorithms = vec![JwsAlg::Es256];
+            let token = keys().sign("RS256", Some("rsa"), &claims());
+            assert_eq!(
+                check_with(&token, &iss),
+                JwtCheck::Invalid(JwtError::Algorithm)
+            );
+        }
+
+        #[test]
+        fn tampered_payload_is_refused() {
+            let token = keys().sign("RS256", Some("rsa"), &claims());
+            let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+            let mut c = claims();
+            c["sub"] = "mallory".into();
+            parts[1] = URL_SAFE_NO_PAD.encode(c.to_string());
+            assert_eq!(
+                check(&parts.join(".")),
+                JwtCheck::Invalid(JwtError::Signature)
+            );
+        }
+
+        #[test]
+        fn tampered_signature_is_refused() {
+            let token = keys().sign("ES256", Some("ec"), &claims());
+            let (head, sig) = token.rsplit_once('.').unwrap();
+            let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            bytes[10] ^= 0x01;
+            let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode(bytes));
+            assert_eq!(check(&forged), JwtCheck::Invalid(JwtError::Signature));
+        }
+
+        #[test]
+        fn wrong_kid_asks_for_fresh_keys() {
+            let token = keys().sign("RS256", Some("rotated"), &claims());
+            assert_eq!(check(&token), JwtCheck::UnknownKey(0));
+        }
+
+        #[test]
+        fn no_kid_with_one_fitting_key_verifies() {
+            assert_eq!(check(&keys().sign("EdDSA", None, &claims())), VALID);
+        }
+
+        #[test]
+        fn expired_is_refused() {
+            let mut c = claims();
+            c["exp"] = (NOW - 31).into();
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::Expired)
+            );
+        }
+
+        #[test]
+        fn expiry_inside_leeway_is_accepted() {
+            let mut c = claims();
+            c["exp"] = (NOW - 29).into();
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Valid {
+                    issuer: 0,
+                    exp: NOW - 29
+                }
+            );
+        }
+
+        #[test]
+        fn missing_exp_is_refused() {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove("exp");
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::MissingExp)
+            );
+        }
+
+        #[test]
+        fn nbf_in_the_future_is_refused() {
+            let mut c = claims();
+            c["nbf"] = (NOW + 31).into();
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::NotYetValid)
+            );
+            c["nbf"] = (NOW + 29).into();
+            assert_eq!(check(&keys().sign("RS256", Some("rsa"), &c)), VALID);
+        }
+
+        #[test]
+        fn iat_in_the_future_is_refused() {
+            let mut c = claims();
+            c["iat"] = (NOW + 3600).into();
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::NotYetValid)
+            );
+        }
+
+        #[test]
+        fn wrong_iss_is_refused() {
+            let mut c = claims();
+            c["iss"] = "https://evil.example".into();
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::UntrustedIssuer)
+            );
+            c.as_object_mut().unwrap().remove("iss");
+            assert_eq!(
+                check(&keys().sign("RS256", Some("rsa"), &c)),
+                JwtCheck::Invalid(JwtError::UntrustedIssuer)
+            );
+        }
+
+        #[test]
+        fn aud_missing_string_or_list() {
+            let iss = issuer(&["api://edge", "api://other"]);
+            let mut c = claims();
+            let token = |c: &serde_json::Value| keys().sign("ES256", Some("ec"), c);
+            assert_eq!(
+                check_with(&token(&c), &iss),
+                JwtCheck::Invalid(JwtError::Audience)
+            );
+            c["aud"] = "api://edge".into();
+            assert_eq!(check_with(&token(&c), &iss), VALID);
+            c["aud"] = "api://nope".into();
+            assert_eq!(
+                check_with(&token(&c), &iss),
+                JwtCheck::Invalid(JwtError::Audience)
+            );
+            c["aud"] = json!(["x", "api://other"]);
+            assert_eq!(check_with(&token(&c), &iss), VALID);
+            c["aud"] = json!(["x", "y"]);
+            assert_eq!(
+                check_with(&token(&c), &iss),
+                JwtCheck::Invalid(JwtError::Audience)
+            );
+            // without configured audiences, aud is not checked
+            assert_eq!(check(&token(&c)), VALID);
+        }
+
+        #[test]
+        fn not_three_segments_is_malformed() {
+            assert_eq!(check("abc.def"), JwtCheck::Invalid(JwtError::Malformed));
+            assert_eq!(check("opaque"), JwtCheck::Invalid(JwtError::Malformed));
+            let token = keys().sign("RS256", Some("rsa"), &claims());
+            assert_eq!(
+                check(&format!("{token}.extra")),
+                JwtCheck::Invalid(JwtError::Malformed)
+            );
+        }
+
+        #[test]
+        fn bad_base64_is_malformed() {
+            let token = keys().sign("RS256", Some("rsa"), &claims());
+            let broken = token.replacen('.', ".!!", 1);
+            assert_eq!(check(&broken), JwtCheck::Invalid(JwtError::Malformed));
+        }
+
+        #[test]
+        fn a_100_kb_token_is_handled() {
+            let mut c = claims();
+            c["pad"] = "x".repeat(100 * 1024).into();
+            let token = keys().sign("RS256", Some("rsa"), &c);
+            assert!(token.len() > 100 * 1024);
+            assert_eq!(check(&token), VALID);
+            assert_eq!(
+                extract(Some(&format!("Bearer {token}")), "Bearer ", 8192),
+                Extracted::Malformed("token too large")
+            );
+        }
+
+        #[test]
+        fn no_keys_yet_is_reported() {
+            let iss = issuer(&[]);
+            let token = keys().sign("RS256", Some("rsa"), &claims());
+            assert_eq!(
+                verify_jwt(&token, std::slice::from_ref(&iss), |_| None, NOW),
+                JwtCheck::NoKeys(0)
+            );
+        }
     }
 
     #[test]

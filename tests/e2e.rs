@@ -35,6 +35,15 @@ fn sts_config(extra: serde_json::Value) -> serde_json::Value {
 }
 
 fn envoy(sts_port: u16, config: serde_json::Value, concurrency: u32) -> Envoy {
+    envoy_with(sts_port, config, concurrency, &[])
+}
+
+fn envoy_with(
+    sts_port: u16,
+    config: serde_json::Value,
+    concurrency: u32,
+    clusters: &[(&str, u16)],
+) -> Envoy {
     support::require(
         &support::wasm_module(),
         "run `make build` (or `make test`) first",
@@ -49,6 +58,7 @@ fn envoy(sts_port: u16, config: serde_json::Value, concurrency: u32) -> Envoy {
         echo_port: start_echo(0),
         env: &[("STS_SECRET", SECRET)],
         concurrency,
+        clusters,
     })
 }
 
@@ -389,4 +399,132 @@ fn waiters_are_served_when_the_request_carrying_the_call_goes_away() {
     );
     assert_eq!(envoy.counter("coalesced"), 1);
     assert_eq!(sts.count(), 2, "the root dispatched the lost call again");
+}
+
+const ISS: &str = "https://idp.test";
+
+fn issuer_config(refresh_s: u64) -> serde_json::Value {
+    sts_config(json!({
+        "trusted_issuers": [{
+            "issuer": ISS,
+            "algorithms": ["ES256"],
+            "audiences": ["api://edge"],
+            "jwks_uri": { "cluster": "idp", "authority": "idp.test", "path": "/jwks", "refresh_s": refresh_s }
+        }]
+    }))
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    json!({ "iss": ISS, "sub": sub, "aud": "api://edge", "exp": support::now_s() + 600 })
+}
+
+/// Sends `token` until the answer is not 503 (the keys may not have arrived yet).
+fn when_keys_arrive(envoy: &Envoy, token: &str) -> support::Reply {
+    for _ in 0..100 {
+        let r = envoy.get_with_token("/", token);
+        if r.status != 503 {
+            return r;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("keys never arrived:\n{}", envoy.log_text());
+}
+
+#[test]
+fn trusted_issuer_tokens_are_verified_rotated_and_floods_rate_limited() {
+    let k1 = support::Signer::new("k1");
+    let k2 = support::Signer::new("k2");
+    let stranger = support::Signer::new("k1");
+    let idp = support::TestIdp::start(0, &json!({ "keys": [k1.jwk()] }));
+    let sts = TestSts::start(0, mint);
+    let envoy = envoy_with(sts.port, issuer_config(300), 1, &[("idp", idp.port)]);
+
+    let alice = k1.token(&claims("alice"), None);
+    let ok = when_keys_arrive(&envoy, &alice);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(sts.calls()[0].field("subject_token"), Some(alice.as_str()));
+    assert_eq!(idp.fetches(), 1);
+
+    // Forged with another key under the same kid, wrong audience, untrusted issuer: 401, no STS.
+    let forged = stranger.token(&claims("alice"), None);
+    let mut wrong_aud = claims("alice");
+    wrong_aud["aud"] = "api://other".into();
+    let mut untrusted = claims("alice");
+    untrusted["iss"] = "https://evil.test".into();
+    for (t, reason) in [
+        (forged, "token signature is invalid"),
+        (k1.token(&wrong_aud, None), "token audience not accepted"),
+        (k1.token(&untrusted, None), "token issuer is not trusted"),
+        ("not-a-jwt".to_string(), "token is not a well-formed JWT"),
+    ] {
+        let r = envoy.get_with_token("/", &t);
+        assert_eq!(r.status, 401, "{reason}");
+        assert!(
+            r.header("www-authenticate").unwrap().contains(reason),
+            "{reason}"
+        );
+    }
+    assert_eq!(sts.count(), 1);
+    assert_eq!(envoy.counter("rejected_signature"), 1);
+    assert_eq!(envoy.counter("rejected_audience"), 1);
+
+    // Rotation: the IdP switches keys; a token under the new kid is accepted after one early
+    // refresh (allowed 10 s after the last fetch), the old key's tokens are refused.
+    thread::sleep(Duration::from_millis(10_200));
+    idp.set_jwks(&json!({ "keys": [k2.jwk()] }));
+    let bob = k2.token(&claims("bob"), None);
+    let r = envoy.get_with_token("/", &bob);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, envoy.log_text());
+    assert_eq!(idp.fetches(), 2);
+    let old = envoy.get_with_token("/", &alice);
+    assert_eq!(
+        old.status, 401,
+        "a cached exchange is not served once the key is gone"
+    );
+
+    // A flood of unknown kids right after: no further fetch inside 10 s.
+    let unknown = k2.token(&claims("carol"), Some("k9"));
+    flood(&envoy, &unknown, 200);
+    assert_eq!(idp.fetches(), 2);
+
+    // And once 10 s have passed, a flood costs at most one fetch.
+    thread::sleep(Duration::from_millis(10_200));
+    flood(&envoy, &unknown, 200);
+    assert_eq!(idp.fetches(), 3, "one early refresh for 200 requests");
+    assert_eq!(envoy.counter("jwks_fetches"), 3);
+    assert_eq!(envoy.counter("rejected_unknown_key"), 401);
+}
+
+/// Sends `n` requests with `token` from 20 threads; every one must be refused with 401.
+fn flood(envoy: &Envoy, token: &str, n: usize) {
+    thread::scope(|s| {
+        for _ in 0..20 {
+            s.spawn(|| {
+                for _ in 0..n / 20 {
+                    let r = envoy.get_with_token("/", token);
+                    assert_eq!(r.status, 401, "{}", r.body);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn idp_down_at_start_answers_503_then_recovers() {
+    let idp_port = support::free_port();
+    let signer = support::Signer::new("k1");
+    let sts = TestSts::start(0, mint);
+    let envoy = envoy_with(sts.port, issuer_config(300), 1, &[("idp", idp_port)]);
+    let token = signer.token(&claims("dora"), None);
+    let r = envoy.get_with_token("/", &token);
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    thread::sleep(Duration::from_millis(300));
+    assert!(envoy.counter("jwks_fetch_failures") >= 1);
+
+    let idp = support::TestIdp::start(idp_port, &json!({ "keys": [signer.jwk()] }));
+    let r = when_keys_arrive(&envoy, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(idp.fetches(), 1);
+    assert_eq!(sts.count(), 1);
 }

@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -195,6 +196,99 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
 }
 
+/// A test identity provider serving a JWKS that the test can switch, counting fetches.
+pub struct TestIdp {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    jwks: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl TestIdp {
+    /// Serves `jwks` at `/jwks` on `port` (0 picks one).
+    pub fn start(port: u16, jwks: &serde_json::Value) -> Self {
+        let server = Server::http(("127.0.0.1", port)).expect("test IdP binds");
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let doc = Arc::new(Mutex::new(jwks.to_string()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (d, f) = (doc.clone(), fetches.clone());
+        thread::spawn(move || {
+            for request in server.incoming_requests() {
+                f.fetch_add(1, Ordering::SeqCst);
+                let body = d.lock().expect("lock").clone();
+                let _ = request.respond(
+                    Response::from_string(body)
+                        .with_header(header("content-type", "application/json")),
+                );
+            }
+        });
+        TestIdp {
+            port,
+            jwks: doc,
+            fetches,
+        }
+    }
+
+    /// Serves another key set from now on.
+    pub fn set_jwks(&self, jwks: &serde_json::Value) {
+        *self.jwks.lock().expect("lock") = jwks.to_string();
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// An ES256 signing key with its `kid`, for minting subject tokens.
+pub struct Signer {
+    kid: String,
+    key: p256::ecdsa::SigningKey,
+}
+
+impl Signer {
+    /// A fresh key.
+    pub fn new(kid: &str) -> Self {
+        Signer {
+            kid: kid.into(),
+            key: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng),
+        }
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> serde_json::Value {
+        let mut v =
+            serde_json::to_value(jwt_compact::jwk::JsonWebKey::from(self.key.verifying_key()))
+                .expect("jwk");
+        v["kid"] = self.kid.clone().into();
+        v
+    }
+
+    /// A JWT with `claims`, signed by this key, naming `kid` (this key's unless overridden).
+    pub fn token(&self, claims: &serde_json::Value, kid: Option<&str>) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        use jwt_compact::{Algorithm, AlgorithmSignature};
+        let header =
+            serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": kid.unwrap_or(&self.kid) });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = jwt_compact::alg::Es256.sign(&self.key, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_bytes()))
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// Starts an upstream that answers every request with `{"path": …, "headers": {name: value}}`.
 pub fn start_echo(port: u16) -> u16 {
     let server = Server::http(("127.0.0.1", port)).expect("echo binds");
@@ -295,6 +389,8 @@ pub struct EnvoySetup<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Worker threads.
     pub concurrency: u32,
+    /// Further clusters (name, port), e.g. an IdP.
+    pub clusters: &'a [(&'a str, u16)],
 }
 
 impl Envoy {
@@ -464,6 +560,11 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect();
+    let clusters: Vec<serde_json::Value> = [("sts", setup.sts_port), ("echo", setup.echo_port)]
+        .iter()
+        .chain(setup.clusters.iter())
+        .map(|(name, port)| cluster(name, *port))
+        .collect();
     let config = serde_json::json!({
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin } } },
         "static_resources": {
@@ -500,10 +601,7 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
                     }
                 }] }]
             }],
-            "clusters": [
-                cluster("sts", setup.sts_port),
-                cluster("echo", setup.echo_port),
-            ]
+            "clusters": clusters
         }
     });
     // JSON is YAML.
