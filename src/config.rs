@@ -6,8 +6,11 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::assertion::{AssertionSigner, SigningKey};
 use crate::jwks::{JwsAlg, KeySet};
-use crate::sts::{ClientAuth, ExchangeProfile};
+use crate::sts::{
+    Actor, ActorProfile, ActorSource, ClientAuth, Endpoint, ExchangeProfile, ExchangeSpec, Grant,
+};
 
 /// The RFC 8693 token type URI of an OAuth access token, the default subject token type.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -128,8 +131,6 @@ pub struct StsConfig {
     pub timeout_ms: u64,
     /// The filter's client id, if it authenticates.
     pub client_id: Option<String>,
-    /// How the filter authenticates itself.
-    pub client_auth: ClientAuth,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -203,8 +204,14 @@ pub struct TrustedIssuer {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// STS endpoint and credentials.
+    /// STS endpoint settings.
     pub sts: StsConfig,
+    /// The token endpoint with the filter's client authentication.
+    pub endpoint: Endpoint,
+    /// Client-credentials requests for the filter's own actor tokens.
+    pub actors: Vec<ActorProfile>,
+    /// Headers carrying callers' actor tokens: never forwarded upstream.
+    pub actor_headers: Vec<String>,
     /// Subject token extraction.
     pub subject_token: SubjectTokenConfig,
     /// Issuers whose JWTs are accepted; empty: the STS alone judges tokens.
@@ -262,8 +269,37 @@ struct RawSts {
     client_secret: Option<String>,
     client_secret_env: Option<String>,
     client_auth: Option<String>,
-    private_key: Option<serde_json::Value>,
+    private_key: Option<RawPrivateKey>,
     ciba: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivateKey {
+    pem: Option<String>,
+    pem_env: Option<String>,
+    alg: Option<String>,
+    kid: Option<String>,
+    audience: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawActor {
+    source: String,
+    scope: Option<String>,
+    audience: Option<OneOrMany>,
+    header: Option<String>,
+    token_type: Option<String>,
+}
+
+/// Tells a key set to `null` (`Some(None)`) from an absent key (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -321,7 +357,9 @@ struct RawExchange {
     resource: Option<OneOrMany>,
     scope: Option<String>,
     requested_token_type: Option<String>,
-    actor: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    actor: Option<Option<RawActor>>,
+    expect_act: Option<bool>,
     extra_params: Option<BTreeMap<String, String>>,
 }
 
@@ -338,6 +376,7 @@ impl RawExchange {
                 .clone()
                 .or_else(|| self.requested_token_type.clone()),
             actor: o.actor.clone().or_else(|| self.actor.clone()),
+            expect_act: o.expect_act.or(self.expect_act),
             extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
         }
     }
@@ -398,7 +437,7 @@ impl Config {
             self.sts.authority,
             self.sts.token_path,
             self.sts.cluster,
-            self.sts.client_auth.name(),
+            self.endpoint.auth().name(),
             self.routes.len(),
             self.cache.max_entries,
             self.on_missing_token,
@@ -436,8 +475,10 @@ fn not_yet(key: &str) -> ConfigError {
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let sts = validate_sts(raw.sts, env)?;
+    let (sts, endpoint) = validate_sts(raw.sts, env)?;
     let subject_token = validate_subject(raw.subject_token)?;
+    let mut actors = Vec::new();
+    let mut actor_headers = Vec::new();
     let mut trusted_issuers = Vec::with_capacity(raw.trusted_issuers.len());
     for (i, r) in raw.trusted_issuers.into_iter().enumerate() {
         let issuer = validate_issuer(r, &format!("trusted_issuers[{i}]"))?;
@@ -455,12 +496,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     let output = validate_output(raw.output, &subject_token)?;
     let cache = validate_cache(raw.cache)?;
 
-    let mut profiles = vec![validate_exchange(
-        &raw.exchange,
-        "exchange",
-        &sts,
-        &subject_token,
-    )?];
+    let mut ctx = ExchangeContext {
+        endpoint: &endpoint,
+        subject: &subject_token,
+        actors: &mut actors,
+        actor_headers: &mut actor_headers,
+    };
+    let mut profiles = vec![validate_exchange(&raw.exchange, "exchange", &mut ctx)?];
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
@@ -479,8 +521,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 profiles.push(validate_exchange(
                     &merged,
                     &format!("{key}.exchange"),
-                    &sts,
-                    &subject_token,
+                    &mut ctx,
                 )?);
                 RouteAction::Exchange(profiles.len() - 1)
             }
@@ -502,6 +543,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
     Ok(Config {
         sts,
+        endpoint,
+        actors,
+        actor_headers,
         subject_token,
         trusted_issuers,
         profiles,
@@ -514,10 +558,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     })
 }
 
-fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsConfig, ConfigError> {
-    if s.private_key.is_some() {
-        return Err(not_yet("sts.private_key"));
-    }
+fn validate_sts(
+    s: RawSts,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(StsConfig, Endpoint), ConfigError> {
     if s.ciba.is_some() {
         return Err(not_yet("sts.ciba"));
     }
@@ -564,6 +608,12 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         (None, None) => None,
     };
     let client_id = s.client_id.filter(|id| !id.is_empty());
+    if s.private_key.is_some() && method != "private_key_jwt" {
+        return Err(ConfigError::new(
+            "sts.private_key",
+            "is only used with client_auth private_key_jwt",
+        ));
+    }
     let client_auth = match method {
         "none" => {
             if secret.is_some() {
@@ -590,24 +640,71 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
                 ClientAuth::Post { id, secret }
             }
         }
-        "private_key_jwt" => return Err(not_yet("sts.client_auth private_key_jwt")),
+        "private_key_jwt" => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    "sts.client_secret",
+                    "must not be set with private_key_jwt: credentials go in one place",
+                ));
+            }
+            let id = client_id.clone().ok_or_else(|| {
+                ConfigError::new("sts.client_id", "is required for private_key_jwt")
+            })?;
+            let pk = s.private_key.ok_or_else(|| {
+                ConfigError::new("sts.private_key", "is required for private_key_jwt")
+            })?;
+            let pem = match (pk.pem, pk.pem_env) {
+                (Some(p), None) => p,
+                (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    ConfigError::new(
+                        "sts.private_key.pem_env",
+                        format!("environment variable {var} is not set in the VM"),
+                    )
+                })?,
+                _ => {
+                    return Err(ConfigError::new(
+                        "sts.private_key",
+                        "give exactly one of pem and pem_env",
+                    ))
+                }
+            };
+            let alg = pk.alg.unwrap_or_else(|| "ES256".to_string());
+            let key = SigningKey::from_pem(&alg, &pem)
+                .map_err(|why| ConfigError::new("sts.private_key", why))?;
+            ClientAuth::PrivateKeyJwt(Box::new(AssertionSigner {
+                client_id: id,
+                audience: pk
+                    .audience
+                    .unwrap_or_else(|| format!("https://{}{}", s.authority, s.token_path)),
+                kid: pk.kid,
+                key,
+            }))
+        }
         other => {
             return Err(ConfigError::new(
                 "sts.client_auth",
                 format!(
-                    "unknown method {other:?}; use client_secret_basic, client_secret_post or none"
+                    "unknown method {other:?}; use client_secret_basic, client_secret_post, private_key_jwt or none"
                 ),
             ))
         }
     };
-    Ok(StsConfig {
+    let endpoint = Endpoint::new(
+        &s.cluster,
+        &s.authority,
+        &s.token_path,
+        timeout_ms,
+        client_id.clone(),
+        client_auth,
+    );
+    let sts = StsConfig {
         cluster: s.cluster,
         authority: s.authority,
         token_path: s.token_path,
         timeout_ms,
         client_id,
-        client_auth,
-    })
+    };
+    Ok((sts, endpoint))
 }
 
 fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError> {
@@ -785,25 +882,30 @@ fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
     })
 }
 
+/// What validating an exchange needs besides the exchange itself.
+struct ExchangeContext<'a> {
+    endpoint: &'a Endpoint,
+    subject: &'a SubjectTokenConfig,
+    actors: &'a mut Vec<ActorProfile>,
+    actor_headers: &'a mut Vec<String>,
+}
+
 fn validate_exchange(
     e: &RawExchange,
     key: &str,
-    sts: &StsConfig,
-    subject: &SubjectTokenConfig,
+    ctx: &mut ExchangeContext<'_>,
 ) -> Result<ExchangeProfile, ConfigError> {
-    match e.grant.as_deref() {
-        None | Some("token_exchange") => {}
-        Some("jwt_bearer") | Some("ciba") => return Err(not_yet(&format!("{key}.grant"))),
+    let grant = match e.grant.as_deref() {
+        None | Some("token_exchange") => Grant::TokenExchange,
+        Some("jwt_bearer") => Grant::JwtBearer,
+        Some("ciba") => return Err(not_yet(&format!("{key}.grant ciba"))),
         Some(other) => {
             return Err(ConfigError::new(
                 format!("{key}.grant"),
-                format!("unknown grant {other:?}; use token_exchange"),
+                format!("unknown grant {other:?}; use token_exchange or jwt_bearer"),
             ))
         }
-    }
-    if e.actor.as_ref().is_some_and(|a| !a.is_null()) {
-        return Err(not_yet(&format!("{key}.actor")));
-    }
+    };
     let audience = e
         .audience
         .clone()
@@ -827,19 +929,7 @@ fn validate_exchange(
         }
     }
     if let Some(scope) = &e.scope {
-        let ok = !scope.is_empty()
-            && scope.split(' ').all(|t| {
-                !t.is_empty()
-                    && t.bytes().all(|b| {
-                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
-                    })
-            });
-        if !ok {
-            return Err(ConfigError::new(
-                format!("{key}.scope"),
-                "must be space-separated scope tokens (RFC 6749 §3.3)",
-            ));
-        }
+        scope_tokens(scope, &format!("{key}.scope"))?;
     }
     if let Some(t) = &e.requested_token_type {
         uri(t, &format!("{key}.requested_token_type"))?;
@@ -854,15 +944,141 @@ fn validate_exchange(
             ));
         }
     }
-    Ok(ExchangeProfile::new(
-        sts,
-        subject,
+    let raw_actor = e.actor.clone().flatten();
+    let expect_act = e.expect_act.unwrap_or(false);
+    if grant == Grant::JwtBearer {
+        let conflict = [
+            ("actor", raw_actor.is_some()),
+            ("requested_token_type", e.requested_token_type.is_some()),
+            ("audience", !audience.is_empty()),
+            ("resource", !resource.is_empty()),
+        ];
+        if let Some((name, _)) = conflict.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                format!("{key}.{name}"),
+                "is not part of the jwt_bearer grant (RFC 7523); use extra_params if the STS wants it",
+            ));
+        }
+    }
+    if expect_act && raw_actor.is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.expect_act"),
+            "needs an actor",
+        ));
+    }
+    let (actor, actor_key) = match raw_actor {
+        None => (None, None),
+        Some(a) => {
+            let (actor, actor_key) = validate_actor(a, &format!("{key}.actor"), ctx)?;
+            (Some(actor), actor_key)
+        }
+    };
+    let spec = ExchangeSpec {
         audience,
         resource,
-        e.scope.clone(),
-        e.requested_token_type.clone(),
-        extra,
+        scope: e.scope.clone(),
+        requested_token_type: e.requested_token_type.clone(),
+        extra_params: extra,
+    };
+    Ok(ExchangeProfile::new(
+        ctx.endpoint,
+        &ctx.subject.token_type,
+        grant,
+        spec,
+        actor,
+        actor_key.as_ref(),
+        expect_act,
     ))
+}
+
+fn validate_actor(
+    a: RawActor,
+    key: &str,
+    ctx: &mut ExchangeContext<'_>,
+) -> Result<(Actor, Option<crate::cache::CacheKey>), ConfigError> {
+    let token_type = a
+        .token_type
+        .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_string());
+    uri(&token_type, &format!("{key}.token_type"))?;
+    match a.source.as_str() {
+        "client_credentials" => {
+            if a.header.is_some() {
+                return Err(ConfigError::new(
+                    format!("{key}.header"),
+                    "is only for source header",
+                ));
+            }
+            if let Some(scope) = &a.scope {
+                scope_tokens(scope, &format!("{key}.scope"))?;
+            }
+            let audience = a.audience.map(OneOrMany::into_vec).unwrap_or_default();
+            let profile = ActorProfile::new(ctx.endpoint, a.scope.as_deref(), &audience);
+            let index = match ctx.actors.iter().position(|p| p.key == profile.key) {
+                Some(i) => i,
+                None => {
+                    ctx.actors.push(profile);
+                    ctx.actors.len() - 1
+                }
+            };
+            let actor_key = ctx.actors[index].key;
+            Ok((
+                Actor {
+                    source: ActorSource::ClientCredentials(index),
+                    token_type,
+                },
+                Some(actor_key),
+            ))
+        }
+        "header" => {
+            if a.scope.is_some() || a.audience.is_some() {
+                return Err(ConfigError::new(
+                    key,
+                    "scope and audience are only for source client_credentials",
+                ));
+            }
+            let header = a.header.ok_or_else(|| {
+                ConfigError::new(format!("{key}.header"), "is required for source header")
+            })?;
+            let header = header_name(&header, &format!("{key}.header"))?;
+            if header == ctx.subject.header || header.starts_with(':') {
+                return Err(ConfigError::new(
+                    format!("{key}.header"),
+                    "must be a header of its own",
+                ));
+            }
+            if !ctx.actor_headers.contains(&header) {
+                ctx.actor_headers.push(header.clone());
+            }
+            Ok((
+                Actor {
+                    source: ActorSource::Header(header),
+                    token_type,
+                },
+                None,
+            ))
+        }
+        other => Err(ConfigError::new(
+            format!("{key}.source"),
+            format!("unknown source {other:?}; use client_credentials or header"),
+        )),
+    }
+}
+
+fn scope_tokens(scope: &str, key: &str) -> Result<(), ConfigError> {
+    let ok = !scope.is_empty()
+        && scope.split(' ').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "must be space-separated scope tokens (RFC 6749 §3.3)",
+        ))
+    }
 }
 
 fn validate_match(m: RawMatch, key: &str) -> Result<RouteMatch, ConfigError> {
@@ -947,6 +1163,7 @@ fn header_name(v: &str, key: &str) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sts::ActorSource;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -971,7 +1188,7 @@ mod tests {
     fn minimal_config_gets_the_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.sts.timeout_ms, 2000);
-        assert_eq!(c.sts.client_auth.name(), "client_secret_basic");
+        assert_eq!(c.endpoint.auth().name(), "client_secret_basic");
         assert_eq!(c.subject_token.header, "authorization");
         assert_eq!(c.subject_token.prefix, "Bearer ");
         assert_eq!(c.subject_token.token_type, ACCESS_TOKEN_TYPE);
@@ -1025,7 +1242,7 @@ mod tests {
             Some("x-original-token")
         );
         assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Allow);
-        assert_eq!(c.sts.client_auth.name(), "client_secret_post");
+        assert_eq!(c.endpoint.auth().name(), "client_secret_post");
     }
 
     #[test]
@@ -1171,23 +1388,145 @@ mod tests {
     }
 
     #[test]
-    fn features_of_later_versions_are_refused_not_ignored() {
+    fn ciba_is_refused_not_ignored() {
         assert_eq!(
-            err_key(&with(
-                r#""exchange":{"actor":{"source":"header","header":"x"}}"#
-            )),
-            "exchange.actor"
-        );
-        assert_eq!(
-            err_key(&with(r#""exchange":{"grant":"jwt_bearer"}"#)),
-            "exchange.grant"
+            err_key(&with(r#""exchange":{"grant":"ciba"}"#)),
+            "exchange.grant ciba"
         );
         assert_eq!(
             err_key(
-                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt"}}"#
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{}}}"#
             ),
-            "sts.client_auth private_key_jwt"
+            "sts.ciba"
         );
+    }
+
+    #[test]
+    fn actors_and_grants_are_validated() {
+        let ok = with(
+            r#""exchange":{"actor":{"source":"client_credentials","scope":"a b"},"expect_act":true},
+            "routes":[{"match":{"path_prefix":"/imp"},"exchange":{"actor":null,"expect_act":false}},
+                      {"match":{"path_prefix":"/hdr"},"exchange":{"actor":{"source":"header","header":"X-Actor"}}},
+                      {"match":{"path_prefix":"/same"},"exchange":{"audience":"x"}}]"#,
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.actors.len(), 1, "one client-credentials actor, shared");
+        assert!(c.profiles[0].actor.is_some());
+        assert!(
+            c.profiles[1].actor.is_none(),
+            "a route turns delegation off with null"
+        );
+        assert_eq!(
+            c.profiles[2].actor.as_ref().unwrap().source,
+            ActorSource::Header("x-actor".into())
+        );
+        assert_eq!(c.actor_headers, vec!["x-actor".to_string()]);
+        assert!(
+            c.profiles[3].actor.is_some(),
+            "an override without actor keeps the default's"
+        );
+
+        let cases = [
+            (
+                r#""exchange":{"grant":"jwt_bearer","actor":{"source":"client_credentials"}}"#,
+                "exchange.actor",
+            ),
+            (
+                r#""exchange":{"grant":"jwt_bearer","requested_token_type":"urn:x:y"}"#,
+                "exchange.requested_token_type",
+            ),
+            (
+                r#""exchange":{"grant":"jwt_bearer","audience":"a"}"#,
+                "exchange.audience",
+            ),
+            (r#""exchange":{"grant":"saml"}"#, "exchange.grant"),
+            (r#""exchange":{"expect_act":true}"#, "exchange.expect_act"),
+            (
+                r#""exchange":{"actor":{"source":"magic"}}"#,
+                "exchange.actor.source",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"header"}}"#,
+                "exchange.actor.header",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"header","header":"authorization"}}"#,
+                "exchange.actor.header",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"header","header":"x","scope":"s"}}"#,
+                "exchange.actor",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"client_credentials","header":"x"}}"#,
+                "exchange.actor.header",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"client_credentials","token_type":"jwt"}}"#,
+                "exchange.actor.token_type",
+            ),
+            (
+                r#""exchange":{"actor":{"source":"client_credentials","colour":"red"}}"#,
+                "exchange.actor.colour",
+            ),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(err_key(&with(extra)), key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn private_key_jwt_is_validated() {
+        let (pem, _) = crate::assertion::tests::es256_pem();
+        let env = |k: &str| (k == "KEY").then(|| pem.clone());
+        let parse_env = |json: &str| Config::parse(json.as_bytes(), &env);
+        let ok = r#"{"sts":{"cluster":"s","authority":"sts.local","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
+        let c = parse_env(ok).unwrap();
+        let ClientAuth::PrivateKeyJwt(signer) = c.endpoint.auth() else {
+            panic!()
+        };
+        assert_eq!(
+            signer.audience, "https://sts.local/t",
+            "default audience: the token endpoint URL"
+        );
+        let cases = [
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt"}}"#,
+                "sts.private_key",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#,
+                "sts.client_id",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"NOPE"}}}"#,
+                "sts.private_key.pem_env",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem":"junk"}}}"#,
+                "sts.private_key",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY","alg":"RS256"}}}"#,
+                "sts.private_key",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+                "sts.client_secret",
+            ),
+            (
+                r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+                "sts.private_key",
+            ),
+        ];
+        for (json, key) in cases {
+            let e = parse_env(json).expect_err(json);
+            assert_eq!(e.key, key, "{json}");
+            assert!(
+                !e.to_string().contains("PRIVATE KEY"),
+                "never echoes the key"
+            );
+        }
     }
 
     #[test]
@@ -1288,7 +1627,7 @@ mod tests {
         let json = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"STS_SECRET"}}"#;
         let env = |k: &str| (k == "STS_SECRET").then(|| "from-env".to_string());
         let c = Config::parse(json.as_bytes(), &env).unwrap();
-        assert_eq!(c.sts.client_auth, ClientAuth::basic("c", "from-env"));
+        assert_eq!(c.endpoint.auth(), &ClientAuth::basic("c", "from-env"));
         let e = parse(json).unwrap_err();
         assert_eq!(e.key, "sts.client_secret_env");
         assert!(e.to_string().contains("STS_SECRET"));
@@ -1316,10 +1655,23 @@ mod tests {
             r#""exchange":{"audience":"a","scope":"s1"},"routes":[{"match":{"path_prefix":"/b"},"exchange":{"audience":["b","c"]}}]"#,
         ))
         .unwrap();
-        let base = &c.profiles[0];
-        let over = &c.profiles[1];
-        assert_eq!(base.audience, vec!["a".to_string()]);
-        assert_eq!(over.audience, vec!["b".to_string(), "c".to_string()]);
-        assert_eq!(over.scope.as_deref(), Some("s1"));
+        let form = |i: usize| {
+            let body = c.profiles[i]
+                .request(&c.endpoint, "t", None, 0)
+                .unwrap()
+                .body;
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect::<Vec<(String, String)>>()
+        };
+        let field = |f: &[(String, String)], k: &str| -> Vec<String> {
+            f.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(field(&form(0), "audience"), vec!["a"]);
+        assert_eq!(field(&form(1), "audience"), vec!["b", "c"]);
+        assert_eq!(field(&form(1), "scope"), vec!["s1"]);
     }
 }

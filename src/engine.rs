@@ -12,7 +12,7 @@ use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
 use crate::jwks::{KeySet, Schedule};
 use crate::metrics::Metric;
 use crate::reply::LocalReply;
-use crate::sts::{self, StsFailure};
+use crate::sts::{self, ActorSource, IssuedType, StsFailure};
 use crate::token::{self, Extracted, JwtCheck, JwtError};
 
 /// Verified subject tokens remembered per worker before the memo is cleared.
@@ -46,11 +46,59 @@ struct Flight {
     call: Option<u32>,
     /// The context whose callout it is (its answer is lost with it); `None` for the root.
     carrier: Option<u32>,
-    members: Vec<u32>,
+    started_ms: u64,
+    job: Job,
+}
+
+/// What an STS call is for.
+enum Job {
+    /// A token exchange; `members` get its token.
+    Exchange {
+        members: Vec<u32>,
+        profile: usize,
+        subject: String,
+        subject_exp: Option<u64>,
+        /// With `expect_act`: the `sub` the minted token's `act` must name.
+        actor_sub: Option<String>,
+    },
+    /// The filter's own client-credentials call for actor `actor`; `parked` requests go on
+    /// with its token.
+    Actor { actor: usize, parked: Vec<Parked> },
+}
+
+/// A request waiting for the filter's actor token.
+struct Parked {
+    ctx: u32,
+    profile: usize,
+    subject: String,
+}
+
+/// An exchange call that answered, with what deciding on its answer needs.
+struct Exchange {
+    call: u32,
+    key: CacheKey,
     profile: usize,
     subject: String,
     subject_exp: Option<u64>,
-    started_ms: u64,
+    actor_sub: Option<String>,
+    waiting: usize,
+}
+
+impl Flight {
+    /// The requests waiting on this call.
+    fn waiting(&self) -> Vec<u32> {
+        match &self.job {
+            Job::Exchange { members, .. } => members.clone(),
+            Job::Actor { parked, .. } => parked.iter().map(|p| p.ctx).collect(),
+        }
+    }
+
+    fn forget(&mut self, ctx: u32) {
+        match &mut self.job {
+            Job::Exchange { members, .. } => members.retain(|m| *m != ctx),
+            Job::Actor { parked, .. } => parked.retain(|p| p.ctx != ctx),
+        }
+    }
 }
 
 /// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
@@ -58,6 +106,7 @@ struct KeyWaiter {
     ctx: u32,
     profile: usize,
     subject: String,
+    actor: Option<String>,
     since_ms: u64,
 }
 
@@ -106,6 +155,7 @@ pub struct Engine {
     flights: HashMap<CacheKey, Flight>,
     calls: HashMap<u32, CacheKey>,
     members: HashMap<u32, CacheKey>,
+    carried: HashMap<u32, Vec<CacheKey>>,
     issuers: Vec<IssuerState>,
     jwks_calls: HashMap<u32, usize>,
     key_waiters: HashMap<u32, usize>,
@@ -121,6 +171,7 @@ impl Engine {
             flights: HashMap::new(),
             calls: HashMap::new(),
             members: HashMap::new(),
+            carried: HashMap::new(),
             issuers,
             jwks_calls: HashMap::new(),
             key_waiters: HashMap::new(),
@@ -175,12 +226,42 @@ impl Engine {
                 return Verdict::Respond(LocalReply::invalid_token(&cfg.realm, why));
             }
         };
+        let actor = match self.config.profiles[profile]
+            .actor
+            .as_ref()
+            .map(|a| &a.source)
+        {
+            Some(ActorSource::Header(name)) => {
+                let value = req.header(name);
+                match token::extract(value.as_deref(), "", cfg.subject_token.max_bytes) {
+                    Extracted::Token(t) => Some(t.to_string()),
+                    _ => {
+                        host.metric(Metric::Rejected, 1);
+                        return Verdict::Respond(LocalReply::invalid_token(
+                            &cfg.realm,
+                            "actor token missing or malformed",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         let now = host.now_ms();
-        self.proceed(host, ctx, Some(ctx), profile, subject, now)
+        self.proceed(
+            host,
+            ctx,
+            Some(ctx),
+            profile,
+            subject,
+            actor.as_deref(),
+            now,
+        )
     }
 
     /// The request from the subject check on: verify (if issuers are trusted), cache lookup,
-    /// then join or start an STS call carried by `carrier` (`None`: the root context).
+    /// then join or start an STS call carried by `carrier` (`None`: the root context). `actor` is
+    /// the actor token when the request has it already (from a header, or just fetched).
+    #[allow(clippy::too_many_arguments)]
     fn proceed<H: Host>(
         &mut self,
         host: &H,
@@ -188,13 +269,19 @@ impl Engine {
         carrier: Option<u32>,
         profile: usize,
         subject: &str,
+        actor: Option<&str>,
         now: u64,
     ) -> Verdict {
-        let key = self.config.profiles[profile].cache_key(subject);
+        let p = &self.config.profiles[profile];
+        let header_actor = match p.actor.as_ref().map(|a| &a.source) {
+            Some(ActorSource::Header(_)) => actor,
+            _ => None,
+        };
+        let key = p.cache_key(subject, header_actor);
         let verified_exp = if self.config.trusted_issuers.is_empty() {
             None
         } else {
-            match self.check_subject(host, ctx, profile, subject, &key, now) {
+            match self.check_subject(host, ctx, profile, subject, actor, &key, now) {
                 Ok(exp) => Some(exp),
                 Err(verdict) => return verdict,
             }
@@ -217,8 +304,12 @@ impl Engine {
         }
         host.metric(Metric::CacheMisses, 1);
 
-        if let Some(flight) = self.flights.get_mut(&key) {
-            flight.members.push(ctx);
+        if let Some(Flight {
+            job: Job::Exchange { members, .. },
+            ..
+        }) = self.flights.get_mut(&key)
+        {
+            members.push(ctx);
             self.members.insert(ctx, key);
             host.metric(Metric::Coalesced, 1);
             if host.debug_enabled() {
@@ -231,14 +322,49 @@ impl Engine {
             return Verdict::Pause;
         }
 
-        let request = self.config.profiles[profile].request(subject);
-        let call = match host.dispatch(&request) {
-            Ok(call) => call,
-            Err(e) => {
+        let p = &self.config.profiles[profile];
+        let actor_token: Option<String> = match p.actor.as_ref().map(|a| &a.source) {
+            None => None,
+            Some(ActorSource::Header(_)) => actor.map(str::to_string),
+            Some(ActorSource::ClientCredentials(ai)) => {
+                match actor
+                    .map(str::to_string)
+                    .or_else(|| self.cached_actor(host, *ai, now))
+                {
+                    Some(t) => Some(t),
+                    None => {
+                        return self.park_for_actor(host, ctx, carrier, profile, subject, *ai, now)
+                    }
+                }
+            }
+        };
+        let p = &self.config.profiles[profile];
+        let actor_sub = if p.expect_act {
+            actor_token
+                .as_deref()
+                .and_then(token::unverified_sub)
+                .or_else(|| match p.actor.as_ref().map(|a| &a.source) {
+                    Some(ActorSource::ClientCredentials(_)) => {
+                        self.config.endpoint.client_id().map(str::to_string)
+                    }
+                    _ => None,
+                })
+        } else {
+            None
+        };
+        let request = p.request(
+            &self.config.endpoint,
+            subject,
+            actor_token.as_deref(),
+            now / 1000,
+        );
+        let (call, request) = match dispatch(host, request) {
+            Ok(sent) => sent,
+            Err(why) => {
                 host.metric(Metric::StsErrors, 1);
                 host.log(
                     LogLevel::Warn,
-                    &format!("ctx={ctx} STS call not dispatched: {}", e.0),
+                    &format!("ctx={ctx} STS call not dispatched: {why}"),
                 );
                 return self
                     .failure_verdict(host, &StsFailure::Unavailable("token service unavailable"));
@@ -252,20 +378,108 @@ impl Engine {
                 &format!("ctx={ctx} token={fp} cache miss, STS call {call}"),
             );
         }
+        let job = Job::Exchange {
+            members: vec![ctx],
+            profile,
+            subject: subject.to_string(),
+            subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
+            actor_sub,
+        };
+        self.start_flight(key, request, call, carrier, now, job);
+        self.members.insert(ctx, key);
+        Verdict::Pause
+    }
+
+    fn start_flight(
+        &mut self,
+        key: CacheKey,
+        request: HttpCall,
+        call: u32,
+        carrier: Option<u32>,
+        now: u64,
+        job: Job,
+    ) {
         self.flights.insert(
             key,
             Flight {
                 request,
                 call: Some(call),
                 carrier,
-                members: vec![ctx],
-                profile,
-                subject: subject.to_string(),
-                subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
                 started_ms: now,
+                job,
             },
         );
         self.calls.insert(call, key);
+        if let Some(c) = carrier {
+            self.carried.entry(c).or_default().push(key);
+        }
+    }
+
+    /// The filter's cached actor token for client-credentials actor `actor`, if still good.
+    fn cached_actor<H: Host>(&self, host: &H, actor: usize, now: u64) -> Option<String> {
+        let key = &self.config.actors[actor].key;
+        let slot = cache::slot_name(key, self.config.cache.max_entries);
+        match host
+            .shared_get(&slot)
+            .and_then(|(s, _)| cache::lookup(&s, key, now))
+        {
+            Some(Cached::Token(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Parks a request until the filter's actor token arrives; one call per actor at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn park_for_actor<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        carrier: Option<u32>,
+        profile: usize,
+        subject: &str,
+        actor: usize,
+        now: u64,
+    ) -> Verdict {
+        let key = self.config.actors[actor].key;
+        let parked = Parked {
+            ctx,
+            profile,
+            subject: subject.to_string(),
+        };
+        if let Some(Flight {
+            job: Job::Actor { parked: list, .. },
+            ..
+        }) = self.flights.get_mut(&key)
+        {
+            list.push(parked);
+            self.members.insert(ctx, key);
+            return Verdict::Pause;
+        }
+        let request = self.config.actors[actor].request(&self.config.endpoint, now / 1000);
+        let (call, request) = match dispatch(host, request) {
+            Ok(sent) => sent,
+            Err(why) => {
+                host.metric(Metric::StsErrors, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("ctx={ctx} actor token call not dispatched: {why}"),
+                );
+                return self
+                    .failure_verdict(host, &StsFailure::Unavailable("token service unavailable"));
+            }
+        };
+        host.metric(Metric::StsCalls, 1);
+        if host.debug_enabled() {
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={ctx} fetches the actor token, STS call {call}"),
+            );
+        }
+        let job = Job::Actor {
+            actor,
+            parked: vec![parked],
+        };
+        self.start_flight(key, request, call, carrier, now, job);
         self.members.insert(ctx, key);
         Verdict::Pause
     }
@@ -273,12 +487,14 @@ impl Engine {
     /// Verifies the subject JWT against the trusted issuers, once per token and key set.
     /// `Ok(exp)` lets the request go on; `Err` is the verdict (refusal, 503, or a pause while the
     /// issuer's keys are fetched again).
+    #[allow(clippy::too_many_arguments)]
     fn check_subject<H: Host>(
         &mut self,
         host: &H,
         ctx: u32,
         profile: usize,
         subject: &str,
+        actor: Option<&str>,
         key: &CacheKey,
         now: u64,
     ) -> Result<u64, Verdict> {
@@ -331,6 +547,7 @@ impl Engine {
                     ctx,
                     profile,
                     subject: subject.to_string(),
+                    actor: actor.map(str::to_string),
                     since_ms: now,
                 });
                 self.key_waiters.insert(ctx, i);
@@ -393,72 +610,110 @@ impl Engine {
     pub fn on_http_answer<H: Host>(
         &mut self,
         host: &H,
+        receiver: Option<u32>,
         call: u32,
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
-        match self.jwks_calls.remove(&call) {
-            Some(issuer) => self.on_jwks_answer(host, issuer, answer),
-            None => self.on_sts_answer(host, call, answer),
+        if let Some(issuer) = self.jwks_calls.remove(&call) {
+            return self.on_jwks_answer(host, issuer, answer);
         }
-    }
-
-    fn on_sts_answer<H: Host>(
-        &mut self,
-        host: &H,
-        call: u32,
-        answer: &HttpAnswer,
-    ) -> Vec<(u32, Verdict)> {
         let Some(key) = self.calls.remove(&call) else {
             return Vec::new();
         };
         let Some(flight) = self.flights.remove(&key) else {
             return Vec::new();
         };
-        for m in &flight.members {
-            self.members.remove(m);
+        for m in flight.waiting() {
+            self.members.remove(&m);
         }
         let now = host.now_ms();
         host.metric(Metric::StsLatencyMs, now.saturating_sub(flight.started_ms));
+        match flight.job {
+            Job::Exchange {
+                members,
+                profile,
+                subject,
+                subject_exp,
+                actor_sub,
+            } => {
+                let exchange = Exchange {
+                    call,
+                    key,
+                    profile,
+                    subject,
+                    subject_exp,
+                    actor_sub,
+                    waiting: members.len(),
+                };
+                let verdict = self.on_exchange_answer(host, &exchange, answer, now);
+                members.into_iter().map(|m| (m, verdict.clone())).collect()
+            }
+            Job::Actor { actor, parked } => {
+                self.on_actor_answer(host, receiver, call, actor, parked, answer, now)
+            }
+        }
+    }
+
+    fn on_exchange_answer<H: Host>(
+        &mut self,
+        host: &H,
+        x: &Exchange,
+        answer: &HttpAnswer,
+        now: u64,
+    ) -> Verdict {
         let cfg = &self.config;
-        let requested = cfg.profiles[flight.profile].requested_token_type.as_deref();
-        let slot = cache::slot_name(&key, cfg.cache.max_entries);
-        let verdict = match sts::parse_answer(answer, requested) {
+        let p = &cfg.profiles[x.profile];
+        let issued = if p.expects_issued_type() {
+            IssuedType::Required(p.requested_token_type.as_deref())
+        } else {
+            IssuedType::NotExpected
+        };
+        let slot = cache::slot_name(&x.key, cfg.cache.max_entries);
+        let minted = sts::parse_answer(answer, issued).and_then(|m| match &x.actor_sub {
+            Some(want)
+                if token::unverified_act_sub(&m.access_token).as_deref() != Some(want.as_str()) =>
+            {
+                Err(StsFailure::BadAnswer(
+                    "minted token does not name the actor in act.sub",
+                ))
+            }
+            _ if p.expect_act && x.actor_sub.is_none() => Err(StsFailure::BadAnswer(
+                "the actor token names no sub to check act against",
+            )),
+            _ => Ok(m),
+        });
+        match minted {
             Ok(minted) => {
-                let life = cache::token_lifetime_ms(
-                    &cfg.cache,
-                    minted.expires_in,
-                    flight.subject_exp,
-                    now,
-                );
+                let life =
+                    cache::token_lifetime_ms(&cfg.cache, minted.expires_in, x.subject_exp, now);
                 if let Some(life) = life {
                     self.store(
                         host,
                         &slot,
-                        &key,
+                        &x.key,
                         now + life,
                         &Cached::Token(minted.access_token.clone()),
                     );
                 }
                 if host.debug_enabled() {
-                    let fp = token::fingerprint(&flight.subject);
+                    let fp = token::fingerprint(&x.subject);
                     host.log(
                         LogLevel::Debug,
                         &format!(
-                            "STS call {call} token={fp} minted, cached for {} ms",
+                            "STS call {} token={fp} minted, cached for {} ms",
+                            x.call,
                             life.unwrap_or(0)
                         ),
                     );
                 }
-                Verdict::Continue(self.success_ops(&minted.access_token, &flight.subject))
+                Verdict::Continue(self.success_ops(&minted.access_token, &x.subject))
             }
             Err(failure) => {
-                if let Some(life) =
-                    cache::rejection_lifetime_ms(&cfg.cache, flight.subject_exp, now)
-                {
+                if let Some(life) = cache::rejection_lifetime_ms(&cfg.cache, x.subject_exp, now) {
                     self.store(
                         host,
                         &slot,
-                        &key,
+                        &x.key,
                         now + life,
                         &Cached::Rejected(failure.clone()),
                     );
@@ -470,26 +725,85 @@ impl Engine {
                     host.metric(Metric::StsErrors, 1);
                     host.log(
                         LogLevel::Warn,
-                        &format!("STS call {call} failed: {failure:?}"),
+                        &format!("STS call {} failed: {failure:?}", x.call),
                     );
                 }
                 let v = self.failure_verdict(host, &failure);
                 if let Verdict::Respond(r) = &v {
                     if r.status == 401 || r.status == 403 {
-                        host.metric(
-                            Metric::Rejected,
-                            flight.members.len().saturating_sub(1) as u64,
-                        );
+                        host.metric(Metric::Rejected, x.waiting.saturating_sub(1) as u64);
                     }
                 }
                 v
             }
-        };
-        flight
-            .members
-            .into_iter()
-            .map(|m| (m, verdict.clone()))
-            .collect()
+        }
+    }
+
+    /// The filter's actor token arrived (or not): cache it and let the parked requests go on.
+    #[allow(clippy::too_many_arguments)]
+    fn on_actor_answer<H: Host>(
+        &mut self,
+        host: &H,
+        receiver: Option<u32>,
+        call: u32,
+        actor: usize,
+        parked: Vec<Parked>,
+        answer: &HttpAnswer,
+        now: u64,
+    ) -> Vec<(u32, Verdict)> {
+        match sts::parse_answer(answer, IssuedType::NotExpected) {
+            Ok(minted) => {
+                let key = self.config.actors[actor].key;
+                let slot = cache::slot_name(&key, self.config.cache.max_entries);
+                let life =
+                    cache::token_lifetime_ms(&self.config.cache, minted.expires_in, None, now);
+                if let Some(life) = life {
+                    self.store(
+                        host,
+                        &slot,
+                        &key,
+                        now + life,
+                        &Cached::Token(minted.access_token.clone()),
+                    );
+                }
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "actor token obtained (STS call {call}), cached for {} ms",
+                        life.unwrap_or(0)
+                    ),
+                );
+                parked
+                    .into_iter()
+                    .map(|p| {
+                        let v = self.proceed(
+                            host,
+                            p.ctx,
+                            receiver,
+                            p.profile,
+                            &p.subject,
+                            Some(&minted.access_token),
+                            now,
+                        );
+                        (p.ctx, v)
+                    })
+                    .collect()
+            }
+            Err(failure) => {
+                host.metric(Metric::StsErrors, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("actor token call {call} failed: {failure:?}"),
+                );
+                let v = match failure {
+                    StsFailure::Unavailable(_) => self.failure_verdict(host, &failure),
+                    _ => Verdict::Respond(LocalReply::bad_gateway(
+                        "the token service refused the proxy's own actor token request",
+                    )),
+                };
+                parked.into_iter().map(|p| (p.ctx, v.clone())).collect()
+            }
+        }
     }
 
     fn on_jwks_answer<H: Host>(
@@ -550,19 +864,25 @@ impl Engine {
         if let Some(i) = self.key_waiters.remove(&ctx) {
             self.issuers[i].waiters.retain(|w| w.ctx != ctx);
         }
-        let Some(key) = self.members.remove(&ctx) else {
-            return;
-        };
-        let Some(flight) = self.flights.get_mut(&key) else {
-            return;
-        };
-        flight.members.retain(|m| *m != ctx);
-        if flight.carrier == Some(ctx) {
+        if let Some(key) = self.members.remove(&ctx) {
+            if let Some(flight) = self.flights.get_mut(&key) {
+                flight.forget(ctx);
+            }
+        }
+        // Calls this context carried are lost with it: the root dispatches them again for
+        // whoever still waits.
+        for key in self.carried.remove(&ctx).unwrap_or_default() {
+            let Some(flight) = self.flights.get_mut(&key) else {
+                continue;
+            };
+            if flight.carrier != Some(ctx) {
+                continue;
+            }
             if let Some(call) = flight.call.take() {
                 self.calls.remove(&call);
             }
             flight.carrier = None;
-            if flight.members.is_empty() {
+            if flight.waiting().is_empty() {
                 self.flights.remove(&key);
             }
         }
@@ -607,7 +927,7 @@ impl Engine {
                     let members = self
                         .flights
                         .remove(&key)
-                        .map(|f| f.members)
+                        .map(|f| f.waiting())
                         .unwrap_or_default();
                     let v = self.failure_verdict(
                         host,
@@ -728,7 +1048,15 @@ impl Engine {
                 &format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx),
             );
         }
-        self.proceed(host, w.ctx, None, w.profile, &w.subject, now)
+        self.proceed(
+            host,
+            w.ctx,
+            None,
+            w.profile,
+            &w.subject,
+            w.actor.as_deref(),
+            now,
+        )
     }
 
     fn fail_key_waiters(&mut self, issuer: usize) -> Vec<(u32, Verdict)> {
@@ -777,6 +1105,12 @@ impl Engine {
         if let Some(h) = &out.original_token_header {
             ops.push(HeaderOp::Remove(h.clone()));
         }
+        ops.extend(
+            self.config
+                .actor_headers
+                .iter()
+                .map(|h| HeaderOp::Remove(h.clone())),
+        );
         ops
     }
 
@@ -875,6 +1209,16 @@ fn issuer_state(t: &crate::config::TrustedIssuer) -> IssuerState {
             }
         }
     }
+}
+
+/// Dispatches a freshly built request; the error says why it was not sent.
+fn dispatch<H: Host>(
+    host: &H,
+    request: Result<HttpCall, sts::NoRandomness>,
+) -> Result<(u32, HttpCall), String> {
+    let request = request.map_err(|_| "no randomness for the client assertion".to_string())?;
+    let call = host.dispatch(&request).map_err(|e| e.0)?;
+    Ok((call, request))
 }
 
 fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
@@ -1003,7 +1347,7 @@ mod tests {
             e.on_request(h, ctx, &[("authorization", auth.as_str())][..]),
             Verdict::Pause
         );
-        let mut out = e.on_http_answer(h, h.last_call(), answer);
+        let mut out = e.on_http_answer(h, None, h.last_call(), answer);
         assert_eq!(out.len(), 1);
         out.remove(0).1
     }
@@ -1062,7 +1406,7 @@ mod tests {
         }
         assert_eq!(h.calls.borrow().len(), 1);
         assert_eq!(h.metric_value(Metric::Coalesced), 19);
-        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
         let mut ctxs: Vec<u32> = out.iter().map(|(c, _)| *c).collect();
         ctxs.sort_unstable();
         assert_eq!(ctxs, (1..=20).collect::<Vec<_>>());
@@ -1084,7 +1428,7 @@ mod tests {
         for ctx in 1..=3 {
             e.on_request(&h, ctx, &[("authorization", "Bearer bad")][..]);
         }
-        let out = e.on_http_answer(&h, h.last_call(), &err(400, "invalid_grant"));
+        let out = e.on_http_answer(&h, None, h.last_call(), &err(400, "invalid_grant"));
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|(_, v)| status(v) == 401));
         assert_eq!(h.metric_value(Metric::Rejected), 3);
@@ -1100,12 +1444,13 @@ mod tests {
         let first = h.last_call();
         e.on_request_done(1);
         assert!(
-            e.on_http_answer(&h, first, &ok("late", 60)).is_empty(),
+            e.on_http_answer(&h, None, first, &ok("late", 60))
+                .is_empty(),
             "lost call is forgotten"
         );
         assert!(e.on_tick(&h).is_empty());
         assert_eq!(h.calls.borrow().len(), 2);
-        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, 2);
         // when the last waiter leaves too, nothing is left behind
@@ -1122,7 +1467,7 @@ mod tests {
         e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
         e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
         e.on_request_done(2);
-        let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+        let out = e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
         assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1]);
     }
 
@@ -1476,7 +1821,7 @@ mod tests {
             keys: serde_json::Value,
         ) -> Vec<(u32, Verdict)> {
             let call = h.calls_to("idp").last().expect("a key fetch").0;
-            e.on_http_answer(h, call, &jwks_answer(keys))
+            e.on_http_answer(h, None, call, &jwks_answer(keys))
         }
 
         fn verified_lines(h: &FakeHost) -> usize {
@@ -1493,7 +1838,7 @@ mod tests {
             let mut e = inline_engine();
             let t = token("rsa", 600);
             assert_eq!(ask(&mut e, &h, 1, &t), Verdict::Pause);
-            let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            let out = e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
             assert_eq!(
                 set_value(&out[0].1, "authorization").as_deref(),
                 Some("Bearer minted")
@@ -1578,6 +1923,7 @@ mod tests {
             let call = h.calls_to("idp")[0].0;
             e.on_http_answer(
                 &h,
+                None,
                 call,
                 &HttpAnswer {
                     status: None,
@@ -1616,7 +1962,7 @@ mod tests {
                 "verified, now waiting on the STS"
             );
             assert_eq!(h.calls_to("sts").len(), 1);
-            let out = e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            let out = e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
             assert_eq!(out.len(), 1);
             assert_eq!(
                 set_value(&out[0].1, "authorization").as_deref(),
@@ -1674,6 +2020,7 @@ mod tests {
             let call = h.calls_to("idp")[1].0;
             e.on_http_answer(
                 &h,
+                None,
                 call,
                 &HttpAnswer {
                     status: Some(500),
@@ -1707,7 +2054,7 @@ mod tests {
             let old = token("rsa", 600);
             let v = ask(&mut e, &h, 1, &old);
             assert_eq!(v, Verdict::Pause);
-            e.on_http_answer(&h, h.last_call(), &ok("minted", 3600));
+            e.on_http_answer(&h, None, h.last_call(), &ok("minted", 3600));
             h.advance_ms(60_000);
             e.on_tick(&h);
             answer_fetch(&mut e, &h, json!({ "keys": [keys().ec_jwk("ec")] }));
@@ -1751,6 +2098,189 @@ mod tests {
             e.on_request_done(3);
             e.on_tick(&h);
             assert!(answer_fetch(&mut e, &h, keys().jwks()).is_empty());
+        }
+    }
+
+    mod delegation {
+        use super::*;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+
+        fn jwt(claims: serde_json::Value) -> String {
+            format!(
+                "{}.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            )
+        }
+
+        fn form_of(call: &HttpCall) -> Vec<(String, String)> {
+            form_urlencoded::parse(call.body.as_bytes())
+                .into_owned()
+                .collect()
+        }
+
+        fn field(call: &HttpCall, name: &str) -> Option<String> {
+            form_of(call)
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v)
+        }
+
+        fn plain(token: &str, expires_in: u64) -> HttpAnswer {
+            HttpAnswer {
+                status: Some(200),
+                body: serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+                    .to_string()
+                    .into_bytes(),
+                too_large: false,
+            }
+        }
+
+        #[test]
+        fn the_actor_token_is_fetched_once_for_many_requests_and_again_after_expiry() {
+            let h = FakeHost::at(NOW);
+            let mut e =
+                engine(r#","exchange":{"actor":{"source":"client_credentials","scope":"act"}}"#);
+            assert_eq!(
+                e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]),
+                Verdict::Pause
+            );
+            assert_eq!(
+                e.on_request(&h, 2, &[("authorization", "Bearer u2")][..]),
+                Verdict::Pause
+            );
+            let calls = h.calls_to("sts");
+            assert_eq!(calls.len(), 1, "one actor call for two waiting requests");
+            assert_eq!(
+                field(&calls[0].1, "grant_type").as_deref(),
+                Some("client_credentials")
+            );
+            let actor = jwt(serde_json::json!({"sub": "edge-svc"}));
+            let out = e.on_http_answer(&h, Some(1), calls[0].0, &plain(&actor, 120));
+            assert_eq!(out, vec![(1, Verdict::Pause), (2, Verdict::Pause)]);
+            let calls = h.calls_to("sts");
+            assert_eq!(calls.len(), 3);
+            for (_, c) in &calls[1..] {
+                assert_eq!(field(c, "actor_token").as_deref(), Some(actor.as_str()));
+                assert_eq!(
+                    field(c, "actor_token_type").as_deref(),
+                    Some(crate::config::ACCESS_TOKEN_TYPE)
+                );
+            }
+            // a new subject later reuses the cached actor token
+            e.on_request(&h, 3, &[("authorization", "Bearer u3")][..]);
+            assert_eq!(h.calls_to("sts").len(), 4);
+            assert_eq!(
+                field(&h.calls_to("sts")[3].1, "grant_type").as_deref(),
+                Some(sts::TOKEN_EXCHANGE_GRANT)
+            );
+            // after its lifetime (120 − 30 s skew) it is fetched again
+            h.advance_ms(90_000);
+            e.on_request(&h, 4, &[("authorization", "Bearer u4")][..]);
+            assert_eq!(
+                field(&h.calls_to("sts")[4].1, "grant_type").as_deref(),
+                Some("client_credentials")
+            );
+        }
+
+        #[test]
+        fn a_failed_actor_call_answers_every_parked_request() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+            e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]);
+            e.on_request(&h, 2, &[("authorization", "Bearer u2")][..]);
+            let out = e.on_http_answer(&h, Some(1), h.last_call(), &err(400, "invalid_scope"));
+            assert_eq!(out.len(), 2);
+            assert!(
+                out.iter().all(|(_, v)| status(v) == 502),
+                "the proxy's own request failed"
+            );
+        }
+
+        #[test]
+        fn an_orphaned_actor_call_is_dispatched_again() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+            e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]);
+            e.on_request(&h, 2, &[("authorization", "Bearer u2")][..]);
+            e.on_request_done(1);
+            e.on_tick(&h);
+            assert_eq!(h.calls_to("sts").len(), 2);
+            let out = e.on_http_answer(&h, None, h.last_call(), &plain("actor", 600));
+            assert_eq!(out, vec![(2, Verdict::Pause)]);
+        }
+
+        #[test]
+        fn header_actor_is_required_forwarded_to_the_sts_and_stripped() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+            let v = e.on_request(&h, 1, &[("authorization", "Bearer u")][..]);
+            assert_eq!(status(&v), 401);
+            assert!(h.calls.borrow().is_empty());
+            let v = e.on_request(
+                &h,
+                2,
+                &[("authorization", "Bearer u"), ("x-actor", "a1")][..],
+            );
+            assert_eq!(v, Verdict::Pause);
+            assert_eq!(
+                field(&h.calls_to("sts")[0].1, "actor_token").as_deref(),
+                Some("a1")
+            );
+            let out = e.on_http_answer(&h, Some(2), h.last_call(), &ok("minted", 3600));
+            let Verdict::Continue(ops) = &out[0].1 else {
+                panic!()
+            };
+            assert!(ops.contains(&HeaderOp::Remove("x-actor".into())));
+            // another actor never shares the minted token
+            assert_eq!(
+                e.on_request(
+                    &h,
+                    3,
+                    &[("authorization", "Bearer u"), ("x-actor", "a2")][..]
+                ),
+                Verdict::Pause
+            );
+            assert_eq!(h.calls_to("sts").len(), 2);
+        }
+
+        #[test]
+        fn expect_act_checks_the_minted_act_claim() {
+            let actor = jwt(serde_json::json!({"sub": "agent-7"}));
+            for (minted_act, want) in [("agent-7", None), ("someone-else", Some(502))] {
+                let h = FakeHost::at(NOW);
+                let mut e = engine(
+                    r#","exchange":{"actor":{"source":"header","header":"x-actor"},"expect_act":true}"#,
+                );
+                e.on_request(
+                    &h,
+                    1,
+                    &[("authorization", "Bearer u"), ("x-actor", actor.as_str())][..],
+                );
+                let minted = jwt(serde_json::json!({"sub": "u", "act": {"sub": minted_act}}));
+                let out = e.on_http_answer(&h, Some(1), h.last_call(), &ok(&minted, 3600));
+                match want {
+                    None => assert!(matches!(out[0].1, Verdict::Continue(_))),
+                    Some(code) => assert_eq!(status(&out[0].1), code),
+                }
+            }
+        }
+
+        #[test]
+        fn jwt_bearer_answers_need_no_issued_token_type() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"grant":"jwt_bearer"}"#);
+            e.on_request(&h, 1, &[("authorization", "Bearer a.b.c")][..]);
+            assert_eq!(
+                field(&h.calls_to("sts")[0].1, "assertion").as_deref(),
+                Some("a.b.c")
+            );
+            let out = e.on_http_answer(&h, Some(1), h.last_call(), &plain("minted", 600));
+            assert_eq!(
+                set_value(&out[0].1, "authorization").as_deref(),
+                Some("Bearer minted")
+            );
         }
     }
 }

@@ -190,7 +190,7 @@ struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let verdicts = call_answer(&self.shared, token, body_size);
+        let verdicts = call_answer(&self.shared, None, token, body_size);
         deliver(verdicts, None);
         let _ = hostcalls::set_effective_context(self.id);
     }
@@ -256,7 +256,12 @@ impl RootContext for Root {
 }
 
 /// Reads a callout answer from the host and hands it to the engine.
-fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32, Verdict)> {
+fn call_answer(
+    shared: &SharedWorker,
+    receiver: Option<u32>,
+    token: u32,
+    body_size: usize,
+) -> Vec<(u32, Verdict)> {
     let status = hostcalls::get_map_value(
         proxy_wasm::types::MapType::HttpCallResponseHeaders,
         ":status",
@@ -283,7 +288,7 @@ fn call_answer(shared: &SharedWorker, token: u32, body_size: usize) -> Vec<(u32,
         too_large,
     };
     match shared.borrow_mut().as_mut() {
-        Some(w) => w.engine.on_http_answer(&w.host, token, &answer),
+        Some(w) => w.engine.on_http_answer(&w.host, receiver, token, &answer),
         None => Vec::new(),
     }
 }
@@ -307,7 +312,7 @@ impl RequestHeaders for HostHeaders {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let verdicts = call_answer(&self.shared, token, body_size);
+        let verdicts = call_answer(&self.shared, Some(self.id), token, body_size);
         deliver(verdicts, Some(self.id));
     }
 

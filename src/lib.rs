@@ -5,6 +5,7 @@
 //! Everything but [`filter`] (the proxy-wasm glue, built for `wasm32` only) runs and is tested on
 //! the host.
 
+pub mod assertion;
 pub mod cache;
 pub mod config;
 pub mod engine;

@@ -1,5 +1,7 @@
-//! The STS conversation: the RFC 8693 token request (form and client authentication) and the
-//! reading of its answer (RFC 8693 §2.2, RFC 6749 §5.2).
+//! The STS conversation: the token requests (RFC 8693 token exchange with or without an actor,
+//! RFC 7523 JWT bearer, client credentials for the filter's own actor token), client
+//! authentication (RFC 6749 §2.3, RFC 7523 §2.2), and the reading of answers (RFC 8693 §2.2,
+//! RFC 6749 §5.2).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +10,14 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{StsConfig, SubjectTokenConfig};
+use crate::assertion::{AssertionSigner, ASSERTION_TYPE};
+use crate::cache::CacheKey;
 use crate::host::{HttpAnswer, HttpCall};
 
 /// The RFC 8693 grant type.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The RFC 7523 JWT bearer grant type.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// How the filter authenticates to the STS (RFC 6749 §2.3). Credentials go in one place only.
 #[derive(Clone, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum ClientAuth {
         /// Client secret.
         secret: String,
     },
+    /// `private_key_jwt`: a fresh signed assertion in the form of every call.
+    PrivateKeyJwt(Box<AssertionSigner>),
     /// No client authentication (a public client; its id, if any, goes in the form).
     None,
 }
@@ -54,6 +61,7 @@ impl ClientAuth {
         match self {
             ClientAuth::Basic { .. } => "client_secret_basic",
             ClientAuth::Post { .. } => "client_secret_post",
+            ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
             ClientAuth::None => "none",
         }
     }
@@ -63,83 +71,69 @@ fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// One set of exchange parameters (the default, or a route's overrides), with everything that
-/// does not depend on the subject token prepared once at configuration time.
-#[derive(Clone)]
-pub struct ExchangeProfile {
-    /// `audience` values.
-    pub audience: Vec<String>,
-    /// `resource` values.
-    pub resource: Vec<String>,
-    /// `scope`, if any.
-    pub scope: Option<String>,
-    /// `requested_token_type`, sent only when set; the answer's `issued_token_type` must match.
-    pub requested_token_type: Option<String>,
-    /// The form without `subject_token`.
-    form_prefix: String,
-    /// Headers of the call.
-    headers: Vec<(String, String)>,
-    /// Cluster of the call.
+/// The token endpoint and how to authenticate there, shared by every request the filter makes.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
     cluster: String,
-    /// Timeout of the call.
+    headers: Vec<(String, String)>,
     timeout_ms: u64,
-    /// SHA-256 state fed with every parameter that shapes the minted token except the subject.
-    key_prefix: Sha256,
+    auth: ClientAuth,
+    client_id: Option<String>,
+    authority: String,
+    token_path: String,
 }
 
-impl std::fmt::Debug for ExchangeProfile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExchangeProfile")
-            .field("audience", &self.audience)
-            .field("resource", &self.resource)
-            .field("scope", &self.scope)
-            .field("requested_token_type", &self.requested_token_type)
-            .finish_non_exhaustive()
-    }
-}
+/// A request could not be built: the host gave no randomness for the assertion's `jti`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRandomness;
 
-/// Feeds one field into the key hash, length-prefixed so that no two field lists collide.
-fn feed(h: &mut Sha256, field: &str) {
-    h.update((field.len() as u64).to_be_bytes());
-    h.update(field.as_bytes());
-}
-
-impl ExchangeProfile {
-    /// Prepares the form, headers and key prefix of one exchange profile.
+impl Endpoint {
+    /// The token endpoint at `authority` + `token_path` through `cluster`.
     pub fn new(
-        sts: &StsConfig,
-        subject: &SubjectTokenConfig,
-        audience: Vec<String>,
-        resource: Vec<String>,
-        scope: Option<String>,
-        requested_token_type: Option<String>,
-        extra_params: BTreeMap<String, String>,
+        cluster: &str,
+        authority: &str,
+        token_path: &str,
+        timeout_ms: u64,
+        client_id: Option<String>,
+        auth: ClientAuth,
     ) -> Self {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        let mut key = Sha256::new();
-        let mut pair = |k: &str, v: &str| {
-            form.append_pair(k, v);
-            feed(&mut key, k);
-            feed(&mut key, v);
-        };
-        pair("grant_type", TOKEN_EXCHANGE_GRANT);
-        pair("subject_token_type", &subject.token_type);
-        for a in &audience {
-            pair("audience", a);
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), token_path.to_string()),
+            (":authority".to_string(), authority.to_string()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        if let ClientAuth::Basic { header } = &auth {
+            headers.push(("authorization".to_string(), header.clone()));
         }
-        for r in &resource {
-            pair("resource", r);
+        Endpoint {
+            cluster: cluster.to_string(),
+            headers,
+            timeout_ms,
+            auth,
+            client_id,
+            authority: authority.to_string(),
+            token_path: token_path.to_string(),
         }
-        if let Some(s) = &scope {
-            pair("scope", s);
-        }
-        if let Some(t) = &requested_token_type {
-            pair("requested_token_type", t);
-        }
-        for (k, v) in &extra_params {
-            pair(k, v);
-        }
-        match (&sts.client_auth, &sts.client_id) {
+    }
+
+    /// The client authentication in use.
+    pub fn auth(&self) -> &ClientAuth {
+        &self.auth
+    }
+
+    /// The filter's client id.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    /// Adds the client's credentials where the method puts them in the body.
+    fn append_credentials(&self, form: &mut form_urlencoded::Serializer<'static, String>) {
+        match (&self.auth, &self.client_id) {
             (ClientAuth::Post { id, secret }, _) => {
                 form.append_pair("client_id", id);
                 form.append_pair("client_secret", secret);
@@ -149,57 +143,248 @@ impl ExchangeProfile {
             }
             _ => {}
         }
-        // Who asks, and where, shapes the minted token too.
-        feed(&mut key, "client");
-        feed(&mut key, sts.client_id.as_deref().unwrap_or(""));
-        feed(&mut key, &sts.authority);
-        feed(&mut key, &sts.token_path);
-        feed(&mut key, "subject_token");
-
-        let mut headers = vec![
-            (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), sts.token_path.clone()),
-            (":authority".to_string(), sts.authority.clone()),
-            (
-                "content-type".to_string(),
-                "application/x-www-form-urlencoded".to_string(),
-            ),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
-        if let ClientAuth::Basic { header } = &sts.client_auth {
-            headers.push(("authorization".to_string(), header.clone()));
-        }
-        ExchangeProfile {
-            audience,
-            resource,
-            scope,
-            requested_token_type,
-            form_prefix: form.finish(),
-            headers,
-            cluster: sts.cluster.clone(),
-            timeout_ms: sts.timeout_ms,
-            key_prefix: key,
-        }
     }
 
-    /// The SHA-256 cache key of exchanging `subject` with this profile.
-    pub fn cache_key(&self, subject: &str) -> [u8; 32] {
-        let mut h = self.key_prefix.clone();
-        feed(&mut h, subject);
-        h.finalize().into()
+    /// Feeds who asks, and where, into a cache key: they shape the minted token too.
+    fn feed_identity(&self, key: &mut Sha256) {
+        feed(key, "client");
+        feed(key, self.client_id.as_deref().unwrap_or(""));
+        feed(key, &self.authority);
+        feed(key, &self.token_path);
     }
 
-    /// The token request for `subject`.
-    pub fn request(&self, subject: &str) -> HttpCall {
-        let body = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0)
-            .append_pair("subject_token", subject)
-            .finish();
-        HttpCall {
+    /// The call for a finished form body, with a fresh client assertion for `private_key_jwt`.
+    fn call(&self, mut body: String, now_s: u64) -> Result<HttpCall, NoRandomness> {
+        if let ClientAuth::PrivateKeyJwt(signer) = &self.auth {
+            let assertion = signer.assertion(now_s).map_err(|_| NoRandomness)?;
+            body = form_urlencoded::Serializer::for_suffix(body, 0)
+                .append_pair("client_assertion_type", ASSERTION_TYPE)
+                .append_pair("client_assertion", &assertion)
+                .finish();
+        }
+        Ok(HttpCall {
             cluster: self.cluster.clone(),
             headers: self.headers.clone(),
             body,
             timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
+/// Which grant an exchange profile sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// RFC 8693 token exchange.
+    TokenExchange,
+    /// RFC 7523 JWT bearer: the subject JWT is the `assertion`.
+    JwtBearer,
+}
+
+/// Where a delegation's actor token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActorSource {
+    /// The filter's own token from a client-credentials grant: index into
+    /// [`crate::config::Config::actors`].
+    ClientCredentials(usize),
+    /// A token the calling workload sends in this (lower-case) header.
+    Header(String),
+}
+
+/// The actor of a delegation profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Its source.
+    pub source: ActorSource,
+    /// `actor_token_type` sent with it.
+    pub token_type: String,
+}
+
+/// What an exchange profile asks for, as the configuration said it.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeSpec {
+    /// `audience` values.
+    pub audience: Vec<String>,
+    /// `resource` values.
+    pub resource: Vec<String>,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// Further form parameters.
+    pub extra_params: BTreeMap<String, String>,
+}
+
+/// One set of exchange parameters (the default, or a route's overrides), with everything that
+/// does not depend on the subject token prepared once at configuration time.
+#[derive(Clone)]
+pub struct ExchangeProfile {
+    /// The grant sent.
+    pub grant: Grant,
+    /// `requested_token_type`, sent only when set; the answer's `issued_token_type` must match.
+    pub requested_token_type: Option<String>,
+    /// The actor, for delegation; `None` is impersonation.
+    pub actor: Option<Actor>,
+    /// Check that a minted JWT's `act.sub` names the actor.
+    pub expect_act: bool,
+    /// The form without the subject and actor.
+    form_prefix: String,
+    /// SHA-256 state fed with every parameter that shapes the minted token except the subject
+    /// (and a header-sourced actor).
+    key_prefix: Sha256,
+}
+
+impl std::fmt::Debug for ExchangeProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeProfile")
+            .field("grant", &self.grant)
+            .field("actor", &self.actor)
+            .field("form", &self.form_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Feeds one field into a key hash, length-prefixed so that no two field lists collide.
+fn feed(h: &mut Sha256, field: &str) {
+    h.update((field.len() as u64).to_be_bytes());
+    h.update(field.as_bytes());
+}
+
+impl ExchangeProfile {
+    /// Prepares the form and key prefix of one exchange profile. `actor_key` is the cache key of
+    /// a client-credentials actor (its identity shapes the minted token).
+    pub fn new(
+        endpoint: &Endpoint,
+        subject_token_type: &str,
+        grant: Grant,
+        spec: ExchangeSpec,
+        actor: Option<Actor>,
+        actor_key: Option<&CacheKey>,
+        expect_act: bool,
+    ) -> Self {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        let mut key = Sha256::new();
+        let mut pair = |k: &str, v: &str| {
+            form.append_pair(k, v);
+            feed(&mut key, k);
+            feed(&mut key, v);
+        };
+        match grant {
+            Grant::TokenExchange => {
+                pair("grant_type", TOKEN_EXCHANGE_GRANT);
+                pair("subject_token_type", subject_token_type);
+            }
+            Grant::JwtBearer => pair("grant_type", JWT_BEARER_GRANT),
         }
+        for a in &spec.audience {
+            pair("audience", a);
+        }
+        for r in &spec.resource {
+            pair("resource", r);
+        }
+        if let Some(s) = &spec.scope {
+            pair("scope", s);
+        }
+        if let Some(t) = &spec.requested_token_type {
+            pair("requested_token_type", t);
+        }
+        for (k, v) in &spec.extra_params {
+            pair(k, v);
+        }
+        endpoint.append_credentials(&mut form);
+        endpoint.feed_identity(&mut key);
+        if let Some(actor) = &actor {
+            feed(&mut key, "actor");
+            feed(&mut key, &actor.token_type);
+            match (&actor.source, actor_key) {
+                (ActorSource::ClientCredentials(_), Some(k)) => key.update(k),
+                (ActorSource::Header(h), _) => feed(&mut key, h),
+                _ => {}
+            }
+        }
+        feed(&mut key, "subject");
+        ExchangeProfile {
+            grant,
+            requested_token_type: spec.requested_token_type,
+            actor,
+            expect_act,
+            form_prefix: form.finish(),
+            key_prefix: key,
+        }
+    }
+
+    /// The SHA-256 cache key of exchanging `subject` (with a header-sourced `actor` token, which
+    /// is part of the key) with this profile.
+    pub fn cache_key(&self, subject: &str, header_actor: Option<&str>) -> CacheKey {
+        let mut h = self.key_prefix.clone();
+        feed(&mut h, subject);
+        if let Some(a) = header_actor {
+            feed(&mut h, a);
+        }
+        h.finalize().into()
+    }
+
+    /// The token request for `subject`, with `actor` (token) when delegating.
+    pub fn request(
+        &self,
+        endpoint: &Endpoint,
+        subject: &str,
+        actor: Option<&str>,
+        now_s: u64,
+    ) -> Result<HttpCall, NoRandomness> {
+        let mut form = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0);
+        match self.grant {
+            Grant::TokenExchange => form.append_pair("subject_token", subject),
+            Grant::JwtBearer => form.append_pair("assertion", subject),
+        };
+        if let (Some(token), Some(a)) = (actor, &self.actor) {
+            form.append_pair("actor_token", token);
+            form.append_pair("actor_token_type", &a.token_type);
+        }
+        endpoint.call(form.finish(), now_s)
+    }
+
+    /// Whether an answer must carry `issued_token_type` (RFC 8693 answers do, RFC 6749 ones not).
+    pub fn expects_issued_type(&self) -> bool {
+        self.grant == Grant::TokenExchange
+    }
+}
+
+/// The filter's own client-credentials request for an actor token.
+#[derive(Debug, Clone)]
+pub struct ActorProfile {
+    /// Cache key of the actor token: the client, the endpoint, scope and audience.
+    pub key: CacheKey,
+    form: String,
+}
+
+impl ActorProfile {
+    /// Prepares a client-credentials request with `scope` and `audience`.
+    pub fn new(endpoint: &Endpoint, scope: Option<&str>, audience: &[String]) -> Self {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        let mut key = Sha256::new();
+        feed(&mut key, "client_credentials");
+        endpoint.feed_identity(&mut key);
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(s) = scope {
+            form.append_pair("scope", s);
+            feed(&mut key, "scope");
+            feed(&mut key, s);
+        }
+        for a in audience {
+            form.append_pair("audience", a);
+            feed(&mut key, "audience");
+            feed(&mut key, a);
+        }
+        endpoint.append_credentials(&mut form);
+        ActorProfile {
+            key: key.finalize().into(),
+            form: form.finish(),
+        }
+    }
+
+    /// The client-credentials request.
+    pub fn request(&self, endpoint: &Endpoint, now_s: u64) -> Result<HttpCall, NoRandomness> {
+        endpoint.call(self.form.clone(), now_s)
     }
 }
 
@@ -240,8 +425,17 @@ struct ErrorResponse {
     error: String,
 }
 
-/// Reads an STS answer. `requested` is the `requested_token_type` that was sent, if any.
-pub fn parse_answer(answer: &HttpAnswer, requested: Option<&str>) -> Result<Minted, StsFailure> {
+/// What an answer must say about the issued token type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuedType<'a> {
+    /// RFC 8693: `issued_token_type` is required, and must equal this when one was requested.
+    Required(Option<&'a str>),
+    /// RFC 6749 answers (JWT bearer, client credentials) carry none.
+    NotExpected,
+}
+
+/// Reads an STS answer.
+pub fn parse_answer(answer: &HttpAnswer, issued: IssuedType<'_>) -> Result<Minted, StsFailure> {
     let status = answer.status.ok_or(StsFailure::Unavailable(
         "token service unreachable or timed out",
     ))?;
@@ -252,7 +446,7 @@ pub fn parse_answer(answer: &HttpAnswer, requested: Option<&str>) -> Result<Mint
         return Err(StsFailure::BadAnswer("token service answer too large"));
     }
     match status {
-        200 => parse_success(&answer.body, requested),
+        200 => parse_success(&answer.body, issued),
         400 | 401 => Err(parse_error(&answer.body)),
         _ => Err(StsFailure::BadAnswer(
             "unexpected status from token service",
@@ -260,7 +454,7 @@ pub fn parse_answer(answer: &HttpAnswer, requested: Option<&str>) -> Result<Mint
     }
 }
 
-fn parse_success(body: &[u8], requested: Option<&str>) -> Result<Minted, StsFailure> {
+fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailure> {
     let r: TokenResponse = serde_json::from_slice(body)
         .map_err(|_| StsFailure::BadAnswer("token service answer is not a JSON object"))?;
     let access_token = match r.access_token {
@@ -273,10 +467,13 @@ fn parse_success(body: &[u8], requested: Option<&str>) -> Result<Minted, StsFail
     }
     match (
         r.issued_token_type.as_ref().and_then(|v| v.as_str()),
-        requested,
+        issued,
     ) {
-        (None, _) => return Err(StsFailure::BadAnswer("issued_token_type missing")),
-        (Some(issued), Some(asked)) if issued != asked => {
+        (_, IssuedType::NotExpected) => {}
+        (None, IssuedType::Required(_)) => {
+            return Err(StsFailure::BadAnswer("issued_token_type missing"))
+        }
+        (Some(issued), IssuedType::Required(Some(asked))) if issued != asked => {
             return Err(StsFailure::BadAnswer(
                 "issued_token_type differs from requested_token_type",
             ))
@@ -360,7 +557,9 @@ mod tests {
     #[test]
     fn impersonation_request_has_exactly_the_rfc8693_fields() {
         let c = config("");
-        let r = c.profiles[0].request("tok+en/=");
+        let r = c.profiles[0]
+            .request(&c.endpoint, "tok+en/=", None, 0)
+            .unwrap();
         assert_eq!(
             form(&r.body),
             vec![
@@ -389,7 +588,7 @@ mod tests {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"p w:+%","client_auth":"client_secret_post"},
                        "exchange":{"audience":["a 1","b"],"resource":["https://r/x"],"scope":"read write","requested_token_type":"urn:ietf:params:oauth:token-type:jwt","extra_params":{"tenant":"t&1"}}}"#;
         let c = Config::parse(json.as_bytes(), &|_| None).unwrap();
-        let r = c.profiles[0].request("t");
+        let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         assert_eq!(
             form(&r.body),
@@ -419,7 +618,7 @@ mod tests {
     fn public_client_sends_its_id_and_no_secret() {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"none"}}"#;
         let c = Config::parse(json.as_bytes(), &|_| None).unwrap();
-        let r = c.profiles[0].request("t");
+        let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         let f = form(&r.body);
         assert!(f.contains(&("client_id".into(), "edge".into())));
@@ -439,11 +638,11 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let k = a.profiles[0].cache_key("tok");
-        assert_eq!(k, a.profiles[0].cache_key("tok"));
-        assert_ne!(k, a.profiles[0].cache_key("tok2"));
-        assert_ne!(k, b.profiles[0].cache_key("tok"));
-        assert_ne!(k, other_client.profiles[0].cache_key("tok"));
+        let k = a.profiles[0].cache_key("tok", None);
+        assert_eq!(k, a.profiles[0].cache_key("tok", None));
+        assert_ne!(k, a.profiles[0].cache_key("tok2", None));
+        assert_ne!(k, b.profiles[0].cache_key("tok", None));
+        assert_ne!(k, other_client.profiles[0].cache_key("tok", None));
         // Length prefixes: moving bytes between fields changes the key.
         let ab = Config::parse(
             br#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"},"exchange":{"audience":["ab"]}}"#,
@@ -456,8 +655,8 @@ mod tests {
         )
         .unwrap();
         assert_ne!(
-            ab.profiles[0].cache_key("t"),
-            a_b.profiles[0].cache_key("t")
+            ab.profiles[0].cache_key("t", None),
+            a_b.profiles[0].cache_key("t", None)
         );
     }
 
@@ -475,7 +674,7 @@ mod tests {
     fn good_answers_yield_a_token() {
         let m = parse_answer(
             &answer(200, &format!(r#"{{"access_token":"new","token_type":"bearer","issued_token_type":"{ATT}","expires_in":60,"refresh_token":"r"}}"#)),
-            None,
+            IssuedType::Required(None),
         )
         .unwrap();
         assert_eq!(
@@ -492,7 +691,7 @@ mod tests {
                     r#"{{"access_token":"new","token_type":"Bearer","issued_token_type":"{ATT}"}}"#
                 ),
             ),
-            Some(ATT),
+            IssuedType::Required(Some(ATT)),
         )
         .unwrap();
         assert_eq!(m.expires_in, None);
@@ -668,7 +867,151 @@ mod tests {
             ),
         ];
         for (a, req, want) in cases {
-            assert_eq!(parse_answer(&a, req), Err(want.clone()), "{a:?}");
+            assert_eq!(
+                parse_answer(&a, IssuedType::Required(req)),
+                Err(want.clone()),
+                "{a:?}"
+            );
+        }
+    }
+
+    fn names(f: &[(String, String)]) -> Vec<&str> {
+        f.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    const PKJ: &str = r#""client_auth":"private_key_jwt","private_key":{"pem_env":"KEY","alg":"ES256","kid":"k1"}"#;
+
+    fn pkj_config(exchange: &str) -> (Config, p256::ecdsa::VerifyingKey) {
+        let (pem, public) = crate::assertion::tests::es256_pem();
+        let json = format!(
+            r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge",{PKJ}}},"exchange":{exchange}}}"#
+        );
+        let env = move |k: &str| (k == "KEY").then(|| pem.clone());
+        (Config::parse(json.as_bytes(), &env).unwrap(), public)
+    }
+
+    #[test]
+    fn delegation_sends_actor_token_and_type_exactly_when_it_has_one() {
+        let c = Config::parse(
+            br#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"},
+                 "exchange":{"actor":{"source":"header","header":"x-actor","token_type":"urn:ietf:params:oauth:token-type:jwt"}}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let r = c.profiles[0]
+            .request(&c.endpoint, "subj", Some("act"), 0)
+            .unwrap();
+        let f = form(&r.body);
+        assert_eq!(
+            names(&f),
+            vec![
+                "grant_type",
+                "subject_token_type",
+                "subject_token",
+                "actor_token",
+                "actor_token_type"
+            ]
+        );
+        assert_eq!(f[3].1, "act");
+        assert_eq!(f[4].1, "urn:ietf:params:oauth:token-type:jwt");
+        let r = c.profiles[0].request(&c.endpoint, "subj", None, 0).unwrap();
+        assert_eq!(
+            names(&form(&r.body)),
+            vec!["grant_type", "subject_token_type", "subject_token"]
+        );
+        // the actor is part of the key
+        assert_ne!(
+            c.profiles[0].cache_key("subj", Some("a1")),
+            c.profiles[0].cache_key("subj", Some("a2"))
+        );
+    }
+
+    #[test]
+    fn jwt_bearer_sends_the_subject_as_assertion() {
+        let c = Config::parse(
+            br#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"},
+                 "exchange":{"grant":"jwt_bearer","scope":"read"}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let r = c.profiles[0]
+            .request(&c.endpoint, "a.b.c", None, 0)
+            .unwrap();
+        assert_eq!(
+            form(&r.body),
+            vec![
+                ("grant_type".into(), JWT_BEARER_GRANT.into()),
+                ("scope".into(), "read".into()),
+                ("assertion".into(), "a.b.c".into()),
+            ]
+        );
+        assert!(!c.profiles[0].expects_issued_type());
+    }
+
+    #[test]
+    fn client_credentials_for_the_actor_token() {
+        let c = Config::parse(
+            br#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw","client_auth":"client_secret_post"},
+                 "exchange":{"actor":{"source":"client_credentials","scope":"act","audience":"sts"}}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let r = c.actors[0].request(&c.endpoint, 0).unwrap();
+        assert_eq!(
+            form(&r.body),
+            vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("scope".into(), "act".into()),
+                ("audience".into(), "sts".into()),
+                ("client_id".into(), "edge".into()),
+                ("client_secret".into(), "pw".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn private_key_jwt_adds_a_verifiable_assertion_to_every_grant() {
+        use jwt_compact::{AlgorithmExt, UntrustedToken};
+        for exchange in [
+            r#"{}"#,
+            r#"{"grant":"jwt_bearer"}"#,
+            r#"{"actor":{"source":"client_credentials"}}"#,
+        ] {
+            let (c, public) = pkj_config(exchange);
+            let mut requests = vec![c.profiles[0]
+                .request(&c.endpoint, "s", Some("a"), 1_000)
+                .unwrap()];
+            requests.extend(
+                c.actors
+                    .iter()
+                    .map(|a| a.request(&c.endpoint, 1_000).unwrap()),
+            );
+            for r in requests {
+                assert_eq!(
+                    header(&r, "authorization"),
+                    None,
+                    "credentials in one place only"
+                );
+                let f = form(&r.body);
+                let n = names(&f);
+                assert_eq!(
+                    &n[n.len() - 2..],
+                    ["client_assertion_type", "client_assertion"],
+                    "{exchange}"
+                );
+                assert!(!n.contains(&"client_secret") && !n.contains(&"client_id"));
+                assert_eq!(f[f.len() - 2].1, crate::assertion::ASSERTION_TYPE);
+                let untrusted = UntrustedToken::new(&f[f.len() - 1].1).unwrap();
+                let token = jwt_compact::alg::Es256
+                    .validator::<serde_json::Value>(&public)
+                    .validate(&untrusted)
+                    .unwrap();
+                let claims = &token.claims().custom;
+                assert_eq!(claims["iss"], "edge");
+                assert_eq!(claims["sub"], "edge");
+                assert_eq!(claims["aud"], "https://sts.local/token");
+                assert_eq!(token.claims().expiration.unwrap().timestamp(), 1_060);
+            }
         }
     }
 }

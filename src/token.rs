@@ -77,6 +77,39 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
         .map(|exp| u64::try_from(exp.timestamp()).unwrap_or(0))
 }
 
+#[derive(Deserialize)]
+struct Subject {
+    sub: Option<String>,
+    act: Option<ActClaim>,
+}
+
+#[derive(Deserialize)]
+struct ActClaim {
+    sub: Option<String>,
+}
+
+fn unverified_subject(token: &str) -> Option<Subject> {
+    let parsed = UntrustedToken::new(token).ok()?;
+    Some(
+        parsed
+            .deserialize_claims_unchecked::<Subject>()
+            .ok()?
+            .custom,
+    )
+}
+
+/// The `sub` claim of a JWT, read without verifying it (the filter's own actor token, or one
+/// the STS will judge).
+pub fn unverified_sub(token: &str) -> Option<String> {
+    unverified_subject(token)?.sub
+}
+
+/// The `act.sub` claim of a JWT the STS just minted (RFC 8693 §4.1: only the outermost `act`
+/// names the current actor).
+pub fn unverified_act_sub(token: &str) -> Option<String> {
+    unverified_subject(token)?.act?.sub
+}
+
 /// A short, non-reversible tag for a token, for log lines.
 pub fn fingerprint(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

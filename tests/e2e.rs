@@ -528,3 +528,202 @@ fn idp_down_at_start_answers_503_then_recovers() {
     assert_eq!(idp.fetches(), 1);
     assert_eq!(sts.count(), 1);
 }
+
+/// A test STS that mints ES256 JWTs: `sub` from the subject (or assertion, or the client for
+/// client credentials), `act.sub` from the actor token; actor tokens live `actor_ttl` seconds.
+/// With `client_key`, every call must carry a client assertion that verifies with it.
+fn jwt_sts(
+    minter: std::sync::Arc<support::Signer>,
+    actor_ttl: u64,
+    client_key: Option<p256::ecdsa::VerifyingKey>,
+) -> TestSts {
+    TestSts::start(0, move |n, call| {
+        if let Some(key) = &client_key {
+            use jwt_compact::AlgorithmExt;
+            let ok = call.field("client_assertion_type")
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && call
+                    .field("client_assertion")
+                    .and_then(|a| jwt_compact::UntrustedToken::new(a).ok())
+                    .is_some_and(|t| {
+                        jwt_compact::alg::Es256
+                            .validator::<serde_json::Value>(key)
+                            .validate(&t)
+                            .is_ok()
+                    });
+            if !ok {
+                return StsReply::error(401, "invalid_client");
+            }
+        }
+        let sub_of = |t: Option<&str>| {
+            t.and_then(support::claims_of)
+                .and_then(|c| c["sub"].as_str().map(String::from))
+                .or_else(|| t.map(String::from))
+                .unwrap_or_default()
+        };
+        let now = support::now_s();
+        let (claims, ttl, issued) = match call.field("grant_type").unwrap_or("") {
+            "client_credentials" => (
+                json!({ "sub": "edge-actor", "n": n, "exp": now + actor_ttl }),
+                actor_ttl,
+                None,
+            ),
+            "urn:ietf:params:oauth:grant-type:jwt-bearer" => (
+                json!({ "sub": sub_of(call.field("assertion")), "n": n, "exp": now + 600 }),
+                600,
+                None,
+            ),
+            _ => {
+                let mut c =
+                    json!({ "sub": sub_of(call.field("subject_token")), "n": n, "exp": now + 600 });
+                if let Some(actor) = call.field("actor_token") {
+                    c["act"] = json!({ "sub": sub_of(Some(actor)) });
+                }
+                (c, 600, Some(ACCESS_TOKEN_TYPE))
+            }
+        };
+        let mut body = json!({ "access_token": minter.token(&claims, None), "token_type": "Bearer", "expires_in": ttl });
+        if let Some(t) = issued {
+            body["issued_token_type"] = t.into();
+        }
+        StsReply::json(200, body)
+    })
+}
+
+/// The claims of the token the upstream received.
+fn upstream_claims(r: &support::Reply) -> serde_json::Value {
+    let auth = r
+        .upstream_header("authorization")
+        .unwrap_or_else(|| panic!("no token upstream: {}", r.body));
+    let token = auth
+        .as_str()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .expect("bearer");
+    support::claims_of(token).expect("a JWT upstream")
+}
+
+#[test]
+fn delegation_impersonation_and_header_actors_by_route() {
+    let minter = std::sync::Arc::new(support::Signer::new("sts"));
+    let sts = jwt_sts(minter.clone(), 32, None);
+    let config = sts_config(json!({
+        "exchange": { "audience": ["orders-api"], "actor": { "source": "client_credentials", "scope": "actor" }, "expect_act": true },
+        "routes": [
+            { "match": { "path_prefix": "/impersonate" }, "exchange": { "actor": null, "expect_act": false } },
+            { "match": { "path_prefix": "/agent" }, "exchange": { "actor": { "source": "header", "header": "x-actor-token" } } }
+        ],
+        "cache": { "expiry_skew_s": 30 }
+    }));
+    let envoy = envoy(sts.port, config, 1);
+    let user =
+        |sub: &str| minter.token(&json!({ "sub": sub, "exp": support::now_s() + 600 }), None);
+
+    // Delegation with the filter's own actor token: fetched once for many users.
+    for name in ["alice", "bob", "carol"] {
+        let r = envoy.get_with_token("/orders", &user(name));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let c = upstream_claims(&r);
+        assert_eq!(c["sub"], name);
+        assert_eq!(c["act"]["sub"], "edge-actor");
+    }
+    let grants = |sts: &TestSts| {
+        sts.calls()
+            .iter()
+            .map(|c| c.field("grant_type").unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        grants(&sts)
+            .iter()
+            .filter(|g| *g == "client_credentials")
+            .count(),
+        1
+    );
+    let exchange = &sts.calls()[1];
+    assert_eq!(exchange.field("actor_token_type"), Some(ACCESS_TOKEN_TYPE));
+    assert!(exchange.field("actor_token").is_some());
+
+    // Impersonation on another route: no actor, no act.
+    let r = envoy.get_with_token("/impersonate", &user("alice"));
+    let c = upstream_claims(&r);
+    assert_eq!(c["sub"], "alice");
+    assert!(c.get("act").is_none(), "{c}");
+    assert!(sts.calls().last().unwrap().field("actor_token").is_none());
+
+    // Header actor: required, sent as actor_token, never forwarded upstream.
+    let missing = envoy.get_with_token("/agent", &user("dave"));
+    assert_eq!(missing.status, 401);
+    let agent = user("agent-7");
+    let r = envoy.get(
+        "/agent",
+        &[
+            ("authorization", &format!("Bearer {}", user("dave"))),
+            ("x-actor-token", &agent),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = upstream_claims(&r);
+    assert_eq!(
+        (c["sub"].as_str(), c["act"]["sub"].as_str()),
+        (Some("dave"), Some("agent-7"))
+    );
+    assert_eq!(r.upstream_header("x-actor-token"), None);
+
+    // The actor token (32 s, 30 s skew: 2 s in the cache) is fetched again once it expires.
+    thread::sleep(Duration::from_millis(2100));
+    let r = envoy.get_with_token("/orders", &user("erin"));
+    assert_eq!(upstream_claims(&r)["act"]["sub"], "edge-actor");
+    assert_eq!(
+        grants(&sts)
+            .iter()
+            .filter(|g| *g == "client_credentials")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn jwt_bearer_grant_with_private_key_jwt_client_auth() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let client_key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let pem = client_key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let minter = std::sync::Arc::new(support::Signer::new("sts"));
+    let sts = jwt_sts(minter.clone(), 600, Some(*client_key.verifying_key()));
+    let mut config =
+        sts_config(json!({ "exchange": { "grant": "jwt_bearer", "scope": "orders" } }));
+    config["sts"] = json!({
+        "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token", "client_id": "edge proxy",
+        "client_auth": "private_key_jwt", "private_key": { "pem_env": "CLIENT_KEY", "alg": "ES256", "kid": "edge-1" }
+    });
+    support::require(&support::wasm_module(), "run `make build` first");
+    let envoy = Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        env: &[("CLIENT_KEY", &pem)],
+        concurrency: 1,
+        clusters: &[],
+    });
+    let assertion = minter.token(
+        &json!({ "sub": "frank", "exp": support::now_s() + 600 }),
+        None,
+    );
+    let r = envoy.get_with_token("/", &assertion);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, envoy.log_text());
+    assert_eq!(upstream_claims(&r)["sub"], "frank");
+    let call = &sts.calls()[0];
+    assert_eq!(
+        call.field("grant_type"),
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    );
+    assert_eq!(
+        call.field("assertion"),
+        Some(assertion.as_str()),
+        "the assertion reaches the STS unchanged"
+    );
+    assert_eq!(call.field("scope"), Some("orders"));
+    assert_eq!(call.header("authorization"), None);
+    let client_assertion = support::claims_of(call.field("client_assertion").unwrap()).unwrap();
+    assert_eq!(client_assertion["iss"], "edge proxy");
+    assert_eq!(client_assertion["aud"], "https://sts.test/oauth2/token");
+}
