@@ -54,23 +54,26 @@ pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Option<Vec<
     Some(out)
 }
 
-/// Reads a slot: the entry if it was made for `key` and is still alive at `now_ms`.
-pub fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<Cached> {
+/// Reads a slot: the entry and its expiry (ms) if it was made for `key` and is still alive at
+/// `now_ms`.
+pub fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)> {
     if slot.len() < HEADER_LEN || slot[0] != VERSION || slot[2..34] != key[..] {
         return None;
     }
     let mut exp = [0u8; 8];
     exp.copy_from_slice(&slot[34..HEADER_LEN]);
-    if now_ms >= u64::from_be_bytes(exp) {
+    let expires_at = u64::from_be_bytes(exp);
+    if now_ms >= expires_at {
         return None;
     }
     let payload = String::from_utf8(slot[HEADER_LEN..].to_vec()).ok()?;
-    match slot[1] {
-        KIND_TOKEN => Some(Cached::Token(payload)),
-        KIND_SUBJECT_REJECTED => Some(Cached::Rejected(StsFailure::SubjectRejected(payload))),
-        KIND_FORBIDDEN => Some(Cached::Rejected(StsFailure::Forbidden(payload))),
-        _ => None,
-    }
+    let value = match slot[1] {
+        KIND_TOKEN => Cached::Token(payload),
+        KIND_SUBJECT_REJECTED => Cached::Rejected(StsFailure::SubjectRejected(payload)),
+        KIND_FORBIDDEN => Cached::Rejected(StsFailure::Forbidden(payload)),
+        _ => return None,
+    };
+    Some((value, expires_at))
 }
 
 /// How long a minted token may be served, in ms:
@@ -126,7 +129,7 @@ mod tests {
         let e = encode(&key(1), 10_000, &Cached::Token("tok".into())).unwrap();
         assert_eq!(
             lookup(&e, &key(1), 9_999),
-            Some(Cached::Token("tok".into()))
+            Some((Cached::Token("tok".into()), 10_000))
         );
         assert_eq!(lookup(&e, &key(1), 10_000), None);
         assert_eq!(lookup(&e, &key(1), 10_001), None);
@@ -147,7 +150,7 @@ mod tests {
             StsFailure::Forbidden("invalid_target".into()),
         ] {
             let e = encode(&key(2), 5, &Cached::Rejected(f.clone())).unwrap();
-            assert_eq!(lookup(&e, &key(2), 4), Some(Cached::Rejected(f)));
+            assert_eq!(lookup(&e, &key(2), 4), Some((Cached::Rejected(f), 5)));
         }
         assert_eq!(
             encode(&key(2), 5, &Cached::Rejected(StsFailure::InvalidClient)),

@@ -60,6 +60,8 @@ enum Job {
         subject_exp: Option<u64>,
         /// With `expect_act`: the `sub` the minted token's `act` must name.
         actor_sub: Option<String>,
+        /// No header actor: the answer may go into the first-level cache.
+        rememberable: bool,
     },
     /// The filter's own client-credentials call for actor `actor`; `parked` requests go on
     /// with its token.
@@ -81,6 +83,7 @@ struct Exchange {
     subject: String,
     subject_exp: Option<u64>,
     actor_sub: Option<String>,
+    rememberable: bool,
     waiting: usize,
 }
 
@@ -141,6 +144,13 @@ struct Verified {
     exp: u64,
 }
 
+/// An answer this worker remembers (first-level cache).
+struct MemoEntry {
+    value: Cached,
+    expires_at_ms: u64,
+    verified: Option<Verified>,
+}
+
 /// The last fetch attempt any worker made for one issuer.
 #[derive(Clone, Copy, Default)]
 struct Attempt {
@@ -160,12 +170,14 @@ pub struct Engine {
     jwks_calls: HashMap<u32, usize>,
     key_waiters: HashMap<u32, usize>,
     verified: HashMap<CacheKey, Verified>,
+    memo: Vec<HashMap<Box<str>, MemoEntry>>,
 }
 
 impl Engine {
     /// An engine for a validated configuration.
     pub fn new(config: Config) -> Self {
         let issuers = config.trusted_issuers.iter().map(issuer_state).collect();
+        let memo = config.profiles.iter().map(|_| HashMap::new()).collect();
         Engine {
             config,
             flights: HashMap::new(),
@@ -176,6 +188,7 @@ impl Engine {
             jwks_calls: HashMap::new(),
             key_waiters: HashMap::new(),
             verified: HashMap::new(),
+            memo,
         }
     }
 
@@ -277,6 +290,11 @@ impl Engine {
             Some(ActorSource::Header(_)) => actor,
             _ => None,
         };
+        if header_actor.is_none() {
+            if let Some(v) = self.memo_hit(host, ctx, profile, subject, now) {
+                return v;
+            }
+        }
         let key = p.cache_key(subject, header_actor);
         let verified_exp = if self.config.trusted_issuers.is_empty() {
             None
@@ -288,7 +306,7 @@ impl Engine {
         };
 
         let slot = cache::slot_name(&key, self.config.cache.max_entries);
-        if let Some(hit) = host
+        if let Some((hit, expires_at)) = host
             .shared_get(&slot)
             .and_then(|(s, _)| cache::lookup(&s, &key, now))
         {
@@ -297,10 +315,12 @@ impl Engine {
                 let fp = token::fingerprint(subject);
                 host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} cache hit"));
             }
-            return match hit {
-                Cached::Token(minted) => Verdict::Continue(self.success_ops(&minted, subject)),
-                Cached::Rejected(failure) => self.failure_verdict(host, &failure),
-            };
+            let verdict = self.cached_verdict(host, &hit, subject);
+            if header_actor.is_none() {
+                let verified = self.verified.get(&key).copied();
+                self.remember(profile, subject, hit, expires_at, verified);
+            }
+            return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
 
@@ -384,10 +404,89 @@ impl Engine {
             subject: subject.to_string(),
             subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
             actor_sub,
+            rememberable: header_actor.is_none(),
         };
         self.start_flight(key, request, call, carrier, now, job);
         self.members.insert(ctx, key);
         Verdict::Pause
+    }
+
+    /// The first-level cache: this worker's memory of recent answers, consulted before any
+    /// hashing or host call. Entries keep their shared-data expiry and, with trusted issuers,
+    /// the verification they rest on (a key-set change or the token's `exp` voids them).
+    fn memo_hit<H: Host>(
+        &self,
+        host: &H,
+        ctx: u32,
+        profile: usize,
+        subject: &str,
+        now: u64,
+    ) -> Option<Verdict> {
+        let m = self.memo.get(profile)?.get(subject)?;
+        if now >= m.expires_at_ms {
+            return None;
+        }
+        if !self.config.trusted_issuers.is_empty() {
+            let v = m.verified?;
+            let leeway = self.config.trusted_issuers.get(v.issuer)?.leeway_s;
+            if self.issuers.get(v.issuer)?.version != v.version
+                || now / 1000 >= v.exp.saturating_add(leeway)
+            {
+                return None;
+            }
+        }
+        host.metric(Metric::CacheHits, 1);
+        if host.debug_enabled() {
+            let fp = token::fingerprint(subject);
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={ctx} token={fp} cache hit (worker)"),
+            );
+        }
+        Some(self.cached_verdict(host, &m.value, subject))
+    }
+
+    fn cached_verdict<H: Host>(&self, host: &H, value: &Cached, subject: &str) -> Verdict {
+        match value {
+            Cached::Token(minted) => Verdict::Continue(self.success_ops(minted, subject)),
+            Cached::Rejected(failure) => self.failure_verdict(host, failure),
+        }
+    }
+
+    /// Puts an answer into the first-level cache; a full table is emptied (bounded memory).
+    fn remember(
+        &mut self,
+        profile: usize,
+        subject: &str,
+        value: Cached,
+        expires_at_ms: u64,
+        verified: Option<Verified>,
+    ) {
+        if !self.config.trusted_issuers.is_empty() && verified.is_none() {
+            return;
+        }
+        let cap = self.config.cache.max_entries as usize;
+        let Some(map) = self.memo.get_mut(profile) else {
+            return;
+        };
+        if map.len() >= cap {
+            map.clear();
+        }
+        map.insert(
+            subject.into(),
+            MemoEntry {
+                value,
+                expires_at_ms,
+                verified,
+            },
+        );
+    }
+
+    fn remember_exchange(&mut self, x: &Exchange, value: Cached, expires_at_ms: u64) {
+        if x.rememberable {
+            let verified = self.verified.get(&x.key).copied();
+            self.remember(x.profile, &x.subject, value, expires_at_ms, verified);
+        }
     }
 
     fn start_flight(
@@ -423,7 +522,7 @@ impl Engine {
             .shared_get(&slot)
             .and_then(|(s, _)| cache::lookup(&s, key, now))
         {
-            Some(Cached::Token(t)) => Some(t),
+            Some((Cached::Token(t), _)) => Some(t),
             _ => None,
         }
     }
@@ -635,6 +734,7 @@ impl Engine {
                 subject,
                 subject_exp,
                 actor_sub,
+                rememberable,
             } => {
                 let exchange = Exchange {
                     call,
@@ -643,6 +743,7 @@ impl Engine {
                     subject,
                     subject_exp,
                     actor_sub,
+                    rememberable,
                     waiting: members.len(),
                 };
                 let verdict = self.on_exchange_answer(host, &exchange, answer, now);
@@ -687,13 +788,9 @@ impl Engine {
                 let life =
                     cache::token_lifetime_ms(&cfg.cache, minted.expires_in, x.subject_exp, now);
                 if let Some(life) = life {
-                    self.store(
-                        host,
-                        &slot,
-                        &x.key,
-                        now + life,
-                        &Cached::Token(minted.access_token.clone()),
-                    );
+                    let value = Cached::Token(minted.access_token.clone());
+                    self.store(host, &slot, &x.key, now + life, &value);
+                    self.remember_exchange(x, value, now + life);
                 }
                 if host.debug_enabled() {
                     let fp = token::fingerprint(&x.subject);
@@ -710,13 +807,14 @@ impl Engine {
             }
             Err(failure) => {
                 if let Some(life) = cache::rejection_lifetime_ms(&cfg.cache, x.subject_exp, now) {
-                    self.store(
-                        host,
-                        &slot,
-                        &x.key,
-                        now + life,
-                        &Cached::Rejected(failure.clone()),
-                    );
+                    let value = Cached::Rejected(failure.clone());
+                    self.store(host, &slot, &x.key, now + life, &value);
+                    if matches!(
+                        failure,
+                        StsFailure::SubjectRejected(_) | StsFailure::Forbidden(_)
+                    ) {
+                        self.remember_exchange(x, value, now + life);
+                    }
                 }
                 if !matches!(
                     failure,
@@ -1116,8 +1214,15 @@ impl Engine {
 
     fn success_ops(&self, minted: &str, subject: &str) -> Vec<HeaderOp> {
         let out = &self.config.output;
-        let mut ops = vec![HeaderOp::Remove(self.config.subject_token.header.clone())];
-        ops.extend(self.strip_ops());
+        let mut ops = self.strip_ops();
+        // Setting the output header replaces every copy of it; the subject header needs its
+        // own removal only when it is another header.
+        if out.header != self.config.subject_token.header {
+            ops.insert(
+                0,
+                HeaderOp::Remove(self.config.subject_token.header.clone()),
+            );
+        }
         ops.push(HeaderOp::Set(
             out.header.clone(),
             format!("{}{minted}", out.prefix),
@@ -1372,6 +1477,35 @@ mod tests {
         assert_eq!(h.metric_value(Metric::CacheHits), 1);
         assert_eq!(h.metric_value(Metric::CacheMisses), 1);
         assert_eq!(h.metric_value(Metric::StsCalls), 1);
+    }
+
+    #[test]
+    fn hot_tokens_are_served_from_the_worker_memo_until_expiry() {
+        let h = FakeHost::at(NOW);
+        let mut e = engine(r#","cache":{"max_entries":2,"expiry_skew_s":0}"#);
+        exchange(&mut e, &h, 1, "hot", &ok("m", 60));
+        h.shared.borrow_mut().clear();
+        let v = e.on_request(&h, 2, &[("authorization", "Bearer hot")][..]);
+        assert_eq!(
+            v,
+            Verdict::Continue(vec![HeaderOp::Set(
+                "authorization".into(),
+                "Bearer m".into()
+            )])
+        );
+        h.advance_ms(60_000);
+        assert_eq!(
+            e.on_request(&h, 3, &[("authorization", "Bearer hot")][..]),
+            Verdict::Pause,
+            "never served after expiry"
+        );
+        // bounded: a full table is emptied
+        let h = FakeHost::at(NOW);
+        let mut e = engine(r#","cache":{"max_entries":2}"#);
+        for (ctx, t) in [(1, "a"), (2, "b"), (3, "c")] {
+            exchange(&mut e, &h, ctx, t, &ok("m", 3600));
+        }
+        assert!(e.memo[0].len() <= 2);
     }
 
     #[test]

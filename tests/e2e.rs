@@ -62,6 +62,22 @@ fn envoy_with(
     })
 }
 
+/// A GET written by hand (to send repeated headers); returns the whole response text.
+fn raw_get(envoy: &Envoy, path: &str, headers: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Every header value the upstream received, flattened.
 fn upstream_values(reply: &support::Reply) -> Vec<String> {
     reply.json()["headers"]
@@ -131,16 +147,30 @@ fn exchange_happy_path_then_cache_hit() {
         "RFC 6749 §2.3.1 encoding"
     );
 
+    // Two copies of Authorization are refused, not half-exchanged.
+    let raw = raw_get(
+        &envoy,
+        "/api",
+        &[
+            "authorization: Bearer alice-token",
+            "authorization: Bearer smuggled",
+        ],
+    );
+    assert!(
+        raw.starts_with("HTTP/1.1 401") && raw.contains("invalid_token"),
+        "{raw}"
+    );
+
     let second = envoy.get_with_token("/api", "alice-token");
     assert_eq!(second.upstream_header("authorization"), Some(json!(minted)));
     assert_eq!(sts.count(), 1, "second request served from the cache");
 
-    assert_eq!(envoy.counter("requests"), 2);
+    assert_eq!(envoy.counter("requests"), 3);
     assert_eq!(envoy.counter("cache_misses"), 1);
     assert_eq!(envoy.counter("cache_hits"), 1);
     assert_eq!(envoy.counter("sts_calls"), 1);
     assert_eq!(envoy.counter("sts_errors"), 0);
-    assert_eq!(envoy.counter("rejected"), 0);
+    assert_eq!(envoy.counter("rejected"), 1);
 }
 
 #[test]

@@ -464,8 +464,10 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The value of one of the filter's counters, from the admin `/stats`.
+    /// The value of one of the filter's counters, from the admin `/stats` (after the 100 ms
+    /// tick that flushes the workers' counters).
     pub fn counter(&self, name: &str) -> u64 {
+        thread::sleep(Duration::from_millis(250));
         let text = ureq::get(&format!(
             "http://127.0.0.1:{}/stats?filter=token_exchange",
             self.admin

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""`make bench`: the filter against plain Envoy, ext_authz and jwt_authn, measured in one run.
+
+Everything listens on 127.0.0.1. A backend Envoy serves the upstream (direct_response), an
+ext_authz authorizer that answers with a replaced Authorization header, and stand-in STS
+endpoints (a good answer, a rejection, and delayed answers). Front Envoys, each with
+--concurrency 1, are started in turn for each configuration and loaded with wrk; rounds are
+interleaved and every ratio is taken against plain Envoy of the same round.
+"""
+import base64
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
+WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/token_exchange_wasm.wasm")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+TOKENS = int(os.environ.get("BENCH_TOKENS", "300000"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TMP = tempfile.mkdtemp(prefix="txw-bench-")
+
+FRONT, FRONT_ADMIN, BACK_ADMIN = 18000, 18900, 19900
+UPSTREAM, AUTHZ, STS_OK, STS_REJECT, STS_SLOW, UPSTREAM_SLOW, STS_COALESCE = range(19001, 19008)
+STS_DELAY_MS, COALESCE_DELAY_MS = 5, 300
+ISSUER = "https://idp.bench"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def rs256_material():
+    """An RSA key, its JWKS and an RS256 token valid for an hour."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = key.public_key().public_numbers()
+    n = pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")
+    jwk = {"kty": "RSA", "kid": "bench", "alg": "RS256", "n": b64url(n), "e": b64url(pub.e.to_bytes(3, "big"))}
+    header = b64url(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
+    claims = {"iss": ISSUER, "sub": "bench-user", "aud": "api://bench", "exp": int(time.time()) + 3600}
+    payload = b64url(json.dumps(claims).encode())
+    sig = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return {"keys": [jwk]}, f"{header}.{payload}.{b64url(sig)}"
+
+
+def addr(port):
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def cluster(name, port):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(port)}}]}]}}
+
+
+def hcm(prefix, routes, filters):
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": prefix,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+
+
+def listener(name, port, routes, filters=()):
+    return {"name": name, "address": addr(port), "filter_chains": [{"filters": [hcm(name, routes, list(filters))]}]}
+
+
+def direct(status, body, headers=()):
+    return [{"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": body}},
+             "response_headers_to_add": [{"header": {"key": k, "value": v}} for k, v in headers]}]
+
+
+def delay(ms):
+    return {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"fixed_delay": f"{ms / 1000}s", "percentage": {"numerator": 100}}}}
+
+
+def backend_config():
+    token = json.dumps({"access_token": "minted-by-bench-sts", "token_type": "Bearer",
+                        "issued_token_type": ACCESS, "expires_in": 3600})
+    reject = json.dumps({"error": "invalid_grant"})
+    listeners = [
+        listener("upstream", UPSTREAM, direct(200, "ok")),
+        listener("authz", AUTHZ, direct(200, "", [("authorization", "Bearer minted-by-authorizer")])),
+        listener("sts_ok", STS_OK, direct(200, token, [("content-type", "application/json")])),
+        listener("sts_reject", STS_REJECT, direct(400, reject, [("content-type", "application/json")])),
+        listener("sts_slow", STS_SLOW, direct(200, token), [delay(STS_DELAY_MS)]),
+        listener("upstream_slow", UPSTREAM_SLOW, direct(200, "ok"), [delay(STS_DELAY_MS)]),
+        listener("sts_coalesce", STS_COALESCE, direct(200, token), [delay(COALESCE_DELAY_MS)]),
+    ]
+    return {"admin": {"address": addr(BACK_ADMIN)}, "static_resources": {"listeners": listeners}}
+
+
+def wasm_filter(config):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "token_exchange",
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(config)},
+                   "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": WASM}}}}}}
+
+
+def filter_config(sts_cluster, extra=None):
+    c = {"sts": {"cluster": sts_cluster, "authority": "sts.bench", "token_path": "/token", "client_id": "bench",
+                 "client_secret": "bench-secret", "timeout_ms": 5000},
+         "exchange": {"audience": ["bench-api"]}}
+    c.update(extra or {})
+    return c
+
+
+def front_config(filters, upstream_port=UPSTREAM):
+    clusters = [cluster("upstream", upstream_port), cluster("authz", AUTHZ), cluster("sts_ok", STS_OK),
+                cluster("sts_reject", STS_REJECT), cluster("sts_slow", STS_SLOW), cluster("sts_coalesce", STS_COALESCE)]
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    return {"admin": {"address": addr(FRONT_ADMIN)},
+            "static_resources": {"listeners": [listener("front", FRONT, routes, filters)], "clusters": clusters}}
+
+
+def ext_authz():
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"},
+                         "authorization_request": {"allowed_headers": {"patterns": [{"exact": "authorization"}]}},
+                         "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]}}},
+        "failure_mode_allow": False}}
+
+
+def jwt_authn(jwks, cache):
+    provider = {"issuer": ISSUER, "audiences": ["api://bench"], "local_jwks": {"inline_string": json.dumps(jwks)},
+                "forward": False}
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"bench": provider}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}}
+
+
+class Envoy:
+    def __init__(self, name, config, admin, concurrency=1):
+        path = os.path.join(TMP, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        self.log = os.path.join(TMP, f"{name}.log")
+        self.admin = admin
+        self.proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", str(concurrency), "--disable-hot-restart",
+                                      "-l", "warn", "--log-path", self.log], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"envoy {name} exited:\n" + open(self.log).read())
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        sys.exit(f"envoy {name} not ready:\n" + open(self.log).read())
+
+    def cpu_s(self):
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mb(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stat(self, name):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats?filter={name}").read().decode()
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wrk(args, script=None, duration=SECONDS, connections=32, threads=2):
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"] + args
+    if script:
+        path = os.path.join(TMP, "script.lua")
+        with open(path, "w") as f:
+            f.write(script)
+        cmd += ["-s", path]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{FRONT}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = {p: parse_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
+    return {"rps": rps, "total": total, "p50": lat["50"], "p99": lat["99"], "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def parse_ms(text):
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+UNIQUE_TOKENS = """
+local counter, prefix, threads = 0, "%s", 0
+function setup(thread) threads = threads + 1; thread:set("id", tostring(threads)) end
+function init(args) prefix = prefix .. "-" .. id .. "-" end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, { ["authorization"] = "Bearer " .. prefix .. counter })
+end
+"""
+
+
+def measure(name, filters, token):
+    envoy = Envoy(name, front_config(filters), FRONT_ADMIN)
+    try:
+        auth = ["-H", f"authorization: Bearer {token}"]
+        wrk(auth, duration=1)  # warm-up: first exchange, JIT, connections
+        cpu0 = envoy.cpu_s()
+        r = wrk(auth)
+        r["cpu_us"] = (envoy.cpu_s() - cpu0) * 1e6 / max(r["total"], 1)
+        r["rss"] = envoy.rss_mb()
+        if r["errors"]:
+            sys.exit(f"{name}: {r['errors']} non-2xx answers:\n" + open(envoy.log).read()[-3000:])
+        return r
+    finally:
+        envoy.stop()
+
+
+def main():
+    jwks, rs_token = rs256_material()
+    issuers = {"trusted_issuers": [{"issuer": ISSUER, "algorithms": ["RS256"], "audiences": ["api://bench"], "jwks": jwks}]}
+    only = os.environ.get("BENCH_ONLY")
+    configs = [
+        ("plain Envoy", [], "opaque-bench-token"),
+        ("token-exchange, cache hit", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
+        ("token-exchange + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers))], rs_token),
+        ("ext_authz HTTP authorizer", [ext_authz()], "opaque-bench-token"),
+        ("jwt_authn RS256, no cache", [jwt_authn(jwks, False)], rs_token),
+        ("jwt_authn RS256, cache", [jwt_authn(jwks, True)], rs_token),
+    ]
+    if only:
+        configs = [c for c in configs if c[0] == "plain Envoy" or only in c[0]]
+    backend = Envoy("backend", backend_config(), BACK_ADMIN)
+    results = {name: [] for name, _, _ in configs}
+    try:
+        for rnd in range(ROUNDS):
+            plain = None
+            for name, filters, token in configs:
+                r = measure(f"front-{rnd}", filters, token)
+                plain = plain or r
+                r["ratio"] = r["rps"] / plain["rps"]
+                r["cpu_over_plain"] = r["cpu_us"] - plain["cpu_us"]
+                results[name].append(r)
+                print(f"round {rnd + 1}: {name}: {r['rps']:.0f} req/s", file=sys.stderr)
+        print_table(results)
+        if os.environ.get("BENCH_EXTRAS", "1") == "1":
+            extra_runs(backend)
+    finally:
+        backend.stop()
+
+
+def med(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def print_table(results):
+    print(f"\nmedians of {ROUNDS} interleaved rounds, wrk -t2 -c32 -d{SECONDS}s, front Envoy --concurrency 1\n")
+    print("| front Envoy | req/s | p50 ms | p99 ms | ratio to plain | CPU µs/req | CPU µs/req over plain | RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows in results.items():
+        print(f"| {name} | {med(rows, 'rps'):.0f} | {med(rows, 'p50'):.2f} | {med(rows, 'p99'):.2f} | "
+              f"{med(rows, 'ratio'):.2f} | {med(rows, 'cpu_us'):.1f} | {med(rows, 'cpu_over_plain'):+.1f} | {med(rows, 'rss'):.0f} |")
+    if "ext_authz HTTP authorizer" in results and "token-exchange, cache hit" in results:
+        hit = med(results["token-exchange, cache hit"], "rps")
+        authz = med(results["ext_authz HTTP authorizer"], "rps")
+        print(f"\ncache hit vs ext_authz: {hit / authz:.2f}x")
+
+
+def extra_runs(backend):
+    # Miss path: every request a new token; the STS answers after a fixed delay. The filter's
+    # added time is the miss latency less plain Envoy to an upstream with the same delay.
+    base = Envoy("miss-base", front_config([], UPSTREAM_SLOW), FRONT_ADMIN)
+    try:
+        baseline = wrk([], connections=8, threads=1)
+    finally:
+        base.stop()
+    miss = Envoy("miss", front_config([wasm_filter(filter_config("sts_slow"))]), FRONT_ADMIN)
+    try:
+        r = wrk([], UNIQUE_TOKENS % "miss", connections=8, threads=1)
+    finally:
+        miss.stop()
+    print(f"\nmiss path (STS delay {STS_DELAY_MS} ms, -c8): p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms; "
+          f"plain Envoy to a {STS_DELAY_MS} ms upstream: p50 {baseline['p50']:.2f} ms, p99 {baseline['p99']:.2f} ms; "
+          f"added by the filter at p99: {r['p99'] - baseline['p99']:.2f} ms")
+
+    # Coalescing: 200 concurrent requests bearing one new token, two workers.
+    calls0 = backend.stat("http.sts_coalesce.downstream_rq_total")
+    front = Envoy("coalesce", front_config([wasm_filter(filter_config("sts_coalesce"))]), FRONT_ADMIN, concurrency=2)
+    try:
+        wrk(["-H", "authorization: Bearer one-new-token"], duration=2, connections=200)
+    finally:
+        front.stop()
+    print(f"coalescing: 200 concurrent requests with one new token, --concurrency 2: "
+          f"{backend.stat('http.sts_coalesce.downstream_rq_total') - calls0} STS calls")
+
+    # Negative cache: a flood with one token the STS rejects, shorter than negative_ttl_s.
+    calls0 = backend.stat("http.sts_reject.downstream_rq_total")
+    front = Envoy("negative", front_config([wasm_filter(filter_config("sts_reject"))]), FRONT_ADMIN)
+    try:
+        stats = wrk(["-H", "authorization: Bearer rejected-token"], duration=2)["total"]
+    finally:
+        front.stop()
+    print(f"negative cache: {stats} requests in 2 s with one rejected token (negative_ttl_s 5): "
+          f"{backend.stat('http.sts_reject.downstream_rq_total') - calls0} STS calls")
+
+    # Bounded memory: distinct tokens streamed through, RSS after 10,000 and after all. Each wrk
+    # chunk uses its own token prefix, so every request is a new token (a miss and an STS call).
+    front = Envoy("memory", front_config([wasm_filter(filter_config("sts_ok"))]), FRONT_ADMIN)
+    try:
+        chunk, calls = 0, lambda: front.stat("wasmcustom.token_exchange.sts_calls")
+        while calls() < 10_000:
+            wrk([], UNIQUE_TOKENS % f"warm{chunk}", duration=1)
+            chunk += 1
+        rss_10k, first = front.rss_mb(), calls()
+        start = time.time()
+        while calls() < TOKENS:
+            wrk([], UNIQUE_TOKENS % f"stream{chunk}", duration=10)
+            chunk += 1
+        rss_end, exchanged = front.rss_mb(), calls()
+    finally:
+        front.stop()
+    print(f"memory: {exchanged} distinct tokens exchanged ({(exchanged - first) / (time.time() - start):.0f}/s); "
+          f"RSS after {first}: {rss_10k:.1f} MiB, after all: {rss_end:.1f} MiB ({(rss_end / rss_10k - 1) * 100:+.1f}%); "
+          f"shared data bounded by max_entries = 4096 slots")
+
+
+if __name__ == "__main__":
+    main()
