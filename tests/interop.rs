@@ -1,0 +1,168 @@
+//! Interoperability with a real STS nobody here wrote: IdentityPython idpyoidc (pinned by the
+//! Makefile) as IdP and STS, through the real Envoy with the release `.wasm`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use jwt_compact::AlgorithmExt;
+use serde_json::json;
+use support::{start_echo, Envoy, EnvoySetup, TempDir};
+
+/// idpyoidc serving on a port, with the subject tokens its code flow minted.
+struct Idpy {
+    child: Child,
+    issuer: String,
+    tokens: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Idpy {
+    fn start(port: u16) -> Idpy {
+        let dir = TempDir::new("idpyoidc");
+        let out = dir.0.join("tokens.json");
+        let python = support::repo().join(".venv/bin/python");
+        support::require(
+            &python,
+            "run `make interop` (or `make test`) to install idpyoidc",
+        );
+        let child = Command::new(python)
+            .arg(support::repo().join("tests/interop/idpyoidc_sts.py"))
+            .arg(port.to_string())
+            .arg(&out)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start idpyoidc");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !out.exists() {
+            assert!(Instant::now() < deadline, "idpyoidc did not start");
+            thread::sleep(Duration::from_millis(100));
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        Idpy {
+            child,
+            issuer: info["issuer"].as_str().unwrap().to_string(),
+            tokens: info["subject_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect(),
+            _dir: dir,
+        }
+    }
+
+    fn jwks(&self, port: u16) -> jwt_compact::jwk::JsonWebKey<'static> {
+        let text = ureq::get(&format!("http://127.0.0.1:{port}/jwks"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ec = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kty"] == "EC")
+            .unwrap()
+            .clone();
+        serde_json::from_value(ec).unwrap()
+    }
+}
+
+impl Drop for Idpy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envoy(port: u16, config: serde_json::Value) -> Envoy {
+    support::require(&support::wasm_module(), "run `make build` first");
+    Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port: port,
+        echo_port: start_echo(0),
+        env: &[],
+        concurrency: 1,
+        clusters: &[("idp", port)],
+    })
+}
+
+fn sts(auth: &str) -> serde_json::Value {
+    json!({ "cluster": "sts", "authority": "127.0.0.1", "token_path": "/token", "client_id": "edge-proxy",
+            "client_secret": "edge-secret", "client_auth": auth })
+}
+
+fn minted(r: &support::Reply) -> String {
+    let auth = r
+        .upstream_header("authorization")
+        .unwrap_or_else(|| panic!("no token upstream: {}", r.body));
+    auth.as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn idpyoidc_exchanges_what_the_filter_sends() {
+    let port = support::free_port();
+    let idp = Idpy::start(port);
+    let jwk = idp.jwks(port);
+    let key = p256::ecdsa::VerifyingKey::try_from(&jwk).expect("an ES256 key");
+
+    // client_secret_basic, with the subject JWT validated against idpyoidc's JWKS (ES256).
+    let config = json!({
+        "sts": sts("client_secret_basic"),
+        "trusted_issuers": [{ "issuer": idp.issuer, "algorithms": ["ES256"],
+                               "jwks_uri": { "cluster": "idp", "authority": "127.0.0.1", "path": "/jwks" } }],
+        "exchange": { "audience": ["https://orders.example"] },
+        "routes": [{ "match": { "path_prefix": "/elsewhere" }, "exchange": { "audience": ["https://not-allowed.example"] } }]
+    });
+    let basic = envoy(port, config);
+    let r = (0..100)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(50));
+            basic.get_with_token("/orders", &idp.tokens[0])
+        })
+        .find(|r| r.status != 503)
+        .expect("keys arrive");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, basic.log_text());
+    let token = minted(&r);
+    let verified = jwt_compact::alg::Es256
+        .validator::<serde_json::Value>(&key)
+        .validate(&jwt_compact::UntrustedToken::new(&token).unwrap())
+        .expect("the minted token verifies against idpyoidc's JWKS");
+    assert_eq!(verified.claims().custom["client_id"], "edge-proxy");
+    assert_ne!(token, idp.tokens[0]);
+
+    // An audience idpyoidc's policy does not allow: invalid_target → 403.
+    let r = basic.get_with_token("/elsewhere", &idp.tokens[1]);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // client_secret_post, the STS alone judging subject tokens.
+    let config = json!({ "sts": sts("client_secret_post"), "exchange": { "audience": ["https://orders.example"] } });
+    let post = envoy(port, config);
+    let r = post.get_with_token("/orders", &idp.tokens[2]);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, post.log_text());
+    let claims = support::claims_of(&minted(&r)).unwrap();
+    assert_eq!(claims["client_id"], "edge-proxy");
+
+    // A subject token idpyoidc did not issue: invalid_request → 401.
+    let r = post.get_with_token("/orders", "not-issued-by-idpyoidc");
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // idpyoidc stopped → 503; restarted → exchanges again.
+    drop(idp);
+    let r = post.get_with_token("/orders", "another-token");
+    assert_eq!(r.status, 503, "{}", r.body);
+    let idp = Idpy::start(port);
+    let r = post.get_with_token("/orders", &idp.tokens[0]);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, post.log_text());
+}
