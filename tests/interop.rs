@@ -166,3 +166,110 @@ fn idpyoidc_exchanges_what_the_filter_sends() {
     let r = post.get_with_token("/orders", &idp.tokens[0]);
     assert_eq!(r.status, 200, "{}\n{}", r.body, post.log_text());
 }
+
+/// Authlib serving its JWT bearer grant with `private_key_jwt` client authentication.
+struct Authlib {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Authlib {
+    fn start(port: u16, idp: &support::Signer, client: &p256::ecdsa::SigningKey) -> Authlib {
+        let dir = TempDir::new("authlib");
+        let keys = dir.0.join("keys.json");
+        let client_jwk =
+            serde_json::to_value(jwt_compact::jwk::JsonWebKey::from(client.verifying_key()))
+                .unwrap();
+        std::fs::write(
+            &keys,
+            json!({ "idp": idp.jwk(), "client": client_jwk }).to_string(),
+        )
+        .unwrap();
+        let child = Command::new(support::repo().join(".venv/bin/python"))
+            .arg(support::repo().join("tests/interop/authlib_as.py"))
+            .arg(port.to_string())
+            .arg(&keys)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start authlib");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "authlib did not start");
+            thread::sleep(Duration::from_millis(100));
+        }
+        Authlib { child, _dir: dir }
+    }
+}
+
+impl Drop for Authlib {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn jwt_bearer_envoy(port: u16, client_key: &p256::ecdsa::SigningKey) -> Envoy {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let pem = client_key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let config = json!({
+        "sts": { "cluster": "sts", "authority": format!("127.0.0.1:{port}"), "token_path": "/token",
+                 "client_id": "edge-proxy", "client_auth": "private_key_jwt",
+                 "private_key": { "pem_env": "CLIENT_KEY", "alg": "ES256",
+                                  "audience": format!("http://127.0.0.1:{port}/token") } },
+        "exchange": { "grant": "jwt_bearer", "scope": "orders" }
+    });
+    Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port: port,
+        echo_port: start_echo(0),
+        env: &[("CLIENT_KEY", &pem)],
+        concurrency: 1,
+        clusters: &[],
+    })
+}
+
+#[test]
+fn authlib_accepts_the_jwt_bearer_grant_and_client_assertions() {
+    let port = support::free_port();
+    let idp = support::Signer::new("idp-1");
+    let client_key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let _authlib = Authlib::start(port, &idp, &client_key);
+    let envoy = jwt_bearer_envoy(port, &client_key);
+    let assertion = |sub: &str| {
+        idp.token(
+            &json!({ "iss": "https://idp.interop", "sub": sub, "aud": format!("http://127.0.0.1:{port}/token"),
+                     "exp": support::now_s() + 300, "iat": support::now_s() }),
+            None,
+        )
+    };
+
+    let good = assertion("alice");
+    let r = envoy.get_with_token("/", &good);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, envoy.log_text());
+    assert_ne!(
+        minted(&r),
+        good,
+        "the upstream gets Authlib's token, not the assertion"
+    );
+
+    // A tampered assertion: Authlib refuses it (invalid_grant) → 401.
+    let mut parts: Vec<String> = assertion("bob").split('.').map(String::from).collect();
+    parts[1] = support::claims_of(&good)
+        .map(|mut c| {
+            c["sub"] = "mallory".into();
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                c.to_string(),
+            )
+        })
+        .unwrap();
+    let r = envoy.get_with_token("/", &parts.join("."));
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // A filter whose client key Authlib does not know: its assertions fail (invalid_client) → 502.
+    let stranger = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let other = jwt_bearer_envoy(port, &stranger);
+    let r = other.get_with_token("/", &assertion("carol"));
+    assert_eq!(r.status, 502, "{}", r.body);
+}
