@@ -99,5 +99,5 @@ fn readme_examples_parse() {
         check("README", json.as_bytes());
         checked += 1;
     }
-    assert!(checked >= 8, "only {checked} README examples found");
+    assert!(checked >= 5, "only {checked} README examples found");
 }
