@@ -1959,6 +1959,14 @@ mod tests {
             e.on_http_answer(h, None, call, &jwks_answer(keys))
         }
 
+        /// A remote-keys engine that fetched `keys` at start.
+        fn started(h: &FakeHost, keys: serde_json::Value) -> Engine {
+            let mut e = remote_engine();
+            e.on_tick(h);
+            answer_fetch(&mut e, h, keys);
+            e
+        }
+
         fn verified_lines(h: &FakeHost) -> usize {
             h.logs
                 .borrow()
@@ -2078,9 +2086,7 @@ mod tests {
         #[test]
         fn unknown_kid_waits_for_one_early_refresh_then_goes_on() {
             let h = FakeHost::at(NOW);
-            let mut e = remote_engine();
-            e.on_tick(&h);
-            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            let mut e = started(&h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
             h.advance_ms(10_000);
             let rotated = token("ec", 600);
             assert_eq!(ask(&mut e, &h, 7, &rotated), Verdict::Pause);
@@ -2108,9 +2114,7 @@ mod tests {
         #[test]
         fn a_flood_of_unknown_kids_costs_one_fetch_per_ten_seconds() {
             let h = FakeHost::at(NOW);
-            let mut e = remote_engine();
-            e.on_tick(&h);
-            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            let mut e = started(&h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
             h.advance_ms(10_000);
             let stranger = token("ec", 600);
             for ctx in 0..200 {
@@ -2146,9 +2150,7 @@ mod tests {
         #[test]
         fn a_failed_refresh_keeps_the_last_good_keys() {
             let h = FakeHost::at(NOW);
-            let mut e = remote_engine();
-            e.on_tick(&h);
-            answer_fetch(&mut e, &h, keys().jwks());
+            let mut e = started(&h, keys().jwks());
             h.advance_ms(60_000);
             e.on_tick(&h);
             assert_eq!(h.calls_to("idp").len(), 2, "regular refresh");
@@ -2183,9 +2185,7 @@ mod tests {
         #[test]
         fn rotation_rejects_tokens_of_a_removed_key() {
             let h = FakeHost::at(NOW);
-            let mut e = remote_engine();
-            e.on_tick(&h);
-            answer_fetch(&mut e, &h, keys().jwks());
+            let mut e = started(&h, keys().jwks());
             let old = token("rsa", 600);
             let v = ask(&mut e, &h, 1, &old);
             assert_eq!(v, Verdict::Pause);
@@ -2225,9 +2225,7 @@ mod tests {
         #[test]
         fn a_waiter_that_leaves_is_forgotten() {
             let h = FakeHost::at(NOW);
-            let mut e = remote_engine();
-            e.on_tick(&h);
-            answer_fetch(&mut e, &h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
+            let mut e = started(&h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
             h.advance_ms(10_000);
             assert_eq!(ask(&mut e, &h, 3, &token("ec", 600)), Verdict::Pause);
             e.on_request_done(3);

@@ -5,6 +5,8 @@
 //! Everything but [`filter`] (the proxy-wasm glue, built for `wasm32` only) runs and is tested on
 //! the host.
 
+#![warn(missing_docs)]
+
 pub mod assertion;
 pub mod cache;
 pub mod config;
