@@ -72,7 +72,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The token endpoint and how to authenticate there, shared by every request the filter makes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     cluster: String,
     headers: Vec<(String, String)>,
@@ -81,6 +81,18 @@ pub struct Endpoint {
     client_id: Option<String>,
     authority: String,
     token_path: String,
+}
+
+/// Shows where and how, never the credentials (the headers hold the Basic secret).
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token_path", &self.token_path)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request could not be built: the host gave no randomness for the assertion's `jti`.
@@ -235,10 +247,11 @@ pub struct ExchangeProfile {
 
 impl std::fmt::Debug for ExchangeProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The form may hold the client secret (client_secret_post): never shown.
         f.debug_struct("ExchangeProfile")
             .field("grant", &self.grant)
             .field("actor", &self.actor)
-            .field("form", &self.form_prefix)
+            .field("requested_token_type", &self.requested_token_type)
             .finish_non_exhaustive()
     }
 }
@@ -350,11 +363,18 @@ impl ExchangeProfile {
 }
 
 /// The filter's own client-credentials request for an actor token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ActorProfile {
     /// Cache key of the actor token: the client, the endpoint, scope and audience.
     pub key: CacheKey,
     form: String,
+}
+
+/// Never shows the form: it may hold the client secret.
+impl std::fmt::Debug for ActorProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorProfile").finish_non_exhaustive()
+    }
 }
 
 impl ActorProfile {
@@ -1012,6 +1032,22 @@ mod tests {
                 assert_eq!(claims["aud"], "https://sts.local/token");
                 assert_eq!(token.claims().expiration.unwrap().timestamp(), 1_060);
             }
+        }
+    }
+
+    #[test]
+    fn debug_output_of_a_config_never_shows_secrets() {
+        for auth in ["client_secret_basic", "client_secret_post"] {
+            let json = format!(
+                r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"top-secret-value","client_auth":"{auth}"}},
+                    "exchange":{{"actor":{{"source":"client_credentials"}}}}}}"#
+            );
+            let c = Config::parse(json.as_bytes(), &|_| None).unwrap();
+            let shown = format!("{c:?}");
+            assert!(
+                !shown.contains("top-secret-value") && !shown.contains("Basic "),
+                "{shown}"
+            );
         }
     }
 }
