@@ -243,6 +243,9 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     configs = [
         ("plain Envoy", [], "opaque-bench-token"),
+        ("token-exchange, bypass route (wasm floor)",
+         [wasm_filter(filter_config("sts_ok", {"routes": [{"match": {"path_prefix": "/"}, "bypass": True}]}))],
+         "opaque-bench-token"),
         ("token-exchange, cache hit", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
         ("token-exchange + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers))], rs_token),
         ("ext_authz HTTP authorizer", [ext_authz()], "opaque-bench-token"),
