@@ -407,7 +407,7 @@ impl Envoy {
         let dir = TempDir::new("envoy");
         let port = free_port();
         let admin = free_port();
-        let yaml = envoy_yaml(&setup, port, admin);
+        let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
         let config_path = dir.0.join("envoy.yaml");
         std::fs::write(&config_path, yaml).expect("write envoy config");
         let log = dir.0.join("envoy.log");
@@ -460,8 +460,13 @@ impl Envoy {
 
     /// Envoy's log so far.
     pub fn log_text(&self) -> String {
-        thread::sleep(Duration::from_millis(200)); // the log file is flushed every 50 ms
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        thread::sleep(Duration::from_millis(200)); // the log files are flushed every 50 ms
+        let access = self.log.with_file_name("access.log");
+        format!(
+            "{}\n--- access log ---\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(access).unwrap_or_default()
+        )
     }
 
     /// The value of one of the filter's counters, from the admin `/stats` (after the 100 ms
@@ -564,7 +569,8 @@ impl Reply {
 
 /// The Envoy bootstrap for a test: one listener routing everything to the echo upstream through
 /// the filter, an `sts` cluster, and the admin interface.
-pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
+pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Path) -> String {
+    let access_log = access_log.display().to_string();
     let env: serde_json::Map<String, serde_json::Value> = setup
         .env
         .iter()
@@ -586,6 +592,9 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        "access_log": [{ "name": "envoy.access_loggers.file", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                            "path": access_log } }],
                         "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
                             "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "echo" } }] }] },
                         "http_filters": [
@@ -618,11 +627,20 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16) -> String {
     config.to_string()
 }
 
+/// A static cluster on 127.0.0.1. One request per upstream connection: the test servers serve
+/// connections from a small thread pool, and idle keep-alive connections would starve it.
 fn cluster(name: &str, port: u16) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": { "max_requests_per_connection": 1 },
+                "explicit_http_config": { "http_protocol_options": {} }
+            }
+        },
         "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
             "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }] }] }
     })
