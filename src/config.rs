@@ -127,10 +127,6 @@ pub struct StsConfig {
     pub authority: String,
     /// Path of the token endpoint.
     pub token_path: String,
-    /// Call timeout in milliseconds.
-    pub timeout_ms: u64,
-    /// The filter's client id, if it authenticates.
-    pub client_id: Option<String>,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -694,15 +690,13 @@ fn validate_sts(
         &s.authority,
         &s.token_path,
         timeout_ms,
-        client_id.clone(),
+        client_id,
         client_auth,
     );
     let sts = StsConfig {
         cluster: s.cluster,
         authority: s.authority,
         token_path: s.token_path,
-        timeout_ms,
-        client_id,
     };
     Ok((sts, endpoint))
 }
@@ -1187,7 +1181,13 @@ mod tests {
     #[test]
     fn minimal_config_gets_the_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.sts.timeout_ms, 2000);
+        assert_eq!(
+            c.profiles[0]
+                .request(&c.endpoint, "t", None, 0)
+                .unwrap()
+                .timeout_ms,
+            2000
+        );
         assert_eq!(c.endpoint.auth().name(), "client_secret_basic");
         assert_eq!(c.subject_token.header, "authorization");
         assert_eq!(c.subject_token.prefix, "Bearer ");

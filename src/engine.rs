@@ -192,11 +192,6 @@ impl Engine {
         }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Decides what to do with a request whose headers just arrived.
     pub fn on_request<H, R>(&mut self, host: &H, ctx: u32, req: &R) -> Verdict
     where
