@@ -356,6 +356,7 @@ struct RawExchange {
     #[serde(default, deserialize_with = "present")]
     actor: Option<Option<RawActor>>,
     expect_act: Option<bool>,
+    enforce_may_act: Option<bool>,
     extra_params: Option<BTreeMap<String, String>>,
 }
 
@@ -373,6 +374,7 @@ impl RawExchange {
                 .or_else(|| self.requested_token_type.clone()),
             actor: o.actor.clone().or_else(|| self.actor.clone()),
             expect_act: o.expect_act.or(self.expect_act),
+            enforce_may_act: o.enforce_may_act.or(self.enforce_may_act),
             extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
         }
     }
@@ -974,7 +976,7 @@ fn validate_exchange(
         requested_token_type: e.requested_token_type.clone(),
         extra_params: extra,
     };
-    Ok(ExchangeProfile::new(
+    let mut profile = ExchangeProfile::new(
         ctx.endpoint,
         &ctx.subject.token_type,
         grant,
@@ -982,7 +984,9 @@ fn validate_exchange(
         actor,
         actor_key.as_ref(),
         expect_act,
-    ))
+    );
+    profile.enforce_may_act = e.enforce_may_act.unwrap_or(true);
+    Ok(profile)
 }
 
 fn validate_actor(
@@ -1084,6 +1088,12 @@ fn validate_match(m: RawMatch, key: &str) -> Result<RouteMatch, ConfigError> {
             return Err(ConfigError::new(
                 format!("{key}.match.path_prefix"),
                 "must start with '/'",
+            ));
+        }
+        if !crate::path::is_normal_prefix(p) {
+            return Err(ConfigError::new(
+                format!("{key}.match.path_prefix"),
+                "must be a normalized path: no dot segments, percent-encoding, backslash, ';', '?', '#' or empty segment",
             ));
         }
     }

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{self, CacheKey, Cached};
-use crate::config::{Config, KeySource, OnMissingToken, OnStsUnavailable, RouteAction, RouteMatch};
+use crate::config::{Config, KeySource, OnMissingToken, OnStsUnavailable, RouteAction};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
 use crate::jwks::{KeySet, Schedule};
 use crate::metrics::Metric;
 use crate::reply::LocalReply;
+use crate::route;
 use crate::sts::{self, ActorSource, IssuedType, StsFailure};
 use crate::token::{self, Extracted, JwtCheck, JwtError};
 
@@ -142,6 +143,8 @@ struct Verified {
     issuer: usize,
     version: u64,
     exp: u64,
+    /// The token's `may_act` (if any) names this request's actor.
+    may_act_ok: bool,
 }
 
 /// An answer this worker remembers (first-level cache).
@@ -199,7 +202,7 @@ impl Engine {
         R: RequestHeaders + ?Sized,
     {
         host.metric(Metric::Requests, 1);
-        let profile = match self.route(req) {
+        let profile = match route::select(&self.config.routes, req) {
             RouteAction::Bypass => {
                 host.metric(Metric::Bypassed, 1);
                 return Verdict::Continue(self.strip_ops());
@@ -607,7 +610,8 @@ impl Engine {
         if let Some(v) = self.verified.get(key) {
             let leeway = self.config.trusted_issuers[v.issuer].leeway_s;
             if self.issuers[v.issuer].version == v.version && now_s < v.exp.saturating_add(leeway) {
-                return Ok(v.exp);
+                let (exp, ok) = (v.exp, v.may_act_ok);
+                return self.check_may_act(host, ctx, profile, ok).map(|()| exp);
             }
         }
         let issuers = &self.issuers;
@@ -618,7 +622,11 @@ impl Engine {
             now_s,
         );
         match check {
-            JwtCheck::Valid { issuer, exp } => {
+            JwtCheck::Valid {
+                issuer,
+                exp,
+                may_act,
+            } => {
                 if host.debug_enabled() {
                     let fp = token::fingerprint(subject);
                     host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} verified"));
@@ -626,6 +634,17 @@ impl Engine {
                 if self.verified.len() >= MAX_VERIFIED {
                     self.verified.clear();
                 }
+                let p = &self.config.profiles[profile];
+                let may_act_ok = match p.actor.as_ref().map(|a| &a.source) {
+                    None => true,
+                    Some(ActorSource::Header(_)) => {
+                        let (sub, iss) = actor.map(token::unverified_identity).unwrap_or_default();
+                        may_act.permits(sub.as_deref(), iss.as_deref())
+                    }
+                    Some(ActorSource::ClientCredentials(_)) => {
+                        may_act.permits(self.config.endpoint.client_id(), None)
+                    }
+                };
                 let version = self.issuers[issuer].version;
                 self.verified.insert(
                     *key,
@@ -633,9 +652,10 @@ impl Engine {
                         issuer,
                         version,
                         exp,
+                        may_act_ok,
                     },
                 );
-                Ok(exp)
+                self.check_may_act(host, ctx, profile, may_act_ok).map(|()| exp)
             }
             JwtCheck::Invalid(e) => Err(self.refuse_jwt(host, ctx, subject, e)),
             // Fetches run every second until the first keys arrive.
@@ -666,6 +686,32 @@ impl Engine {
                 Err(Verdict::Pause)
             }
         }
+    }
+
+    /// RFC 8693 §4.4: a delegation whose actor the subject token's `may_act` does not name is
+    /// refused before any STS call (unless the profile turns the check off).
+    fn check_may_act<H: Host>(
+        &self,
+        host: &H,
+        ctx: u32,
+        profile: usize,
+        may_act_ok: bool,
+    ) -> Result<(), Verdict> {
+        let p = &self.config.profiles[profile];
+        if may_act_ok || !p.enforce_may_act || p.actor.is_none() {
+            return Ok(());
+        }
+        host.metric(Metric::Rejected, 1);
+        if host.debug_enabled() {
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={ctx} actor not named in the token's may_act"),
+            );
+        }
+        Err(Verdict::Respond(LocalReply::forbidden(
+            &self.config.realm,
+            "the token does not allow this actor to act for its subject (may_act)",
+        )))
     }
 
     fn refuse_jwt<H: Host>(&self, host: &H, ctx: u32, subject: &str, e: JwtError) -> Verdict {
@@ -1191,14 +1237,6 @@ impl Engine {
         }
     }
 
-    fn route<R: RequestHeaders + ?Sized>(&self, req: &R) -> RouteAction {
-        self.config
-            .routes
-            .iter()
-            .find(|r| matches(&r.matcher, req))
-            .map_or(RouteAction::Exchange(0), |r| r.action)
-    }
-
     /// Removes headers a client could use to pass off a token as the filter's.
     fn strip_ops(&self) -> Vec<HeaderOp> {
         let out = &self.config.output;
@@ -1349,37 +1387,6 @@ fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
 fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let (stamp, rest) = bytes.split_first_chunk::<8>()?;
     Some((u64::from_be_bytes(*stamp), rest))
-}
-
-/// Whether a request meets every criterion of a route rule.
-fn matches<R: RequestHeaders + ?Sized>(m: &RouteMatch, req: &R) -> bool {
-    if let Some(want) = &m.authority {
-        let Some(got) = req.header(":authority") else {
-            return false;
-        };
-        let got = got.to_ascii_lowercase();
-        let host_only = got.rsplit_once(':').map_or(got.as_str(), |(h, _)| h);
-        if got != *want && host_only != want {
-            return false;
-        }
-    }
-    if let Some(prefix) = &m.path_prefix {
-        if !req
-            .header(":path")
-            .is_some_and(|p| p.starts_with(prefix.as_str()))
-        {
-            return false;
-        }
-    }
-    if !m.methods.is_empty() {
-        let Some(method) = req.header(":method") else {
-            return false;
-        };
-        if !m.methods.contains(&method) {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -1841,6 +1848,50 @@ mod tests {
     }
 
     #[test]
+    fn bypass_matches_only_the_path_the_server_will_serve() {
+        let h = FakeHost::at(NOW);
+        let mut e = engine(
+            r#","routes":[{"match":{"path_prefix":"/healthz"},"bypass":true},
+                {"match":{"path_prefix":"/orders"},"exchange":{"audience":"orders"}}]"#,
+        );
+        let mut ctx = 0;
+        let mut ask = |path: &str| {
+            ctx += 1;
+            let token = format!("Bearer t{ctx}");
+            e.on_request(&h, ctx, &[(":path", path), ("authorization", token.as_str())][..])
+        };
+        for path in ["/healthz", "/healthz/", "/healthz/live?x=/..", "/healthz/./a", "/%68ealthz"] {
+            assert_eq!(ask(path), Verdict::Continue(vec![]), "{path} is bypassed");
+        }
+        for path in [
+            "/healthz/../admin",
+            "/healthz/%2e%2e/admin",
+            "/healthz/.%2E/admin",
+            "/healthz/..%2fadmin",
+            "/healthz%2F..%2Fadmin",
+            "/healthz/..%5cadmin",
+            "/healthz\\..\\admin",
+            "/healthz/..;/admin",
+            "/healthz//../admin",
+            "/healthz/%252e%252e/admin",
+            "/healthz-admin",
+            "/healthzX",
+            "/orders/../healthz/../admin",
+        ] {
+            assert_eq!(ask(path), Verdict::Pause, "{path} must be exchanged, not bypassed");
+        }
+        // Exchange rules see the same normalized path, on whole segments.
+        let calls = h.calls.borrow();
+        let orders = calls.iter().filter(|c| c.1.body.contains("audience=orders")).count();
+        assert_eq!(orders, 0, "no path above resolves under /orders");
+        drop(calls);
+        assert_eq!(ask("/x/../orders/1"), Verdict::Pause);
+        assert!(h.calls.borrow().last().is_some_and(|c| c.1.body.contains("audience=orders")));
+        assert_eq!(ask("/ordersX"), Verdict::Pause);
+        assert!(!h.calls.borrow().last().is_some_and(|c| c.1.body.contains("audience=orders")));
+    }
+
+    #[test]
     fn subject_exp_caps_the_cache_lifetime() {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         use base64::Engine as _;
@@ -1960,6 +2011,80 @@ mod tests {
             e.on_tick(h);
             answer_fetch(&mut e, h, keys);
             e
+        }
+
+        /// A subject token with these extra claims, signed by the inline RS256 key.
+        fn token_with(extra: serde_json::Value) -> String {
+            let mut claims = json!({ "iss": ISS, "sub": "alice", "exp": NOW / 1000 + 600 });
+            if let (Some(c), Some(x)) = (claims.as_object_mut(), extra.as_object()) {
+                c.extend(x.clone());
+            }
+            keys().sign("RS256", Some("rsa"), &claims)
+        }
+
+        fn unsigned(claims: serde_json::Value) -> String {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine as _;
+            format!(
+                "{}.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            )
+        }
+
+        #[test]
+        fn may_act_names_who_may_act_and_others_get_403_without_an_sts_call() {
+            let issuers = format!(
+                r#""trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256"],"jwks":{}}}]"#,
+                keys().jwks()
+            );
+            let header_actor = r#"{"actor":{"source":"header","header":"x-actor"}}"#;
+            let h = FakeHost::at(NOW);
+            let mut e = engine(&format!(
+                r#",{issuers},"exchange":{header_actor},"routes":[
+                    {{"match":{{"path_prefix":"/lax"}},"exchange":{{"enforce_may_act":false}}}}]"#
+            ));
+            let ctx = std::cell::Cell::new(0);
+            let ask = |e: &mut Engine, h: &FakeHost, path: &str, subject: &str, actor: &str| {
+                ctx.set(ctx.get() + 1);
+                let auth = bearer(subject);
+                let req = [(":path", path), ("authorization", auth.as_str()), ("x-actor", actor)];
+                e.on_request(h, ctx.get(), &req[..])
+            };
+            let svc = unsigned(json!({"sub": "svc-a", "iss": "https://sts.example"}));
+            let other = unsigned(json!({"sub": "svc-b", "iss": "https://sts.example"}));
+            let named = token_with(json!({"may_act": {"sub": "svc-a"}}));
+            let named_iss = token_with(json!({"may_act": {"sub": "svc-a", "iss": "https://other"}}));
+            let empty = token_with(json!({"may_act": {}}));
+            let not_object = token_with(json!({"may_act": "svc-a"}));
+            let free = token_with(json!({}));
+
+            assert_eq!(ask(&mut e, &h, "/", &named, &svc), Verdict::Pause, "named actor goes on");
+            assert_eq!(ask(&mut e, &h, "/", &free, &other), Verdict::Pause, "no may_act: no limit");
+            let before = h.calls.borrow().len();
+            for (subject, actor) in [
+                (&named, &other),
+                (&named_iss, &svc),
+                (&empty, &svc),
+                (&not_object, &svc),
+            ] {
+                let v = ask(&mut e, &h, "/", subject, actor);
+                assert_eq!(status(&v), 403, "{v:?}");
+                // The verified record remembers the decision: a second request is refused too.
+                assert_eq!(status(&ask(&mut e, &h, "/", subject, actor)), 403);
+            }
+            assert_eq!(h.calls.borrow().len(), before, "no STS call for a refused actor");
+            assert_eq!(ask(&mut e, &h, "/lax", &named, &other), Verdict::Pause, "check turned off");
+
+            // The filter's own client-credentials actor is named by its client id.
+            let h = FakeHost::at(NOW);
+            let mut e = engine(&format!(
+                r#",{issuers},"exchange":{{"actor":{{"source":"client_credentials"}}}}"#
+            ));
+            let edge = token_with(json!({"may_act": {"sub": "edge"}}));
+            let someone = token_with(json!({"may_act": {"sub": "someone-else"}}));
+            assert_eq!(ask(&mut e, &h, "/", &edge, ""), Verdict::Pause);
+            assert_eq!(status(&ask(&mut e, &h, "/", &someone, "")), 403);
         }
 
         fn verified_lines(h: &FakeHost) -> usize {

@@ -173,7 +173,8 @@ impl KeySet {
     fn from_values(values: Vec<serde_json::Value>) -> Result<KeySet, JwksError> {
         let mut set = KeySet::default();
         for v in values {
-            match parse_key(&v) {
+            // Past MAX_KEYS, keys are not even parsed: a hostile set costs bounded work.
+            match (set.keys.len() < MAX_KEYS).then(|| parse_key(&v)).flatten() {
                 Some(k) => set.keys.push(k),
                 None => set.skipped += 1,
             }
@@ -187,11 +188,16 @@ impl KeySet {
     /// The key a token with `kid` and `alg` should be verified with.
     pub fn find(&self, kid: Option<&str>, alg: JwsAlg) -> Lookup<'_> {
         match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .map_or(Lookup::Unknown, Lookup::Found),
+            Some(kid) => {
+                // RFC 7517 §4.5 lets keys of different types share a `kid`: take the one that
+                // fits the token's algorithm, else the first (which then fails the alg check).
+                let mut named = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid));
+                let first = named.clone().next();
+                named
+                    .find(|k| k.public.fits(alg) && k.alg.as_deref().is_none_or(|a| a == alg.name()))
+                    .or(first)
+                    .map_or(Lookup::Unknown, Lookup::Found)
+            }
             None => {
                 let mut fitting = self.keys.iter().filter(|k| k.public.fits(alg));
                 match (fitting.next(), fitting.next()) {
@@ -208,6 +214,15 @@ fn parse_key(v: &serde_json::Value) -> Option<Key> {
     let text = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
     if text("use").is_some_and(|u| u != "sig") {
         return None;
+    }
+    // RFC 7517 §4.3: a key whose `key_ops` are given but lack "verify" must not verify.
+    if let Some(ops) = v.get("key_ops") {
+        let verify = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")));
+        if !verify {
+            return None;
+        }
     }
     let jwk = JsonWebKey::deserialize(v).ok()?;
     let public = match &jwk {
@@ -242,6 +257,9 @@ pub struct Schedule {
     pub refresh_ms: u64,
 }
 
+/// The most keys read from one set; the rest are skipped unparsed.
+pub const MAX_KEYS: usize = 100;
+
 /// The least time between two fetches of one issuer's keys once it has keys.
 pub const MIN_REFETCH_MS: u64 = 10_000;
 /// The retry period while an issuer has no keys or its last fetch failed.
@@ -259,12 +277,15 @@ impl Schedule {
         failed: bool,
         unknown_kid: bool,
     ) -> bool {
-        let since_attempt = last_attempt.map_or(u64::MAX, |t| now.saturating_sub(t));
+        // A time stamp that lies in the future (the wall clock stepped back) counts as long ago:
+        // otherwise nothing would be fetched until the clock caught up again.
+        let since = |t: u64| if t > now { u64::MAX } else { now - t };
+        let since_attempt = last_attempt.map_or(u64::MAX, since);
         match fetched_at {
             None => since_attempt >= RETRY_MS,
             Some(_) if failed => since_attempt >= RETRY_MS.max(MIN_REFETCH_MS.min(self.refresh_ms)),
             Some(at) => {
-                let stale = now.saturating_sub(at) >= self.refresh_ms;
+                let stale = since(at) >= self.refresh_ms;
                 (stale || unknown_kid) && since_attempt >= MIN_REFETCH_MS
             }
         }

@@ -14,7 +14,9 @@ pub mod engine;
 pub mod host;
 pub mod jwks;
 pub mod metrics;
+pub mod path;
 pub mod reply;
+pub mod route;
 pub mod sts;
 pub mod token;
 

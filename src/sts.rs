@@ -238,6 +238,9 @@ pub struct ExchangeProfile {
     pub actor: Option<Actor>,
     /// Check that a minted JWT's `act.sub` names the actor.
     pub expect_act: bool,
+    /// Refuse a delegation whose actor a verified subject token's `may_act` does not name
+    /// (RFC 8693 §4.4); on by default.
+    pub enforce_may_act: bool,
     /// The form without the subject and actor.
     form_prefix: String,
     /// SHA-256 state fed with every parameter that shapes the minted token except the subject
@@ -314,12 +317,17 @@ impl ExchangeProfile {
                 _ => {}
             }
         }
+        if expect_act {
+            // A token minted where `act` was not checked must not serve a route that checks it.
+            feed(&mut key, "expect_act");
+        }
         feed(&mut key, "subject");
         ExchangeProfile {
             grant,
             requested_token_type: spec.requested_token_type,
             actor,
             expect_act,
+            enforce_may_act: true,
             form_prefix: form.finish(),
             key_prefix: key,
         }
@@ -502,7 +510,7 @@ fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailu
     }
     let expires_in = match r.expires_in {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or(StsFailure::BadAnswer(
+        Some(v) => Some(seconds(&v).ok_or(StsFailure::BadAnswer(
             "expires_in is not a non-negative integer",
         ))?),
     };
@@ -510,6 +518,18 @@ fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailu
         access_token,
         expires_in,
     })
+}
+
+/// A non-negative whole number of seconds, as a JSON number or (as some servers send it) a
+/// string of digits; anything else (negative, fractional, beyond `u64`) is `None`.
+fn seconds(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    }
 }
 
 /// A token that can be written into a header as is: visible ASCII, no spaces.
@@ -872,7 +892,7 @@ mod tests {
                 BadAnswer("expires_in is not a non-negative integer"),
             ),
             (
-                answer(200, &ok(r#","expires_in":"60""#)),
+                answer(200, &ok(r#","expires_in":"sixty""#)),
                 None,
                 BadAnswer("expires_in is not a non-negative integer"),
             ),
@@ -1047,6 +1067,82 @@ mod tests {
             assert!(
                 !shown.contains("top-secret-value") && !shown.contains("Basic "),
                 "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_answers_are_refused_or_read_safely() {
+        let answer = |body: String| HttpAnswer {
+            status: Some(200),
+            body: body.into_bytes(),
+            too_large: false,
+        };
+        let with = |token: &str, expires: &str| {
+            answer(format!(
+                r#"{{"access_token":{token},"token_type":"Bearer","expires_in":{expires}}}"#
+            ))
+        };
+        let parse = |a: &HttpAnswer| parse_answer(a, IssuedType::NotExpected);
+        // Bytes that could split or smuggle a header never reach one.
+        for token in [
+            r#""a\r\nx-evil: 1""#,
+            r#""a\nb""#,
+            r#""a\u0000b""#,
+            r#""a b""#,
+            r#""a\tb""#,
+            r#""a\u007fb""#,
+            r#""tök""#,
+            r#""""#,
+            "42",
+            "null",
+        ] {
+            assert!(
+                matches!(parse(&with(token, "60")), Err(StsFailure::BadAnswer(_))),
+                "{token}"
+            );
+        }
+        // Two values for one field: which one a parser keeps is not something to guess.
+        let dup = answer(
+            r#"{"access_token":"a","access_token":"b","token_type":"Bearer"}"#.to_string(),
+        );
+        assert!(matches!(parse(&dup), Err(StsFailure::BadAnswer(_))));
+        let dup = answer(
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":1,"expires_in":99999}"#
+                .to_string(),
+        );
+        assert!(matches!(parse(&dup), Err(StsFailure::BadAnswer(_))));
+        // expires_in: whole non-negative seconds, as a number or a string of digits.
+        for (raw, want) in [
+            ("0", Some(0)),
+            ("3600", Some(3600)),
+            (r#""3600""#, Some(3600)),
+            ("18446744073709551615", Some(u64::MAX)),
+            (r#""18446744073709551615""#, Some(u64::MAX)),
+        ] {
+            assert_eq!(
+                parse(&with(r#""t""#, raw)).map(|m| m.expires_in),
+                Ok(want),
+                "{raw}"
+            );
+        }
+        for raw in [
+            "-1",
+            "1.5",
+            "1e3",
+            r#""-1""#,
+            r#""1.5""#,
+            r#""""#,
+            r#"" 60""#,
+            r#""soon""#,
+            "18446744073709551616",
+            r#""18446744073709551616""#,
+            "true",
+            "[60]",
+        ] {
+            assert!(
+                matches!(parse(&with(r#""t""#, raw)), Err(StsFailure::BadAnswer(_))),
+                "{raw}"
             );
         }
     }

@@ -32,15 +32,26 @@ pub fn extract<'a>(value: Option<&'a str>, prefix: &str, max_bytes: usize) -> Ex
     let Some(value) = value else {
         return Extracted::Missing;
     };
+    // Proxies strip optional white space around a field value; a host may not have.
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let rest = if prefix.is_empty() {
         value
     } else {
         let (v, p) = (value.as_bytes(), prefix.as_bytes());
+        let scheme = prefix.trim_end().as_bytes();
         if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p) {
             // The prefix is ASCII, so this cut lands on a char boundary.
             value.get(p.len()..).unwrap_or_default()
-        } else if value.trim().eq_ignore_ascii_case(prefix.trim()) {
+        } else if v.eq_ignore_ascii_case(scheme) {
             return Extracted::Malformed("no token after the scheme");
+        } else if !scheme.is_empty()
+            && v.len() > scheme.len()
+            && v[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && !is_tchar(v[scheme.len()])
+        {
+            // The configured scheme, then something other than its separator (a tab, a comma,
+            // a control byte): a bearer credential gone wrong, not another scheme.
+            return Extracted::Malformed("malformed credentials after the scheme");
         } else {
             return Extracted::Missing;
         }
@@ -56,6 +67,11 @@ pub fn extract<'a>(value: Option<&'a str>, prefix: &str, max_bytes: usize) -> Ex
         return Extracted::Malformed("token is not a valid bearer token");
     }
     Extracted::Token(token)
+}
+
+/// RFC 9110 §5.6.2 `tchar`: what an auth-scheme name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -80,6 +96,7 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
 #[derive(Deserialize)]
 struct Subject {
     sub: Option<String>,
+    iss: Option<String>,
     act: Option<ActClaim>,
 }
 
@@ -102,6 +119,12 @@ fn unverified_subject(token: &str) -> Option<Subject> {
 /// the STS will judge).
 pub fn unverified_sub(token: &str) -> Option<String> {
     unverified_subject(token)?.sub
+}
+
+/// The `sub` and `iss` claims of a JWT, read without verifying them (an actor token's identity,
+/// compared with a subject token's `may_act`).
+pub fn unverified_identity(token: &str) -> (Option<String>, Option<String>) {
+    unverified_subject(token).map_or((None, None), |s| (s.sub, s.iss))
 }
 
 /// The `act.sub` claim of a JWT the STS just minted (RFC 8693 §4.1: only the outermost `act`
@@ -169,15 +192,58 @@ impl JwtError {
     }
 }
 
+/// Who a verified subject token allows to act for its subject (RFC 8693 §4.4 `may_act`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MayAct {
+    /// No `may_act` claim: the token restricts nobody.
+    #[default]
+    Unrestricted,
+    /// A `may_act` object: an actor must match every identifying claim it names.
+    Names {
+        /// `may_act.sub`.
+        sub: Option<String>,
+        /// `may_act.iss`.
+        iss: Option<String>,
+    },
+}
+
+impl MayAct {
+    fn from_claim(v: Option<&serde_json::Value>) -> MayAct {
+        let Some(v) = v else {
+            return MayAct::Unrestricted;
+        };
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        // Anything but an object (or an object naming nobody) authorises nobody.
+        MayAct::Names {
+            sub: text("sub"),
+            iss: text("iss"),
+        }
+    }
+
+    /// Whether the actor identified by `sub` (and `iss`, when known) may act.
+    pub fn permits(&self, sub: Option<&str>, iss: Option<&str>) -> bool {
+        match self {
+            MayAct::Unrestricted => true,
+            MayAct::Names { sub: want_sub, iss: want_iss } => {
+                want_sub.is_some()
+                    && want_sub.as_deref() == sub
+                    && want_iss.as_deref().is_none_or(|w| Some(w) == iss)
+            }
+        }
+    }
+}
+
 /// The outcome of checking a subject JWT against the trusted issuers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtCheck {
-    /// Valid: the issuer's index and the token's `exp` (seconds since the epoch).
+    /// Valid: the issuer's index, the token's `exp` (seconds since the epoch) and `may_act`.
     Valid {
         /// Index into the trusted issuers.
         issuer: usize,
         /// `exp` claim.
         exp: u64,
+        /// `may_act` claim.
+        may_act: MayAct,
     },
     /// Refused.
     Invalid(JwtError),
@@ -187,12 +253,21 @@ pub enum JwtCheck {
     UnknownKey(usize),
 }
 
+/// The JOSE header fields beyond those jwt-compact reads that the filter looks at.
+#[derive(Deserialize, Clone)]
+struct Extensions {
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
 /// The claims the filter checks itself (`exp`, `nbf`, `iat` come with [`Claims`]).
 #[derive(Deserialize)]
 struct Registered {
     iss: Option<String>,
     #[serde(default)]
     aud: Option<Audience>,
+    #[serde(default)]
+    may_act: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -222,9 +297,14 @@ pub fn verify_jwt<'k>(
     now_s: u64,
 ) -> JwtCheck {
     use JwtCheck::Invalid;
-    let Ok(untrusted) = UntrustedToken::new(token) else {
+    let Ok(untrusted) = UntrustedToken::<Extensions>::try_from(token) else {
         return Invalid(JwtError::Malformed);
     };
+    // RFC 7515 §4.1.11: the filter understands no header extension, so a token that marks any
+    // as critical must be refused.
+    if untrusted.header().other_fields.crit.is_some() {
+        return Invalid(JwtError::Malformed);
+    }
     let Some(alg) = JwsAlg::from_name(untrusted.algorithm()) else {
         return Invalid(JwtError::Algorithm);
     };
@@ -295,7 +375,11 @@ pub fn verify_jwt<'k>(
     {
         return Invalid(JwtError::Audience);
     }
-    JwtCheck::Valid { issuer: index, exp }
+    JwtCheck::Valid {
+        issuer: index,
+        exp,
+        may_act: MayAct::from_claim(claims.custom.may_act.as_ref()),
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +406,28 @@ mod tests {
         );
         assert_eq!(extract(Some("Bearerabc"), P, 100), Extracted::Missing);
         assert_eq!(extract(Some(""), P, 100), Extracted::Missing);
+    }
+
+    #[test]
+    fn a_bearer_credential_gone_wrong_is_malformed_not_missing() {
+        for v in [
+            "Bearer\tabc",
+            "bearer\u{b}abc",
+            "Bearer,abc",
+            "Bearer\u{0}abc",
+            "BEARER\t\tabc",
+        ] {
+            assert!(
+                matches!(extract(Some(v), P, 100), Extracted::Malformed(_)),
+                "{v:?}"
+            );
+        }
+        // Surrounding white space is not part of the value.
+        assert_eq!(extract(Some("  Bearer abc \t"), P, 100), Extracted::Token("abc"));
+        assert_eq!(extract(Some("\tbearer abc"), P, 100), Extracted::Token("abc"));
+        // Another scheme, even one that starts like ours, is not ours.
+        assert_eq!(extract(Some("BearerX abc"), P, 100), Extracted::Missing);
+        assert_eq!(extract(Some("Basic abc"), P, 100), Extracted::Missing);
     }
 
     #[test]
@@ -448,6 +554,7 @@ mod tests {
         const VALID: JwtCheck = JwtCheck::Valid {
             issuer: 0,
             exp: NOW + 600,
+            may_act: MayAct::Unrestricted,
         };
 
         #[test]
@@ -562,7 +669,8 @@ mod tests {
                 check(&keys().sign("RS256", Some("rsa"), &c)),
                 JwtCheck::Valid {
                     issuer: 0,
-                    exp: NOW - 29
+                    exp: NOW - 29,
+                    may_act: MayAct::Unrestricted,
                 }
             );
         }

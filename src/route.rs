@@ -1,0 +1,82 @@
+//! Route rules: the first rule whose authority, path prefix (on whole segments of the
+//! normalized path, see [`crate::path`]) and method match picks the exchange or a bypass. A bypass
+//! rule matches only a plain path.
+
+use crate::config::{Route, RouteAction};
+use crate::host::RequestHeaders;
+use crate::path::{normalize, prefix_matches};
+
+/// The action of the first route rule the request meets; the default exchange when none.
+pub fn select<R: RequestHeaders + ?Sized>(routes: &[Route], req: &R) -> RouteAction {
+    if routes.is_empty() {
+        return RouteAction::Exchange(0);
+    }
+    let raw = if routes.iter().any(|r| r.matcher.path_prefix.is_some()) {
+        req.header(":path")
+    } else {
+        None
+    };
+    let path = raw.as_deref().map(normalize);
+    let mut authority: Option<Option<String>> = None;
+    let mut method: Option<Option<String>> = None;
+    for route in routes {
+        let m = &route.matcher;
+        if let Some(prefix) = &m.path_prefix {
+            let Some(p) = &path else { continue };
+            if !prefix_matches(prefix, &p.path) {
+                continue;
+            }
+            if route.action == RouteAction::Bypass && !p.plain {
+                continue;
+            }
+        }
+        if let Some(want) = &m.authority {
+            let got = authority.get_or_insert_with(|| req.header(":authority"));
+            if !authority_matches(want, got.as_deref()) {
+                continue;
+            }
+        }
+        if !m.methods.is_empty() {
+            let got = method.get_or_insert_with(|| req.header(":method"));
+            if !got.as_ref().is_some_and(|g| m.methods.contains(g)) {
+                continue;
+            }
+        }
+        return route.action;
+    }
+    RouteAction::Exchange(0)
+}
+
+/// Authority comparison: case-insensitive, with or without the request's port, ignoring one
+/// trailing dot of a fully qualified name.
+fn authority_matches(want: &str, got: Option<&str>) -> bool {
+    let Some(got) = got else {
+        return false;
+    };
+    let got = got.trim().to_ascii_lowercase();
+    let (host, port) = match got.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (got.as_str(), None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let with_port = port.is_some_and(|p| want.len() == host.len() + 1 + p.len()
+        && want.starts_with(host)
+        && want.ends_with(p)
+        && want.as_bytes().get(host.len()) == Some(&b':'));
+    want == host || with_port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_compare_without_case_port_or_trailing_dot() {
+        assert!(authority_matches("api.example", Some("API.example:8443")));
+        assert!(authority_matches("api.example", Some("api.example.")));
+        assert!(authority_matches("api.example:8443", Some("api.example:8443")));
+        assert!(!authority_matches("api.example:8443", Some("api.example:9443")));
+        assert!(!authority_matches("api.example", Some("api.example.evil")));
+        assert!(!authority_matches("api.example", None));
+    }
+}
