@@ -95,6 +95,23 @@ pub fn token_lifetime_ms(
     (life > 0).then_some(life)
 }
 
+/// When a minted token stops being served (ms since the epoch): now plus
+/// [`token_lifetime_ms`], never past `actor_until_ms` (when the actor's token stops being good,
+/// skew included); `None` when that is not in the future. Saturating: no remote number can wrap
+/// the clock.
+pub fn token_expiry_ms(
+    rules: &CacheConfig,
+    expires_in_s: Option<u64>,
+    subject_exp_s: Option<u64>,
+    actor_until_ms: Option<u64>,
+    now_ms: u64,
+) -> Option<u64> {
+    let life = token_lifetime_ms(rules, expires_in_s, subject_exp_s, now_ms)?;
+    let until = now_ms.saturating_add(life);
+    let until = actor_until_ms.map_or(until, |a| until.min(a));
+    (until > now_ms).then_some(until)
+}
+
 /// How long an STS rejection is remembered, in ms: `negative_ttl_s`, never past the subject's
 /// `exp`; `None` when negative caching is off or would be empty.
 pub fn rejection_lifetime_ms(

@@ -41,7 +41,6 @@ pub enum Verdict {
 
 /// An STS call in progress and the requests waiting on it (single flight).
 struct Flight {
-    request: HttpCall,
     /// The callout's token; `None` when the context that carried it went away and the root has
     /// to dispatch it again.
     call: Option<u32>,
@@ -59,6 +58,11 @@ enum Job {
         profile: usize,
         subject: String,
         subject_exp: Option<u64>,
+        /// The actor token sent, for a delegation (a re-dispatch sends it again, or the
+        /// filter's current one).
+        actor_token: Option<String>,
+        /// When the actor's token stops being good (ms); caps the cache lifetime.
+        actor_until_ms: Option<u64>,
         /// With `expect_act`: the `sub` the minted token's `act` must name.
         actor_sub: Option<String>,
         /// No header actor: the answer may go into the first-level cache.
@@ -83,6 +87,7 @@ struct Exchange {
     profile: usize,
     subject: String,
     subject_exp: Option<u64>,
+    actor_until_ms: Option<u64>,
     actor_sub: Option<String>,
     rememberable: bool,
     waiting: usize,
@@ -341,16 +346,22 @@ impl Engine {
         }
 
         let p = &self.config.profiles[profile];
-        let actor_token: Option<String> = match p.actor.as_ref().map(|a| &a.source) {
-            None => None,
-            Some(ActorSource::Header(_)) => actor.map(str::to_string),
+        let skew_ms = self.config.cache.expiry_skew_s.saturating_mul(1000);
+        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
+            None => (None, None),
+            Some(ActorSource::Header(_)) => {
+                let until = actor
+                    .and_then(token::unverified_exp)
+                    .map(|exp| exp.saturating_mul(1000).saturating_sub(skew_ms));
+                (actor.map(str::to_string), until)
+            }
             Some(ActorSource::ClientCredentials(ai)) => {
-                match actor
-                    .map(str::to_string)
-                    .or_else(|| self.cached_actor(host, *ai, now))
-                {
-                    Some(t) => Some(t),
-                    None => {
+                match (actor, self.cached_actor(host, *ai, now)) {
+                    (Some(t), Some((c, until))) if c == t => (Some(c), Some(until)),
+                    // Just fetched but too short-lived to cache: used once, never cached.
+                    (Some(t), _) => (Some(t.to_string()), Some(now)),
+                    (None, Some((c, until))) => (Some(c), Some(until)),
+                    (None, None) => {
                         return self.park_for_actor(host, ctx, carrier, profile, subject, *ai, now)
                     }
                 }
@@ -376,7 +387,7 @@ impl Engine {
             actor_token.as_deref(),
             now / 1000,
         );
-        let (call, request) = match self.send(host, ctx, "STS call", request) {
+        let call = match self.send(host, ctx, "STS call", request) {
             Ok(sent) => sent,
             Err(verdict) => return verdict,
         };
@@ -392,10 +403,12 @@ impl Engine {
             profile,
             subject: subject.to_string(),
             subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
+            actor_token,
+            actor_until_ms,
             actor_sub,
             rememberable: header_actor.is_none(),
         };
-        self.start_flight(key, request, call, carrier, now, job);
+        self.start_flight(key, call, carrier, now, job);
         self.members.insert(ctx, key);
         Verdict::Pause
     }
@@ -486,10 +499,10 @@ impl Engine {
         ctx: u32,
         what: &str,
         request: Result<HttpCall, sts::NoRandomness>,
-    ) -> Result<(u32, HttpCall), Verdict> {
+    ) -> Result<u32, Verdict> {
         let sent = request
             .map_err(|_| "no randomness for the client assertion".to_string())
-            .and_then(|r| host.dispatch(&r).map(|call| (call, r)).map_err(|e| e.0));
+            .and_then(|r| host.dispatch(&r).map_err(|e| e.0));
         match sent {
             Ok(sent) => {
                 host.metric(Metric::StsCalls, 1);
@@ -507,19 +520,10 @@ impl Engine {
         }
     }
 
-    fn start_flight(
-        &mut self,
-        key: CacheKey,
-        request: HttpCall,
-        call: u32,
-        carrier: Option<u32>,
-        now: u64,
-        job: Job,
-    ) {
+    fn start_flight(&mut self, key: CacheKey, call: u32, carrier: Option<u32>, now: u64, job: Job) {
         self.flights.insert(
             key,
             Flight {
-                request,
                 call: Some(call),
                 carrier,
                 started_ms: now,
@@ -532,15 +536,16 @@ impl Engine {
         }
     }
 
-    /// The filter's cached actor token for client-credentials actor `actor`, if still good.
-    fn cached_actor<H: Host>(&self, host: &H, actor: usize, now: u64) -> Option<String> {
+    /// The filter's cached actor token for client-credentials actor `actor`, if still good, and
+    /// when its entry expires (ms).
+    fn cached_actor<H: Host>(&self, host: &H, actor: usize, now: u64) -> Option<(String, u64)> {
         let key = &self.config.actors[actor].key;
         let slot = cache::slot_name(key, self.config.cache.max_entries);
         match host
             .shared_get(&slot)
             .and_then(|(s, _)| cache::lookup(&s, key, now))
         {
-            Some((Cached::Token(t), _)) => Some(t),
+            Some((Cached::Token(t), until)) => Some((t, until)),
             _ => None,
         }
     }
@@ -573,7 +578,7 @@ impl Engine {
             return Verdict::Pause;
         }
         let request = self.config.actors[actor].request(&self.config.endpoint, now / 1000);
-        let (call, request) = match self.send(host, ctx, "actor token call", request) {
+        let call = match self.send(host, ctx, "actor token call", request) {
             Ok(sent) => sent,
             Err(verdict) => return verdict,
         };
@@ -587,7 +592,7 @@ impl Engine {
             actor,
             parked: vec![parked],
         };
-        self.start_flight(key, request, call, carrier, now, job);
+        self.start_flight(key, call, carrier, now, job);
         self.members.insert(ctx, key);
         Verdict::Pause
     }
@@ -655,7 +660,8 @@ impl Engine {
                         may_act_ok,
                     },
                 );
-                self.check_may_act(host, ctx, profile, may_act_ok).map(|()| exp)
+                self.check_may_act(host, ctx, profile, may_act_ok)
+                    .map(|()| exp)
             }
             JwtCheck::Invalid(e) => Err(self.refuse_jwt(host, ctx, subject, e)),
             // Fetches run every second until the first keys arrive.
@@ -785,8 +791,10 @@ impl Engine {
                 profile,
                 subject,
                 subject_exp,
+                actor_until_ms,
                 actor_sub,
                 rememberable,
+                ..
             } => {
                 let exchange = Exchange {
                     call,
@@ -794,6 +802,7 @@ impl Engine {
                     profile,
                     subject,
                     subject_exp,
+                    actor_until_ms,
                     actor_sub,
                     rememberable,
                     waiting: members.len(),
@@ -837,12 +846,17 @@ impl Engine {
         });
         match minted {
             Ok(minted) => {
-                let life =
-                    cache::token_lifetime_ms(&cfg.cache, minted.expires_in, x.subject_exp, now);
-                if let Some(life) = life {
+                let until = cache::token_expiry_ms(
+                    &cfg.cache,
+                    minted.expires_in,
+                    x.subject_exp,
+                    x.actor_until_ms,
+                    now,
+                );
+                if let Some(until) = until {
                     let value = Cached::Token(minted.access_token.clone());
-                    self.store(host, &slot, &x.key, now + life, &value);
-                    self.remember_exchange(x, value, now + life);
+                    self.store(host, &slot, &x.key, until, &value);
+                    self.remember_exchange(x, value, until);
                 }
                 if host.debug_enabled() {
                     let fp = token::fingerprint(&x.subject);
@@ -851,7 +865,7 @@ impl Engine {
                         &format!(
                             "STS call {} token={fp} minted, cached for {} ms",
                             x.call,
-                            life.unwrap_or(0)
+                            until.map_or(0, |u| u - now)
                         ),
                     );
                 }
@@ -860,12 +874,13 @@ impl Engine {
             Err(failure) => {
                 if let Some(life) = cache::rejection_lifetime_ms(&cfg.cache, x.subject_exp, now) {
                     let value = Cached::Rejected(failure.clone());
-                    self.store(host, &slot, &x.key, now + life, &value);
+                    let life = now.saturating_add(life);
+                    self.store(host, &slot, &x.key, life, &value);
                     if matches!(
                         failure,
                         StsFailure::SubjectRejected(_) | StsFailure::Forbidden(_)
                     ) {
-                        self.remember_exchange(x, value, now + life);
+                        self.remember_exchange(x, value, life);
                     }
                 }
                 if !matches!(
@@ -905,14 +920,14 @@ impl Engine {
             Ok(minted) => {
                 let key = self.config.actors[actor].key;
                 let slot = cache::slot_name(&key, self.config.cache.max_entries);
-                let life =
-                    cache::token_lifetime_ms(&self.config.cache, minted.expires_in, None, now);
-                if let Some(life) = life {
+                let until =
+                    cache::token_expiry_ms(&self.config.cache, minted.expires_in, None, None, now);
+                if let Some(until) = until {
                     self.store(
                         host,
                         &slot,
                         &key,
-                        now + life,
+                        until,
                         &Cached::Token(minted.access_token.clone()),
                     );
                 }
@@ -920,7 +935,7 @@ impl Engine {
                     LogLevel::Info,
                     &format!(
                         "actor token obtained (STS call {call}), cached for {} ms",
-                        life.unwrap_or(0)
+                        until.map_or(0, |u| u - now)
                     ),
                 );
                 parked
@@ -1017,6 +1032,10 @@ impl Engine {
         if let Some(key) = self.members.remove(&ctx) {
             if let Some(flight) = self.flights.get_mut(&key) {
                 flight.forget(ctx);
+                // An orphan (its carrier gone) that nobody waits for is never sent again.
+                if flight.call.is_none() && flight.waiting().is_empty() {
+                    self.flights.remove(&key);
+                }
             }
         }
         // Calls this context carried are lost with it: the root dispatches them again for
@@ -1059,20 +1078,48 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for key in orphans {
-            let Some(flight) = self.flights.get_mut(&key) else {
+            let Some(flight) = self.flights.get(&key) else {
                 continue;
             };
-            match host.dispatch(&flight.request) {
+            // Built anew: a fresh client assertion (jti, iat) and the current actor token.
+            let now_s = host.now_ms() / 1000;
+            let request = match &flight.job {
+                Job::Exchange {
+                    profile,
+                    subject,
+                    actor_token,
+                    ..
+                } => {
+                    let p = &self.config.profiles[*profile];
+                    let current = match p.actor.as_ref().map(|a| &a.source) {
+                        Some(ActorSource::ClientCredentials(ai)) => {
+                            self.cached_actor(host, *ai, host.now_ms()).map(|(t, _)| t)
+                        }
+                        _ => None,
+                    };
+                    let actor = current.as_deref().or(actor_token.as_deref());
+                    p.request(&self.config.endpoint, subject, actor, now_s)
+                }
+                Job::Actor { actor, .. } => {
+                    self.config.actors[*actor].request(&self.config.endpoint, now_s)
+                }
+            };
+            let sent = request
+                .map_err(|_| "no randomness for the client assertion".to_string())
+                .and_then(|r| host.dispatch(&r).map_err(|e| e.0));
+            match sent {
                 Ok(call) => {
                     host.metric(Metric::StsCalls, 1);
-                    flight.call = Some(call);
+                    if let Some(flight) = self.flights.get_mut(&key) {
+                        flight.call = Some(call);
+                    }
                     self.calls.insert(call, key);
                 }
-                Err(e) => {
+                Err(why) => {
                     host.metric(Metric::StsErrors, 1);
                     host.log(
                         LogLevel::Warn,
-                        &format!("STS call not dispatched again: {}", e.0),
+                        &format!("STS call not dispatched again: {why}"),
                     );
                     let members = self
                         .flights
@@ -1858,9 +1905,19 @@ mod tests {
         let mut ask = |path: &str| {
             ctx += 1;
             let token = format!("Bearer t{ctx}");
-            e.on_request(&h, ctx, &[(":path", path), ("authorization", token.as_str())][..])
+            e.on_request(
+                &h,
+                ctx,
+                &[(":path", path), ("authorization", token.as_str())][..],
+            )
         };
-        for path in ["/healthz", "/healthz/", "/healthz/live?x=/..", "/healthz/./a", "/%68ealthz"] {
+        for path in [
+            "/healthz",
+            "/healthz/",
+            "/healthz/live?x=/..",
+            "/healthz/./a",
+            "/%68ealthz",
+        ] {
             assert_eq!(ask(path), Verdict::Continue(vec![]), "{path} is bypassed");
         }
         for path in [
@@ -1878,17 +1935,32 @@ mod tests {
             "/healthzX",
             "/orders/../healthz/../admin",
         ] {
-            assert_eq!(ask(path), Verdict::Pause, "{path} must be exchanged, not bypassed");
+            assert_eq!(
+                ask(path),
+                Verdict::Pause,
+                "{path} must be exchanged, not bypassed"
+            );
         }
         // Exchange rules see the same normalized path, on whole segments.
         let calls = h.calls.borrow();
-        let orders = calls.iter().filter(|c| c.1.body.contains("audience=orders")).count();
+        let orders = calls
+            .iter()
+            .filter(|c| c.1.body.contains("audience=orders"))
+            .count();
         assert_eq!(orders, 0, "no path above resolves under /orders");
         drop(calls);
         assert_eq!(ask("/x/../orders/1"), Verdict::Pause);
-        assert!(h.calls.borrow().last().is_some_and(|c| c.1.body.contains("audience=orders")));
+        assert!(h
+            .calls
+            .borrow()
+            .last()
+            .is_some_and(|c| c.1.body.contains("audience=orders")));
         assert_eq!(ask("/ordersX"), Verdict::Pause);
-        assert!(!h.calls.borrow().last().is_some_and(|c| c.1.body.contains("audience=orders")));
+        assert!(!h
+            .calls
+            .borrow()
+            .last()
+            .is_some_and(|c| c.1.body.contains("audience=orders")));
     }
 
     #[test]
@@ -2048,19 +2120,32 @@ mod tests {
             let ask = |e: &mut Engine, h: &FakeHost, path: &str, subject: &str, actor: &str| {
                 ctx.set(ctx.get() + 1);
                 let auth = bearer(subject);
-                let req = [(":path", path), ("authorization", auth.as_str()), ("x-actor", actor)];
+                let req = [
+                    (":path", path),
+                    ("authorization", auth.as_str()),
+                    ("x-actor", actor),
+                ];
                 e.on_request(h, ctx.get(), &req[..])
             };
             let svc = unsigned(json!({"sub": "svc-a", "iss": "https://sts.example"}));
             let other = unsigned(json!({"sub": "svc-b", "iss": "https://sts.example"}));
             let named = token_with(json!({"may_act": {"sub": "svc-a"}}));
-            let named_iss = token_with(json!({"may_act": {"sub": "svc-a", "iss": "https://other"}}));
+            let named_iss =
+                token_with(json!({"may_act": {"sub": "svc-a", "iss": "https://other"}}));
             let empty = token_with(json!({"may_act": {}}));
             let not_object = token_with(json!({"may_act": "svc-a"}));
             let free = token_with(json!({}));
 
-            assert_eq!(ask(&mut e, &h, "/", &named, &svc), Verdict::Pause, "named actor goes on");
-            assert_eq!(ask(&mut e, &h, "/", &free, &other), Verdict::Pause, "no may_act: no limit");
+            assert_eq!(
+                ask(&mut e, &h, "/", &named, &svc),
+                Verdict::Pause,
+                "named actor goes on"
+            );
+            assert_eq!(
+                ask(&mut e, &h, "/", &free, &other),
+                Verdict::Pause,
+                "no may_act: no limit"
+            );
             let before = h.calls.borrow().len();
             for (subject, actor) in [
                 (&named, &other),
@@ -2073,8 +2158,16 @@ mod tests {
                 // The verified record remembers the decision: a second request is refused too.
                 assert_eq!(status(&ask(&mut e, &h, "/", subject, actor)), 403);
             }
-            assert_eq!(h.calls.borrow().len(), before, "no STS call for a refused actor");
-            assert_eq!(ask(&mut e, &h, "/lax", &named, &other), Verdict::Pause, "check turned off");
+            assert_eq!(
+                h.calls.borrow().len(),
+                before,
+                "no STS call for a refused actor"
+            );
+            assert_eq!(
+                ask(&mut e, &h, "/lax", &named, &other),
+                Verdict::Pause,
+                "check turned off"
+            );
 
             // The filter's own client-credentials actor is named by its client id.
             let h = FakeHost::at(NOW);
@@ -2518,6 +2611,167 @@ mod tests {
                     Some(code) => assert_eq!(status(&out[0].1), code),
                 }
             }
+        }
+
+        #[test]
+        fn a_header_actors_exp_caps_the_cached_delegation() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+            let actor = jwt(serde_json::json!({"sub": "agent", "exp": NOW / 1000 + 60}));
+            let req = [("authorization", "Bearer u"), ("x-actor", actor.as_str())];
+            assert_eq!(e.on_request(&h, 1, &req[..]), Verdict::Pause);
+            e.on_http_answer(&h, Some(1), h.last_call(), &ok("delegated", 3600));
+            // Within the actor's life (minus the 30 s skew) the entry serves.
+            h.advance_ms(20_000);
+            assert!(matches!(
+                e.on_request(&h, 2, &req[..]),
+                Verdict::Continue(_)
+            ));
+            // Past it, the same (now expired) actor token never gets the cached token.
+            h.advance_ms(100_000);
+            assert_eq!(e.on_request(&h, 3, &req[..]), Verdict::Pause);
+            assert_eq!(h.calls_to("sts").len(), 2);
+        }
+
+        #[test]
+        fn the_filters_own_actor_token_caps_the_cached_delegation() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+            let req = [("authorization", "Bearer u")];
+            assert_eq!(e.on_request(&h, 1, &req[..]), Verdict::Pause);
+            // The actor token lives 100 s (70 s in the cache); the delegated one an hour.
+            let out = e.on_http_answer(&h, Some(1), h.last_call(), &plain("act-1", 100));
+            assert_eq!(out[0].1, Verdict::Pause);
+            e.on_http_answer(&h, Some(1), h.last_call(), &ok("delegated", 3600));
+            h.advance_ms(60_000);
+            assert!(matches!(
+                e.on_request(&h, 2, &req[..]),
+                Verdict::Continue(_)
+            ));
+            h.advance_ms(15_000);
+            assert_eq!(
+                e.on_request(&h, 3, &req[..]),
+                Verdict::Pause,
+                "the delegation made with an expired actor token is not served"
+            );
+            assert_eq!(
+                field(&h.calls_to("sts")[2].1, "grant_type").as_deref(),
+                Some("client_credentials")
+            );
+        }
+
+        #[test]
+        fn a_token_minted_without_the_act_check_never_serves_a_route_with_it() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(
+                r#","exchange":{"actor":{"source":"header","header":"x-actor"}},
+                "routes":[{"match":{"path_prefix":"/strict"},"exchange":{"expect_act":true}}]"#,
+            );
+            let actor = jwt(serde_json::json!({"sub": "agent"}));
+            let lax = [
+                (":path", "/lax"),
+                ("authorization", "Bearer u"),
+                ("x-actor", actor.as_str()),
+            ];
+            assert_eq!(e.on_request(&h, 1, &lax[..]), Verdict::Pause);
+            let no_act = jwt(serde_json::json!({"sub": "u"}));
+            e.on_http_answer(&h, Some(1), h.last_call(), &ok(&no_act, 3600));
+            assert!(matches!(
+                e.on_request(&h, 2, &lax[..]),
+                Verdict::Continue(_)
+            ));
+            let strict = [
+                (":path", "/strict"),
+                ("authorization", "Bearer u"),
+                ("x-actor", actor.as_str()),
+            ];
+            assert_eq!(e.on_request(&h, 3, &strict[..]), Verdict::Pause);
+            let out = e.on_http_answer(&h, Some(3), h.last_call(), &ok(&no_act, 3600));
+            assert_eq!(status(&out[0].1), 502, "act is checked on the strict route");
+        }
+
+        #[test]
+        fn a_redispatched_call_signs_a_fresh_assertion() {
+            let (pem, _) = crate::assertion::tests::es256_pem();
+            let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
+            let config = Config::parse(json.as_bytes(), &|k| (k == "KEY").then(|| pem.clone()));
+            let mut e = Engine::new(config.unwrap());
+            let h = FakeHost::at(NOW);
+            e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
+            e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
+            e.on_request_done(1);
+            h.advance_ms(100);
+            e.on_tick(&h);
+            let calls = h.calls_to("sts");
+            assert_eq!(calls.len(), 2);
+            let first = field(&calls[0].1, "client_assertion").unwrap();
+            let again = field(&calls[1].1, "client_assertion").unwrap();
+            let jti = |a: &str| crate::token::tests_support::claim(a, "jti");
+            assert_ne!(jti(&first), jti(&again), "a replayed jti would be refused");
+            assert_eq!(field(&calls[1].1, "subject_token").as_deref(), Some("t"));
+        }
+
+        #[test]
+        fn an_orphan_nobody_waits_for_is_not_sent_again() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine("");
+            e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
+            e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
+            e.on_request_done(1);
+            e.on_request_done(2);
+            assert!(e.on_tick(&h).is_empty());
+            assert_eq!(h.calls.borrow().len(), 1);
+        }
+
+        #[test]
+        fn remote_numbers_never_wrap_the_clock() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine("");
+            let huge = HttpAnswer {
+                status: Some(200),
+                body: format!(r#"{{"access_token":"forever","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":18446744073709551615}}"#).into_bytes(),
+                too_large: false,
+            };
+            e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
+            let out = e.on_http_answer(&h, Some(1), h.last_call(), &huge);
+            assert!(matches!(out[0].1, Verdict::Continue(_)));
+            h.advance_ms(86_400_000);
+            assert!(matches!(
+                e.on_request(&h, 2, &[("authorization", "Bearer t")][..]),
+                Verdict::Continue(_)
+            ));
+            // expires_in as a string of digits is read as seconds.
+            let as_text = HttpAnswer {
+                status: Some(200),
+                body: format!(r#"{{"access_token":"x","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":"60"}}"#).into_bytes(),
+                too_large: false,
+            };
+            e.on_request(&h, 3, &[("authorization", "Bearer v")][..]);
+            let out = e.on_http_answer(&h, Some(3), h.last_call(), &as_text);
+            assert!(matches!(out[0].1, Verdict::Continue(_)));
+            h.advance_ms(31_000);
+            assert_eq!(
+                e.on_request(&h, 4, &[("authorization", "Bearer v")][..]),
+                Verdict::Pause
+            );
+        }
+
+        #[test]
+        fn a_bearer_credential_gone_wrong_is_refused_even_when_missing_ones_pass() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","on_missing_token":"allow""#);
+            for v in ["Bearer\ttok", "Bearer,tok", "bearer\u{b}tok"] {
+                assert_eq!(
+                    status(&e.on_request(&h, 1, &[("authorization", v)][..])),
+                    401,
+                    "{v:?}"
+                );
+            }
+            assert!(matches!(
+                e.on_request(&h, 2, &[("authorization", "Basic dTpw")][..]),
+                Verdict::Continue(_)
+            ));
+            assert!(h.calls.borrow().is_empty());
         }
 
         #[test]

@@ -194,7 +194,9 @@ impl KeySet {
                 let mut named = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid));
                 let first = named.clone().next();
                 named
-                    .find(|k| k.public.fits(alg) && k.alg.as_deref().is_none_or(|a| a == alg.name()))
+                    .find(|k| {
+                        k.public.fits(alg) && k.alg.as_deref().is_none_or(|a| a == alg.name())
+                    })
                     .or(first)
                     .map_or(Lookup::Unknown, Lookup::Found)
             }
@@ -377,6 +379,35 @@ pub(crate) mod tests {
         let mut v = serde_json::to_value(jwk).unwrap();
         v["kid"] = kid.into();
         v
+    }
+
+    #[test]
+    fn a_huge_set_costs_bounded_work() {
+        let k = TestKeys::new();
+        let mut keys: Vec<serde_json::Value> =
+            (0..5000).map(|i| k.ec_jwk(&format!("e{i}"))).collect();
+        keys.push(k.ed_jwk("last"));
+        let body = serde_json::json!({ "keys": keys }).to_string();
+        let set = KeySet::parse(body.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), MAX_KEYS);
+        assert_eq!(set.skipped, 5001 - MAX_KEYS);
+        assert!(matches!(
+            set.find(Some("last"), JwsAlg::EdDsa),
+            Lookup::Unknown
+        ));
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_does_not_stop_refresh() {
+        let s = Schedule { refresh_ms: 60_000 };
+        let fetched = 10_000_000;
+        let an_hour_earlier = fetched - 3_600_000;
+        // Keys and the last attempt appear to come from the future: due, not frozen.
+        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), false, false));
+        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), false, true));
+        assert!(s.due(an_hour_earlier, None, Some(fetched), false, false));
+        // A normal clock is still rate-limited.
+        assert!(!s.due(fetched + 1_000, Some(fetched), Some(fetched), false, true));
     }
 
     #[test]

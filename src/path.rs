@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-
 /// A request path after normalization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalPath<'a> {
@@ -107,7 +106,9 @@ fn is_simple(path: &str) -> bool {
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex(b: Option<&u8>) -> Option<u8> {
-    char::from(*b?).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(*b?)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// RFC 3986 §2.3 unreserved characters.
@@ -247,7 +248,9 @@ mod tests {
     fn configured_prefixes_must_be_normal() {
         assert!(is_normal_prefix("/healthz"));
         assert!(is_normal_prefix("/api/v1/"));
-        for bad in ["/a/../b", "/a/./b", "/a%2fb", "/a//b", "/a?x", "/a\\b", "/%61"] {
+        for bad in [
+            "/a/../b", "/a/./b", "/a%2fb", "/a//b", "/a?x", "/a\\b", "/%61",
+        ] {
             assert!(!is_normal_prefix(bad), "{bad}");
         }
     }

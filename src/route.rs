@@ -59,10 +59,12 @@ fn authority_matches(want: &str, got: Option<&str>) -> bool {
         _ => (got.as_str(), None),
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    let with_port = port.is_some_and(|p| want.len() == host.len() + 1 + p.len()
-        && want.starts_with(host)
-        && want.ends_with(p)
-        && want.as_bytes().get(host.len()) == Some(&b':'));
+    let with_port = port.is_some_and(|p| {
+        want.len() == host.len() + 1 + p.len()
+            && want.starts_with(host)
+            && want.ends_with(p)
+            && want.as_bytes().get(host.len()) == Some(&b':')
+    });
     want == host || with_port
 }
 
@@ -74,8 +76,14 @@ mod tests {
     fn authorities_compare_without_case_port_or_trailing_dot() {
         assert!(authority_matches("api.example", Some("API.example:8443")));
         assert!(authority_matches("api.example", Some("api.example.")));
-        assert!(authority_matches("api.example:8443", Some("api.example:8443")));
-        assert!(!authority_matches("api.example:8443", Some("api.example:9443")));
+        assert!(authority_matches(
+            "api.example:8443",
+            Some("api.example:8443")
+        ));
+        assert!(!authority_matches(
+            "api.example:8443",
+            Some("api.example:9443")
+        ));
         assert!(!authority_matches("api.example", Some("api.example.evil")));
         assert!(!authority_matches("api.example", None));
     }

@@ -1103,9 +1103,8 @@ mod tests {
             );
         }
         // Two values for one field: which one a parser keeps is not something to guess.
-        let dup = answer(
-            r#"{"access_token":"a","access_token":"b","token_type":"Bearer"}"#.to_string(),
-        );
+        let dup =
+            answer(r#"{"access_token":"a","access_token":"b","token_type":"Bearer"}"#.to_string());
         assert!(matches!(parse(&dup), Err(StsFailure::BadAnswer(_))));
         let dup = answer(
             r#"{"access_token":"a","token_type":"Bearer","expires_in":1,"expires_in":99999}"#

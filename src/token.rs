@@ -224,7 +224,10 @@ impl MayAct {
     pub fn permits(&self, sub: Option<&str>, iss: Option<&str>) -> bool {
         match self {
             MayAct::Unrestricted => true,
-            MayAct::Names { sub: want_sub, iss: want_iss } => {
+            MayAct::Names {
+                sub: want_sub,
+                iss: want_iss,
+            } => {
                 want_sub.is_some()
                     && want_sub.as_deref() == sub
                     && want_iss.as_deref().is_none_or(|w| Some(w) == iss)
@@ -382,6 +385,22 @@ pub fn verify_jwt<'k>(
     }
 }
 
+/// Test helpers shared with other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use jwt_compact::UntrustedToken;
+
+    /// One claim of a JWT, unverified, as JSON.
+    pub fn claim(token: &str, name: &str) -> serde_json::Value {
+        UntrustedToken::new(token)
+            .unwrap()
+            .deserialize_claims_unchecked::<serde_json::Value>()
+            .unwrap()
+            .custom[name]
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,8 +442,14 @@ mod tests {
             );
         }
         // Surrounding white space is not part of the value.
-        assert_eq!(extract(Some("  Bearer abc \t"), P, 100), Extracted::Token("abc"));
-        assert_eq!(extract(Some("\tbearer abc"), P, 100), Extracted::Token("abc"));
+        assert_eq!(
+            extract(Some("  Bearer abc \t"), P, 100),
+            Extracted::Token("abc")
+        );
+        assert_eq!(
+            extract(Some("\tbearer abc"), P, 100),
+            Extracted::Token("abc")
+        );
         // Another scheme, even one that starts like ours, is not ours.
         assert_eq!(extract(Some("BearerX abc"), P, 100), Extracted::Missing);
         assert_eq!(extract(Some("Basic abc"), P, 100), Extracted::Missing);
@@ -565,6 +590,53 @@ mod tests {
         #[test]
         fn valid_es256() {
             assert_eq!(check(&keys().sign("ES256", Some("ec"), &claims())), VALID);
+        }
+
+        /// An issuer whose inline set is `keys`.
+        fn issuer_with(keys: serde_json::Value) -> TrustedIssuer {
+            TrustedIssuer {
+                keys: KeySource::Inline(KeySet::from_value(&json!({ "keys": keys })).unwrap()),
+                ..issuer(&[])
+            }
+        }
+
+        #[test]
+        fn keys_of_different_types_may_share_a_kid() {
+            let k = keys();
+            let mut rsa = k.rsa_jwk("shared");
+            rsa["alg"] = "RS256".into();
+            let iss = issuer_with(json!([rsa, k.ec_jwk("shared"), k.ed_jwk("shared")]));
+            for alg in ["ES256", "RS256", "EdDSA"] {
+                let t = k.sign(alg, Some("shared"), &claims());
+                assert_eq!(check_with(&t, &iss), VALID, "{alg}");
+            }
+        }
+
+        #[test]
+        fn a_key_whose_key_ops_lack_verify_verifies_nothing() {
+            let k = keys();
+            let mut ec = k.ec_jwk("ec");
+            ec["key_ops"] = json!(["encrypt"]);
+            let mut ed = k.ed_jwk("ed");
+            ed["key_ops"] = json!(["verify"]);
+            let iss = issuer_with(json!([ec, ed]));
+            let t = k.sign("ES256", Some("ec"), &claims());
+            assert_eq!(check_with(&t, &iss), JwtCheck::UnknownKey(0));
+            let t = k.sign("EdDSA", Some("ed"), &claims());
+            assert_eq!(check_with(&t, &iss), VALID);
+        }
+
+        #[test]
+        fn a_critical_header_extension_is_refused() {
+            let header = json!({ "alg": "ES256", "kid": "ec", "crit": ["exp-ext"], "exp-ext": 1 });
+            let t = keys().sign_with_header(&header, &claims());
+            assert_eq!(check(&t), JwtCheck::Invalid(JwtError::Malformed));
+            let header = json!({ "alg": "ES256", "kid": "ec", "crit": [] });
+            let t = keys().sign_with_header(&header, &claims());
+            assert_eq!(check(&t), JwtCheck::Invalid(JwtError::Malformed));
+            let header = json!({ "alg": "ES256", "kid": "ec", "x-note": 1 });
+            let t = keys().sign_with_header(&header, &claims());
+            assert_eq!(check(&t), VALID, "a non-critical extension is ignored");
         }
 
         #[test]
