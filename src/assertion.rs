@@ -44,11 +44,7 @@ impl SigningKey {
             "EdDSA" => ed25519_compact::SecretKey::from_pem(pem)
                 .ok()
                 .map(SigningKey::EdDsa),
-            other => {
-                return Err(format!(
-                    "alg {other:?} is not supported; use ES256, RS256 or EdDSA"
-                ))
-            }
+            _ => return Err("alg is not supported; use ES256, RS256 or EdDSA".to_string()),
         };
         key.ok_or_else(|| format!("is not a PEM {alg} private key (RSA keys need ≥ 2048 bits)"))
     }

@@ -571,7 +571,11 @@ fn validate_sts(
             "must be a host[:port] without scheme or path",
         ));
     }
-    if !s.token_path.starts_with('/') || s.token_path.chars().any(char::is_whitespace) {
+    if !s.token_path.starts_with('/')
+        || s.token_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(ConfigError::new(
             "sts.token_path",
             "must start with '/' and hold no whitespace",
@@ -599,7 +603,7 @@ fn validate_sts(
             _ => {
                 return Err(ConfigError::new(
                     "sts.client_secret_env",
-                    format!("environment variable {var} is not set in the VM"),
+                    format!("environment variable {} is not set in the VM", shown(&var)),
                 ))
             }
         },
@@ -656,7 +660,7 @@ fn validate_sts(
                 (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
                     ConfigError::new(
                         "sts.private_key.pem_env",
-                        format!("environment variable {var} is not set in the VM"),
+                        format!("environment variable {} is not set in the VM", shown(&var)),
                     )
                 })?,
                 _ => {
@@ -682,7 +686,8 @@ fn validate_sts(
             return Err(ConfigError::new(
                 "sts.client_auth",
                 format!(
-                    "unknown method {other:?}; use client_secret_basic, client_secret_post, private_key_jwt or none"
+                    "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt or none",
+                    shown(other)
                 ),
             ))
         }
@@ -705,6 +710,8 @@ fn validate_sts(
 
 fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError> {
     non_empty(&r.issuer, &format!("{key}.issuer"))?;
+    // Compared byte for byte with a token's `iss`: white space would only ever fail to match.
+    no_space_or_control(&r.issuer, &format!("{key}.issuer"))?;
     let audiences = r.audiences.unwrap_or_default();
     for a in &audiences {
         non_empty(a, &format!("{key}.audiences"))?;
@@ -721,9 +728,12 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             let why = if name.eq_ignore_ascii_case("none")
                 || name.to_ascii_uppercase().starts_with("HS")
             {
-                format!("{name} is never accepted for subject tokens")
+                format!("{} is never accepted for subject tokens", shown(name))
             } else {
-                format!("{name} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA")
+                format!(
+                    "{} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA",
+                    shown(name)
+                )
             };
             ConfigError::new(format!("{key}.algorithms"), why)
         })?;
@@ -757,9 +767,11 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             let k = format!("{key}.jwks_uri");
             non_empty(&u.cluster, &format!("{k}.cluster"))?;
             non_empty(&u.authority, &format!("{k}.authority"))?;
+            no_space_or_control(&u.authority, &format!("{k}.authority"))?;
             if !u.path.starts_with('/') {
                 return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
             }
+            no_space_or_control(&u.path, &format!("{k}.path"))?;
             let refresh_s = u.refresh_s.unwrap_or(300);
             if !(10..=86_400).contains(&refresh_s) {
                 return Err(ConfigError::new(
@@ -793,7 +805,7 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
 }
 
 fn validate_subject(s: RawSubjectToken) -> Result<SubjectTokenConfig, ConfigError> {
-    let header = header_name(
+    let header = settable_header(
         s.header.as_deref().unwrap_or("authorization"),
         "subject_token.header",
     )?;
@@ -822,22 +834,16 @@ fn validate_output(
     o: RawOutput,
     subject: &SubjectTokenConfig,
 ) -> Result<OutputConfig, ConfigError> {
-    let header = header_name(
+    let header = settable_header(
         o.header.as_deref().unwrap_or("authorization"),
         "output.header",
     )?;
-    if header.starts_with(':') || header == "host" {
-        return Err(ConfigError::new(
-            "output.header",
-            "must not be a pseudo-header or host",
-        ));
-    }
     let prefix = o.prefix.unwrap_or_else(|| "Bearer ".to_string());
     printable(&prefix, "output.prefix")?;
     let original_token_header = match o.original_token_header {
         None => None,
         Some(h) => {
-            let h = header_name(&h, "output.original_token_header")?;
+            let h = settable_header(&h, "output.original_token_header")?;
             if h == header || h == subject.header {
                 return Err(ConfigError::new(
                     "output.original_token_header",
@@ -898,7 +904,10 @@ fn validate_exchange(
         Some(other) => {
             return Err(ConfigError::new(
                 format!("{key}.grant"),
-                format!("unknown grant {other:?}; use token_exchange or jwt_bearer"),
+                format!(
+                    "unknown grant {}; use token_exchange or jwt_bearer",
+                    shown(other)
+                ),
             ))
         }
     };
@@ -1037,7 +1046,7 @@ fn validate_actor(
             let header = a.header.ok_or_else(|| {
                 ConfigError::new(format!("{key}.header"), "is required for source header")
             })?;
-            let header = header_name(&header, &format!("{key}.header"))?;
+            let header = settable_header(&header, &format!("{key}.header"))?;
             if header == ctx.subject.header || header.starts_with(':') {
                 return Err(ConfigError::new(
                     format!("{key}.header"),
@@ -1057,7 +1066,10 @@ fn validate_actor(
         }
         other => Err(ConfigError::new(
             format!("{key}.source"),
-            format!("unknown source {other:?}; use client_credentials or header"),
+            format!(
+                "unknown source {}; use client_credentials or header",
+                shown(other)
+            ),
         )),
     }
 }
@@ -1117,6 +1129,59 @@ fn validate_match(m: RawMatch, key: &str) -> Result<RouteMatch, ConfigError> {
         path_prefix: m.path_prefix,
         methods,
     })
+}
+
+/// A config value as an error line may show it: only a short word that cannot be a secret or
+/// key material; anything else by its length alone.
+fn shown(v: &str) -> String {
+    let word = v.len() <= 24
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if word {
+        format!("{v:?}")
+    } else {
+        format!("(a value of {} bytes)", v.len())
+    }
+}
+
+/// Headers the filter must never set or remove: framing, connection management, the host.
+const UNTOUCHABLE_HEADERS: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "host",
+    "content-type",
+];
+
+/// A header name the filter may set or remove (see [`UNTOUCHABLE_HEADERS`]).
+fn settable_header(v: &str, key: &str) -> Result<String, ConfigError> {
+    let h = header_name(v, key)?;
+    if h.starts_with(':') || UNTOUCHABLE_HEADERS.contains(&h.as_str()) {
+        return Err(ConfigError::new(
+            key,
+            "must not be a pseudo-header, hop-by-hop, framing or host header",
+        ));
+    }
+    Ok(h)
+}
+
+/// A host name or path part sent in a call: no white space, no control characters.
+fn no_space_or_control(v: &str, key: &str) -> Result<(), ConfigError> {
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(ConfigError::new(
+            key,
+            "must not contain white space or control characters",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn non_empty(v: &str, key: &str) -> Result<(), ConfigError> {
@@ -1657,6 +1722,113 @@ mod tests {
         let summary = parse(MINIMAL).unwrap().summary();
         assert!(!summary.contains("s3cret"), "{summary}");
         assert!(summary.contains("sts.example.com/token"));
+    }
+
+    #[test]
+    fn values_that_would_misbehave_later_are_refused_at_load() {
+        let sts = r#""sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}"#;
+        let doc = |rest: &str| format!("{{{sts},{rest}}}");
+        for h in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "te",
+            "upgrade",
+            "host",
+            ":path",
+            "keep-alive",
+        ] {
+            for (json, key) in [
+                (format!(r#""output":{{"header":"{h}"}}"#), "output.header"),
+                (
+                    format!(r#""output":{{"original_token_header":"{h}"}}"#),
+                    "output.original_token_header",
+                ),
+                (
+                    format!(r#""subject_token":{{"header":"{h}"}}"#),
+                    "subject_token.header",
+                ),
+                (
+                    format!(r#""exchange":{{"actor":{{"source":"header","header":"{h}"}}}}"#),
+                    "exchange.actor.header",
+                ),
+            ] {
+                assert_eq!(err_key(&doc(&json)), key, "{h} in {key}");
+            }
+        }
+        let issuer = |iss: &str, uri: &str| {
+            doc(&format!(
+                r#""trusted_issuers":[{{"issuer":"{iss}","algorithms":["ES256"],"jwks_uri":{uri}}}]"#
+            ))
+        };
+        let good_uri = r#"{"cluster":"idp","authority":"idp.local","path":"/jwks"}"#;
+        assert!(parse(&issuer("https://idp", good_uri)).is_ok());
+        for (iss, uri, key) in [
+            (" https://idp", good_uri, "trusted_issuers[0].issuer"),
+            ("https://idp ", good_uri, "trusted_issuers[0].issuer"),
+            (
+                "https://idp",
+                r#"{"cluster":"idp","authority":"idp.local","path":"/jw ks"}"#,
+                "trusted_issuers[0].jwks_uri.path",
+            ),
+            (
+                "https://idp",
+                r#"{"cluster":"idp","authority":"idp.local","path":"/jwks\r\nx: y"}"#,
+                "trusted_issuers[0].jwks_uri.path",
+            ),
+            (
+                "https://idp",
+                r#"{"cluster":"idp","authority":"idp .local","path":"/jwks"}"#,
+                "trusted_issuers[0].jwks_uri.authority",
+            ),
+            (
+                "https://idp",
+                r#"{"cluster":"idp","authority":"idp.local\u0000","path":"/jwks"}"#,
+                "trusted_issuers[0].jwks_uri.authority",
+            ),
+        ] {
+            assert_eq!(err_key(&issuer(iss, uri)), key, "{uri}");
+        }
+        let bad_path = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t\u0001","client_id":"c","client_secret":"x"}}"#;
+        assert_eq!(err_key(bad_path), "sts.token_path");
+    }
+
+    #[test]
+    fn a_secret_in_the_wrong_key_is_never_printed() {
+        let (pem, _) = crate::assertion::tests::es256_pem();
+        let pem_json = serde_json::to_string(&pem).unwrap();
+        let secret = "pa55-W0rd!with spaces and more";
+        for json in [
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem_env":{pem_json}}}}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"{secret}"}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_auth":"{secret}"}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem":"x","alg":"{secret}"}}}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"grant":"{secret}"}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"actor":{{"source":"{secret}"}}}}}}"#
+            ),
+            format!(
+                r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"trusted_issuers":[{{"issuer":"i","algorithms":["{secret}"],"jwks":{{"keys":[]}}}}]}}"#
+            ),
+        ] {
+            let msg = parse(&json).unwrap_err().to_string();
+            assert!(
+                !msg.contains("BEGIN") && !msg.contains("MII") && !msg.contains("pa55"),
+                "{msg}"
+            );
+            let first_line = pem.lines().nth(1).unwrap_or_default();
+            assert!(!msg.contains(first_line), "{msg}");
+        }
     }
 
     #[test]

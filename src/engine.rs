@@ -215,7 +215,22 @@ impl Engine {
             RouteAction::Exchange(p) => p,
         };
         let cfg = &self.config;
-        let value = req.header(&cfg.subject_token.header);
+        // Envoy folds repeated `authorization` headers into one comma-joined value (which fails
+        // the token format); other headers arrive as copies, so those are read as a whole.
+        let value = if cfg.subject_token.header == "authorization" {
+            req.header(&cfg.subject_token.header)
+        } else {
+            match req.single_header(&cfg.subject_token.header) {
+                Ok(v) => v,
+                Err(()) => {
+                    host.metric(Metric::Rejected, 1);
+                    return Verdict::Respond(LocalReply::invalid_token(
+                        &cfg.realm,
+                        "more than one token header",
+                    ));
+                }
+            }
+        };
         let subject = match token::extract(
             value.as_deref(),
             &cfg.subject_token.prefix,
@@ -248,9 +263,14 @@ impl Engine {
             .map(|a| &a.source)
         {
             Some(ActorSource::Header(name)) => {
-                let value = req.header(name);
-                match token::extract(value.as_deref(), "", cfg.subject_token.max_bytes) {
-                    Extracted::Token(t) => Some(t.to_string()),
+                // Two actor tokens: which one the STS and the upstream would see is a guess.
+                let value = req.single_header(name);
+                let max = cfg.subject_token.max_bytes;
+                match value
+                    .as_ref()
+                    .map(|v| token::extract(v.as_deref(), "", max))
+                {
+                    Ok(Extracted::Token(t)) => Some(t.to_string()),
                     _ => {
                         host.metric(Metric::Rejected, 1);
                         return Verdict::Respond(LocalReply::invalid_token(
@@ -2361,6 +2381,40 @@ mod tests {
         }
 
         #[test]
+        fn an_idp_that_hangs_or_floods_keeps_the_last_good_keys() {
+            for bad in [
+                HttpAnswer {
+                    status: None,
+                    body: vec![],
+                    too_large: false,
+                },
+                HttpAnswer {
+                    status: Some(200),
+                    body: vec![],
+                    too_large: true,
+                },
+                HttpAnswer {
+                    status: Some(200),
+                    body: b"{\"keys\":".to_vec(),
+                    too_large: false,
+                },
+            ] {
+                let h = FakeHost::at(NOW);
+                let mut e = started(&h, keys().jwks());
+                h.advance_ms(60_000);
+                e.on_tick(&h);
+                let call = h.calls_to("idp")[1].0;
+                e.on_http_answer(&h, None, call, &bad);
+                assert_eq!(h.metric_value(Metric::JwksFetchFailures), 1);
+                assert_eq!(
+                    ask(&mut e, &h, 1, &token("ec", 600)),
+                    Verdict::Pause,
+                    "{bad:?}"
+                );
+            }
+        }
+
+        #[test]
         fn a_failed_refresh_keeps_the_last_good_keys() {
             let h = FakeHost::at(NOW);
             let mut e = started(&h, keys().jwks());
@@ -2772,6 +2826,55 @@ mod tests {
                 Verdict::Continue(_)
             ));
             assert!(h.calls.borrow().is_empty());
+        }
+
+        #[test]
+        fn repeated_token_headers_are_refused_not_picked_from() {
+            let h = FakeHost::at(NOW);
+            let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+            let two = [
+                ("authorization", "Bearer u"),
+                ("x-actor", "a"),
+                ("x-actor", "b"),
+            ];
+            assert_eq!(status(&e.on_request(&h, 1, &two[..])), 401);
+            let mut e = engine(r#","subject_token":{"header":"x-subject","prefix":""}"#);
+            let two = [("x-subject", "s1"), ("x-subject", "s2")];
+            assert_eq!(status(&e.on_request(&h, 2, &two[..])), 401);
+            assert_eq!(
+                e.on_request(&h, 3, &[("x-subject", "s1")][..]),
+                Verdict::Pause
+            );
+            assert_eq!(h.calls.borrow().len(), 1);
+        }
+
+        #[test]
+        fn thousands_of_routes_load_and_match_in_order() {
+            let routes: Vec<String> = (0..5000)
+                .map(|i| {
+                    format!(
+                        r#"{{"match":{{"path_prefix":"/r{i}"}},"exchange":{{"audience":"a{i}"}}}}"#
+                    )
+                })
+                .collect();
+            let h = FakeHost::at(NOW);
+            let mut e = engine(&format!(r#","routes":[{}]"#, routes.join(",")));
+            let v = e.on_request(
+                &h,
+                1,
+                &[(":path", "/r4999/x"), ("authorization", "Bearer t")][..],
+            );
+            assert_eq!(v, Verdict::Pause);
+            assert!(h.calls.borrow()[0].1.body.contains("audience=a4999&"));
+            e.on_request(
+                &h,
+                2,
+                &[(":path", "/r49999"), ("authorization", "Bearer t")][..],
+            );
+            assert!(
+                !h.calls.borrow()[1].1.body.contains("audience=a4999&"),
+                "whole segments"
+            );
         }
 
         #[test]

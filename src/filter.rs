@@ -335,6 +335,19 @@ impl RequestHeaders for HostHeaders {
             .ok()
             .flatten()
     }
+
+    fn single_header(&self, name: &str) -> Result<Option<String>, ()> {
+        // The single-value read shows only the first copy; the whole map shows them all.
+        let map =
+            hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders).map_err(|_| ())?;
+        let mut copies = map
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        match (copies.next(), copies.next()) {
+            (_, Some(_)) => Err(()),
+            (one, None) => Ok(one.map(|(_, v)| v)),
+        }
+    }
 }
 
 impl Context for Request {

@@ -67,8 +67,12 @@ pub trait Host {
 
 /// Read access to the current request's headers.
 pub trait RequestHeaders {
-    /// The value of a header (lower-case name; pseudo-headers like `:path` included).
+    /// The value of a header (lower-case name; pseudo-headers like `:path` included). With
+    /// repeated copies, the host may show only the first.
     fn header(&self, name: &str) -> Option<String>;
+    /// The value of a header that must appear at most once: `Err(())` when it is repeated.
+    #[allow(clippy::result_unit_err)]
+    fn single_header(&self, name: &str) -> Result<Option<String>, ()>;
 }
 
 #[cfg(test)]
@@ -178,6 +182,13 @@ mod fake {
             self.iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.to_string())
+        }
+        fn single_header(&self, name: &str) -> Result<Option<String>, ()> {
+            let mut copies = self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+            match (copies.next(), copies.next()) {
+                (_, Some(_)) => Err(()),
+                (one, None) => Ok(one.map(|(_, v)| v.to_string())),
+            }
         }
     }
 }

@@ -230,6 +230,143 @@ fn routes_pick_audiences_bypass_and_strip_spoofed_headers() {
     assert_eq!(envoy.counter("bypassed"), 1);
 }
 
+/// Raw paths that start with `/healthz` but that a server resolves outside it (or that it could
+/// read in more than one way).
+const ESCAPING_PATHS: [&str; 14] = [
+    "/healthz/../admin",
+    "/healthz/%2e%2e/admin",
+    "/healthz/.%2E/admin",
+    "/healthz/..%2fadmin",
+    "/healthz%2F..%2Fadmin",
+    "/healthz/%2e%2e%2fadmin",
+    "/healthz/..%5cadmin",
+    "/healthz\\..\\admin",
+    "/healthz/..;/admin",
+    "/healthz//../admin",
+    "/healthz/%252e%252e/admin",
+    "/healthz/%c0%ae%c0%ae/admin",
+    "/healthz-admin",
+    "/healthzX",
+];
+
+/// Sends `path` raw with the caller's token and returns (status, the `authorization` the
+/// upstream saw, the path it saw); no upstream view when Envoy or the filter answered itself.
+fn probe(envoy: &Envoy, path: &str, token: &str) -> (u16, Option<(String, String)>) {
+    let auth = format!("authorization: Bearer {token}");
+    let text = raw_get(envoy, path, &[&auth]);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let upstream = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| body.find('{').map(|i| &body[i..]))
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json.trim()).ok())
+        .filter(|j| j.get("headers").is_some())
+        .map(|j| {
+            (
+                j["headers"]["authorization"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                j["path"].as_str().unwrap_or("").to_string(),
+            )
+        });
+    (status, upstream)
+}
+
+/// The bypass of `/healthz` holds only for paths the upstream serves under `/healthz`: the
+/// caller's token reaches it there and nowhere else.
+fn assert_bypass_holds(envoy: &Envoy, what: &str) {
+    let (status, seen) = probe(envoy, "/healthz", "caller-token");
+    assert_eq!(status, 200, "{what}");
+    assert_eq!(
+        seen.map(|s| s.0).as_deref(),
+        Some("Bearer caller-token"),
+        "{what}: the bypass itself works (so this test can fail)"
+    );
+    for path in ESCAPING_PATHS {
+        let (status, seen) = probe(envoy, path, "caller-token");
+        if let Some((auth, served)) = seen {
+            // What a lenient server could resolve differently: dot segments, encodings,
+            // backslashes, empty segments, path parameters.
+            let unambiguous = !["..", "%", "\\", "//", ";"]
+                .iter()
+                .any(|x| served.contains(x));
+            let under = served == "/healthz" || served.starts_with("/healthz/");
+            assert!(
+                auth.starts_with("Bearer minted-") || (unambiguous && under),
+                "{what}: {path:?} (served as {served:?}, status {status}) reached the upstream with {auth:?}\n{}",
+                envoy.log_text()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bypass_never_leaks_the_token_to_a_path_outside_it() {
+    let sts = TestSts::start(0, mint);
+    let config = sts_config(json!({
+        "routes": [{ "match": { "path_prefix": "/healthz" }, "bypass": true }]
+    }));
+    // The filter's own normalization alone: this connection manager normalizes nothing.
+    let bare = envoy(sts.port, config, 1);
+    assert_bypass_holds(&bare, "filter alone");
+    drop(bare);
+    // The shipped envoy.yaml, whose connection manager normalizes too.
+    let shipped = Envoy::start_shipped(
+        sts.port,
+        start_echo(0),
+        &[("STS_CLIENT_SECRET", "demo-secret")],
+    );
+    assert_bypass_holds(&shipped, "shipped envoy.yaml");
+    let (status, seen) = probe(&shipped, "/orders/../orders/7", "caller-token");
+    assert_eq!(status, 200);
+    let (auth, served) = seen.unwrap();
+    assert_eq!(served, "/orders/7", "Envoy serves the normalized path");
+    assert!(
+        auth.contains("aud-orders-api"),
+        "route picked on it: {auth}"
+    );
+}
+
+#[test]
+fn hostile_headers_never_pass_a_token_on() {
+    let sts = TestSts::start(0, mint);
+    let config = sts_config(json!({
+        "on_missing_token": "allow",
+        "exchange": { "audience": ["default-api"], "actor": { "source": "header", "header": "x-actor" } }
+    }));
+    let envoy = envoy(sts.port, config, 1);
+    // Odd case and surrounding white space in names and values: still the caller's bearer token.
+    let text = raw_get(
+        &envoy,
+        "/api",
+        &[
+            "AUTHORIZATION:   bEaReR  odd-case-token  ",
+            "X-Actor:  actor-1 ",
+        ],
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("minted-1-aud-default-api-for-odd-case-token"),
+        "{text}"
+    );
+    // Two actor headers: refused, never one picked at random.
+    let text = raw_get(
+        &envoy,
+        "/api",
+        &["authorization: Bearer t2", "x-actor: a", "x-actor: b"],
+    );
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    // A bearer credential gone wrong is refused, not passed on as "missing".
+    let text = raw_get(&envoy, "/api", &["authorization: Bearer\ttabbed-token"]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(!text.contains("tabbed-token"), "{text}");
+    assert_eq!(sts.count(), 1);
+}
+
 #[test]
 fn expired_entries_are_exchanged_again() {
     let sts = TestSts::start(0, |n, _| StsReply::token(&format!("short-{n}"), 2));

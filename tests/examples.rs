@@ -101,3 +101,86 @@ fn readme_examples_parse() {
     }
     assert!(checked >= 5, "only {checked} README examples found");
 }
+
+fn yaml_docs(yaml: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .collect()
+}
+
+#[test]
+fn istio_clusters_check_certificate_names_and_stay_on_the_gateway() {
+    let docs = yaml_docs(&read("deploy/istio/wasmplugin.yaml"));
+    let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").unwrap();
+    let gateway = &plugin["spec"]["selector"]["matchLabels"];
+    assert!(gateway.is_mapping(), "the WasmPlugin selects its workload");
+    assert!(
+        ["AUTHN", "AUTHZ"].contains(&plugin["spec"]["phase"].as_str().unwrap()),
+        "phase is one the README explains"
+    );
+    let config = &plugin["spec"]["pluginConfig"];
+    let mut clusters = vec![config["sts"]["cluster"].as_str().unwrap().to_string()];
+    for i in config["trusted_issuers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = i["jwks_uri"]["cluster"].as_str() {
+            clusters.push(c.to_string());
+        }
+    }
+    for cluster in clusters {
+        let host = cluster.rsplit("||").next().unwrap();
+        let entry = docs
+            .iter()
+            .find(|d| d["kind"] == "ServiceEntry" && d["spec"]["hosts"][0] == host)
+            .unwrap_or_else(|| panic!("no ServiceEntry for {host}"));
+        assert_eq!(
+            entry["spec"]["exportTo"][0], ".",
+            "{host}: ServiceEntry scoped"
+        );
+        let rule = docs
+            .iter()
+            .find(|d| d["kind"] == "DestinationRule" && d["spec"]["host"] == host)
+            .unwrap_or_else(|| panic!("no DestinationRule for {host}"));
+        let spec = &rule["spec"];
+        assert_eq!(spec["exportTo"][0], ".", "{host}: DestinationRule scoped");
+        assert_eq!(
+            &spec["workloadSelector"]["matchLabels"], gateway,
+            "{host}: DestinationRule applies to the gateway only"
+        );
+        let tls = &spec["trafficPolicy"]["tls"];
+        assert_eq!(tls["mode"], "SIMPLE", "{host}: TLS to the server");
+        let sans: Vec<&str> = tls["subjectAltNames"]
+            .as_sequence()
+            .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            sans.contains(&host),
+            "{host}: with sni set, Istio checks no name unless subjectAltNames lists it"
+        );
+    }
+}
+
+#[test]
+fn envoy_yaml_normalizes_paths_like_the_filter() {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read("envoy.yaml")).expect("envoy.yaml is YAML");
+    for listener in doc["static_resources"]["listeners"].as_sequence().unwrap() {
+        for chain in listener["filter_chains"].as_sequence().unwrap() {
+            for f in chain["filters"].as_sequence().unwrap() {
+                let hcm = &f["typed_config"];
+                assert_eq!(hcm["normalize_path"], true);
+                assert_eq!(hcm["merge_slashes"], true);
+                let action = hcm["path_with_escaped_slashes_action"]
+                    .as_str()
+                    .unwrap_or("");
+                assert!(
+                    ["UNESCAPE_AND_REDIRECT", "REJECT_REQUEST"].contains(&action),
+                    "escaped slashes: {action:?}"
+                );
+            }
+        }
+    }
+}

@@ -408,6 +408,44 @@ impl Envoy {
         let port = free_port();
         let admin = free_port();
         let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
+        Envoy::launch(dir, yaml, port, admin, setup.concurrency, &[])
+    }
+
+    /// Starts the repository's own `envoy.yaml`, its ports moved to free ones and its `sts` and
+    /// `upstream` clusters pointed at the given ports; `env` goes to Envoy's environment.
+    pub fn start_shipped(sts_port: u16, echo_port: u16, env: &[(&str, &str)]) -> Envoy {
+        let dir = TempDir::new("shipped");
+        let port = free_port();
+        let admin = free_port();
+        let text = std::fs::read_to_string(repo().join("envoy.yaml")).expect("envoy.yaml");
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("envoy.yaml is YAML");
+        doc["admin"]["address"]["socket_address"]["port_value"] = admin.into();
+        let resources = &mut doc["static_resources"];
+        resources["listeners"][0]["address"]["socket_address"]["port_value"] = port.into();
+        let wasm = &mut resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"];
+        *wasm = wasm_module().display().to_string().into();
+        for cluster in resources["clusters"].as_sequence_mut().expect("clusters") {
+            let to = match cluster["name"].as_str() {
+                Some("sts") => sts_port,
+                Some("upstream") => echo_port,
+                other => panic!("unexpected cluster {other:?} in envoy.yaml"),
+            };
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"] = to.into();
+        }
+        let yaml = serde_yaml::to_string(&doc).expect("yaml");
+        Envoy::launch(dir, yaml, port, admin, 1, env)
+    }
+
+    fn launch(
+        dir: TempDir,
+        yaml: String,
+        port: u16,
+        admin: u16,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> Envoy {
         let config_path = dir.0.join("envoy.yaml");
         std::fs::write(&config_path, yaml).expect("write envoy config");
         let log = dir.0.join("envoy.log");
@@ -416,7 +454,7 @@ impl Envoy {
             .arg(&config_path)
             .args([
                 "--concurrency",
-                &setup.concurrency.to_string(),
+                &concurrency.to_string(),
                 "--disable-hot-restart",
                 "-l",
                 "info",
@@ -427,6 +465,7 @@ impl Envoy {
             ])
             .arg("--log-path")
             .arg(&log)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
