@@ -66,7 +66,7 @@ bench: build envoy
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py
 
-FUZZ_TARGETS := config extract jwt sts_answer
+FUZZ_TARGETS := config extract jwt sts_answer route
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

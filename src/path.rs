@@ -57,7 +57,7 @@ pub fn normalize(raw: &str) -> NormalPath<'_> {
             }
             continue;
         }
-        if b == b'\\' || b == b';' || b < 0x20 || b >= 0x7f {
+        if b == b'\\' || b == b';' || !(0x20..0x7f).contains(&b) {
             plain = false;
         }
         // Not a '%' byte: copy the whole character (non-ASCII ones too).
