@@ -327,12 +327,20 @@ pub fn start_echo(port: u16) -> u16 {
     port
 }
 
-/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free port on 127.0.0.1, never the same twice in one test process. Ports come from a
+/// per-process run below the kernel's ephemeral range (which the OS hands out for port 0, so two
+/// tests could each be given the same one between its release and Envoy's bind; Envoy's listeners
+/// reuse ports, so both would then bind it and share its connections).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 10_000 + (std::process::id() as usize % 400) * 50;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(base + n % 20_000).expect("port range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The repository root.
@@ -422,6 +430,7 @@ impl Envoy {
         doc["admin"]["address"]["socket_address"]["port_value"] = admin.into();
         let resources = &mut doc["static_resources"];
         resources["listeners"][0]["address"]["socket_address"]["port_value"] = port.into();
+        resources["listeners"][0]["enable_reuse_port"] = false.into();
         let wasm = &mut resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             ["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"];
         *wasm = wasm_module().display().to_string().into();
@@ -626,6 +635,7 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
             "listeners": [{
                 "name": "main",
                 "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                "enable_reuse_port": false,
                 "filter_chains": [{ "filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
