@@ -39,7 +39,7 @@ run: build envoy
 	cargo run --quiet --example demo
 
 unit:
-	cargo test --lib --test examples
+	cargo test --lib --test examples --test layers
 
 validate: build envoy
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn

@@ -6,7 +6,7 @@
 //! for the exact exchange it was made for, and a collision of slots merely evicts.
 
 use crate::config::CacheConfig;
-use crate::sts::StsFailure;
+use crate::host::{Host, LogLevel};
 
 /// A cache key: the SHA-256 of an exchange's inputs.
 pub type CacheKey = [u8; 32];
@@ -23,7 +23,43 @@ pub enum Cached {
     /// A minted access token.
     Token(String),
     /// A remembered STS rejection (negative cache).
-    Rejected(StsFailure),
+    Rejected(Rejection),
+}
+
+/// An STS rejection worth remembering, with the OAuth error code it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The STS rejected the subject (or actor) token: 401.
+    Subject(String),
+    /// The STS refused this exchange: 403.
+    Forbidden(String),
+}
+
+/// The exchange cache as the workers share it: reads and writes of the slot table.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedCache {
+    max_entries: u32,
+}
+
+impl SharedCache {
+    /// The table of `max_entries` slots.
+    pub fn new(max_entries: u32) -> Self {
+        SharedCache { max_entries }
+    }
+
+    /// The entry for `key` and its expiry (ms), if one lives at `now_ms`.
+    pub fn get<H: Host>(&self, host: &H, key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)> {
+        let (slot, _) = host.shared_get(&slot_name(key, self.max_entries))?;
+        lookup(&slot, key, now_ms)
+    }
+
+    /// Writes the entry for `key` (evicting whatever shared its slot); a failure is logged.
+    pub fn put<H: Host>(&self, host: &H, key: &CacheKey, expires_at_ms: u64, value: &Cached) {
+        let bytes = encode(key, expires_at_ms, value);
+        if let Err(e) = host.shared_set(&slot_name(key, self.max_entries), &bytes, None) {
+            host.log(LogLevel::Warn, &format!("cache write failed: {}", e.0));
+        }
+    }
 }
 
 /// The shared-data key of the slot that `key` lives in.
@@ -34,16 +70,12 @@ pub fn slot_name(key: &CacheKey, max_entries: u32) -> String {
     format!("token_exchange.slot.{slot}")
 }
 
-/// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload. Only tokens and
-/// rejections of the subject or of the exchange can be cached; anything else gives `None`.
-pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Option<Vec<u8>> {
+/// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload.
+pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Vec<u8> {
     let (kind, payload) = match value {
         Cached::Token(t) => (KIND_TOKEN, t.as_bytes()),
-        Cached::Rejected(StsFailure::SubjectRejected(code)) => {
-            (KIND_SUBJECT_REJECTED, code.as_bytes())
-        }
-        Cached::Rejected(StsFailure::Forbidden(code)) => (KIND_FORBIDDEN, code.as_bytes()),
-        Cached::Rejected(_) => return None,
+        Cached::Rejected(Rejection::Subject(code)) => (KIND_SUBJECT_REJECTED, code.as_bytes()),
+        Cached::Rejected(Rejection::Forbidden(code)) => (KIND_FORBIDDEN, code.as_bytes()),
     };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(VERSION);
@@ -51,7 +83,7 @@ pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Option<Vec<
     out.extend_from_slice(key);
     out.extend_from_slice(&expires_at_ms.to_be_bytes());
     out.extend_from_slice(payload);
-    Some(out)
+    out
 }
 
 /// Reads a slot: the entry and its expiry (ms) if it was made for `key` and is still alive at
@@ -69,8 +101,8 @@ pub fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)>
     let payload = String::from_utf8(slot[HEADER_LEN..].to_vec()).ok()?;
     let value = match slot[1] {
         KIND_TOKEN => Cached::Token(payload),
-        KIND_SUBJECT_REJECTED => Cached::Rejected(StsFailure::SubjectRejected(payload)),
-        KIND_FORBIDDEN => Cached::Rejected(StsFailure::Forbidden(payload)),
+        KIND_SUBJECT_REJECTED => Cached::Rejected(Rejection::Subject(payload)),
+        KIND_FORBIDDEN => Cached::Rejected(Rejection::Forbidden(payload)),
         _ => return None,
     };
     Some((value, expires_at))
@@ -143,7 +175,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip_until_expiry_and_never_after() {
-        let e = encode(&key(1), 10_000, &Cached::Token("tok".into())).unwrap();
+        let e = encode(&key(1), 10_000, &Cached::Token("tok".into()));
         assert_eq!(
             lookup(&e, &key(1), 9_999),
             Some((Cached::Token("tok".into()), 10_000))
@@ -154,39 +186,31 @@ mod tests {
 
     #[test]
     fn an_entry_is_served_only_for_its_own_key() {
-        let e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        let e = encode(&key(1), u64::MAX, &Cached::Token("tok".into()));
         let mut other = key(1);
         other[31] ^= 1;
         assert_eq!(lookup(&e, &other, 0), None);
     }
 
     #[test]
-    fn rejections_round_trip_and_other_failures_are_not_cached() {
-        for f in [
-            StsFailure::SubjectRejected("invalid_grant".into()),
-            StsFailure::Forbidden("invalid_target".into()),
+    fn rejections_round_trip() {
+        for r in [
+            Rejection::Subject("invalid_grant".into()),
+            Rejection::Forbidden("invalid_target".into()),
         ] {
-            let e = encode(&key(2), 5, &Cached::Rejected(f.clone())).unwrap();
-            assert_eq!(lookup(&e, &key(2), 4), Some((Cached::Rejected(f), 5)));
+            let e = encode(&key(2), 5, &Cached::Rejected(r.clone()));
+            assert_eq!(lookup(&e, &key(2), 4), Some((Cached::Rejected(r), 5)));
         }
-        assert_eq!(
-            encode(&key(2), 5, &Cached::Rejected(StsFailure::InvalidClient)),
-            None
-        );
-        assert_eq!(
-            encode(&key(2), 5, &Cached::Rejected(StsFailure::Unavailable("x"))),
-            None
-        );
     }
 
     #[test]
     fn garbage_slots_are_misses() {
         assert_eq!(lookup(&[], &key(1), 0), None);
         assert_eq!(lookup(&[9; 60], &key(9), 0), None);
-        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into()));
         e[1] = 7;
         assert_eq!(lookup(&e, &key(1), 0), None);
-        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into())).unwrap();
+        let mut e = encode(&key(1), u64::MAX, &Cached::Token("tok".into()));
         e.push(0xff);
         assert_eq!(lookup(&e, &key(1), 0), None);
     }

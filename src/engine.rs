@@ -1,203 +1,59 @@
-//! The request state machine, per worker: request headers in → a verdict (continue with header
-//! edits, pause, or answer); a callout answer or a tick in → verdicts for the requests that
-//! waited. Nothing here touches proxy-wasm: the host is reached through [`Host`].
+//! The request state machine of one worker, as a dispatcher: host events (request headers, a
+//! callout's answer, the root's tick, a request's end) go to the parts that own the state — the
+//! route rules, the trusted issuers' [`Keys`], the worker [`Memo`], the shared cache, the
+//! [`Flights`] of STS calls — and come back as verdicts. Nothing here touches proxy-wasm: the
+//! host is reached through [`Host`].
 
-use std::collections::HashMap;
-
-use sha2::{Digest, Sha256};
-
-use crate::cache::{self, CacheKey, Cached};
-use crate::config::{Config, KeySource, OnMissingToken, OnStsUnavailable, RouteAction};
+use crate::actor::{self, Actors};
+use crate::cache::{CacheKey, Cached, SharedCache};
+use crate::client::{ActorSource, Client};
+use crate::config::{Config, ConfigError, RouteAction};
+use crate::credentials;
+use crate::endpoint::{self, NoRandomness};
+use crate::flights::{self, Exchange, Flights, Job, Waiter};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
-use crate::jwks::{KeySet, Schedule};
+use crate::keys::{Check, KeyEvent, KeyWaiter, Keys};
+use crate::memo::Memo;
 use crate::metrics::Metric;
-use crate::reply::LocalReply;
-use crate::route;
-use crate::sts::{self, ActorSource, IssuedType, StsFailure};
-use crate::token::{self, Extracted, JwtCheck, JwtError};
+use crate::outcomes::Outcomes;
+use crate::refusal::JwtError;
+use crate::route::Routes;
+use crate::sts::{self, StsFailure};
+use crate::token::{self, MayAct, Verified};
+use crate::verdict::Verdict;
 
-/// Verified subject tokens remembered per worker before the memo is cleared.
-const MAX_VERIFIED: usize = 10_000;
-
-/// One change to the request's headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
-    /// Set the header to this value, replacing any copy.
-    Set(String, String),
-    /// Remove every copy of the header.
-    Remove(String),
-}
-
-/// What the proxy should do with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Apply the header changes in order, then route the request.
-    Continue(Vec<HeaderOp>),
-    /// Hold the request until the engine hands out a verdict for it.
-    Pause,
-    /// Answer the client with this response.
-    Respond(LocalReply),
-}
-
-/// An STS call in progress and the requests waiting on it (single flight).
-struct Flight {
-    /// The callout's token; `None` when the context that carried it went away and the root has
-    /// to dispatch it again.
-    call: Option<u32>,
-    /// The context whose callout it is (its answer is lost with it); `None` for the root.
-    carrier: Option<u32>,
-    started_ms: u64,
-    job: Job,
-}
-
-/// What an STS call is for.
-enum Job {
-    /// A token exchange; `members` get its token.
-    Exchange {
-        members: Vec<u32>,
-        profile: usize,
-        subject: String,
-        subject_exp: Option<u64>,
-        /// The actor token sent, for a delegation (a re-dispatch sends it again, or the
-        /// filter's current one).
-        actor_token: Option<String>,
-        /// When the actor's token stops being good (ms); caps the cache lifetime.
-        actor_until_ms: Option<u64>,
-        /// With `expect_act`: the `sub` the minted token's `act` must name.
-        actor_sub: Option<String>,
-        /// No header actor: the answer may go into the first-level cache.
-        rememberable: bool,
-    },
-    /// The filter's own client-credentials call for actor `actor`; `parked` requests go on
-    /// with its token.
-    Actor { actor: usize, parked: Vec<Parked> },
-}
-
-/// A request waiting for the filter's actor token.
-struct Parked {
-    ctx: u32,
-    profile: usize,
-    subject: String,
-}
-
-/// An exchange call that answered, with what deciding on its answer needs.
-struct Exchange {
-    call: u32,
-    key: CacheKey,
-    profile: usize,
-    subject: String,
-    subject_exp: Option<u64>,
-    actor_until_ms: Option<u64>,
-    actor_sub: Option<String>,
-    rememberable: bool,
-    waiting: usize,
-}
-
-impl Flight {
-    /// The requests waiting on this call.
-    fn waiting(&self) -> Vec<u32> {
-        match &self.job {
-            Job::Exchange { members, .. } => members.clone(),
-            Job::Actor { parked, .. } => parked.iter().map(|p| p.ctx).collect(),
-        }
-    }
-
-    fn forget(&mut self, ctx: u32) {
-        match &mut self.job {
-            Job::Exchange { members, .. } => members.retain(|m| *m != ctx),
-            Job::Actor { parked, .. } => parked.retain(|p| p.ctx != ctx),
-        }
-    }
-}
-
-/// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
-struct KeyWaiter {
-    ctx: u32,
-    profile: usize,
-    subject: String,
-    actor: Option<String>,
-    since_ms: u64,
-}
-
-/// A remote key set: how to fetch it and where workers share it.
-struct RemoteKeys {
-    call: HttpCall,
-    schedule: Schedule,
-    /// Shared-data key of the last good set: fetch time (8 bytes) + the JWKS document.
-    keys_slot: String,
-    /// Shared-data key of the last fetch attempt by any worker: start time (8 bytes) + failed.
-    attempt_slot: String,
-    /// This worker's fetch in flight and when it started.
-    fetching: Option<(u32, u64)>,
-}
-
-/// A trusted issuer's keys as this worker sees them.
-struct IssuerState {
-    remote: Option<RemoteKeys>,
-    keys: Option<KeySet>,
-    /// Fetch time of `keys` (ms); 0 for inline keys.
-    version: u64,
-    /// A token named a key not in the set: fetch early (rate-limited).
-    unknown_kid: bool,
-    waiters: Vec<KeyWaiter>,
-}
-
-/// A subject token that verified, remembered so a hot token is verified once.
-#[derive(Clone, Copy)]
-struct Verified {
-    issuer: usize,
-    version: u64,
-    exp: u64,
-    /// The token's `may_act` (if any) names this request's actor.
-    may_act_ok: bool,
-}
-
-/// An answer this worker remembers (first-level cache).
-struct MemoEntry {
-    value: Cached,
-    expires_at_ms: u64,
-    verified: Option<Verified>,
-}
-
-/// The last fetch attempt any worker made for one issuer.
-#[derive(Clone, Copy, Default)]
-struct Attempt {
-    at: Option<u64>,
-    failed: bool,
-    cas: Option<u32>,
-}
-
-/// The per-worker filter state: the configuration, STS calls and key fetches in progress.
+/// The per-worker filter state: the compiled configuration and the parts that own the rest.
 pub struct Engine {
     config: Config,
-    flights: HashMap<CacheKey, Flight>,
-    calls: HashMap<u32, CacheKey>,
-    members: HashMap<u32, CacheKey>,
-    carried: HashMap<u32, Vec<CacheKey>>,
-    issuers: Vec<IssuerState>,
-    jwks_calls: HashMap<u32, usize>,
-    key_waiters: HashMap<u32, usize>,
-    verified: HashMap<CacheKey, Verified>,
-    memo: Vec<HashMap<Box<str>, MemoEntry>>,
+    client: Client,
+    routes: Routes,
+    outcomes: Outcomes,
+    cache: SharedCache,
+    actors: Actors,
+    keys: Keys,
+    memo: Memo,
+    flights: Flights,
 }
 
 impl Engine {
-    /// An engine for a validated configuration.
-    pub fn new(config: Config) -> Self {
-        let issuers = config.trusted_issuers.iter().map(issuer_state).collect();
-        let memo = config.profiles.iter().map(|_| HashMap::new()).collect();
-        Engine {
+    /// An engine for a validated configuration; compiling it can still refuse it (a key that
+    /// does not parse, a route prefix that could never match).
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let client = Client::compile(&config)?;
+        let routes = Routes::compile(&config.routes)?;
+        let keys = Keys::compile(&config.trusted_issuers)?;
+        let cap = config.cache.max_entries as usize;
+        Ok(Engine {
+            memo: Memo::new(client.profiles.len(), cap, keys.enabled()),
+            cache: SharedCache::new(config.cache.max_entries),
+            actors: Actors::new(config.cache),
+            outcomes: Outcomes::new(&config),
+            flights: Flights::default(),
             config,
-            flights: HashMap::new(),
-            calls: HashMap::new(),
-            members: HashMap::new(),
-            carried: HashMap::new(),
-            issuers,
-            jwks_calls: HashMap::new(),
-            key_waiters: HashMap::new(),
-            verified: HashMap::new(),
-            memo,
-        }
+            client,
+            routes,
+            keys,
+        })
     }
 
     /// Decides what to do with a request whose headers just arrived.
@@ -207,308 +63,205 @@ impl Engine {
         R: RequestHeaders + ?Sized,
     {
         host.metric(Metric::Requests, 1);
-        let profile = match route::select(&self.config.routes, req) {
+        let profile = match self.routes.select(req) {
             RouteAction::Bypass => {
                 host.metric(Metric::Bypassed, 1);
-                return Verdict::Continue(self.strip_ops());
+                return self.outcomes.pass();
             }
             RouteAction::Exchange(p) => p,
         };
-        let cfg = &self.config;
-        // Envoy folds repeated `authorization` headers into one comma-joined value (which fails
-        // the token format); other headers arrive as copies, so those are read as a whole.
-        let value = if cfg.subject_token.header == "authorization" {
-            req.header(&cfg.subject_token.header)
-        } else {
-            match req.single_header(&cfg.subject_token.header) {
-                Ok(v) => v,
-                Err(()) => {
-                    host.metric(Metric::Rejected, 1);
-                    return Verdict::Respond(LocalReply::invalid_token(
-                        &cfg.realm,
-                        "more than one token header",
-                    ));
-                }
-            }
+        let rules = &self.config.subject_token;
+        let subject = match credentials::subject(req, rules) {
+            Ok(s) => s,
+            Err(why) => return self.outcomes.no_token(host, ctx, why),
         };
-        let subject = match token::extract(
-            value.as_deref(),
-            &cfg.subject_token.prefix,
-            cfg.subject_token.max_bytes,
-        ) {
-            Extracted::Token(t) => t,
-            Extracted::Missing => {
-                return match cfg.on_missing_token {
-                    OnMissingToken::Allow => Verdict::Continue(self.strip_ops()),
-                    OnMissingToken::Reject => {
-                        host.metric(Metric::Rejected, 1);
-                        Verdict::Respond(LocalReply::missing_token(&cfg.realm))
-                    }
-                };
-            }
-            Extracted::Malformed(why) => {
-                host.metric(Metric::Rejected, 1);
-                if host.debug_enabled() {
-                    host.log(
-                        LogLevel::Debug,
-                        &format!("ctx={ctx} malformed token: {why}"),
-                    );
+        let actor = match self.client.profiles[profile].actor_header() {
+            Some(name) => match credentials::actor(req, name, rules.max_bytes) {
+                Some(t) => Some(t),
+                None => {
+                    return self
+                        .outcomes
+                        .invalid_token(host, "actor token missing or malformed")
                 }
-                return Verdict::Respond(LocalReply::invalid_token(&cfg.realm, why));
-            }
-        };
-        let actor = match self.config.profiles[profile]
-            .actor
-            .as_ref()
-            .map(|a| &a.source)
-        {
-            Some(ActorSource::Header(name)) => {
-                // Two actor tokens: which one the STS and the upstream would see is a guess.
-                let value = req.single_header(name);
-                let max = cfg.subject_token.max_bytes;
-                match value
-                    .as_ref()
-                    .map(|v| token::extract(v.as_deref(), "", max))
-                {
-                    Ok(Extracted::Token(t)) => Some(t.to_string()),
-                    _ => {
-                        host.metric(Metric::Rejected, 1);
-                        return Verdict::Respond(LocalReply::invalid_token(
-                            &cfg.realm,
-                            "actor token missing or malformed",
-                        ));
-                    }
-                }
-            }
-            _ => None,
+            },
+            None => None,
         };
         let now = host.now_ms();
-        self.proceed(
-            host,
-            ctx,
-            Some(ctx),
-            profile,
-            subject,
-            actor.as_deref(),
-            now,
-        )
+        let at = Step::new(ctx, Some(ctx), profile, now);
+        self.proceed(host, at, subject.token(), actor.as_deref())
     }
 
-    /// The request from the subject check on: verify (if issuers are trusted), cache lookup,
-    /// then join or start an STS call carried by `carrier` (`None`: the root context). `actor` is
-    /// the actor token when the request has it already (from a header, or just fetched).
-    #[allow(clippy::too_many_arguments)]
+    /// The request from the subject check on: worker memo, verification (with trusted issuers),
+    /// shared cache, then join or start an STS call. `actor` is the actor token when the request
+    /// has it already (from a header, or just fetched).
     fn proceed<H: Host>(
         &mut self,
         host: &H,
-        ctx: u32,
-        carrier: Option<u32>,
-        profile: usize,
+        at: Step,
         subject: &str,
         actor: Option<&str>,
-        now: u64,
     ) -> Verdict {
-        let p = &self.config.profiles[profile];
-        let header_actor = match p.actor.as_ref().map(|a| &a.source) {
-            Some(ActorSource::Header(_)) => actor,
-            _ => None,
-        };
+        let (ctx, profile, now) = (at.ctx, at.profile, at.now);
+        let p = &self.client.profiles[profile];
+        let header_actor = p.actor_header().and(actor);
         if header_actor.is_none() {
-            if let Some(v) = self.memo_hit(host, ctx, profile, subject, now) {
-                return v;
+            let keys = &self.keys;
+            if let Some(hit) = self
+                .memo
+                .get(profile, subject, now, |v| keys.still_valid(v, now))
+            {
+                host.metric(Metric::CacheHits, 1);
+                token::log_debug(host, ctx, subject, "cache hit (worker)");
+                return self.outcomes.cached(host, hit, subject);
             }
         }
         let key = p.cache_key(subject, header_actor);
-        let verified_exp = if self.config.trusted_issuers.is_empty() {
-            None
-        } else {
-            match self.check_subject(host, ctx, profile, subject, actor, &key, now) {
-                Ok(exp) => Some(exp),
+        let header_actor = header_actor.is_some();
+        let verified = if self.keys.enabled() {
+            match self.check_subject(host, at, subject, actor, &key) {
+                Ok(v) => Some(v),
                 Err(verdict) => return verdict,
             }
+        } else {
+            None
         };
-
-        let slot = cache::slot_name(&key, self.config.cache.max_entries);
-        if let Some((hit, expires_at)) = host
-            .shared_get(&slot)
-            .and_then(|(s, _)| cache::lookup(&s, &key, now))
-        {
+        if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
-            if host.debug_enabled() {
-                let fp = token::fingerprint(subject);
-                host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} cache hit"));
-            }
-            let verdict = self.cached_verdict(host, &hit, subject);
-            if header_actor.is_none() {
-                let verified = self.verified.get(&key).copied();
-                self.remember(profile, subject, hit, expires_at, verified);
+            token::log_debug(host, ctx, subject, "cache hit");
+            let verdict = self.outcomes.cached(host, &hit, subject);
+            if !header_actor {
+                self.memo.put(profile, subject, hit, expires_at, verified);
             }
             return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
-
-        if let Some(Flight {
-            job: Job::Exchange { members, .. },
-            ..
-        }) = self.flights.get_mut(&key)
+        if self
+            .flights
+            .join(&key, Waiter { ctx, resume: None })
+            .is_ok()
         {
-            members.push(ctx);
-            self.members.insert(ctx, key);
             host.metric(Metric::Coalesced, 1);
-            if host.debug_enabled() {
-                let fp = token::fingerprint(subject);
-                host.log(
-                    LogLevel::Debug,
-                    &format!("ctx={ctx} token={fp} waits on the STS call in flight"),
-                );
-            }
+            token::log_debug(host, ctx, subject, "waits on the STS call in flight");
             return Verdict::Pause;
         }
 
-        let p = &self.config.profiles[profile];
-        let skew_ms = self.config.cache.expiry_skew_s.saturating_mul(1000);
-        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
+        let source = self.client.profiles[profile]
+            .actor
+            .as_ref()
+            .map(|a| &a.source);
+        let (actor_token, actor_until_ms) = match source {
             None => (None, None),
-            Some(ActorSource::Header(_)) => {
-                let until = actor
-                    .and_then(token::unverified_exp)
-                    .map(|exp| exp.saturating_mul(1000).saturating_sub(skew_ms));
-                (actor.map(str::to_string), until)
-            }
+            Some(ActorSource::Header(_)) => (
+                actor.map(str::to_string),
+                actor::header_actor_until(actor, self.config.cache.expiry_skew_s),
+            ),
             Some(ActorSource::ClientCredentials(ai)) => {
-                match (actor, self.cached_actor(host, *ai, now)) {
-                    (Some(t), Some((c, until))) if c == t => (Some(c), Some(until)),
-                    // Just fetched but too short-lived to cache: used once, never cached.
-                    (Some(t), _) => (Some(t.to_string()), Some(now)),
-                    (None, Some((c, until))) => (Some(c), Some(until)),
-                    (None, None) => {
-                        return self.park_for_actor(host, ctx, carrier, profile, subject, *ai, now)
-                    }
+                let a = &self.client.actors[*ai];
+                match self.actors.token_for(host, a, actor, now) {
+                    Some((t, until)) => (Some(t), Some(until)),
+                    None => return self.park_for_actor(host, at, subject, *ai),
                 }
             }
         };
-        let p = &self.config.profiles[profile];
-        let actor_sub = if p.expect_act {
-            actor_token
-                .as_deref()
-                .and_then(token::unverified_sub)
-                .or_else(|| match p.actor.as_ref().map(|a| &a.source) {
-                    Some(ActorSource::ClientCredentials(_)) => {
-                        self.config.endpoint.client_id().map(str::to_string)
-                    }
-                    _ => None,
-                })
-        } else {
-            None
-        };
+        let p = &self.client.profiles[profile];
+        let client_id = self.client.endpoint.client_id();
+        let actor_sub = p.actor_sub(actor_token.as_deref(), client_id);
         let request = p.request(
-            &self.config.endpoint,
+            &self.client.endpoint,
             subject,
             actor_token.as_deref(),
             now / 1000,
         );
         let call = match self.send(host, ctx, "STS call", request) {
-            Ok(sent) => sent,
+            Ok(call) => call,
             Err(verdict) => return verdict,
         };
-        if host.debug_enabled() {
-            let fp = token::fingerprint(subject);
-            host.log(
-                LogLevel::Debug,
-                &format!("ctx={ctx} token={fp} cache miss, STS call {call}"),
-            );
-        }
-        let job = Job::Exchange {
-            members: vec![ctx],
+        token::log_debug(host, ctx, subject, &format!("cache miss, STS call {call}"));
+        let job = Job::Exchange(Exchange {
             profile,
             subject: subject.to_string(),
-            subject_exp: verified_exp.or_else(|| token::unverified_exp(subject)),
+            subject_exp: verified
+                .map(|v| v.exp)
+                .or_else(|| token::unverified_exp(subject)),
             actor_token,
             actor_until_ms,
             actor_sub,
-            rememberable: header_actor.is_none(),
-        };
-        self.start_flight(key, call, carrier, now, job);
-        self.members.insert(ctx, key);
+            rememberable: !header_actor,
+        });
+        self.flights.start(
+            key,
+            call,
+            at.carrier,
+            now,
+            Waiter { ctx, resume: None },
+            job,
+        );
         Verdict::Pause
     }
 
-    /// The first-level cache: this worker's memory of recent answers, consulted before any
-    /// hashing or host call. Entries keep their shared-data expiry and, with trusted issuers,
-    /// the verification they rest on (a key-set change or the token's `exp` voids them).
-    fn memo_hit<H: Host>(
-        &self,
-        host: &H,
-        ctx: u32,
-        profile: usize,
-        subject: &str,
-        now: u64,
-    ) -> Option<Verdict> {
-        let m = self.memo.get(profile)?.get(subject)?;
-        if now >= m.expires_at_ms {
-            return None;
-        }
-        if !self.config.trusted_issuers.is_empty() {
-            let v = m.verified?;
-            let leeway = self.config.trusted_issuers.get(v.issuer)?.leeway_s;
-            if self.issuers.get(v.issuer)?.version != v.version
-                || now / 1000 >= v.exp.saturating_add(leeway)
-            {
-                return None;
-            }
-        }
-        host.metric(Metric::CacheHits, 1);
-        if host.debug_enabled() {
-            let fp = token::fingerprint(subject);
-            host.log(
-                LogLevel::Debug,
-                &format!("ctx={ctx} token={fp} cache hit (worker)"),
-            );
-        }
-        Some(self.cached_verdict(host, &m.value, subject))
-    }
-
-    fn cached_verdict<H: Host>(&self, host: &H, value: &Cached, subject: &str) -> Verdict {
-        match value {
-            Cached::Token(minted) => Verdict::Continue(self.success_ops(minted, subject)),
-            Cached::Rejected(failure) => self.failure_verdict(host, failure),
-        }
-    }
-
-    /// Puts an answer into the first-level cache; a full table is emptied (bounded memory).
-    fn remember(
+    /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
+    /// verdict: a refusal, 503, or a pause while the issuer's keys are fetched again.
+    fn check_subject<H: Host>(
         &mut self,
-        profile: usize,
+        host: &H,
+        at: Step,
         subject: &str,
-        value: Cached,
-        expires_at_ms: u64,
-        verified: Option<Verified>,
-    ) {
-        if !self.config.trusted_issuers.is_empty() && verified.is_none() {
-            return;
-        }
-        let cap = self.config.cache.max_entries as usize;
-        let Some(map) = self.memo.get_mut(profile) else {
-            return;
+        actor: Option<&str>,
+        key: &CacheKey,
+    ) -> Result<Verified, Verdict> {
+        let p = &self.client.profiles[at.profile];
+        let client_id = self.client.endpoint.client_id();
+        let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
+        let enforce = p.enforce_may_act && p.actor.is_some();
+        let waiter = || KeyWaiter {
+            ctx: at.ctx,
+            profile: at.profile,
+            subject: subject.to_string(),
+            actor: actor.map(str::to_string),
+            since_ms: at.now,
         };
-        if map.len() >= cap {
-            map.clear();
+        match self
+            .keys
+            .check(host, at.ctx, subject, key, &permits, at.now, waiter)
+        {
+            Check::Valid(v) if v.may_act_ok || !enforce => Ok(v),
+            Check::Valid(_) => Err(self.outcomes.actor_not_allowed(host, at.ctx)),
+            Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
+            // Fetches run every second until the first keys arrive.
+            Check::NoKeys => Err(self.outcomes.no_keys(false)),
+            Check::Wait => Err(Verdict::Pause),
         }
-        map.insert(
-            subject.into(),
-            MemoEntry {
-                value,
-                expires_at_ms,
-                verified,
-            },
-        );
     }
 
-    fn remember_exchange(&mut self, x: &Exchange, value: Cached, expires_at_ms: u64) {
-        if x.rememberable {
-            let verified = self.verified.get(&x.key).copied();
-            self.remember(x.profile, &x.subject, value, expires_at_ms, verified);
+    /// Parks a request until the filter's actor token arrives; one call per actor at a time.
+    fn park_for_actor<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        subject: &str,
+        actor: usize,
+    ) -> Verdict {
+        let key = self.client.actors[actor].key;
+        let waiter = Waiter {
+            ctx: at.ctx,
+            resume: Some((at.profile, subject.to_string())),
+        };
+        let Err(waiter) = self.flights.join(&key, waiter) else {
+            return Verdict::Pause;
+        };
+        let request = self.client.actors[actor].request(&self.client.endpoint, at.now / 1000);
+        let call = match self.send(host, at.ctx, "actor token call", request) {
+            Ok(call) => call,
+            Err(verdict) => return verdict,
+        };
+        if host.debug_enabled() {
+            let msg = format!("ctx={} fetches the actor token, STS call {call}", at.ctx);
+            host.log(LogLevel::Debug, &msg);
         }
+        let job = Job::Actor { actor };
+        self.flights
+            .start(key, call, at.carrier, at.now, waiter, job);
+        Verdict::Pause
     }
 
     /// Dispatches a freshly built call to the STS; when it cannot be sent, the request's
@@ -518,268 +271,15 @@ impl Engine {
         host: &H,
         ctx: u32,
         what: &str,
-        request: Result<HttpCall, sts::NoRandomness>,
+        request: Result<HttpCall, NoRandomness>,
     ) -> Result<u32, Verdict> {
-        let sent = request
-            .map_err(|_| "no randomness for the client assertion".to_string())
-            .and_then(|r| host.dispatch(&r).map_err(|e| e.0));
-        match sent {
-            Ok(sent) => {
-                host.metric(Metric::StsCalls, 1);
-                Ok(sent)
-            }
-            Err(why) => {
-                host.metric(Metric::StsErrors, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("ctx={ctx} {what} not dispatched: {why}"),
-                );
-                Err(self
-                    .failure_verdict(host, &StsFailure::Unavailable("token service unavailable")))
-            }
-        }
-    }
-
-    fn start_flight(&mut self, key: CacheKey, call: u32, carrier: Option<u32>, now: u64, job: Job) {
-        self.flights.insert(
-            key,
-            Flight {
-                call: Some(call),
-                carrier,
-                started_ms: now,
-                job,
-            },
-        );
-        self.calls.insert(call, key);
-        if let Some(c) = carrier {
-            self.carried.entry(c).or_default().push(key);
-        }
-    }
-
-    /// The filter's cached actor token for client-credentials actor `actor`, if still good, and
-    /// when its entry expires (ms).
-    fn cached_actor<H: Host>(&self, host: &H, actor: usize, now: u64) -> Option<(String, u64)> {
-        let key = &self.config.actors[actor].key;
-        let slot = cache::slot_name(key, self.config.cache.max_entries);
-        match host
-            .shared_get(&slot)
-            .and_then(|(s, _)| cache::lookup(&s, key, now))
-        {
-            Some((Cached::Token(t), until)) => Some((t, until)),
-            _ => None,
-        }
-    }
-
-    /// Parks a request until the filter's actor token arrives; one call per actor at a time.
-    #[allow(clippy::too_many_arguments)]
-    fn park_for_actor<H: Host>(
-        &mut self,
-        host: &H,
-        ctx: u32,
-        carrier: Option<u32>,
-        profile: usize,
-        subject: &str,
-        actor: usize,
-        now: u64,
-    ) -> Verdict {
-        let key = self.config.actors[actor].key;
-        let parked = Parked {
-            ctx,
-            profile,
-            subject: subject.to_string(),
-        };
-        if let Some(Flight {
-            job: Job::Actor { parked: list, .. },
-            ..
-        }) = self.flights.get_mut(&key)
-        {
-            list.push(parked);
-            self.members.insert(ctx, key);
-            return Verdict::Pause;
-        }
-        let request = self.config.actors[actor].request(&self.config.endpoint, now / 1000);
-        let call = match self.send(host, ctx, "actor token call", request) {
-            Ok(sent) => sent,
-            Err(verdict) => return verdict,
-        };
-        if host.debug_enabled() {
+        endpoint::send(host, request).map_err(|why| {
             host.log(
-                LogLevel::Debug,
-                &format!("ctx={ctx} fetches the actor token, STS call {call}"),
+                LogLevel::Warn,
+                &format!("ctx={ctx} {what} not dispatched: {why}"),
             );
-        }
-        let job = Job::Actor {
-            actor,
-            parked: vec![parked],
-        };
-        self.start_flight(key, call, carrier, now, job);
-        self.members.insert(ctx, key);
-        Verdict::Pause
-    }
-
-    /// Verifies the subject JWT against the trusted issuers, once per token and key set.
-    /// `Ok(exp)` lets the request go on; `Err` is the verdict (refusal, 503, or a pause while the
-    /// issuer's keys are fetched again).
-    #[allow(clippy::too_many_arguments)]
-    fn check_subject<H: Host>(
-        &mut self,
-        host: &H,
-        ctx: u32,
-        profile: usize,
-        subject: &str,
-        actor: Option<&str>,
-        key: &CacheKey,
-        now: u64,
-    ) -> Result<u64, Verdict> {
-        let now_s = now / 1000;
-        if let Some(v) = self.verified.get(key) {
-            let leeway = self.config.trusted_issuers[v.issuer].leeway_s;
-            if self.issuers[v.issuer].version == v.version && now_s < v.exp.saturating_add(leeway) {
-                let (exp, ok) = (v.exp, v.may_act_ok);
-                return self.check_may_act(host, ctx, profile, ok).map(|()| exp);
-            }
-        }
-        let issuers = &self.issuers;
-        let check = token::verify_jwt(
-            subject,
-            &self.config.trusted_issuers,
-            |i| issuers.get(i).and_then(|s| s.keys.as_ref()),
-            now_s,
-        );
-        match check {
-            JwtCheck::Valid {
-                issuer,
-                exp,
-                may_act,
-            } => {
-                if host.debug_enabled() {
-                    let fp = token::fingerprint(subject);
-                    host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} verified"));
-                }
-                if self.verified.len() >= MAX_VERIFIED {
-                    self.verified.clear();
-                }
-                let p = &self.config.profiles[profile];
-                let may_act_ok = match p.actor.as_ref().map(|a| &a.source) {
-                    None => true,
-                    Some(ActorSource::Header(_)) => {
-                        let (sub, iss) = actor.map(token::unverified_identity).unwrap_or_default();
-                        may_act.permits(sub.as_deref(), iss.as_deref())
-                    }
-                    Some(ActorSource::ClientCredentials(_)) => {
-                        may_act.permits(self.config.endpoint.client_id(), None)
-                    }
-                };
-                let version = self.issuers[issuer].version;
-                self.verified.insert(
-                    *key,
-                    Verified {
-                        issuer,
-                        version,
-                        exp,
-                        may_act_ok,
-                    },
-                );
-                self.check_may_act(host, ctx, profile, may_act_ok)
-                    .map(|()| exp)
-            }
-            JwtCheck::Invalid(e) => Err(self.refuse_jwt(host, ctx, subject, e)),
-            // Fetches run every second until the first keys arrive.
-            JwtCheck::NoKeys(_) => Err(Verdict::Respond(LocalReply::unavailable(
-                "signing keys of the token issuer are not available yet",
-            ))),
-            JwtCheck::UnknownKey(i) => {
-                if !self.may_refetch(host, i, now) {
-                    return Err(self.refuse_jwt(host, ctx, subject, JwtError::UnknownKey));
-                }
-                let state = &mut self.issuers[i];
-                state.unknown_kid = true;
-                state.waiters.push(KeyWaiter {
-                    ctx,
-                    profile,
-                    subject: subject.to_string(),
-                    actor: actor.map(str::to_string),
-                    since_ms: now,
-                });
-                self.key_waiters.insert(ctx, i);
-                if host.debug_enabled() {
-                    let fp = token::fingerprint(subject);
-                    host.log(
-                        LogLevel::Debug,
-                        &format!("ctx={ctx} token={fp} waits for fresh signing keys"),
-                    );
-                }
-                Err(Verdict::Pause)
-            }
-        }
-    }
-
-    /// RFC 8693 §4.4: a delegation whose actor the subject token's `may_act` does not name is
-    /// refused before any STS call (unless the profile turns the check off).
-    fn check_may_act<H: Host>(
-        &self,
-        host: &H,
-        ctx: u32,
-        profile: usize,
-        may_act_ok: bool,
-    ) -> Result<(), Verdict> {
-        let p = &self.config.profiles[profile];
-        if may_act_ok || !p.enforce_may_act || p.actor.is_none() {
-            return Ok(());
-        }
-        host.metric(Metric::Rejected, 1);
-        if host.debug_enabled() {
-            host.log(
-                LogLevel::Debug,
-                &format!("ctx={ctx} actor not named in the token's may_act"),
-            );
-        }
-        Err(Verdict::Respond(LocalReply::forbidden(
-            &self.config.realm,
-            "the token does not allow this actor to act for its subject (may_act)",
-        )))
-    }
-
-    fn refuse_jwt<H: Host>(&self, host: &H, ctx: u32, subject: &str, e: JwtError) -> Verdict {
-        host.metric(Metric::Rejected, 1);
-        host.metric(Metric::InvalidToken(e), 1);
-        if host.debug_enabled() {
-            let fp = token::fingerprint(subject);
-            host.log(
-                LogLevel::Debug,
-                &format!("ctx={ctx} token={fp} refused: {}", e.description()),
-            );
-        }
-        Verdict::Respond(LocalReply::invalid_token(
-            &self.config.realm,
-            e.description(),
-        ))
-    }
-
-    /// Whether a token with an unknown `kid` should wait for a fetch: one is due (rate limit
-    /// permitting) or already in progress in some worker.
-    fn may_refetch<H: Host>(&self, host: &H, issuer: usize, now: u64) -> bool {
-        let state = &self.issuers[issuer];
-        let Some(remote) = &state.remote else {
-            return false;
-        };
-        if remote.fetching.is_some() {
-            return true;
-        }
-        let attempt = read_attempt(host, &remote.attempt_slot);
-        let in_progress = attempt.at.is_some_and(|at| {
-            !attempt.failed
-                && at > state.version
-                && now.saturating_sub(at) <= remote.call.timeout_ms + 1000
-        });
-        in_progress
-            || remote.schedule.due(
-                now,
-                state.keys.as_ref().map(|_| state.version),
-                attempt.at,
-                attempt.failed,
-                true,
-            )
+            self.outcomes.failure(host, &UNAVAILABLE)
+        })
     }
 
     /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
@@ -791,675 +291,197 @@ impl Engine {
         call: u32,
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
-        if let Some(issuer) = self.jwks_calls.remove(&call) {
-            return self.on_jwks_answer(host, issuer, answer);
+        if self.keys.owns(call) {
+            let event = self.keys.on_answer(host, call, answer);
+            return self.after_keys(host, event, host.now_ms());
         }
-        let Some(key) = self.calls.remove(&call) else {
+        let Some(landed) = self.flights.land(call) else {
             return Vec::new();
         };
-        let Some(flight) = self.flights.remove(&key) else {
-            return Vec::new();
-        };
-        for m in flight.waiting() {
-            self.members.remove(&m);
-        }
         let now = host.now_ms();
-        host.metric(Metric::StsLatencyMs, now.saturating_sub(flight.started_ms));
-        match flight.job {
-            Job::Exchange {
-                members,
-                profile,
-                subject,
-                subject_exp,
-                actor_until_ms,
-                actor_sub,
-                rememberable,
-                ..
-            } => {
-                let exchange = Exchange {
-                    call,
-                    key,
-                    profile,
-                    subject,
-                    subject_exp,
-                    actor_until_ms,
-                    actor_sub,
-                    rememberable,
-                    waiting: members.len(),
-                };
-                let verdict = self.on_exchange_answer(host, &exchange, answer, now);
-                members.into_iter().map(|m| (m, verdict.clone())).collect()
+        host.metric(Metric::StsLatencyMs, now.saturating_sub(landed.started_ms));
+        match landed.job {
+            Job::Exchange(x) => {
+                let waiting = landed.waiters.len();
+                let v = self.on_exchange_answer(host, call, &landed.key, &x, waiting, answer, now);
+                flights::answer_all(landed.waiters, &v)
             }
-            Job::Actor { actor, parked } => {
-                self.on_actor_answer(host, receiver, call, actor, parked, answer, now)
+            Job::Actor { actor } => {
+                let a = &self.client.actors[actor];
+                match self.actors.on_answer(host, a, call, answer, now) {
+                    Ok(token) => {
+                        let mut out = Vec::with_capacity(landed.waiters.len());
+                        for w in landed.waiters {
+                            let Some((profile, subject)) = w.resume else {
+                                continue;
+                            };
+                            let at = Step::new(w.ctx, receiver, profile, now);
+                            out.push((w.ctx, self.proceed(host, at, &subject, Some(&token))));
+                        }
+                        out
+                    }
+                    Err(failure) => {
+                        let v = self.outcomes.actor_failed(host, call, &failure);
+                        flights::answer_all(landed.waiters, &v)
+                    }
+                }
             }
         }
     }
 
+    /// Decides on an exchange's answer: cache it (token or remembered rejection) and say what
+    /// its `waiting` requests get.
+    #[allow(clippy::too_many_arguments)]
     fn on_exchange_answer<H: Host>(
         &mut self,
         host: &H,
+        call: u32,
+        key: &CacheKey,
         x: &Exchange,
+        waiting: usize,
         answer: &HttpAnswer,
         now: u64,
     ) -> Verdict {
-        let cfg = &self.config;
-        let p = &cfg.profiles[x.profile];
-        let issued = if p.expects_issued_type() {
-            IssuedType::Required(p.requested_token_type.as_deref())
-        } else {
-            IssuedType::NotExpected
-        };
-        let slot = cache::slot_name(&x.key, cfg.cache.max_entries);
-        let minted = sts::parse_answer(answer, issued).and_then(|m| match &x.actor_sub {
-            Some(want)
-                if token::unverified_act_sub(&m.access_token).as_deref() != Some(want.as_str()) =>
-            {
-                Err(StsFailure::BadAnswer(
-                    "minted token does not name the actor in act.sub",
-                ))
-            }
-            _ if p.expect_act && x.actor_sub.is_none() => Err(StsFailure::BadAnswer(
-                "the actor token names no sub to check act against",
-            )),
-            _ => Ok(m),
-        });
-        match minted {
+        let judged = self.client.profiles[x.profile].judge(answer, x.actor_sub.as_deref());
+        let rules = &self.config.cache;
+        let entry = sts::cache_entry(rules, &judged, x.subject_exp, x.actor_until_ms, now);
+        let life = entry.as_ref().map_or(0, |(_, until)| until - now);
+        if let Some((value, until)) = entry {
+            self.keep(host, key, x, value, until);
+        }
+        match judged {
             Ok(minted) => {
-                let until = cache::token_expiry_ms(
-                    &cfg.cache,
-                    minted.expires_in,
-                    x.subject_exp,
-                    x.actor_until_ms,
-                    now,
-                );
-                if let Some(until) = until {
-                    let value = Cached::Token(minted.access_token.clone());
-                    self.store(host, &slot, &x.key, until, &value);
-                    self.remember_exchange(x, value, until);
-                }
                 if host.debug_enabled() {
                     let fp = token::fingerprint(&x.subject);
-                    host.log(
-                        LogLevel::Debug,
-                        &format!(
-                            "STS call {} token={fp} minted, cached for {} ms",
-                            x.call,
-                            until.map_or(0, |u| u - now)
-                        ),
-                    );
+                    let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
+                    host.log(LogLevel::Debug, &msg);
                 }
-                Verdict::Continue(self.success_ops(&minted.access_token, &x.subject))
+                self.outcomes.success(&minted.access_token, &x.subject)
             }
-            Err(failure) => {
-                if let Some(life) = cache::rejection_lifetime_ms(&cfg.cache, x.subject_exp, now) {
-                    let value = Cached::Rejected(failure.clone());
-                    let life = now.saturating_add(life);
-                    self.store(host, &slot, &x.key, life, &value);
-                    if matches!(
-                        failure,
-                        StsFailure::SubjectRejected(_) | StsFailure::Forbidden(_)
-                    ) {
-                        self.remember_exchange(x, value, life);
-                    }
-                }
-                if !matches!(
-                    failure,
-                    StsFailure::SubjectRejected(_) | StsFailure::Forbidden(_)
-                ) {
-                    host.metric(Metric::StsErrors, 1);
-                    host.log(
-                        LogLevel::Warn,
-                        &format!("STS call {} failed: {failure:?}", x.call),
-                    );
-                }
-                let v = self.failure_verdict(host, &failure);
-                if let Verdict::Respond(r) = &v {
-                    if r.status == 401 || r.status == 403 {
-                        host.metric(Metric::Rejected, x.waiting.saturating_sub(1) as u64);
-                    }
-                }
-                v
-            }
+            Err(failure) => self.outcomes.exchange_failed(host, call, &failure, waiting),
         }
     }
 
-    /// The filter's actor token arrived (or not): cache it and let the parked requests go on.
-    #[allow(clippy::too_many_arguments)]
-    fn on_actor_answer<H: Host>(
-        &mut self,
-        host: &H,
-        receiver: Option<u32>,
-        call: u32,
-        actor: usize,
-        parked: Vec<Parked>,
-        answer: &HttpAnswer,
-        now: u64,
-    ) -> Vec<(u32, Verdict)> {
-        match sts::parse_answer(answer, IssuedType::NotExpected) {
-            Ok(minted) => {
-                let key = self.config.actors[actor].key;
-                let slot = cache::slot_name(&key, self.config.cache.max_entries);
-                let until =
-                    cache::token_expiry_ms(&self.config.cache, minted.expires_in, None, None, now);
-                if let Some(until) = until {
-                    self.store(
-                        host,
-                        &slot,
-                        &key,
-                        until,
-                        &Cached::Token(minted.access_token.clone()),
-                    );
-                }
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "actor token obtained (STS call {call}), cached for {} ms",
-                        until.map_or(0, |u| u - now)
-                    ),
-                );
-                parked
-                    .into_iter()
-                    .map(|p| {
-                        let v = self.proceed(
-                            host,
-                            p.ctx,
-                            receiver,
-                            p.profile,
-                            &p.subject,
-                            Some(&minted.access_token),
-                            now,
-                        );
-                        (p.ctx, v)
-                    })
-                    .collect()
-            }
-            Err(failure) => {
-                host.metric(Metric::StsErrors, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("actor token call {call} failed: {failure:?}"),
-                );
-                let v = match failure {
-                    StsFailure::Unavailable(_) => self.failure_verdict(host, &failure),
-                    _ => Verdict::Respond(LocalReply::bad_gateway(
-                        "the token service refused the proxy's own actor token request",
-                    )),
-                };
-                parked.into_iter().map(|p| (p.ctx, v.clone())).collect()
-            }
-        }
-    }
-
-    fn on_jwks_answer<H: Host>(
-        &mut self,
-        host: &H,
-        issuer: usize,
-        answer: &HttpAnswer,
-    ) -> Vec<(u32, Verdict)> {
-        let now = host.now_ms();
-        let name = &self.config.trusted_issuers[issuer].issuer;
-        let parsed = match answer.status {
-            Some(200) if !answer.too_large => {
-                KeySet::parse(&answer.body).map_err(|e| e.to_string())
-            }
-            Some(status) => Err(format!("status {status}")),
-            None => Err("unreachable or timed out".to_string()),
-        };
-        let state = &mut self.issuers[issuer];
-        let Some(remote) = state.remote.as_mut() else {
-            return Vec::new();
-        };
-        let started = remote.fetching.take().map_or(now, |(_, at)| at);
-        match parsed {
-            Ok(set) => {
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "keys of issuer {name}: {} usable, {} skipped",
-                        set.keys.len(),
-                        set.skipped
-                    ),
-                );
-                let mut slot = now.to_be_bytes().to_vec();
-                slot.extend_from_slice(&answer.body);
-                if let Err(e) = host.shared_set(&remote.keys_slot, &slot, None) {
-                    host.log(LogLevel::Warn, &format!("sharing keys failed: {}", e.0));
-                }
-                state.keys = Some(set);
-                state.version = now;
-                state.unknown_kid = false;
-                self.resolve_key_waiters(host, issuer, now)
-            }
-            Err(why) => {
-                host.metric(Metric::JwksFetchFailures, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("fetching keys of issuer {name} failed: {why}"),
-                );
-                let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(started, true), None);
-                self.fail_key_waiters(issuer)
-            }
+    /// Writes an answer to the shared cache and, where it may, to the worker memo.
+    fn keep<H: Host>(&mut self, host: &H, key: &CacheKey, x: &Exchange, value: Cached, until: u64) {
+        self.cache.put(host, key, until, &value);
+        if x.rememberable {
+            let verified = self.keys.verified(key, host.now_ms());
+            self.memo.put(x.profile, &x.subject, value, until, verified);
         }
     }
 
     /// Forgets a request that ended (answered, or the client went away). If its context carried
-    /// an STS call others still wait on, the call is marked for the root to dispatch again.
+    /// an STS call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
-        if let Some(i) = self.key_waiters.remove(&ctx) {
-            self.issuers[i].waiters.retain(|w| w.ctx != ctx);
-        }
-        if let Some(key) = self.members.remove(&ctx) {
-            if let Some(flight) = self.flights.get_mut(&key) {
-                flight.forget(ctx);
-                // An orphan (its carrier gone) that nobody waits for is never sent again.
-                if flight.call.is_none() && flight.waiting().is_empty() {
-                    self.flights.remove(&key);
-                }
-            }
-        }
-        // Calls this context carried are lost with it: the root dispatches them again for
-        // whoever still waits.
-        for key in self.carried.remove(&ctx).unwrap_or_default() {
-            let Some(flight) = self.flights.get_mut(&key) else {
-                continue;
-            };
-            if flight.carrier != Some(ctx) {
-                continue;
-            }
-            if let Some(call) = flight.call.take() {
-                self.calls.remove(&call);
-            }
-            flight.carrier = None;
-            if flight.waiting().is_empty() {
-                self.flights.remove(&key);
-            }
-        }
+        self.keys.leave(ctx);
+        self.flights.leave(ctx);
     }
 
-    /// Periodic work on the root context: dispatches again the STS calls whose carrier went
-    /// away, takes up keys another worker fetched, and fetches keys that are due. Returns
-    /// verdicts for requests that were waiting.
+    /// Periodic work on the root context: sends again the STS calls whose carrier went away,
+    /// and looks after the issuers' keys. Returns verdicts for requests that were waiting.
     pub fn on_tick<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
-        let mut out = self.redispatch_orphans(host);
         let now = host.now_ms();
-        for i in 0..self.issuers.len() {
-            out.extend(self.tick_issuer(host, i, now));
-        }
-        out
-    }
-
-    fn redispatch_orphans<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
-        let orphans: Vec<CacheKey> = self
-            .flights
-            .iter()
-            .filter(|(_, f)| f.call.is_none())
-            .map(|(k, _)| *k)
-            .collect();
         let mut out = Vec::new();
-        for key in orphans {
-            let Some(flight) = self.flights.get(&key) else {
-                continue;
-            };
+        for (key, job) in self.flights.orphans() {
             // Built anew: a fresh client assertion (jti, iat) and the current actor token.
-            let now_s = host.now_ms() / 1000;
-            let request = match &flight.job {
-                Job::Exchange {
-                    profile,
-                    subject,
-                    actor_token,
-                    ..
-                } => {
-                    let p = &self.config.profiles[*profile];
+            let request = match &job {
+                Job::Exchange(x) => {
+                    let p = &self.client.profiles[x.profile];
                     let current = match p.actor.as_ref().map(|a| &a.source) {
                         Some(ActorSource::ClientCredentials(ai)) => {
-                            self.cached_actor(host, *ai, host.now_ms()).map(|(t, _)| t)
+                            let a = &self.client.actors[*ai];
+                            self.actors.current(host, a, now).map(|(t, _)| t)
                         }
                         _ => None,
                     };
-                    let actor = current.as_deref().or(actor_token.as_deref());
-                    p.request(&self.config.endpoint, subject, actor, now_s)
+                    let actor = current.as_deref().or(x.actor_token.as_deref());
+                    p.request(&self.client.endpoint, &x.subject, actor, now / 1000)
                 }
-                Job::Actor { actor, .. } => {
-                    self.config.actors[*actor].request(&self.config.endpoint, now_s)
+                Job::Actor { actor } => {
+                    self.client.actors[*actor].request(&self.client.endpoint, now / 1000)
                 }
             };
-            let sent = request
-                .map_err(|_| "no randomness for the client assertion".to_string())
-                .and_then(|r| host.dispatch(&r).map_err(|e| e.0));
-            match sent {
-                Ok(call) => {
-                    host.metric(Metric::StsCalls, 1);
-                    if let Some(flight) = self.flights.get_mut(&key) {
-                        flight.call = Some(call);
-                    }
-                    self.calls.insert(call, key);
-                }
+            match endpoint::send(host, request) {
+                Ok(call) => self.flights.resent(&key, call),
                 Err(why) => {
-                    host.metric(Metric::StsErrors, 1);
-                    host.log(
-                        LogLevel::Warn,
-                        &format!("STS call not dispatched again: {why}"),
-                    );
-                    let members = self
-                        .flights
-                        .remove(&key)
-                        .map(|f| f.waiting())
-                        .unwrap_or_default();
-                    let v = self.failure_verdict(
-                        host,
-                        &StsFailure::Unavailable("token service unavailable"),
-                    );
-                    for m in members {
-                        self.members.remove(&m);
-                        out.push((m, v.clone()));
-                    }
+                    let msg = format!("STS call not dispatched again: {why}");
+                    host.log(LogLevel::Warn, &msg);
+                    let v = self.outcomes.failure(host, &UNAVAILABLE);
+                    let waiters = self.flights.take(&key).map(|l| l.waiters);
+                    out.extend(waiters.into_iter().flatten().map(|w| (w.ctx, v.clone())));
                 }
             }
+        }
+        for event in self.keys.tick(host, now) {
+            out.extend(self.after_keys(host, event, now));
         }
         out
     }
 
-    fn tick_issuer<H: Host>(&mut self, host: &H, i: usize, now: u64) -> Vec<(u32, Verdict)> {
-        let state = &mut self.issuers[i];
-        let Some(remote) = state.remote.as_mut() else {
-            return Vec::new();
-        };
-        // Keys another worker (or an earlier fetch of ours) shared.
-        if let Some((bytes, _)) = host.shared_get(&remote.keys_slot) {
-            if let Some((at, body)) = split_stamp(&bytes) {
-                if at > state.version {
-                    if let Ok(set) = KeySet::parse(body) {
-                        state.keys = Some(set);
-                        state.version = at;
-                        state.unknown_kid = false;
-                        return self.resolve_key_waiters(host, i, now);
+    /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.
+    fn after_keys<H: Host>(&mut self, host: &H, event: KeyEvent, now: u64) -> Vec<(u32, Verdict)> {
+        match event {
+            KeyEvent::Failed(waiters) => {
+                let v = self.outcomes.no_keys(true);
+                waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
+            }
+            KeyEvent::Resume(waiters) => {
+                let mut out = Vec::with_capacity(waiters.len());
+                for w in waiters {
+                    if host.debug_enabled() {
+                        let waited = now.saturating_sub(w.since_ms);
+                        let msg =
+                            format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx);
+                        host.log(LogLevel::Debug, &msg);
                     }
+                    let at = Step::new(w.ctx, None, w.profile, now);
+                    let v = match self.proceed(host, at, &w.subject, w.actor.as_deref()) {
+                        // A token still naming an unknown key is refused now; it must not wait
+                        // again.
+                        Verdict::Pause if self.keys.is_waiting(w.ctx) => {
+                            self.keys.leave(w.ctx);
+                            let e = JwtError::UnknownKey;
+                            self.outcomes.refused_jwt(host, w.ctx, &w.subject, e)
+                        }
+                        v => v,
+                    };
+                    out.push((w.ctx, v));
                 }
+                out
             }
-        }
-        if remote.fetching.is_some() {
-            return Vec::new();
-        }
-        let attempt = read_attempt(host, &remote.attempt_slot);
-        let fetched = state.keys.as_ref().map(|_| state.version);
-        if remote
-            .schedule
-            .due(now, fetched, attempt.at, attempt.failed, state.unknown_kid)
-        {
-            // Claim the attempt for this worker; a lost race means another worker fetches.
-            if host
-                .shared_set(
-                    &remote.attempt_slot,
-                    &encode_attempt(now, false),
-                    attempt.cas,
-                )
-                .is_err()
-            {
-                return Vec::new();
-            }
-            state.unknown_kid = false;
-            host.metric(Metric::JwksFetches, 1);
-            match host.dispatch(&remote.call) {
-                Ok(call) => {
-                    remote.fetching = Some((call, now));
-                    self.jwks_calls.insert(call, i);
-                    Vec::new()
-                }
-                Err(e) => {
-                    host.metric(Metric::JwksFetchFailures, 1);
-                    host.log(
-                        LogLevel::Warn,
-                        &format!("key fetch not dispatched: {}", e.0),
-                    );
-                    let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
-                    self.fail_key_waiters(i)
-                }
-            }
-        } else {
-            // Nothing to fetch (rate limit) or another worker's fetch ended or timed out:
-            // waiters get a verdict from the keys at hand.
-            let in_progress = attempt.at.is_some_and(|at| {
-                !attempt.failed
-                    && at > state.version
-                    && now.saturating_sub(at) <= remote.call.timeout_ms + 1000
-            });
-            if state.waiters.is_empty() || in_progress {
-                return Vec::new();
-            }
-            state.unknown_kid = false;
-            self.resolve_key_waiters(host, i, now)
         }
     }
+}
 
-    /// Runs the requests that waited for `issuer`'s keys again, with the keys now at hand.
-    fn resolve_key_waiters<H: Host>(
-        &mut self,
-        host: &H,
-        issuer: usize,
-        now: u64,
-    ) -> Vec<(u32, Verdict)> {
-        let waiters = std::mem::take(&mut self.issuers[issuer].waiters);
-        let mut out = Vec::with_capacity(waiters.len());
-        for w in waiters {
-            self.key_waiters.remove(&w.ctx);
-            // A token still naming an unknown key is refused now; it must not wait again.
-            let v = match self.proceed_after_refresh(host, &w, now) {
-                Verdict::Pause if self.key_waiters.contains_key(&w.ctx) => {
-                    self.key_waiters.remove(&w.ctx);
-                    self.issuers[issuer].waiters.retain(|x| x.ctx != w.ctx);
-                    self.refuse_jwt(host, w.ctx, &w.subject, JwtError::UnknownKey)
-                }
-                v => v,
-            };
-            out.push((w.ctx, v));
-        }
-        out
-    }
+/// Where a request stands: its context, the context that would carry a call it starts
+/// (`None`: the root), its exchange profile, and the time.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    ctx: u32,
+    carrier: Option<u32>,
+    profile: usize,
+    now: u64,
+}
 
-    fn proceed_after_refresh<H: Host>(&mut self, host: &H, w: &KeyWaiter, now: u64) -> Verdict {
-        if host.debug_enabled() {
-            let waited = now.saturating_sub(w.since_ms);
-            host.log(
-                LogLevel::Debug,
-                &format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx),
-            );
-        }
-        self.proceed(
-            host,
-            w.ctx,
-            None,
-            w.profile,
-            &w.subject,
-            w.actor.as_deref(),
+impl Step {
+    fn new(ctx: u32, carrier: Option<u32>, profile: usize, now: u64) -> Self {
+        Step {
+            ctx,
+            carrier,
+            profile,
             now,
-        )
-    }
-
-    fn fail_key_waiters(&mut self, issuer: usize) -> Vec<(u32, Verdict)> {
-        let waiters = std::mem::take(&mut self.issuers[issuer].waiters);
-        let reply =
-            LocalReply::unavailable("signing keys of the token issuer could not be fetched");
-        waiters
-            .into_iter()
-            .map(|w| {
-                self.key_waiters.remove(&w.ctx);
-                (w.ctx, Verdict::Respond(reply.clone()))
-            })
-            .collect()
-    }
-
-    fn store<H: Host>(
-        &self,
-        host: &H,
-        slot: &str,
-        key: &CacheKey,
-        expires_at_ms: u64,
-        value: &Cached,
-    ) {
-        if let Some(bytes) = cache::encode(key, expires_at_ms, value) {
-            if let Err(e) = host.shared_set(slot, &bytes, None) {
-                host.log(LogLevel::Warn, &format!("cache write failed: {}", e.0));
-            }
-        }
-    }
-
-    /// Removes headers a client could use to pass off a token as the filter's.
-    fn strip_ops(&self) -> Vec<HeaderOp> {
-        let out = &self.config.output;
-        let mut ops = Vec::new();
-        if out.header != self.config.subject_token.header {
-            ops.push(HeaderOp::Remove(out.header.clone()));
-        }
-        if let Some(h) = &out.original_token_header {
-            ops.push(HeaderOp::Remove(h.clone()));
-        }
-        ops.extend(
-            self.config
-                .actor_headers
-                .iter()
-                .map(|h| HeaderOp::Remove(h.clone())),
-        );
-        ops
-    }
-
-    fn success_ops(&self, minted: &str, subject: &str) -> Vec<HeaderOp> {
-        let out = &self.config.output;
-        let mut ops = self.strip_ops();
-        // Setting the output header replaces every copy of it; the subject header needs its
-        // own removal only when it is another header.
-        if out.header != self.config.subject_token.header {
-            ops.insert(
-                0,
-                HeaderOp::Remove(self.config.subject_token.header.clone()),
-            );
-        }
-        ops.push(HeaderOp::Set(
-            out.header.clone(),
-            format!("{}{minted}", out.prefix),
-        ));
-        if let Some(h) = &out.original_token_header {
-            ops.push(HeaderOp::Set(h.clone(), subject.to_string()));
-        }
-        ops
-    }
-
-    /// The error table for STS failures, including the fail-open policy. Counts a rejection.
-    fn failure_verdict<H: Host>(&self, host: &H, failure: &StsFailure) -> Verdict {
-        let realm = &self.config.realm;
-        match failure {
-            StsFailure::SubjectRejected(_) => {
-                host.metric(Metric::Rejected, 1);
-                Verdict::Respond(LocalReply::invalid_token(
-                    realm,
-                    "the token service rejected the token",
-                ))
-            }
-            StsFailure::Forbidden(code) => {
-                host.metric(Metric::Rejected, 1);
-                Verdict::Respond(LocalReply::forbidden(
-                    realm,
-                    &format!("the token service refused this exchange: {code}"),
-                ))
-            }
-            StsFailure::InvalidClient => Verdict::Respond(LocalReply::bad_gateway(
-                "the token service rejected the proxy's credentials",
-            )),
-            StsFailure::BadAnswer(why) => Verdict::Respond(LocalReply::bad_gateway(why)),
-            StsFailure::Unavailable(why) => match self.config.on_sts_unavailable {
-                OnStsUnavailable::Deny => Verdict::Respond(LocalReply::unavailable(why)),
-                OnStsUnavailable::Allow => {
-                    let mut ops = vec![HeaderOp::Remove(self.config.subject_token.header.clone())];
-                    ops.extend(self.strip_ops());
-                    Verdict::Continue(ops)
-                }
-            },
         }
     }
 }
 
-/// The per-worker state of one trusted issuer.
-fn issuer_state(t: &crate::config::TrustedIssuer) -> IssuerState {
-    match &t.keys {
-        KeySource::Inline(set) => IssuerState {
-            remote: None,
-            keys: Some(set.clone()),
-            version: 0,
-            unknown_kid: false,
-            waiters: Vec::new(),
-        },
-        KeySource::Remote(uri) => {
-            let mut h = Sha256::new();
-            for part in [&t.issuer, &uri.cluster, &uri.authority, &uri.path] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part.as_bytes());
-            }
-            let tag: String = h.finalize()[..6]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            IssuerState {
-                remote: Some(RemoteKeys {
-                    call: HttpCall {
-                        cluster: uri.cluster.clone(),
-                        headers: vec![
-                            (":method".into(), "GET".into()),
-                            (":path".into(), uri.path.clone()),
-                            (":authority".into(), uri.authority.clone()),
-                            ("accept".into(), "application/json".into()),
-                        ],
-                        body: String::new(),
-                        timeout_ms: uri.timeout_ms,
-                    },
-                    schedule: Schedule {
-                        refresh_ms: uri.refresh_s * 1000,
-                    },
-                    keys_slot: format!("token_exchange.jwks.{tag}"),
-                    attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
-                    fetching: None,
-                }),
-                keys: None,
-                version: 0,
-                unknown_kid: false,
-                waiters: Vec::new(),
-            }
-        }
-    }
-}
-
-fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
-    let mut v = at.to_be_bytes().to_vec();
-    v.push(u8::from(failed));
-    v
-}
-
-fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
-    match host.shared_get(slot) {
-        Some((bytes, cas)) => match split_stamp(&bytes) {
-            Some((at, rest)) => Attempt {
-                at: Some(at),
-                failed: rest.first() == Some(&1),
-                cas: Some(cas),
-            },
-            None => Attempt {
-                cas: Some(cas),
-                ..Attempt::default()
-            },
-        },
-        None => Attempt::default(),
-    }
-}
-
-/// Splits an 8-byte big-endian time stamp off the front of a shared-data value.
-fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let (stamp, rest) = bytes.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*stamp), rest))
-}
+const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailable");
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::FakeHost;
+    use crate::verdict::HeaderOp;
 
     const NOW: u64 = 1_700_000_000_000;
     const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -1468,7 +490,7 @@ mod tests {
         let json = format!(
             r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"}}{extra}}}"#
         );
-        Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap())
+        Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
     }
 
     fn ok(token: &str, expires_in: u64) -> HttpAnswer {
@@ -1575,7 +597,7 @@ mod tests {
         for (ctx, t) in [(1, "a"), (2, "b"), (3, "c")] {
             exchange(&mut e, &h, ctx, t, &ok("m", 3600));
         }
-        assert!(e.memo[0].len() <= 2);
+        assert!(e.memo.len(0) <= 2);
     }
 
     #[test]
@@ -2573,7 +1595,7 @@ mod tests {
             assert_eq!(h.calls_to("sts").len(), 4);
             assert_eq!(
                 field(&h.calls_to("sts")[3].1, "grant_type").as_deref(),
-                Some(sts::TOKEN_EXCHANGE_GRANT)
+                Some(crate::client::TOKEN_EXCHANGE_GRANT)
             );
             // after its lifetime (120 − 30 s skew) it is fetched again
             h.advance_ms(90_000);
@@ -2749,7 +1771,7 @@ mod tests {
             let (pem, _) = crate::assertion::tests::es256_pem();
             let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
             let config = Config::parse(json.as_bytes(), &|k| (k == "KEY").then(|| pem.clone()));
-            let mut e = Engine::new(config.unwrap());
+            let mut e = Engine::new(config.unwrap()).unwrap();
             let h = FakeHost::at(NOW);
             e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
             e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);

@@ -11,12 +11,13 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel, MetricType};
 
 use crate::config::Config;
-use crate::engine::{Engine, HeaderOp, Verdict};
+use crate::engine::Engine;
 use crate::host::{
     Host, HostError, HttpAnswer, HttpCall, LogLevel, RequestHeaders, MAX_ANSWER_BYTES,
 };
 use crate::metrics::{Metric, MetricKind};
 use crate::reply::LocalReply;
+use crate::verdict::{HeaderOp, Verdict};
 
 /// How often the root dispatches lost STS calls again and looks after the issuers' keys.
 const TICK: Duration = Duration::from_millis(100);
@@ -231,20 +232,18 @@ impl RootContext for Root {
         .flatten()
         .unwrap_or_default();
         let host = ProxyHost::new();
-        match Config::parse(&bytes, &|name| std::env::var(name).ok()) {
-            Ok(config) => {
+        let loaded = Config::parse(&bytes, &|name| std::env::var(name).ok())
+            .and_then(|config| Ok((config.summary(), Engine::new(config)?)));
+        match loaded {
+            Ok((summary, engine)) => {
                 host.log(
                     LogLevel::Info,
                     &format!(
-                        "token-exchange-wasm {} configured: {}",
+                        "token-exchange-wasm {} configured: {summary}",
                         env!("CARGO_PKG_VERSION"),
-                        config.summary()
                     ),
                 );
-                *self.shared.borrow_mut() = Some(Worker {
-                    engine: Engine::new(config),
-                    host,
-                });
+                *self.shared.borrow_mut() = Some(Worker { engine, host });
                 let _ = hostcalls::set_tick_period(TICK);
                 true
             }

@@ -3,61 +3,11 @@
 
 use std::fmt;
 
+use crate::config::JwsAlg;
+
 use jwt_compact::alg::{RsaPublicKey, StrongKey};
 use jwt_compact::jwk::JsonWebKey;
 use serde::Deserialize;
-
-/// A JWS algorithm the filter can verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwsAlg {
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    Rs256,
-    /// RSASSA-PKCS1-v1_5 with SHA-384.
-    Rs384,
-    /// RSASSA-PKCS1-v1_5 with SHA-512.
-    Rs512,
-    /// RSASSA-PSS with SHA-256.
-    Ps256,
-    /// RSASSA-PSS with SHA-384.
-    Ps384,
-    /// RSASSA-PSS with SHA-512.
-    Ps512,
-    /// ECDSA P-256 with SHA-256.
-    Es256,
-    /// Ed25519.
-    EdDsa,
-}
-
-impl JwsAlg {
-    /// The algorithm named by a JWS `alg` value, if supported.
-    pub fn from_name(name: &str) -> Option<JwsAlg> {
-        Some(match name {
-            "RS256" => JwsAlg::Rs256,
-            "RS384" => JwsAlg::Rs384,
-            "RS512" => JwsAlg::Rs512,
-            "PS256" => JwsAlg::Ps256,
-            "PS384" => JwsAlg::Ps384,
-            "PS512" => JwsAlg::Ps512,
-            "ES256" => JwsAlg::Es256,
-            "EdDSA" => JwsAlg::EdDsa,
-            _ => return None,
-        })
-    }
-
-    /// The JWS name.
-    pub fn name(self) -> &'static str {
-        match self {
-            JwsAlg::Rs256 => "RS256",
-            JwsAlg::Rs384 => "RS384",
-            JwsAlg::Rs512 => "RS512",
-            JwsAlg::Ps256 => "PS256",
-            JwsAlg::Ps384 => "PS384",
-            JwsAlg::Ps512 => "PS512",
-            JwsAlg::Es256 => "ES256",
-            JwsAlg::EdDsa => "EdDSA",
-        }
-    }
-}
 
 /// A public key usable for verification.
 #[derive(Clone)]

@@ -7,18 +7,28 @@
 
 #![warn(missing_docs)]
 
+pub mod actor;
 pub mod assertion;
 pub mod cache;
+pub mod client;
 pub mod config;
+pub mod credentials;
+pub mod endpoint;
 pub mod engine;
+pub mod flights;
 pub mod host;
 pub mod jwks;
+pub mod keys;
+pub mod memo;
 pub mod metrics;
+pub mod outcomes;
 pub mod path;
+pub mod refusal;
 pub mod reply;
 pub mod route;
 pub mod sts;
 pub mod token;
+pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -2,21 +2,54 @@
 //! normalized path, see [`crate::path`]) and method match picks the exchange or a bypass. A bypass
 //! rule matches only a plain path.
 
-use crate::config::{Route, RouteAction};
+use crate::config::{ConfigError, Route, RouteAction};
 use crate::host::RequestHeaders;
-use crate::path::{normalize, prefix_matches};
+use crate::path::{is_normal_prefix, normalize, prefix_matches};
 
-/// The action of the first route rule the request meets; the default exchange when none.
-pub fn select<R: RequestHeaders + ?Sized>(routes: &[Route], req: &R) -> RouteAction {
-    if routes.is_empty() {
-        return RouteAction::Exchange(0);
+/// The route rules of a configuration, checked and ready to match.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    rules: Vec<Route>,
+    /// Some rule has a path prefix: the path is read and normalized.
+    needs_path: bool,
+}
+
+impl Routes {
+    /// Checks the rules: a `path_prefix` must itself be a normalized, plain path (as written it
+    /// could never match otherwise).
+    pub fn compile(rules: &[Route]) -> Result<Routes, ConfigError> {
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(p) = &r.matcher.path_prefix {
+                if !is_normal_prefix(p) {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].match.path_prefix"),
+                        "must be a normalized path: no dot segments, percent-encoding, backslash, ';', '?', '#' or empty segment",
+                    ));
+                }
+            }
+        }
+        Ok(Routes {
+            rules: rules.to_vec(),
+            needs_path: rules.iter().any(|r| r.matcher.path_prefix.is_some()),
+        })
     }
-    let raw = if routes.iter().any(|r| r.matcher.path_prefix.is_some()) {
-        req.header(":path")
-    } else {
-        None
-    };
-    let path = raw.as_deref().map(normalize);
+
+    /// The action of the first rule the request meets; the default exchange when none.
+    pub fn select<R: RequestHeaders + ?Sized>(&self, req: &R) -> RouteAction {
+        if self.rules.is_empty() {
+            return RouteAction::Exchange(0);
+        }
+        let raw = if self.needs_path {
+            req.header(":path")
+        } else {
+            None
+        };
+        select(&self.rules, raw.as_deref(), req)
+    }
+}
+
+fn select<R: RequestHeaders + ?Sized>(routes: &[Route], raw: Option<&str>, req: &R) -> RouteAction {
+    let path = raw.map(normalize);
     let mut authority: Option<Option<String>> = None;
     let mut method: Option<Option<String>> = None;
     for route in routes {
@@ -71,6 +104,23 @@ fn authority_matches(want: &str, got: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RouteMatch;
+
+    #[test]
+    fn configured_prefixes_must_be_normal() {
+        let rule = |p: &str| Route {
+            matcher: RouteMatch {
+                path_prefix: Some(p.into()),
+                ..RouteMatch::default()
+            },
+            action: RouteAction::Bypass,
+        };
+        assert!(Routes::compile(&[rule("/healthz")]).is_ok());
+        for bad in ["/a/../b", "/a/%2fb", "/a//b"] {
+            let e = Routes::compile(&[rule("/ok"), rule(bad)]).unwrap_err();
+            assert_eq!(e.key, "routes[1].match.path_prefix", "{bad}");
+        }
+    }
 
     #[test]
     fn authorities_compare_without_case_port_or_trailing_dot() {

@@ -11,8 +11,11 @@ use jwt_compact::{AlgorithmExt, Claims, Empty, UntrustedToken};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::config::JwsAlg;
 use crate::config::TrustedIssuer;
-use crate::jwks::{JwsAlg, KeySet, Lookup, PublicKey};
+use crate::host::{Host, LogLevel};
+use crate::jwks::{KeySet, Lookup, PublicKey};
+use crate::refusal::JwtError;
 
 /// What the subject header held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,63 +136,19 @@ pub fn unverified_act_sub(token: &str) -> Option<String> {
     unverified_subject(token)?.act?.sub
 }
 
+/// A debug line about request (or call) `ctx` naming its token by [`fingerprint`], never the
+/// token itself.
+pub fn log_debug<H: Host>(host: &H, ctx: u32, token: &str, what: &str) {
+    if host.debug_enabled() {
+        let fp = fingerprint(token);
+        host.log(LogLevel::Debug, &format!("ctx={ctx} token={fp} {what}"));
+    }
+}
+
 /// A short, non-reversible tag for a token, for log lines.
 pub fn fingerprint(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Why a subject JWT was refused. The description is safe to show the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum JwtError {
-    /// Not three base64url segments of JSON, or claims of the wrong shape.
-    Malformed,
-    /// No `exp` claim.
-    MissingExp,
-    /// `alg` is `none`, HMAC, unsupported, not on the issuer's list, or not the key's.
-    Algorithm,
-    /// `iss` missing or not a trusted issuer.
-    UntrustedIssuer,
-    /// No key of the issuer matches the token's `kid`.
-    UnknownKey,
-    /// The signature does not verify.
-    Signature,
-    /// `exp` has passed (beyond the leeway).
-    Expired,
-    /// `nbf` or `iat` lies in the future (beyond the leeway).
-    NotYetValid,
-    /// `aud` names none of the issuer's audiences.
-    Audience,
-}
-
-impl JwtError {
-    /// Every reason, for per-reason metrics.
-    pub const ALL: [JwtError; 9] = [
-        JwtError::Malformed,
-        JwtError::MissingExp,
-        JwtError::Algorithm,
-        JwtError::UntrustedIssuer,
-        JwtError::UnknownKey,
-        JwtError::Signature,
-        JwtError::Expired,
-        JwtError::NotYetValid,
-        JwtError::Audience,
-    ];
-
-    /// Short text for `error_description`; never contains the token.
-    pub fn description(self) -> &'static str {
-        match self {
-            JwtError::Malformed => "token is not a well-formed JWT",
-            JwtError::MissingExp => "token has no exp claim",
-            JwtError::Algorithm => "token algorithm not allowed",
-            JwtError::UntrustedIssuer => "token issuer is not trusted",
-            JwtError::UnknownKey => "token signing key is unknown",
-            JwtError::Signature => "token signature is invalid",
-            JwtError::Expired => "token expired",
-            JwtError::NotYetValid => "token not yet valid",
-            JwtError::Audience => "token audience not accepted",
-        }
-    }
 }
 
 /// Who a verified subject token allows to act for its subject (RFC 8693 §4.4 `may_act`).
@@ -234,6 +193,20 @@ impl MayAct {
             }
         }
     }
+}
+
+/// A subject token that verified, as remembered so a hot token is verified once: valid while
+/// its issuer's key set is still `version` and `exp` (plus leeway) has not passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Index of the trusted issuer.
+    pub issuer: usize,
+    /// Fetch time of the key set it verified with (ms; 0 for inline keys).
+    pub version: u64,
+    /// `exp` claim, seconds since the epoch.
+    pub exp: u64,
+    /// The token's `may_act` (if any) names the actor of the request it was verified for.
+    pub may_act_ok: bool,
 }
 
 /// The outcome of checking a subject JWT against the trusted issuers.
@@ -557,15 +530,16 @@ mod tests {
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 algorithms: vec![JwsAlg::Rs256, JwsAlg::Es256, JwsAlg::EdDsa],
                 leeway_s: 30,
-                keys: KeySource::Inline(KeySet::from_value(&keys().jwks()).unwrap()),
+                keys: KeySource::Inline(keys().jwks()),
             }
         }
 
         fn check_with(token: &str, iss: &TrustedIssuer) -> JwtCheck {
-            let KeySource::Inline(set) = &iss.keys else {
+            let KeySource::Inline(doc) = &iss.keys else {
                 unreachable!()
             };
-            verify_jwt(token, std::slice::from_ref(iss), |_| Some(set), NOW)
+            let set = KeySet::from_value(doc).unwrap();
+            verify_jwt(token, std::slice::from_ref(iss), |_| Some(&set), NOW)
         }
 
         fn check(token: &str) -> JwtCheck {
@@ -595,7 +569,7 @@ mod tests {
         /// An issuer whose inline set is `keys`.
         fn issuer_with(keys: serde_json::Value) -> TrustedIssuer {
             TrustedIssuer {
-                keys: KeySource::Inline(KeySet::from_value(&json!({ "keys": keys })).unwrap()),
+                keys: KeySource::Inline(json!({ "keys": keys })),
                 ..issuer(&[])
             }
         }

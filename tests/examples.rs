@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use token_exchange_wasm::config::Config;
+use token_exchange_wasm::engine::Engine;
 
 const BASE_STS: &str = r#""sts": {"cluster": "sts", "authority": "sts.example.com", "token_path": "/oauth2/token", "client_id": "edge-proxy", "client_secret": "x"}"#;
 
@@ -31,7 +32,8 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn check(where_: &str, json: &[u8]) {
-    if let Err(e) = Config::parse(json, &env) {
+    // As the filter loads it: validated, then compiled.
+    if let Err(e) = Config::parse(json, &env).and_then(Engine::new) {
         panic!("{where_}: {e}\n{}", String::from_utf8_lossy(json));
     }
 }

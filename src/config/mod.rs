@@ -1,0 +1,420 @@
+//! The configuration contract: the plugin's JSON, validated into plain data ([`Config`]) that the
+//! rest of the filter compiles what it needs from. This module imports nothing of the crate.
+//!
+//! [`raw`] is the serde shape, [`validate`] every rule of the contract.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+mod exchange;
+mod raw;
+mod validate;
+mod values;
+
+use raw::RawConfig;
+
+/// The RFC 8693 token type URI of an OAuth access token, the default subject token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Why a configuration was refused: the key at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `sts.timeout_ms`.
+    pub key: String,
+    /// What is wrong, without echoing any secret value.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What to do with a request that carries no subject token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingToken {
+    /// Answer 401 with a `WWW-Authenticate` challenge.
+    #[default]
+    Reject,
+    /// Pass the request on untouched.
+    Allow,
+}
+
+/// What to do when the STS cannot be reached, times out or answers 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStsUnavailable {
+    /// Answer 503 (fail closed).
+    #[default]
+    Deny,
+    /// Strip the caller's token and pass the request on (fail open).
+    Allow,
+}
+
+/// Where the subject token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTokenConfig {
+    /// Lower-case request header name.
+    pub header: String,
+    /// Scheme prefix, matched case-insensitively; empty for a raw token header.
+    pub prefix: String,
+    /// `subject_token_type` sent to the STS.
+    pub token_type: String,
+    /// Largest token accepted, in bytes.
+    pub max_bytes: usize,
+}
+
+/// Where the minted token is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Lower-case header that receives the minted token.
+    pub header: String,
+    /// Prefix written before the minted token.
+    pub prefix: String,
+    /// Header that receives the caller's original token, if any (a client-sent copy is removed).
+    pub original_token_header: Option<String>,
+}
+
+/// Cache sizing and lifetime rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Number of slots in the shared-data table.
+    pub max_entries: u32,
+    /// Seconds taken off every lifetime so a token is never served close to its expiry.
+    pub expiry_skew_s: u64,
+    /// Lifetime used when the STS sends no `expires_in`.
+    pub default_ttl_s: u64,
+    /// How long an STS rejection of a subject token is remembered; 0 disables it.
+    pub negative_ttl_s: u64,
+}
+
+/// The STS endpoint and the filter's credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StsConfig {
+    /// Envoy cluster name of the STS.
+    pub cluster: String,
+    /// `:authority` of the call.
+    pub authority: String,
+    /// Path of the token endpoint.
+    pub token_path: String,
+    /// Call timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// The filter's client id.
+    pub client_id: Option<String>,
+    /// How the filter authenticates.
+    pub client_auth: ClientAuthConfig,
+}
+
+/// Shows where and how, never a credential.
+impl fmt::Debug for StsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StsConfig")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token_path", &self.token_path)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("client_id", &self.client_id)
+            .field("client_auth", &self.client_auth.name())
+            .finish()
+    }
+}
+
+/// The filter's client authentication at the STS (RFC 6749 §2.3, RFC 7523 §2.2).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientAuthConfig {
+    /// `client_secret_basic`.
+    Basic {
+        /// Client id.
+        id: String,
+        /// Client secret.
+        secret: String,
+    },
+    /// `client_secret_post`.
+    Post {
+        /// Client id.
+        id: String,
+        /// Client secret.
+        secret: String,
+    },
+    /// `private_key_jwt`.
+    PrivateKeyJwt {
+        /// Client id (`iss` and `sub` of the assertions).
+        id: String,
+        /// The signing key.
+        key: PrivateKeyConfig,
+    },
+    /// No client authentication (a public client).
+    None,
+}
+
+impl ClientAuthConfig {
+    /// The method's name as the configuration spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientAuthConfig::Basic { .. } => "client_secret_basic",
+            ClientAuthConfig::Post { .. } => "client_secret_post",
+            ClientAuthConfig::PrivateKeyJwt { .. } => "private_key_jwt",
+            ClientAuthConfig::None => "none",
+        }
+    }
+}
+
+/// The `private_key_jwt` signing key as configured (the PEM is parsed where it is used).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKeyConfig {
+    /// The PEM text.
+    pub pem: String,
+    /// `ES256`, `RS256` or `EdDSA`.
+    pub alg: String,
+    /// `kid` of the assertions' header.
+    pub kid: Option<String>,
+    /// `aud` of the assertions.
+    pub audience: String,
+}
+
+/// A JWS algorithm the filter can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwsAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    Rs384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    Rs512,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// RSASSA-PSS with SHA-384.
+    Ps384,
+    /// RSASSA-PSS with SHA-512.
+    Ps512,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl JwsAlg {
+    /// The algorithm named by a JWS `alg` value, if supported.
+    pub fn from_name(name: &str) -> Option<JwsAlg> {
+        Some(match name {
+            "RS256" => JwsAlg::Rs256,
+            "RS384" => JwsAlg::Rs384,
+            "RS512" => JwsAlg::Rs512,
+            "PS256" => JwsAlg::Ps256,
+            "PS384" => JwsAlg::Ps384,
+            "PS512" => JwsAlg::Ps512,
+            "ES256" => JwsAlg::Es256,
+            "EdDSA" => JwsAlg::EdDsa,
+            _ => return None,
+        })
+    }
+
+    /// The JWS name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JwsAlg::Rs256 => "RS256",
+            JwsAlg::Rs384 => "RS384",
+            JwsAlg::Rs512 => "RS512",
+            JwsAlg::Ps256 => "PS256",
+            JwsAlg::Ps384 => "PS384",
+            JwsAlg::Ps512 => "PS512",
+            JwsAlg::Es256 => "ES256",
+            JwsAlg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// Which grant an exchange sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// RFC 8693 token exchange.
+    TokenExchange,
+    /// RFC 7523 JWT bearer: the subject JWT is the `assertion`.
+    JwtBearer,
+}
+
+/// Where a delegation's actor token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActorSource {
+    /// The filter's own token from a client-credentials grant with this scope and audience.
+    ClientCredentials {
+        /// `scope` of the client-credentials request.
+        scope: Option<String>,
+        /// `audience` values of the client-credentials request.
+        audience: Vec<String>,
+    },
+    /// A token the calling workload sends in this (lower-case) header.
+    Header(String),
+}
+
+/// The actor of a delegation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorConfig {
+    /// Its source.
+    pub source: ActorSource,
+    /// `actor_token_type` sent with it.
+    pub token_type: String,
+}
+
+/// One set of exchange parameters: the default exchange, or a route's (with its overrides applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeConfig {
+    /// The grant sent.
+    pub grant: Grant,
+    /// `audience` values.
+    pub audience: Vec<String>,
+    /// `resource` values.
+    pub resource: Vec<String>,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `requested_token_type`, sent only when set.
+    pub requested_token_type: Option<String>,
+    /// Further form parameters.
+    pub extra_params: BTreeMap<String, String>,
+    /// The actor, for delegation; `None` is impersonation.
+    pub actor: Option<ActorConfig>,
+    /// Check that a minted JWT's `act.sub` names the actor.
+    pub expect_act: bool,
+    /// Refuse a delegation whose actor a verified subject token's `may_act` does not name.
+    pub enforce_may_act: bool,
+}
+
+/// The criteria of a route rule; every criterion given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteMatch {
+    /// Lower-case authority; compared with and without the port of the request.
+    pub authority: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// Upper-case methods.
+    pub methods: Vec<String>,
+}
+
+/// What a matching route rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Leave the request alone.
+    Bypass,
+    /// Exchange with the profile at this index of [`Config::profiles`].
+    Exchange(usize),
+}
+
+/// One route rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// When the rule applies.
+    pub matcher: RouteMatch,
+    /// What it does.
+    pub action: RouteAction,
+}
+
+/// Where a trusted issuer's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// Given in the configuration (a JWKS document, parsed where it is used).
+    Inline(serde_json::Value),
+    /// Fetched from a cluster and refreshed.
+    Remote(JwksUri),
+}
+
+/// A JWKS endpoint reached through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUri {
+    /// Envoy cluster.
+    pub cluster: String,
+    /// `:authority` of the fetch.
+    pub authority: String,
+    /// Path of the JWKS.
+    pub path: String,
+    /// Regular refresh period in seconds.
+    pub refresh_s: u64,
+    /// Fetch timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// An identity provider whose subject JWTs the filter accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustedIssuer {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// If not empty, the token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values.
+    pub algorithms: Vec<JwsAlg>,
+    /// Clock leeway for `exp`, `nbf`, `iat`, in seconds.
+    pub leeway_s: u64,
+    /// The issuer's keys.
+    pub keys: KeySource,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// STS endpoint and credentials.
+    pub sts: StsConfig,
+    /// Headers carrying callers' actor tokens: never forwarded upstream.
+    pub actor_headers: Vec<String>,
+    /// Subject token extraction.
+    pub subject_token: SubjectTokenConfig,
+    /// Issuers whose JWTs are accepted; empty: the STS alone judges tokens.
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Exchanges; index 0 is the default exchange, the others belong to routes.
+    pub exchanges: Vec<ExchangeConfig>,
+    /// Route rules, first match wins.
+    pub routes: Vec<Route>,
+    /// Minted token output.
+    pub output: OutputConfig,
+    /// Cache rules.
+    pub cache: CacheConfig,
+    /// Realm named in `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Missing token policy.
+    pub on_missing_token: OnMissingToken,
+    /// STS outage policy.
+    pub on_sts_unavailable: OnStsUnavailable,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. `env` resolves `*_env` keys (the VM's
+    /// environment in Envoy).
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| raw::serde_error(&e))?;
+        validate::validate(raw, env)
+    }
+
+    /// A one-line summary for the start-up log; it names no secret.
+    pub fn summary(&self) -> String {
+        format!(
+            "sts={}{} via cluster {} auth={} routes={} cache.max_entries={} on_missing_token={:?} on_sts_unavailable={:?}",
+            self.sts.authority,
+            self.sts.token_path,
+            self.sts.cluster,
+            self.sts.client_auth.name(),
+            self.routes.len(),
+            self.cache.max_entries,
+            self.on_missing_token,
+            self.on_sts_unavailable,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

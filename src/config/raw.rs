@@ -1,0 +1,218 @@
+//! The serde shape of the plugin's JSON: every key optional where the contract has a default,
+//! unknown keys refused.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{ConfigError, OnMissingToken, OnStsUnavailable};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) sts: RawSts,
+    #[serde(default)]
+    pub(super) subject_token: RawSubjectToken,
+    #[serde(default)]
+    pub(super) trusted_issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    pub(super) exchange: RawExchange,
+    #[serde(default)]
+    pub(super) routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub(super) output: RawOutput,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) realm: Option<String>,
+    #[serde(default)]
+    pub(super) on_missing_token: OnMissingToken,
+    #[serde(default)]
+    pub(super) on_sts_unavailable: OnStsUnavailable,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSts {
+    pub(super) cluster: String,
+    pub(super) authority: String,
+    pub(super) token_path: String,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) client_auth: Option<String>,
+    pub(super) private_key: Option<RawPrivateKey>,
+    pub(super) ciba: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrivateKey {
+    pub(super) pem: Option<String>,
+    pub(super) pem_env: Option<String>,
+    pub(super) alg: Option<String>,
+    pub(super) kid: Option<String>,
+    pub(super) audience: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawActor {
+    pub(super) source: String,
+    pub(super) scope: Option<String>,
+    pub(super) audience: Option<OneOrMany>,
+    pub(super) header: Option<String>,
+    pub(super) token_type: Option<String>,
+}
+
+/// Tells a key set to `null` (`Some(None)`) from an absent key (`None`).
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub(super) issuer: String,
+    pub(super) audiences: Option<Vec<String>>,
+    pub(super) algorithms: Vec<String>,
+    pub(super) leeway_s: Option<u64>,
+    pub(super) jwks: Option<serde_json::Value>,
+    pub(super) jwks_uri: Option<RawJwksUri>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwksUri {
+    pub(super) cluster: String,
+    pub(super) authority: String,
+    pub(super) path: String,
+    pub(super) refresh_s: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSubjectToken {
+    pub(super) header: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) token_type: Option<String>,
+    pub(super) max_bytes: Option<usize>,
+}
+
+/// A list that may also be written as one string.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(super) fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExchange {
+    pub(super) grant: Option<String>,
+    pub(super) audience: Option<OneOrMany>,
+    pub(super) resource: Option<OneOrMany>,
+    pub(super) scope: Option<String>,
+    pub(super) requested_token_type: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) actor: Option<Option<RawActor>>,
+    pub(super) expect_act: Option<bool>,
+    pub(super) enforce_may_act: Option<bool>,
+    pub(super) extra_params: Option<BTreeMap<String, String>>,
+}
+
+impl RawExchange {
+    /// This exchange with every key the override sets replaced.
+    pub(super) fn overridden_by(&self, o: &RawExchange) -> RawExchange {
+        RawExchange {
+            grant: o.grant.clone().or_else(|| self.grant.clone()),
+            audience: o.audience.clone().or_else(|| self.audience.clone()),
+            resource: o.resource.clone().or_else(|| self.resource.clone()),
+            scope: o.scope.clone().or_else(|| self.scope.clone()),
+            requested_token_type: o
+                .requested_token_type
+                .clone()
+                .or_else(|| self.requested_token_type.clone()),
+            actor: o.actor.clone().or_else(|| self.actor.clone()),
+            expect_act: o.expect_act.or(self.expect_act),
+            enforce_may_act: o.enforce_may_act.or(self.enforce_may_act),
+            extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    #[serde(default, rename = "match")]
+    pub(super) matcher: RawMatch,
+    #[serde(default)]
+    pub(super) exchange: Option<RawExchange>,
+    #[serde(default)]
+    pub(super) bypass: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    pub(super) authority: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutput {
+    pub(super) header: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) original_token_header: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) max_entries: Option<u32>,
+    pub(super) expiry_skew_s: Option<u64>,
+    pub(super) default_ttl_s: Option<u64>,
+    pub(super) negative_ttl_s: Option<u64>,
+}
+
+/// Names the key serde complained about (its dotted path, e.g. `sts.timeout_ms`) and cuts the
+/// offending value out of "invalid type/value" messages so that a misplaced secret is never logged.
+pub(super) fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let mut msg = e.inner().to_string();
+    if msg.starts_with("invalid") {
+        if let (Some(colon), Some(expected)) = (msg.find(':'), msg.find(", expected")) {
+            if colon < expected {
+                msg = format!("{}{}", &msg[..colon], &msg[expected..]);
+            }
+        }
+    }
+    let path = e.path().to_string();
+    let missing = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next());
+    let key = match (path.as_str(), missing) {
+        (".", Some(field)) => field.to_string(),
+        (_, Some(field)) => format!("{path}.{field}"),
+        (".", None) => "(document)".to_string(),
+        _ => path,
+    };
+    ConfigError::new(key, msg)
+}

@@ -1,0 +1,656 @@
+//! Tests of the configuration contract.
+
+use super::*;
+use crate::client::{ActorSource as CompiledActor, Client};
+use crate::endpoint::ClientAuth;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// A configuration as the filter loads it: validated, then compiled (which may refuse it too).
+#[derive(Debug)]
+struct Loaded {
+    config: Config,
+    client: Client,
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+fn load(json: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let config = Config::parse(json.as_bytes(), env)?;
+    crate::engine::Engine::new(config.clone())?;
+    let client = Client::compile(&config)?;
+    Ok(Loaded { config, client })
+}
+
+fn parse(json: &str) -> Result<Loaded, ConfigError> {
+    load(json, &no_env)
+}
+
+const MINIMAL: &str = r#"{"sts":{"cluster":"sts","authority":"sts.example.com","token_path":"/token","client_id":"edge","client_secret":"s3cret"}}"#;
+
+/// MINIMAL with `extra` spliced in as further top-level keys.
+fn with(extra: &str) -> String {
+    format!("{},{extra}}}", &MINIMAL[..MINIMAL.len() - 1])
+}
+
+fn err_key(json: &str) -> String {
+    parse(json).expect_err("config must be refused").key
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.client.profiles[0]
+            .request(&c.client.endpoint, "t", None, 0)
+            .unwrap()
+            .timeout_ms,
+        2000
+    );
+    assert_eq!(c.client.endpoint.auth().name(), "client_secret_basic");
+    assert_eq!(c.subject_token.header, "authorization");
+    assert_eq!(c.subject_token.prefix, "Bearer ");
+    assert_eq!(c.subject_token.token_type, ACCESS_TOKEN_TYPE);
+    assert_eq!(c.subject_token.max_bytes, 8192);
+    assert_eq!(c.output.header, "authorization");
+    assert_eq!(c.output.prefix, "Bearer ");
+    assert_eq!(c.output.original_token_header, None);
+    assert_eq!(
+        c.cache,
+        CacheConfig {
+            max_entries: 4096,
+            expiry_skew_s: 30,
+            default_ttl_s: 300,
+            negative_ttl_s: 5
+        }
+    );
+    assert_eq!(c.on_missing_token, OnMissingToken::Reject);
+    assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Deny);
+    assert_eq!(c.client.profiles.len(), 1);
+    assert!(c.routes.is_empty());
+    assert_eq!(c.realm, "token-exchange");
+}
+
+#[test]
+fn full_documented_example_is_accepted() {
+    let c = parse(
+        r#"{
+        "sts": {"cluster":"sts","authority":"sts.example.com","token_path":"/oauth2/token","timeout_ms":1500,
+                "client_id":"edge-proxy","client_secret":"x","client_auth":"client_secret_post"},
+        "subject_token": {"header":"Authorization","prefix":"Bearer ","token_type":"urn:ietf:params:oauth:token-type:jwt","max_bytes":4096},
+        "exchange": {"grant":"token_exchange","audience":["orders-api"],"resource":["https://orders.internal/"],"scope":"orders:read",
+                     "requested_token_type":null,"actor":null,"extra_params":{"k":"v"}},
+        "routes": [
+          {"match":{"authority":"orders.example.com","path_prefix":"/orders","methods":["get"]},"exchange":{"audience":["orders-api"],"scope":"orders:read"}},
+          {"match":{"path_prefix":"/healthz"},"bypass":true}
+        ],
+        "output": {"header":"authorization","prefix":"Bearer ","original_token_header":"x-original-token"},
+        "cache": {"max_entries":10,"expiry_skew_s":0,"default_ttl_s":60,"negative_ttl_s":0},
+        "realm": "orders",
+        "on_missing_token":"allow","on_sts_unavailable":"allow"
+    }"#,
+    )
+    .unwrap();
+    assert_eq!(c.subject_token.header, "authorization");
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].action, RouteAction::Exchange(1));
+    assert_eq!(c.routes[0].matcher.methods, vec!["GET".to_string()]);
+    assert_eq!(c.routes[1].action, RouteAction::Bypass);
+    assert_eq!(
+        c.output.original_token_header.as_deref(),
+        Some("x-original-token")
+    );
+    assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Allow);
+    assert_eq!(c.client.endpoint.auth().name(), "client_secret_post");
+}
+
+#[test]
+fn unknown_keys_are_refused_naming_the_key() {
+    assert_eq!(err_key(&with(r#""colour":"blue""#)), "colour");
+    assert_eq!(
+        err_key(&with(r#""routes":[{"match":{"path":"/"}}]"#)),
+        "routes[0].match.path"
+    );
+    assert_eq!(
+        err_key(
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","tmeout_ms":5}}"#
+        ),
+        "sts.tmeout_ms"
+    );
+    assert_eq!(
+        err_key(&with(r#""cache":{"max_entry":5}"#)),
+        "cache.max_entry"
+    );
+}
+
+#[test]
+fn missing_required_keys_are_refused() {
+    assert_eq!(err_key("{}"), "sts");
+    assert_eq!(
+        err_key(r#"{"sts":{"cluster":"s","authority":"a"}}"#),
+        "sts.token_path"
+    );
+    assert_eq!(
+        err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t"}}"#),
+        "sts.client_id"
+    );
+    assert_eq!(
+        err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c"}}"#),
+        "sts.client_secret"
+    );
+    assert_eq!(err_key("not json"), "(document)");
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_key() {
+    let cases = [
+        (
+            r#"{"sts":{"cluster":"","authority":"a","token_path":"/t","client_auth":"none"}}"#,
+            "sts.cluster",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"https://a","token_path":"/t","client_auth":"none"}}"#,
+            "sts.authority",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"t","client_auth":"none"}}"#,
+            "sts.token_path",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":0}}"#,
+            "sts.timeout_ms",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":60001}}"#,
+            "sts.timeout_ms",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"mtls"}}"#,
+            "sts.client_auth",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","client_secret":"x"}}"#,
+            "sts.client_secret",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_secret_env":"E"}}"#,
+            "sts.client_secret",
+        ),
+    ];
+    for (json, key) in cases {
+        assert_eq!(err_key(json), key, "{json}");
+    }
+    let cases = [
+        (
+            r#""subject_token":{"header":"bad header"}"#,
+            "subject_token.header",
+        ),
+        (
+            r#""subject_token":{"token_type":"access_token"}"#,
+            "subject_token.token_type",
+        ),
+        (
+            r#""subject_token":{"max_bytes":1}"#,
+            "subject_token.max_bytes",
+        ),
+        (
+            r#""subject_token":{"prefix":"Bearer\n"}"#,
+            "subject_token.prefix",
+        ),
+        (r#""output":{"header":":path"}"#, "output.header"),
+        (
+            r#""output":{"original_token_header":"authorization"}"#,
+            "output.original_token_header",
+        ),
+        (r#""cache":{"max_entries":0}"#, "cache.max_entries"),
+        (r#""cache":{"default_ttl_s":90000}"#, "cache.default_ttl_s"),
+        (r#""exchange":{"grant":"password"}"#, "exchange.grant"),
+        (r#""exchange":{"audience":[""]}"#, "exchange.audience"),
+        (r#""exchange":{"resource":["orders"]}"#, "exchange.resource"),
+        (
+            r#""exchange":{"resource":["https://o/#frag"]}"#,
+            "exchange.resource",
+        ),
+        (r#""exchange":{"scope":"a  b"}"#, "exchange.scope"),
+        (r#""exchange":{"scope":"a\"b"}"#, "exchange.scope"),
+        (
+            r#""exchange":{"requested_token_type":"jwt"}"#,
+            "exchange.requested_token_type",
+        ),
+        (
+            r#""exchange":{"extra_params":{"subject_token":"x"}}"#,
+            "exchange.extra_params.subject_token",
+        ),
+        (
+            r#""routes":[{"match":{"path_prefix":"x"}}]"#,
+            "routes[0].match.path_prefix",
+        ),
+        (
+            r#""routes":[{"match":{"methods":["G ET"]}}]"#,
+            "routes[0].match.methods",
+        ),
+        (
+            r#""routes":[{"bypass":true,"exchange":{"scope":"a"}}]"#,
+            "routes[0]",
+        ),
+        (
+            r#""routes":[{"exchange":{"scope":""}}]"#,
+            "routes[0].exchange.scope",
+        ),
+        (r#""on_missing_token":"maybe""#, "on_missing_token"),
+        (r#""cache":{"max_entries":-1}"#, "cache.max_entries"),
+        (r#""realm":"a\"b""#, "realm"),
+    ];
+    for (extra, key) in cases {
+        assert_eq!(err_key(&with(extra)), key, "{extra}");
+    }
+}
+
+#[test]
+fn ciba_is_refused_not_ignored() {
+    assert_eq!(
+        err_key(&with(r#""exchange":{"grant":"ciba"}"#)),
+        "exchange.grant ciba"
+    );
+    assert_eq!(
+        err_key(
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{}}}"#
+        ),
+        "sts.ciba"
+    );
+}
+
+#[test]
+fn actors_and_grants_are_validated() {
+    let ok = with(
+        r#""exchange":{"actor":{"source":"client_credentials","scope":"a b"},"expect_act":true},
+        "routes":[{"match":{"path_prefix":"/imp"},"exchange":{"actor":null,"expect_act":false}},
+                  {"match":{"path_prefix":"/hdr"},"exchange":{"actor":{"source":"header","header":"X-Actor"}}},
+                  {"match":{"path_prefix":"/same"},"exchange":{"audience":"x"}}]"#,
+    );
+    let c = parse(&ok).unwrap();
+    assert_eq!(
+        c.client.actors.len(),
+        1,
+        "one client-credentials actor, shared"
+    );
+    assert!(c.client.profiles[0].actor.is_some());
+    assert!(
+        c.client.profiles[1].actor.is_none(),
+        "a route turns delegation off with null"
+    );
+    assert_eq!(
+        c.client.profiles[2].actor.as_ref().unwrap().source,
+        CompiledActor::Header("x-actor".into())
+    );
+    assert_eq!(c.actor_headers, vec!["x-actor".to_string()]);
+    assert!(
+        c.client.profiles[3].actor.is_some(),
+        "an override without actor keeps the default's"
+    );
+
+    let cases = [
+        (
+            r#""exchange":{"grant":"jwt_bearer","actor":{"source":"client_credentials"}}"#,
+            "exchange.actor",
+        ),
+        (
+            r#""exchange":{"grant":"jwt_bearer","requested_token_type":"urn:x:y"}"#,
+            "exchange.requested_token_type",
+        ),
+        (
+            r#""exchange":{"grant":"jwt_bearer","audience":"a"}"#,
+            "exchange.audience",
+        ),
+        (r#""exchange":{"grant":"saml"}"#, "exchange.grant"),
+        (r#""exchange":{"expect_act":true}"#, "exchange.expect_act"),
+        (
+            r#""exchange":{"actor":{"source":"magic"}}"#,
+            "exchange.actor.source",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"header"}}"#,
+            "exchange.actor.header",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"header","header":"authorization"}}"#,
+            "exchange.actor.header",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"header","header":"x","scope":"s"}}"#,
+            "exchange.actor",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"client_credentials","header":"x"}}"#,
+            "exchange.actor.header",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"client_credentials","token_type":"jwt"}}"#,
+            "exchange.actor.token_type",
+        ),
+        (
+            r#""exchange":{"actor":{"source":"client_credentials","colour":"red"}}"#,
+            "exchange.actor.colour",
+        ),
+    ];
+    for (extra, key) in cases {
+        assert_eq!(err_key(&with(extra)), key, "{extra}");
+    }
+}
+
+#[test]
+fn private_key_jwt_is_validated() {
+    let (pem, _) = crate::assertion::tests::es256_pem();
+    let env = |k: &str| (k == "KEY").then(|| pem.clone());
+    let parse_env = |json: &str| load(json, &env);
+    let ok = r#"{"sts":{"cluster":"s","authority":"sts.local","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
+    let c = parse_env(ok).unwrap();
+    let ClientAuth::PrivateKeyJwt(signer) = c.client.endpoint.auth() else {
+        panic!()
+    };
+    assert_eq!(
+        signer.audience, "https://sts.local/t",
+        "default audience: the token endpoint URL"
+    );
+    let cases = [
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt"}}"#,
+            "sts.private_key",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#,
+            "sts.client_id",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"NOPE"}}}"#,
+            "sts.private_key.pem_env",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem":"junk"}}}"#,
+            "sts.private_key",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY","alg":"RS256"}}}"#,
+            "sts.private_key",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+            "sts.client_secret",
+        ),
+        (
+            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+            "sts.private_key",
+        ),
+    ];
+    for (json, key) in cases {
+        let e = parse_env(json).expect_err(json);
+        assert_eq!(e.key, key, "{json}");
+        assert!(
+            !e.to_string().contains("PRIVATE KEY"),
+            "never echoes the key"
+        );
+    }
+}
+
+#[test]
+fn trusted_issuers_are_validated() {
+    let good = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["RS256","EdDSA"],"audiences":["api"],
+        "jwks_uri":{"cluster":"idp","authority":"idp.local","path":"/jwks"}}]"#;
+    let c = parse(&with(good)).unwrap();
+    let t = &c.trusted_issuers[0];
+    assert_eq!(t.algorithms, vec![JwsAlg::Rs256, JwsAlg::EdDsa]);
+    assert_eq!(t.leeway_s, 30);
+    let KeySource::Remote(u) = &t.keys else {
+        panic!("remote keys expected")
+    };
+    assert_eq!((u.refresh_s, u.timeout_ms), (300, 2000));
+
+    let ed = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k"}"#;
+    let inline = format!(
+        r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{{"keys":[{ed}]}}}}]"#
+    );
+    assert!(matches!(
+        parse(&with(&inline)).unwrap().trusted_issuers[0].keys,
+        KeySource::Inline(_)
+    ));
+    let as_string = format!(
+        r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{}}}]"#,
+        serde_json::Value::String(format!(r#"{{"keys":[{ed}]}}"#))
+    );
+    assert!(matches!(
+        parse(&with(&as_string)).unwrap().trusted_issuers[0].keys,
+        KeySource::Inline(_)
+    ));
+
+    let cases = [
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["none"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["HS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["ES384"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":[],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"]}]"#,
+            "trusted_issuers[0]",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[]},"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0]",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}}]"#,
+            "trusted_issuers[0].jwks",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":"not json"}]"#,
+            "trusted_issuers[0].jwks",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"j"}}]"#,
+            "trusted_issuers[0].jwks_uri.path",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","refresh_s":1}}]"#,
+            "trusted_issuers[0].jwks_uri.refresh_s",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"leeway_s":301,"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].leeway_s",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[0].issuer",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}},{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            "trusted_issuers[1].issuer",
+        ),
+        (
+            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","url":"x"}}]"#,
+            "trusted_issuers[0].jwks_uri.url",
+        ),
+    ];
+    for (extra, key) in cases {
+        assert_eq!(err_key(&with(extra)), key, "{extra}");
+    }
+}
+
+#[test]
+fn secret_comes_from_the_vm_environment() {
+    let json = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"STS_SECRET"}}"#;
+    let env = |k: &str| (k == "STS_SECRET").then(|| "from-env".to_string());
+    let c = load(json, &env).unwrap();
+    assert_eq!(
+        c.client.endpoint.auth(),
+        &ClientAuth::basic("c", "from-env")
+    );
+    let e = parse(json).unwrap_err();
+    assert_eq!(e.key, "sts.client_secret_env");
+    assert!(e.to_string().contains("STS_SECRET"));
+}
+
+#[test]
+fn errors_never_echo_the_secret() {
+    let typed = parse(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":987654321}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(!typed.contains("987654321"), "{typed}");
+    assert!(typed.contains("expected a string"), "{typed}");
+    let e = err_key(&with(r#""bogus":1"#));
+    assert_eq!(e, "bogus");
+    let msg = parse(&with(r#""bogus":1"#)).unwrap_err().to_string();
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let summary = parse(MINIMAL).unwrap().summary();
+    assert!(!summary.contains("s3cret"), "{summary}");
+    assert!(summary.contains("sts.example.com/token"));
+}
+
+#[test]
+fn values_that_would_misbehave_later_are_refused_at_load() {
+    let sts = r#""sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}"#;
+    let doc = |rest: &str| format!("{{{sts},{rest}}}");
+    for h in [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "host",
+        ":path",
+        "keep-alive",
+    ] {
+        for (json, key) in [
+            (format!(r#""output":{{"header":"{h}"}}"#), "output.header"),
+            (
+                format!(r#""output":{{"original_token_header":"{h}"}}"#),
+                "output.original_token_header",
+            ),
+            (
+                format!(r#""subject_token":{{"header":"{h}"}}"#),
+                "subject_token.header",
+            ),
+            (
+                format!(r#""exchange":{{"actor":{{"source":"header","header":"{h}"}}}}"#),
+                "exchange.actor.header",
+            ),
+        ] {
+            assert_eq!(err_key(&doc(&json)), key, "{h} in {key}");
+        }
+    }
+    let issuer = |iss: &str, uri: &str| {
+        doc(&format!(
+            r#""trusted_issuers":[{{"issuer":"{iss}","algorithms":["ES256"],"jwks_uri":{uri}}}]"#
+        ))
+    };
+    let good_uri = r#"{"cluster":"idp","authority":"idp.local","path":"/jwks"}"#;
+    assert!(parse(&issuer("https://idp", good_uri)).is_ok());
+    for (iss, uri, key) in [
+        (" https://idp", good_uri, "trusted_issuers[0].issuer"),
+        ("https://idp ", good_uri, "trusted_issuers[0].issuer"),
+        (
+            "https://idp",
+            r#"{"cluster":"idp","authority":"idp.local","path":"/jw ks"}"#,
+            "trusted_issuers[0].jwks_uri.path",
+        ),
+        (
+            "https://idp",
+            r#"{"cluster":"idp","authority":"idp.local","path":"/jwks\r\nx: y"}"#,
+            "trusted_issuers[0].jwks_uri.path",
+        ),
+        (
+            "https://idp",
+            r#"{"cluster":"idp","authority":"idp .local","path":"/jwks"}"#,
+            "trusted_issuers[0].jwks_uri.authority",
+        ),
+        (
+            "https://idp",
+            r#"{"cluster":"idp","authority":"idp.local\u0000","path":"/jwks"}"#,
+            "trusted_issuers[0].jwks_uri.authority",
+        ),
+    ] {
+        assert_eq!(err_key(&issuer(iss, uri)), key, "{uri}");
+    }
+    let bad_path = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t\u0001","client_id":"c","client_secret":"x"}}"#;
+    assert_eq!(err_key(bad_path), "sts.token_path");
+}
+
+#[test]
+fn a_secret_in_the_wrong_key_is_never_printed() {
+    let (pem, _) = crate::assertion::tests::es256_pem();
+    let pem_json = serde_json::to_string(&pem).unwrap();
+    let secret = "pa55-W0rd!with spaces and more";
+    for json in [
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem_env":{pem_json}}}}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"{secret}"}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_auth":"{secret}"}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem":"x","alg":"{secret}"}}}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"grant":"{secret}"}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"actor":{{"source":"{secret}"}}}}}}"#
+        ),
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"trusted_issuers":[{{"issuer":"i","algorithms":["{secret}"],"jwks":{{"keys":[]}}}}]}}"#
+        ),
+    ] {
+        let msg = parse(&json).unwrap_err().to_string();
+        assert!(
+            !msg.contains("BEGIN") && !msg.contains("MII") && !msg.contains("pa55"),
+            "{msg}"
+        );
+        let first_line = pem.lines().nth(1).unwrap_or_default();
+        assert!(!msg.contains(first_line), "{msg}");
+    }
+}
+
+#[test]
+fn route_overrides_replace_only_the_keys_they_set() {
+    let c = parse(&with(
+        r#""exchange":{"audience":"a","scope":"s1"},"routes":[{"match":{"path_prefix":"/b"},"exchange":{"audience":["b","c"]}}]"#,
+    ))
+    .unwrap();
+    let form = |i: usize| {
+        let body = c.client.profiles[i]
+            .request(&c.client.endpoint, "t", None, 0)
+            .unwrap()
+            .body;
+        form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect::<Vec<(String, String)>>()
+    };
+    let field = |f: &[(String, String)], k: &str| -> Vec<String> {
+        f.iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(field(&form(0), "audience"), vec!["a"]);
+    assert_eq!(field(&form(1), "audience"), vec!["b", "c"]);
+    assert_eq!(field(&form(1), "scope"), vec!["s1"]);
+}

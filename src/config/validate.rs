@@ -1,0 +1,413 @@
+//! Every rule of the configuration contract: the serde shape in, validated plain data out, or one
+//! error naming the key at fault (never echoing a value that could be a secret).
+
+use super::exchange::{validate_exchange, validate_match, ExchangeContext};
+use super::raw::*;
+use super::values::*;
+use super::*;
+
+pub(super) fn validate(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let sts = validate_sts(raw.sts, env)?;
+    let subject_token = validate_subject(raw.subject_token)?;
+    let mut actor_headers = Vec::new();
+    let mut trusted_issuers = Vec::with_capacity(raw.trusted_issuers.len());
+    for (i, r) in raw.trusted_issuers.into_iter().enumerate() {
+        let issuer = validate_issuer(r, &format!("trusted_issuers[{i}]"))?;
+        if trusted_issuers
+            .iter()
+            .any(|t: &TrustedIssuer| t.issuer == issuer.issuer)
+        {
+            return Err(ConfigError::new(
+                format!("trusted_issuers[{i}].issuer"),
+                "is listed twice",
+            ));
+        }
+        trusted_issuers.push(issuer);
+    }
+    let output = validate_output(raw.output, &subject_token)?;
+    let cache = validate_cache(raw.cache)?;
+
+    let mut ctx = ExchangeContext {
+        subject: &subject_token,
+        actor_headers: &mut actor_headers,
+    };
+    let mut exchanges = vec![validate_exchange(&raw.exchange, "exchange", &mut ctx)?];
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let matcher = validate_match(r.matcher, &key)?;
+        let action = match (r.bypass, r.exchange) {
+            (true, Some(_)) => {
+                return Err(ConfigError::new(
+                    key,
+                    "a rule either bypasses or overrides the exchange, not both",
+                ))
+            }
+            (true, None) => RouteAction::Bypass,
+            (false, None) => RouteAction::Exchange(0),
+            (false, Some(o)) => {
+                let merged = raw.exchange.overridden_by(&o);
+                exchanges.push(validate_exchange(
+                    &merged,
+                    &format!("{key}.exchange"),
+                    &mut ctx,
+                )?);
+                RouteAction::Exchange(exchanges.len() - 1)
+            }
+        };
+        routes.push(Route { matcher, action });
+    }
+
+    let realm = raw.realm.unwrap_or_else(|| "token-exchange".to_string());
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(ConfigError::new(
+            "realm",
+            "must be non-empty, without quotes, backslashes or control characters",
+        ));
+    }
+
+    Ok(Config {
+        sts,
+        actor_headers,
+        subject_token,
+        trusted_issuers,
+        exchanges,
+        routes,
+        output,
+        cache,
+        realm,
+        on_missing_token: raw.on_missing_token,
+        on_sts_unavailable: raw.on_sts_unavailable,
+    })
+}
+
+fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsConfig, ConfigError> {
+    if s.ciba.is_some() {
+        return Err(not_yet("sts.ciba"));
+    }
+    non_empty(&s.cluster, "sts.cluster")?;
+    non_empty(&s.authority, "sts.authority")?;
+    if s.authority.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ConfigError::new(
+            "sts.authority",
+            "must be a host[:port] without scheme or path",
+        ));
+    }
+    if !s.token_path.starts_with('/')
+        || s.token_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ConfigError::new(
+            "sts.token_path",
+            "must start with '/' and hold no whitespace",
+        ));
+    }
+    let timeout_ms = s.timeout_ms.unwrap_or(2000);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::new(
+            "sts.timeout_ms",
+            "must be between 1 and 60000",
+        ));
+    }
+
+    let method = s.client_auth.as_deref().unwrap_or("client_secret_basic");
+    let secret = match (s.client_secret, s.client_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "sts.client_secret",
+                "give client_secret or client_secret_env, not both",
+            ))
+        }
+        (Some(v), None) => Some(v),
+        (None, Some(var)) => match env(&var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                return Err(ConfigError::new(
+                    "sts.client_secret_env",
+                    format!("environment variable {} is not set in the VM", shown(&var)),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    let client_id = s.client_id.filter(|id| !id.is_empty());
+    if s.private_key.is_some() && method != "private_key_jwt" {
+        return Err(ConfigError::new(
+            "sts.private_key",
+            "is only used with client_auth private_key_jwt",
+        ));
+    }
+    let client_auth = match method {
+        "none" => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    "sts.client_secret",
+                    "must not be set when client_auth is none",
+                ));
+            }
+            ClientAuthConfig::None
+        }
+        "client_secret_basic" | "client_secret_post" => {
+            let id = client_id.clone().ok_or_else(|| {
+                ConfigError::new("sts.client_id", format!("is required for {method}"))
+            })?;
+            let secret = secret.ok_or_else(|| {
+                ConfigError::new(
+                    "sts.client_secret",
+                    format!("client_secret or client_secret_env is required for {method}"),
+                )
+            })?;
+            if method == "client_secret_basic" {
+                ClientAuthConfig::Basic { id, secret }
+            } else {
+                ClientAuthConfig::Post { id, secret }
+            }
+        }
+        "private_key_jwt" => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    "sts.client_secret",
+                    "must not be set with private_key_jwt: credentials go in one place",
+                ));
+            }
+            let id = client_id.clone().ok_or_else(|| {
+                ConfigError::new("sts.client_id", "is required for private_key_jwt")
+            })?;
+            let pk = s.private_key.ok_or_else(|| {
+                ConfigError::new("sts.private_key", "is required for private_key_jwt")
+            })?;
+            let pem = match (pk.pem, pk.pem_env) {
+                (Some(p), None) => p,
+                (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    ConfigError::new(
+                        "sts.private_key.pem_env",
+                        format!("environment variable {} is not set in the VM", shown(&var)),
+                    )
+                })?,
+                _ => {
+                    return Err(ConfigError::new(
+                        "sts.private_key",
+                        "give exactly one of pem and pem_env",
+                    ))
+                }
+            };
+            let alg = pk.alg.unwrap_or_else(|| "ES256".to_string());
+            if !["ES256", "RS256", "EdDSA"].contains(&alg.as_str()) {
+                return Err(ConfigError::new(
+                    "sts.private_key",
+                    "alg is not supported; use ES256, RS256 or EdDSA",
+                ));
+            }
+            ClientAuthConfig::PrivateKeyJwt {
+                id,
+                key: PrivateKeyConfig {
+                    pem,
+                    alg,
+                    kid: pk.kid,
+                    audience: pk
+                        .audience
+                        .unwrap_or_else(|| format!("https://{}{}", s.authority, s.token_path)),
+                },
+            }
+        }
+        other => {
+            return Err(ConfigError::new(
+                "sts.client_auth",
+                format!(
+                    "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt or none",
+                    shown(other)
+                ),
+            ))
+        }
+    };
+    Ok(StsConfig {
+        cluster: s.cluster,
+        authority: s.authority,
+        token_path: s.token_path,
+        timeout_ms,
+        client_id,
+        client_auth,
+    })
+}
+
+fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError> {
+    non_empty(&r.issuer, &format!("{key}.issuer"))?;
+    // Compared byte for byte with a token's `iss`: white space would only ever fail to match.
+    no_space_or_control(&r.issuer, &format!("{key}.issuer"))?;
+    let audiences = r.audiences.unwrap_or_default();
+    for a in &audiences {
+        non_empty(a, &format!("{key}.audiences"))?;
+    }
+    if r.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            format!("{key}.algorithms"),
+            "must list at least one algorithm",
+        ));
+    }
+    let mut algorithms = Vec::with_capacity(r.algorithms.len());
+    for name in &r.algorithms {
+        let alg = JwsAlg::from_name(name).ok_or_else(|| {
+            let why = if name.eq_ignore_ascii_case("none")
+                || name.to_ascii_uppercase().starts_with("HS")
+            {
+                format!("{} is never accepted for subject tokens", shown(name))
+            } else {
+                format!(
+                    "{} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA",
+                    shown(name)
+                )
+            };
+            ConfigError::new(format!("{key}.algorithms"), why)
+        })?;
+        algorithms.push(alg);
+    }
+    let leeway_s = r.leeway_s.unwrap_or(30);
+    if leeway_s > 300 {
+        return Err(ConfigError::new(
+            format!("{key}.leeway_s"),
+            "must be at most 300",
+        ));
+    }
+    let keys = match (r.jwks, r.jwks_uri) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ConfigError::new(
+                key,
+                "give exactly one of jwks and jwks_uri",
+            ))
+        }
+        (Some(jwks), None) => {
+            let value = match jwks {
+                serde_json::Value::String(text) => serde_json::from_str(&text)
+                    .map_err(|_| ConfigError::new(format!("{key}.jwks"), "is not JSON"))?,
+                other => other,
+            };
+            KeySource::Inline(value)
+        }
+        (None, Some(u)) => {
+            let k = format!("{key}.jwks_uri");
+            non_empty(&u.cluster, &format!("{k}.cluster"))?;
+            non_empty(&u.authority, &format!("{k}.authority"))?;
+            no_space_or_control(&u.authority, &format!("{k}.authority"))?;
+            if !u.path.starts_with('/') {
+                return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
+            }
+            no_space_or_control(&u.path, &format!("{k}.path"))?;
+            let refresh_s = u.refresh_s.unwrap_or(300);
+            if !(10..=86_400).contains(&refresh_s) {
+                return Err(ConfigError::new(
+                    format!("{k}.refresh_s"),
+                    "must be between 10 and 86400",
+                ));
+            }
+            let timeout_ms = u.timeout_ms.unwrap_or(2000);
+            if !(1..=60_000).contains(&timeout_ms) {
+                return Err(ConfigError::new(
+                    format!("{k}.timeout_ms"),
+                    "must be between 1 and 60000",
+                ));
+            }
+            KeySource::Remote(JwksUri {
+                cluster: u.cluster,
+                authority: u.authority,
+                path: u.path,
+                refresh_s,
+                timeout_ms,
+            })
+        }
+    };
+    Ok(TrustedIssuer {
+        issuer: r.issuer,
+        audiences,
+        algorithms,
+        leeway_s,
+        keys,
+    })
+}
+
+fn validate_subject(s: RawSubjectToken) -> Result<SubjectTokenConfig, ConfigError> {
+    let header = settable_header(
+        s.header.as_deref().unwrap_or("authorization"),
+        "subject_token.header",
+    )?;
+    let prefix = s.prefix.unwrap_or_else(|| "Bearer ".to_string());
+    printable(&prefix, "subject_token.prefix")?;
+    let token_type = s
+        .token_type
+        .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_string());
+    uri(&token_type, "subject_token.token_type")?;
+    let max_bytes = s.max_bytes.unwrap_or(8192);
+    if !(16..=65_536).contains(&max_bytes) {
+        return Err(ConfigError::new(
+            "subject_token.max_bytes",
+            "must be between 16 and 65536",
+        ));
+    }
+    Ok(SubjectTokenConfig {
+        header,
+        prefix,
+        token_type,
+        max_bytes,
+    })
+}
+
+fn validate_output(
+    o: RawOutput,
+    subject: &SubjectTokenConfig,
+) -> Result<OutputConfig, ConfigError> {
+    let header = settable_header(
+        o.header.as_deref().unwrap_or("authorization"),
+        "output.header",
+    )?;
+    let prefix = o.prefix.unwrap_or_else(|| "Bearer ".to_string());
+    printable(&prefix, "output.prefix")?;
+    let original_token_header = match o.original_token_header {
+        None => None,
+        Some(h) => {
+            let h = settable_header(&h, "output.original_token_header")?;
+            if h == header || h == subject.header {
+                return Err(ConfigError::new(
+                    "output.original_token_header",
+                    "must differ from output.header and subject_token.header",
+                ));
+            }
+            Some(h)
+        }
+    };
+    Ok(OutputConfig {
+        header,
+        prefix,
+        original_token_header,
+    })
+}
+
+fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
+    let max_entries = c.max_entries.unwrap_or(4096);
+    if !(1..=1_000_000).contains(&max_entries) {
+        return Err(ConfigError::new(
+            "cache.max_entries",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let day = 86_400;
+    let check = |v: u64, key: &str| {
+        if v > day {
+            Err(ConfigError::new(key, "must be at most 86400 seconds"))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(CacheConfig {
+        max_entries,
+        expiry_skew_s: check(c.expiry_skew_s.unwrap_or(30), "cache.expiry_skew_s")?,
+        default_ttl_s: check(c.default_ttl_s.unwrap_or(300), "cache.default_ttl_s")?,
+        negative_ttl_s: check(c.negative_ttl_s.unwrap_or(5), "cache.negative_ttl_s")?,
+    })
+}

@@ -1,0 +1,256 @@
+//! Single flight: the STS calls in the air, the requests waiting on each, and the context that
+//! carries each call. A call whose carrier goes away stays in the table without a callout, for
+//! the root to send again ([`Flights::orphans`]); one that nobody waits for any more is dropped.
+
+use std::collections::HashMap;
+
+use crate::cache::CacheKey;
+
+/// What an STS call is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// A token exchange; every waiter gets its token.
+    Exchange(Exchange),
+    /// The filter's own client-credentials call for actor `actor`; each waiter then goes on with
+    /// its own exchange.
+    Actor {
+        /// Index into the client's actor profiles.
+        actor: usize,
+    },
+}
+
+/// A token exchange in the air, with what deciding on its answer (or sending it again) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Index of the exchange profile.
+    pub profile: usize,
+    /// The subject token.
+    pub subject: String,
+    /// The subject's `exp` (seconds), capping the cache lifetime.
+    pub subject_exp: Option<u64>,
+    /// The actor token sent, for a delegation.
+    pub actor_token: Option<String>,
+    /// When the actor's token stops being good (ms); caps the cache lifetime.
+    pub actor_until_ms: Option<u64>,
+    /// With `expect_act`: the `sub` the minted token's `act` must name.
+    pub actor_sub: Option<String>,
+    /// No header actor: the answer may go into the worker memo.
+    pub rememberable: bool,
+}
+
+/// A request waiting on a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    /// Its context.
+    pub ctx: u32,
+    /// For an actor call: the exchange the request goes on with (profile, subject).
+    pub resume: Option<(usize, String)>,
+}
+
+/// A call that answered (or is given up): its key, job, waiters and start time.
+#[derive(Debug)]
+pub struct Landed {
+    /// The flight's key.
+    pub key: CacheKey,
+    /// What the call was for.
+    pub job: Job,
+    /// Who waited, in arrival order.
+    pub waiters: Vec<Waiter>,
+    /// When the call was first sent (ms).
+    pub started_ms: u64,
+}
+
+struct Flight {
+    /// The callout's token; `None` while the call waits to be sent again.
+    call: Option<u32>,
+    /// The context whose callout it is; `None` for the root.
+    carrier: Option<u32>,
+    started_ms: u64,
+    waiters: Vec<Waiter>,
+    job: Job,
+}
+
+/// The same verdict for every waiter.
+pub fn answer_all<V: Clone>(waiters: Vec<Waiter>, v: &V) -> Vec<(u32, V)> {
+    waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
+}
+
+/// The flights of one worker.
+#[derive(Default)]
+pub struct Flights {
+    flights: HashMap<CacheKey, Flight>,
+    calls: HashMap<u32, CacheKey>,
+    members: HashMap<u32, CacheKey>,
+    carried: HashMap<u32, Vec<CacheKey>>,
+}
+
+impl Flights {
+    /// Adds `waiter` to the flight for `key` if one is in the air; hands it back otherwise.
+    pub fn join(&mut self, key: &CacheKey, waiter: Waiter) -> Result<(), Waiter> {
+        let Some(flight) = self.flights.get_mut(key) else {
+            return Err(waiter);
+        };
+        self.members.insert(waiter.ctx, *key);
+        flight.waiters.push(waiter);
+        Ok(())
+    }
+
+    /// A new flight for `key`: callout `call` carried by `carrier` (`None`: the root).
+    pub fn start(
+        &mut self,
+        key: CacheKey,
+        call: u32,
+        carrier: Option<u32>,
+        now_ms: u64,
+        waiter: Waiter,
+        job: Job,
+    ) {
+        self.members.insert(waiter.ctx, key);
+        self.flights.insert(
+            key,
+            Flight {
+                call: Some(call),
+                carrier,
+                started_ms: now_ms,
+                waiters: vec![waiter],
+                job,
+            },
+        );
+        self.calls.insert(call, key);
+        if let Some(c) = carrier {
+            self.carried.entry(c).or_default().push(key);
+        }
+    }
+
+    /// The flight whose callout `call` answered, taken out of the table; `None` for a call that
+    /// is not (or no longer) a flight's.
+    pub fn land(&mut self, call: u32) -> Option<Landed> {
+        let key = self.calls.remove(&call)?;
+        self.take(&key)
+    }
+
+    /// Gives a flight up (it could not be sent again): its waiters need an answer.
+    pub fn take(&mut self, key: &CacheKey) -> Option<Landed> {
+        let flight = self.flights.remove(key)?;
+        if let Some(call) = flight.call {
+            self.calls.remove(&call);
+        }
+        for w in &flight.waiters {
+            self.members.remove(&w.ctx);
+        }
+        Some(Landed {
+            key: *key,
+            job: flight.job,
+            waiters: flight.waiters,
+            started_ms: flight.started_ms,
+        })
+    }
+
+    /// Forgets a request that ended. The calls its context carried are lost with it: they wait
+    /// to be sent again for whoever still waits, or are dropped when nobody does.
+    pub fn leave(&mut self, ctx: u32) {
+        if let Some(key) = self.members.remove(&ctx) {
+            if let Some(flight) = self.flights.get_mut(&key) {
+                flight.waiters.retain(|w| w.ctx != ctx);
+                if flight.call.is_none() && flight.waiters.is_empty() {
+                    self.flights.remove(&key);
+                }
+            }
+        }
+        for key in self.carried.remove(&ctx).unwrap_or_default() {
+            let Some(flight) = self.flights.get_mut(&key) else {
+                continue;
+            };
+            if flight.carrier != Some(ctx) {
+                continue;
+            }
+            if let Some(call) = flight.call.take() {
+                self.calls.remove(&call);
+            }
+            flight.carrier = None;
+            if flight.waiters.is_empty() {
+                self.flights.remove(&key);
+            }
+        }
+    }
+
+    /// The flights waiting to be sent again, with their jobs.
+    pub fn orphans(&self) -> Vec<(CacheKey, Job)> {
+        self.flights
+            .iter()
+            .filter(|(_, f)| f.call.is_none())
+            .map(|(k, f)| (*k, f.job.clone()))
+            .collect()
+    }
+
+    /// An orphan was sent again (by the root) as callout `call`.
+    pub fn resent(&mut self, key: &CacheKey, call: u32) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.call = Some(call);
+            self.calls.insert(call, *key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(ctx: u32) -> Waiter {
+        Waiter { ctx, resume: None }
+    }
+
+    const K: CacheKey = [7; 32];
+    const JOB: Job = Job::Actor { actor: 0 };
+
+    #[test]
+    fn waiters_join_one_call_and_land_together() {
+        let mut f = Flights::default();
+        assert!(f.join(&K, waiter(1)).is_err());
+        f.start(K, 10, Some(1), 5, waiter(1), JOB);
+        assert!(f.join(&K, waiter(2)).is_ok());
+        assert!(f.land(99).is_none());
+        let landed = f.land(10).unwrap();
+        assert_eq!(landed.waiters, vec![waiter(1), waiter(2)]);
+        assert_eq!(landed.started_ms, 5);
+        assert!(f.land(10).is_none(), "a flight lands once");
+        assert!(f.join(&K, waiter(3)).is_err(), "and is gone");
+    }
+
+    #[test]
+    fn a_lost_carrier_leaves_an_orphan_for_whoever_still_waits() {
+        let mut f = Flights::default();
+        f.start(K, 10, Some(1), 0, waiter(1), JOB);
+        f.join(&K, waiter(2)).unwrap();
+        f.leave(1);
+        assert!(f.land(10).is_none(), "the lost callout's answer is ignored");
+        assert_eq!(f.orphans(), vec![(K, JOB)]);
+        f.resent(&K, 11);
+        assert!(f.orphans().is_empty());
+        assert_eq!(f.land(11).unwrap().waiters, vec![waiter(2)]);
+    }
+
+    #[test]
+    fn an_orphan_nobody_waits_for_is_dropped() {
+        let mut f = Flights::default();
+        f.start(K, 10, Some(1), 0, waiter(1), JOB);
+        f.join(&K, waiter(2)).unwrap();
+        f.leave(1);
+        f.leave(2);
+        assert!(f.orphans().is_empty());
+        // Also when the carrier is the last to go.
+        f.start(K, 12, Some(3), 0, waiter(3), JOB);
+        f.leave(3);
+        assert!(f.orphans().is_empty());
+        assert!(f.join(&K, waiter(4)).is_err());
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_gets_nothing() {
+        let mut f = Flights::default();
+        f.start(K, 10, None, 0, waiter(1), JOB);
+        f.join(&K, waiter(2)).unwrap();
+        f.leave(2);
+        assert_eq!(f.land(10).unwrap().waiters, vec![waiter(1)]);
+    }
+}

@@ -1,0 +1,468 @@
+//! The trusted issuers as one worker sees them: their key sets (inline, or fetched through a
+//! cluster on a schedule, shared with the other workers through shared data, one fetch at a time
+//! across workers by a compare-and-swap claim), the requests waiting for a fetch, and the subject
+//! tokens already verified with the keys at hand.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::cache::CacheKey;
+use crate::config::{ConfigError, KeySource, TrustedIssuer};
+use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
+use crate::jwks::{KeySet, Schedule};
+use crate::metrics::Metric;
+use crate::refusal::JwtError;
+use crate::token::{self, JwtCheck, MayAct, Verified};
+
+/// Verified subject tokens remembered per worker before the record is cleared.
+const MAX_VERIFIED: usize = 10_000;
+
+/// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWaiter {
+    /// Its context.
+    pub ctx: u32,
+    /// The exchange profile it goes on with.
+    pub profile: usize,
+    /// The subject token.
+    pub subject: String,
+    /// A header actor token it came with.
+    pub actor: Option<String>,
+    /// When it began to wait (ms).
+    pub since_ms: u64,
+}
+
+/// Requests whose wait for keys is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// New keys (or none to wait for): check these again.
+    Resume(Vec<KeyWaiter>),
+    /// The fetch failed: these get 503.
+    Failed(Vec<KeyWaiter>),
+}
+
+/// What checking a subject token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// It verified (now or before, with the same keys).
+    Valid(Verified),
+    /// It is refused.
+    Refused(JwtError),
+    /// Its issuer has no keys yet: 503.
+    NoKeys,
+    /// It names an unknown key: the request waits for a fetch.
+    Wait,
+}
+
+/// A remote key set: how to fetch it and where workers share it.
+struct RemoteKeys {
+    call: HttpCall,
+    schedule: Schedule,
+    /// Shared-data key of the last good set: fetch time (8 bytes) + the JWKS document.
+    keys_slot: String,
+    /// Shared-data key of the last fetch attempt by any worker: start time (8 bytes) + failed.
+    attempt_slot: String,
+    /// This worker's fetch in flight and when it started.
+    fetching: Option<(u32, u64)>,
+}
+
+/// One trusted issuer's keys as this worker sees them.
+struct IssuerState {
+    remote: Option<RemoteKeys>,
+    keys: Option<KeySet>,
+    /// Fetch time of `keys` (ms); 0 for inline keys.
+    version: u64,
+    /// A token named a key not in the set: fetch early (rate-limited).
+    unknown_kid: bool,
+    waiters: Vec<KeyWaiter>,
+}
+
+/// The last fetch attempt any worker made for one issuer.
+#[derive(Clone, Copy, Default)]
+struct Attempt {
+    at: Option<u64>,
+    failed: bool,
+    cas: Option<u32>,
+}
+
+/// The trusted issuers' keys of one worker.
+pub struct Keys {
+    issuers: Vec<TrustedIssuer>,
+    state: Vec<IssuerState>,
+    /// Key fetches in flight: callout → issuer.
+    calls: HashMap<u32, usize>,
+    /// Waiting requests: context → issuer.
+    waiting: HashMap<u32, usize>,
+    verified: HashMap<CacheKey, Verified>,
+}
+
+impl Keys {
+    /// The issuers' keys: inline sets parsed now, remote ones fetched from the first tick.
+    pub fn compile(issuers: &[TrustedIssuer]) -> Result<Keys, ConfigError> {
+        let mut state = Vec::with_capacity(issuers.len());
+        for (i, t) in issuers.iter().enumerate() {
+            state.push(
+                issuer_state(t)
+                    .map_err(|why| ConfigError::new(format!("trusted_issuers[{i}].jwks"), why))?,
+            );
+        }
+        Ok(Keys {
+            issuers: issuers.to_vec(),
+            state,
+            calls: HashMap::new(),
+            waiting: HashMap::new(),
+            verified: HashMap::new(),
+        })
+    }
+
+    /// Whether any issuer is trusted (otherwise the STS alone judges tokens).
+    pub fn enabled(&self) -> bool {
+        !self.issuers.is_empty()
+    }
+
+    /// Whether a remembered verification still holds: same key set, `exp` not passed.
+    pub fn still_valid(&self, v: &Verified, now_ms: u64) -> bool {
+        let (Some(t), Some(s)) = (self.issuers.get(v.issuer), self.state.get(v.issuer)) else {
+            return false;
+        };
+        s.version == v.version && now_ms / 1000 < v.exp.saturating_add(t.leeway_s)
+    }
+
+    /// The verification remembered for cache key `key`, if it still holds.
+    pub fn verified(&self, key: &CacheKey, now_ms: u64) -> Option<Verified> {
+        self.verified
+            .get(key)
+            .copied()
+            .filter(|v| self.still_valid(v, now_ms))
+    }
+
+    /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
+    /// `permits` says whether a `may_act` names this request's actor. With [`Check::Wait`], the
+    /// request (as `waiter` makes it) waits for a fetch of the issuer's keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        subject: &str,
+        key: &CacheKey,
+        permits: &dyn Fn(&MayAct) -> bool,
+        now: u64,
+        waiter: impl FnOnce() -> KeyWaiter,
+    ) -> Check {
+        if let Some(v) = self.verified(key, now) {
+            return Check::Valid(v);
+        }
+        let state = &self.state;
+        let check = token::verify_jwt(
+            subject,
+            &self.issuers,
+            |i| state.get(i).and_then(|s| s.keys.as_ref()),
+            now / 1000,
+        );
+        match check {
+            JwtCheck::Valid {
+                issuer,
+                exp,
+                may_act,
+            } => {
+                token::log_debug(host, ctx, subject, "verified");
+                if self.verified.len() >= MAX_VERIFIED {
+                    self.verified.clear();
+                }
+                let v = Verified {
+                    issuer,
+                    version: self.state.get(issuer).map_or(0, |s| s.version),
+                    exp,
+                    may_act_ok: permits(&may_act),
+                };
+                self.verified.insert(*key, v);
+                Check::Valid(v)
+            }
+            JwtCheck::Invalid(e) => Check::Refused(e),
+            // Fetches run every second until the first keys arrive.
+            JwtCheck::NoKeys(_) => Check::NoKeys,
+            JwtCheck::UnknownKey(i) => {
+                if !self.may_refetch(host, i, now) {
+                    return Check::Refused(JwtError::UnknownKey);
+                }
+                if let Some(state) = self.state.get_mut(i) {
+                    state.unknown_kid = true;
+                    self.waiting.insert(ctx, i);
+                    state.waiters.push(waiter());
+                }
+                token::log_debug(host, ctx, subject, "waits for fresh signing keys");
+                Check::Wait
+            }
+        }
+    }
+
+    /// Whether request `ctx` waits for keys.
+    pub fn is_waiting(&self, ctx: u32) -> bool {
+        self.waiting.contains_key(&ctx)
+    }
+
+    /// Forgets a request that ended (or must not wait again).
+    pub fn leave(&mut self, ctx: u32) {
+        if let Some(i) = self.waiting.remove(&ctx) {
+            if let Some(s) = self.state.get_mut(i) {
+                s.waiters.retain(|w| w.ctx != ctx);
+            }
+        }
+    }
+
+    /// Whether a token with an unknown `kid` should wait for a fetch: one is due (rate limit
+    /// permitting) or already in progress in some worker.
+    fn may_refetch<H: Host>(&self, host: &H, issuer: usize, now: u64) -> bool {
+        let Some(state) = self.state.get(issuer) else {
+            return false;
+        };
+        let Some(remote) = &state.remote else {
+            return false;
+        };
+        if remote.fetching.is_some() {
+            return true;
+        }
+        let attempt = read_attempt(host, &remote.attempt_slot);
+        in_progress(&attempt, state.version, remote, now)
+            || remote.schedule.due(
+                now,
+                state.keys.as_ref().map(|_| state.version),
+                attempt.at,
+                attempt.failed,
+                true,
+            )
+    }
+
+    /// Whether callout `call` is a key fetch.
+    pub fn owns(&self, call: u32) -> bool {
+        self.calls.contains_key(&call)
+    }
+
+    /// Takes up the answer to key fetch `call`.
+    pub fn on_answer<H: Host>(&mut self, host: &H, call: u32, answer: &HttpAnswer) -> KeyEvent {
+        let Some(issuer) = self.calls.remove(&call) else {
+            return KeyEvent::Resume(Vec::new());
+        };
+        let now = host.now_ms();
+        let name = self.issuers.get(issuer).map_or("", |t| t.issuer.as_str());
+        let parsed = match answer.status {
+            Some(200) if !answer.too_large => {
+                KeySet::parse(&answer.body).map_err(|e| e.to_string())
+            }
+            Some(status) => Err(format!("status {status}")),
+            None => Err("unreachable or timed out".to_string()),
+        };
+        let Some(state) = self.state.get_mut(issuer) else {
+            return KeyEvent::Resume(Vec::new());
+        };
+        let Some(remote) = state.remote.as_mut() else {
+            return KeyEvent::Resume(Vec::new());
+        };
+        let started = remote.fetching.take().map_or(now, |(_, at)| at);
+        match parsed {
+            Ok(set) => {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "keys of issuer {name}: {} usable, {} skipped",
+                        set.keys.len(),
+                        set.skipped
+                    ),
+                );
+                let mut slot = now.to_be_bytes().to_vec();
+                slot.extend_from_slice(&answer.body);
+                if let Err(e) = host.shared_set(&remote.keys_slot, &slot, None) {
+                    host.log(LogLevel::Warn, &format!("sharing keys failed: {}", e.0));
+                }
+                state.keys = Some(set);
+                state.version = now;
+                state.unknown_kid = false;
+                self.release(issuer, true)
+            }
+            Err(why) => {
+                host.metric(Metric::JwksFetchFailures, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("fetching keys of issuer {name} failed: {why}"),
+                );
+                let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(started, true), None);
+                self.release(issuer, false)
+            }
+        }
+    }
+
+    /// Periodic work on the root context: takes up keys another worker fetched, and fetches
+    /// keys that are due.
+    pub fn tick<H: Host>(&mut self, host: &H, now: u64) -> Vec<KeyEvent> {
+        (0..self.state.len())
+            .filter_map(|i| self.tick_issuer(host, i, now))
+            .collect()
+    }
+
+    fn tick_issuer<H: Host>(&mut self, host: &H, i: usize, now: u64) -> Option<KeyEvent> {
+        let state = self.state.get_mut(i)?;
+        let remote = state.remote.as_mut()?;
+        // Keys another worker (or an earlier fetch of ours) shared.
+        if let Some((bytes, _)) = host.shared_get(&remote.keys_slot) {
+            if let Some((at, body)) = split_stamp(&bytes) {
+                if at > state.version {
+                    if let Ok(set) = KeySet::parse(body) {
+                        state.keys = Some(set);
+                        state.version = at;
+                        state.unknown_kid = false;
+                        return Some(self.release(i, true));
+                    }
+                }
+            }
+        }
+        if remote.fetching.is_some() {
+            return None;
+        }
+        let attempt = read_attempt(host, &remote.attempt_slot);
+        let fetched = state.keys.as_ref().map(|_| state.version);
+        if remote
+            .schedule
+            .due(now, fetched, attempt.at, attempt.failed, state.unknown_kid)
+        {
+            // Claim the attempt for this worker; a lost race means another worker fetches.
+            let claim = encode_attempt(now, false);
+            if host
+                .shared_set(&remote.attempt_slot, &claim, attempt.cas)
+                .is_err()
+            {
+                return None;
+            }
+            state.unknown_kid = false;
+            host.metric(Metric::JwksFetches, 1);
+            match host.dispatch(&remote.call) {
+                Ok(call) => {
+                    remote.fetching = Some((call, now));
+                    self.calls.insert(call, i);
+                    None
+                }
+                Err(e) => {
+                    host.metric(Metric::JwksFetchFailures, 1);
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("key fetch not dispatched: {}", e.0),
+                    );
+                    let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
+                    Some(self.release(i, false))
+                }
+            }
+        } else {
+            // Nothing to fetch (rate limit) or another worker's fetch ended or timed out:
+            // waiters get a verdict from the keys at hand.
+            if state.waiters.is_empty() || in_progress(&attempt, state.version, remote, now) {
+                return None;
+            }
+            state.unknown_kid = false;
+            Some(self.release(i, true))
+        }
+    }
+
+    /// Ends the wait of `issuer`'s waiters: to be checked again, or failed.
+    fn release(&mut self, issuer: usize, resume: bool) -> KeyEvent {
+        let waiters = self
+            .state
+            .get_mut(issuer)
+            .map(|s| std::mem::take(&mut s.waiters))
+            .unwrap_or_default();
+        for w in &waiters {
+            self.waiting.remove(&w.ctx);
+        }
+        if resume {
+            KeyEvent::Resume(waiters)
+        } else {
+            KeyEvent::Failed(waiters)
+        }
+    }
+}
+
+/// Another worker's fetch of newer keys started and has not timed out.
+fn in_progress(attempt: &Attempt, version: u64, remote: &RemoteKeys, now: u64) -> bool {
+    attempt.at.is_some_and(|at| {
+        !attempt.failed
+            && at > version
+            && now.saturating_sub(at) <= remote.call.timeout_ms.saturating_add(1000)
+    })
+}
+
+/// The per-worker state of one trusted issuer.
+fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
+    let state = |remote, keys| IssuerState {
+        remote,
+        keys,
+        version: 0,
+        unknown_kid: false,
+        waiters: Vec::new(),
+    };
+    match &t.keys {
+        KeySource::Inline(doc) => {
+            let set = KeySet::from_value(doc).map_err(|e| e.to_string())?;
+            Ok(state(None, Some(set)))
+        }
+        KeySource::Remote(uri) => {
+            let mut h = Sha256::new();
+            for part in [&t.issuer, &uri.cluster, &uri.authority, &uri.path] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            let tag: String = h.finalize()[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let remote = RemoteKeys {
+                call: HttpCall {
+                    cluster: uri.cluster.clone(),
+                    headers: vec![
+                        (":method".into(), "GET".into()),
+                        (":path".into(), uri.path.clone()),
+                        (":authority".into(), uri.authority.clone()),
+                        ("accept".into(), "application/json".into()),
+                    ],
+                    body: String::new(),
+                    timeout_ms: uri.timeout_ms,
+                },
+                schedule: Schedule {
+                    refresh_ms: uri.refresh_s * 1000,
+                },
+                keys_slot: format!("token_exchange.jwks.{tag}"),
+                attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
+                fetching: None,
+            };
+            Ok(state(Some(remote), None))
+        }
+    }
+}
+
+fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
+    let mut v = at.to_be_bytes().to_vec();
+    v.push(u8::from(failed));
+    v
+}
+
+fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
+    match host.shared_get(slot) {
+        Some((bytes, cas)) => match split_stamp(&bytes) {
+            Some((at, rest)) => Attempt {
+                at: Some(at),
+                failed: rest.first() == Some(&1),
+                cas: Some(cas),
+            },
+            None => Attempt {
+                cas: Some(cas),
+                ..Attempt::default()
+            },
+        },
+        None => Attempt::default(),
+    }
+}
+
+/// Splits an 8-byte big-endian time stamp off the front of a shared-data value.
+fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (stamp, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*stamp), rest))
+}

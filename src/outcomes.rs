@@ -1,0 +1,231 @@
+//! What a request gets once the engine has decided: the header edits of a success or a bypass
+//! (prepared once from the configuration), and the error table's verdicts with the fail-open
+//! policy. Counts a rejection wherever it answers one.
+
+use crate::cache::Cached;
+use crate::config::{Config, OnMissingToken, OnStsUnavailable};
+use crate::credentials::NoToken;
+use crate::host::{Host, LogLevel};
+use crate::metrics::Metric;
+use crate::refusal::JwtError;
+use crate::reply::LocalReply;
+use crate::sts::StsFailure;
+use crate::token;
+use crate::verdict::{HeaderOp, Verdict};
+
+/// The verdicts of one configuration.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    realm: String,
+    /// Headers a client could use to pass off a token as the filter's: removed from every request
+    /// the filter lets through.
+    strip: Vec<HeaderOp>,
+    /// `strip` plus the subject header: what a request that goes on without any token loses.
+    strip_all: Vec<HeaderOp>,
+    subject_header: String,
+    output_header: String,
+    output_prefix: String,
+    original_token_header: Option<String>,
+    fail_open: bool,
+    allow_missing: bool,
+}
+
+impl Outcomes {
+    /// Prepares the header edits of `config`.
+    pub fn new(config: &Config) -> Self {
+        let out = &config.output;
+        let subject_header = config.subject_token.header.clone();
+        let mut strip = Vec::new();
+        if out.header != subject_header {
+            strip.push(HeaderOp::Remove(out.header.clone()));
+        }
+        if let Some(h) = &out.original_token_header {
+            strip.push(HeaderOp::Remove(h.clone()));
+        }
+        strip.extend(
+            config
+                .actor_headers
+                .iter()
+                .map(|h| HeaderOp::Remove(h.clone())),
+        );
+        let mut strip_all = vec![HeaderOp::Remove(subject_header.clone())];
+        strip_all.extend(strip.iter().cloned());
+        Outcomes {
+            realm: config.realm.clone(),
+            strip,
+            strip_all,
+            subject_header,
+            output_header: out.header.clone(),
+            output_prefix: out.prefix.clone(),
+            original_token_header: out.original_token_header.clone(),
+            fail_open: config.on_sts_unavailable == OnStsUnavailable::Allow,
+            allow_missing: config.on_missing_token == OnMissingToken::Allow,
+        }
+    }
+
+    /// The realm of the challenges.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// A request the filter lets through without exchanging (bypass, allowed missing token).
+    pub fn pass(&self) -> Verdict {
+        Verdict::Continue(self.strip.clone())
+    }
+
+    /// The request goes on with the minted token in the output header.
+    pub fn success(&self, minted: &str, subject: &str) -> Verdict {
+        let mut ops = Vec::with_capacity(self.strip.len() + 3);
+        // Setting the output header replaces every copy of it; the subject header needs its
+        // own removal only when it is another header.
+        if self.output_header != self.subject_header {
+            ops.push(HeaderOp::Remove(self.subject_header.clone()));
+        }
+        ops.extend(self.strip.iter().cloned());
+        ops.push(HeaderOp::Set(
+            self.output_header.clone(),
+            format!("{}{minted}", self.output_prefix),
+        ));
+        if let Some(h) = &self.original_token_header {
+            ops.push(HeaderOp::Set(h.clone(), subject.to_string()));
+        }
+        Verdict::Continue(ops)
+    }
+
+    /// The error table for STS failures, including the fail-open policy.
+    pub fn failure<H: Host>(&self, host: &H, failure: &StsFailure) -> Verdict {
+        let realm = &self.realm;
+        match failure {
+            StsFailure::SubjectRejected(_) => {
+                host.metric(Metric::Rejected, 1);
+                Verdict::Respond(LocalReply::invalid_token(
+                    realm,
+                    "the token service rejected the token",
+                ))
+            }
+            StsFailure::Forbidden(code) => {
+                host.metric(Metric::Rejected, 1);
+                Verdict::Respond(LocalReply::forbidden(
+                    realm,
+                    &format!("the token service refused this exchange: {code}"),
+                ))
+            }
+            StsFailure::InvalidClient => Verdict::Respond(LocalReply::bad_gateway(
+                "the token service rejected the proxy's credentials",
+            )),
+            StsFailure::BadAnswer(why) => Verdict::Respond(LocalReply::bad_gateway(why)),
+            StsFailure::Unavailable(_) if self.fail_open => {
+                Verdict::Continue(self.strip_all.clone())
+            }
+            StsFailure::Unavailable(why) => Verdict::Respond(LocalReply::unavailable(why)),
+        }
+    }
+
+    /// What a cached answer gives.
+    pub fn cached<H: Host>(&self, host: &H, value: &Cached, subject: &str) -> Verdict {
+        match value {
+            Cached::Token(minted) => self.success(minted, subject),
+            Cached::Rejected(r) => self.failure(host, &StsFailure::from(r.clone())),
+        }
+    }
+
+    /// An exchange (call `call`, `waiting` requests) that produced no token: counted and logged
+    /// unless the STS judged the subject or the exchange, then the error table's verdict.
+    pub fn exchange_failed<H: Host>(
+        &self,
+        host: &H,
+        call: u32,
+        failure: &StsFailure,
+        waiting: usize,
+    ) -> Verdict {
+        if failure.rejection().is_none() {
+            host.metric(Metric::StsErrors, 1);
+            host.log(
+                LogLevel::Warn,
+                &format!("STS call {call} failed: {failure:?}"),
+            );
+        }
+        let v = self.failure(host, failure);
+        if let Verdict::Respond(r) = &v {
+            if r.status == 401 || r.status == 403 {
+                // Every waiter is one more rejected request.
+                host.metric(Metric::Rejected, waiting.saturating_sub(1) as u64);
+            }
+        }
+        v
+    }
+
+    /// The filter's own actor-token call failed: an outage by the usual policy, else 502.
+    pub fn actor_failed<H: Host>(&self, host: &H, call: u32, failure: &StsFailure) -> Verdict {
+        host.metric(Metric::StsErrors, 1);
+        let msg = format!("actor token call {call} failed: {failure:?}");
+        host.log(LogLevel::Warn, &msg);
+        match failure {
+            StsFailure::Unavailable(_) => self.failure(host, failure),
+            _ => Verdict::Respond(LocalReply::bad_gateway(
+                "the token service refused the proxy's own actor token request",
+            )),
+        }
+    }
+
+    /// A token the filter itself refuses (format, trusted-issuer checks, header rules): 401.
+    pub fn invalid_token<H: Host>(&self, host: &H, why: &str) -> Verdict {
+        host.metric(Metric::Rejected, 1);
+        Verdict::Respond(LocalReply::invalid_token(&self.realm, why))
+    }
+
+    /// A subject JWT refused by the trusted-issuer checks, counted by reason.
+    pub fn refused_jwt<H: Host>(&self, host: &H, ctx: u32, subject: &str, e: JwtError) -> Verdict {
+        host.metric(Metric::InvalidToken(e), 1);
+        if host.debug_enabled() {
+            let why = format!("refused: {}", e.description());
+            token::log_debug(host, ctx, subject, &why);
+        }
+        self.invalid_token(host, e.description())
+    }
+
+    /// RFC 8693 §4.4: the subject token's `may_act` does not name the actor: 403.
+    pub fn actor_not_allowed<H: Host>(&self, host: &H, ctx: u32) -> Verdict {
+        host.metric(Metric::Rejected, 1);
+        if host.debug_enabled() {
+            host.log(
+                LogLevel::Debug,
+                &format!("ctx={ctx} actor not named in the token's may_act"),
+            );
+        }
+        Verdict::Respond(LocalReply::forbidden(
+            &self.realm,
+            "the token does not allow this actor to act for its subject (may_act)",
+        ))
+    }
+
+    /// A request without a usable subject token: passed on or challenged as
+    /// `on_missing_token` says when there is none, 401 when it is malformed.
+    pub fn no_token<H: Host>(&self, host: &H, ctx: u32, why: NoToken) -> Verdict {
+        match why {
+            NoToken::Missing if self.allow_missing => self.pass(),
+            NoToken::Missing => {
+                host.metric(Metric::Rejected, 1);
+                Verdict::Respond(LocalReply::missing_token(&self.realm))
+            }
+            NoToken::Malformed(why) => {
+                if host.debug_enabled() {
+                    host.log(
+                        LogLevel::Debug,
+                        &format!("ctx={ctx} malformed token: {why}"),
+                    );
+                }
+                self.invalid_token(host, why)
+            }
+        }
+    }
+
+    /// The issuer's keys are not there: not fetched yet, or the fetch failed. 503.
+    pub fn no_keys(&self, fetch_failed: bool) -> Verdict {
+        Verdict::Respond(LocalReply::unavailable(if fetch_failed {
+            "signing keys of the token issuer could not be fetched"
+        } else {
+            "signing keys of the token issuer are not available yet"
+        }))
+    }
+}

@@ -1,0 +1,23 @@
+//! What the filter decides for a request: go on with header edits, wait, or answer locally.
+
+use crate::reply::LocalReply;
+
+/// One change to the request's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Set the header to this value, replacing any copy.
+    Set(String, String),
+    /// Remove every copy of the header.
+    Remove(String),
+}
+
+/// What the proxy should do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Apply the header changes in order, then route the request.
+    Continue(Vec<HeaderOp>),
+    /// Hold the request until the engine hands out a verdict for it.
+    Pause,
+    /// Answer the client with this response.
+    Respond(LocalReply),
+}

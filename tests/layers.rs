@@ -1,0 +1,161 @@
+//! The shape of the code, held as a test so it stays after whoever made it: modules only look
+//! down (no module imports one that imports it back, directly or through others), no file's
+//! non-test code passes its size, and only the glue knows proxy-wasm.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The most non-test lines a file may have; the engine, a dispatcher, is held to less.
+const MAX_LINES: usize = 510;
+const MAX_ENGINE_LINES: usize = 480;
+
+/// Every source file: (module it belongs to, file name, non-test code without comments).
+fn sources() -> Vec<(String, String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&src).unwrap();
+            let module = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Test code: a `tests.rs` file, or all from the first `#[cfg(test)]` on.
+            let code: String = if rel.ends_with("tests.rs") {
+                String::new()
+            } else {
+                text.lines()
+                    .take_while(|l| !l.starts_with("#[cfg(test)]"))
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .map(|l| format!("{l}\n"))
+                    .collect()
+            };
+            out.push((module, rel.display().to_string(), code));
+        }
+    }
+    out
+}
+
+/// Module → the crate modules its non-test code names (`crate::x`, or `super::x` at the top).
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, _, code) in sources() {
+        let deps = g.entry(module.clone()).or_default();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + 7..];
+            // `crate::a::…`, or a group `crate::{a, b::c}`.
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for n in names {
+                let name: String = n
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module && name != "self" {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    g
+}
+
+/// A cycle through `start`, if any, as the path that closes it.
+fn cycle_from(
+    g: &BTreeMap<String, BTreeSet<String>>,
+    start: &str,
+    at: &str,
+    path: &mut Vec<String>,
+    seen: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    for next in g.get(at).into_iter().flatten() {
+        if next == start {
+            let mut found = path.clone();
+            found.push(next.clone());
+            return Some(found);
+        }
+        if seen.insert(next.clone()) {
+            path.push(next.clone());
+            if let Some(c) = cycle_from(g, start, next, path, seen) {
+                return Some(c);
+            }
+            path.pop();
+        }
+    }
+    None
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let g = graph();
+    assert!(g.len() > 10, "found too few modules: {g:?}");
+    for start in g.keys() {
+        let mut path = vec![start.clone()];
+        if let Some(cycle) = cycle_from(&g, start, start, &mut path, &mut BTreeSet::new()) {
+            panic!("import cycle: {}", cycle.join(" → "));
+        }
+    }
+}
+
+#[test]
+fn the_configuration_imports_nothing_of_the_crate() {
+    let g = graph();
+    assert_eq!(g["config"], BTreeSet::new(), "config imports {:?}", g["config"]);
+}
+
+#[test]
+fn files_stay_small_and_the_engine_stays_a_dispatcher() {
+    for (_, file, code) in sources() {
+        let lines = code.lines().count();
+        let max = if file == "engine.rs" {
+            MAX_ENGINE_LINES
+        } else {
+            MAX_LINES
+        };
+        assert!(lines <= max, "{file}: {lines} lines of non-test code (at most {max})");
+    }
+}
+
+#[test]
+fn only_the_glue_knows_proxy_wasm() {
+    for (_, file, code) in sources() {
+        if file != "filter.rs" {
+            assert!(!code.contains("proxy_wasm"), "{file} names proxy_wasm");
+        }
+    }
+}
+
+#[test]
+fn the_check_finds_a_cycle_when_there_is_one() {
+    let mut g = BTreeMap::new();
+    g.insert("a".to_string(), BTreeSet::from(["b".to_string()]));
+    g.insert("b".to_string(), BTreeSet::from(["c".to_string()]));
+    g.insert("c".to_string(), BTreeSet::from(["a".to_string()]));
+    let mut path = vec!["a".to_string()];
+    let found = cycle_from(&g, "a", "a", &mut path, &mut BTreeSet::new());
+    assert_eq!(found.unwrap(), ["a", "b", "c", "a"]);
+    g.get_mut("c").unwrap().clear();
+    let mut path = vec!["a".to_string()];
+    assert!(cycle_from(&g, "a", "a", &mut path, &mut BTreeSet::new()).is_none());
+}
