@@ -27,6 +27,8 @@ WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/token_exchange_wasm.wasm
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "300000"))
+# Another build of this module (e.g. an earlier commit's) measured in the same rounds.
+BASELINE = os.environ.get("BENCH_BASELINE_WASM")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
@@ -103,12 +105,12 @@ def backend_config():
     return {"admin": {"address": addr(BACK_ADMIN)}, "static_resources": {"listeners": listeners}}
 
 
-def wasm_filter(config):
+def wasm_filter(config, module=WASM):
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {"name": "token_exchange",
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(config)},
-                   "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": WASM}}}}}}
+                   "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}}}}
 
 
 def filter_config(sts_cluster, extra=None):
@@ -252,6 +254,12 @@ def main():
         ("jwt_authn RS256, no cache", [jwt_authn(jwks, False)], rs_token),
         ("jwt_authn RS256, cache", [jwt_authn(jwks, True)], rs_token),
     ]
+    if BASELINE:
+        configs[4:4] = [
+            ("baseline module, cache hit", [wasm_filter(filter_config("sts_ok"), BASELINE)], "opaque-bench-token"),
+            ("baseline module + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers), BASELINE)],
+             rs_token),
+        ]
     if only:
         configs = [c for c in configs if c[0] == "plain Envoy" or only in c[0]]
     backend = Envoy("backend", backend_config(), BACK_ADMIN)

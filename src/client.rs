@@ -432,7 +432,7 @@ mod tests {
     fn client_secret_post_puts_credentials_in_the_form_only() {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"p w:+%","client_auth":"client_secret_post"},
                        "exchange":{"audience":["a 1","b"],"resource":["https://r/x"],"scope":"read write","requested_token_type":"urn:ietf:params:oauth:token-type:jwt","extra_params":{"tenant":"t&1"}}}"#;
-        let c = Client::compile(&Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap();
+        let c = compiled(json, &|_| None);
         let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         assert_eq!(
@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn public_client_sends_its_id_and_no_secret() {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"none"}}"#;
-        let c = Client::compile(&Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap();
+        let c = compiled(json, &|_| None);
         let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         let f = form(&r.body);
