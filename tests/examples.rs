@@ -186,3 +186,69 @@ fn envoy_yaml_normalizes_paths_like_the_filter() {
         }
     }
 }
+
+/// Every environment variable the scripts and tests read is listed in the Makefile's `#:` lines,
+/// which `make help` prints.
+#[test]
+fn every_environment_knob_is_documented_in_make_help() {
+    let makefile = read("Makefile");
+    let documented: Vec<&str> = makefile
+        .lines()
+        .filter_map(|l| l.strip_prefix("#: "))
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    let mut read_somewhere = Vec::new();
+    for file in ["bench/run.py", "bench/fleet.py", "tests/support/mod.rs"] {
+        let text = read(file);
+        for marker in ["os.environ.get(\"", "env::var_os(\"", "env::var(\""] {
+            for (i, _) in text.match_indices(marker) {
+                let name: String = text[i + marker.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                read_somewhere.push((file, name));
+            }
+        }
+    }
+    assert!(read_somewhere.len() >= 10, "{read_somewhere:?}");
+    for (file, name) in read_somewhere {
+        assert!(
+            documented.contains(&name.as_str()),
+            "{file} reads {name}, which `make help` does not list"
+        );
+    }
+    for (target, doc) in [("FUZZ_SECONDS", "fuzz"), ("FUZZ_TARGETS", "fuzz")] {
+        assert!(documented.contains(&target), "{target} ({doc})");
+    }
+}
+
+/// Every metric the Grafana dashboard queries is one the filter defines (by its Prometheus name:
+/// dots become underscores; a histogram adds `_bucket`).
+#[test]
+fn the_dashboard_queries_metrics_the_filter_defines() {
+    let defined: Vec<String> = token_exchange_wasm::metrics::Metric::all()
+        .into_iter()
+        .map(|m| m.name().replace('.', "_"))
+        .collect();
+    let doc: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/token-exchange.json")).expect("dashboard JSON");
+    let mut seen = 0;
+    for panel in doc["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("token_exchange_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(
+                    defined.iter().any(|d| d == base),
+                    "{name} is not a metric of the filter"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 15, "only {seen} metric references");
+}

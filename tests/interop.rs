@@ -18,7 +18,7 @@ struct Idpy {
     child: Child,
     issuer: String,
     tokens: Vec<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Idpy {
@@ -35,6 +35,9 @@ impl Idpy {
             .arg(port.to_string())
             .arg(&out)
             .stdout(Stdio::null())
+            // Its log (an ERROR line for the token it is meant to refuse, among others) goes to
+            // a file that a failing assertion shows, not to the test run's output.
+            .stderr(std::fs::File::create(dir.0.join("server.log")).expect("server log"))
             .spawn()
             .expect("start idpyoidc");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -53,8 +56,13 @@ impl Idpy {
                 .iter()
                 .map(|t| t.as_str().unwrap().to_string())
                 .collect(),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// What idpyoidc logged so far.
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
     }
 
     fn jwks(&self, port: u16) -> jwt_compact::jwk::JsonWebKey<'static> {
@@ -154,9 +162,10 @@ fn idpyoidc_exchanges_what_the_filter_sends() {
     let claims = support::claims_of(&minted(&r)).unwrap();
     assert_eq!(claims["client_id"], "edge-proxy");
 
-    // A subject token idpyoidc did not issue: invalid_request → 401.
+    // Expected failure: a subject token idpyoidc did not issue. idpyoidc logs an ERROR for it
+    // (kept in its log file) and answers invalid_request → 401.
     let r = post.get_with_token("/orders", "not-issued-by-idpyoidc");
-    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.status, 401, "{}\n{}", r.body, idp.log_text());
 
     // idpyoidc stopped → 503; restarted → exchanges again.
     drop(idp);

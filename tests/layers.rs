@@ -121,7 +121,12 @@ fn no_module_imports_one_that_imports_it_back() {
 #[test]
 fn the_configuration_imports_nothing_of_the_crate() {
     let g = graph();
-    assert_eq!(g["config"], BTreeSet::new(), "config imports {:?}", g["config"]);
+    assert_eq!(
+        g["config"],
+        BTreeSet::new(),
+        "config imports {:?}",
+        g["config"]
+    );
 }
 
 #[test]
@@ -133,7 +138,10 @@ fn files_stay_small_and_the_engine_stays_a_dispatcher() {
         } else {
             MAX_LINES
         };
-        assert!(lines <= max, "{file}: {lines} lines of non-test code (at most {max})");
+        assert!(
+            lines <= max,
+            "{file}: {lines} lines of non-test code (at most {max})"
+        );
     }
 }
 
