@@ -6,7 +6,9 @@ use sha2::{Digest, Sha256};
 
 use crate::assertion::{AssertionSigner, SigningKey};
 use crate::cache::CacheKey;
-use crate::config::{self, ClientAuthConfig, Config, ConfigError, ExchangeConfig, Grant};
+use crate::config::{
+    self, CibaConfig, ClientAuthConfig, Config, ConfigError, ExchangeConfig, Grant, LoginHint,
+};
 use crate::endpoint::{feed, ClientAuth, Endpoint, NoRandomness};
 use crate::host::{HttpAnswer, HttpCall};
 use crate::sts::{self, IssuedType, Minted, StsFailure};
@@ -16,6 +18,8 @@ use crate::token::{self, MayAct};
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The RFC 7523 JWT bearer grant type.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The OpenID CIBA grant type.
+pub const CIBA_GRANT: &str = "urn:openid:params:grant-type:ciba";
 
 /// Where a delegation's actor token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +59,8 @@ pub struct ExchangeProfile {
     /// SHA-256 state fed with every parameter that shapes the minted token except the subject
     /// (and a header-sourced actor).
     key_prefix: Sha256,
+    /// For the ciba grant: the backchannel endpoint's path and the hint parameter's name.
+    ciba: Option<(String, &'static str)>,
 }
 
 impl std::fmt::Debug for ExchangeProfile {
@@ -76,6 +82,7 @@ impl ExchangeProfile {
         subject_token_type: &str,
         spec: &ExchangeConfig,
         actor: Option<(Actor, Option<CacheKey>)>,
+        ciba: Option<&CibaConfig>,
     ) -> Self {
         let grant = spec.grant;
         let (actor, actor_key) = match actor {
@@ -95,6 +102,8 @@ impl ExchangeProfile {
                 pair("subject_token_type", subject_token_type);
             }
             Grant::JwtBearer => pair("grant_type", JWT_BEARER_GRANT),
+            // The backchannel authentication request carries no grant (see below).
+            Grant::Ciba => {}
         }
         for a in &spec.audience {
             pair("audience", a);
@@ -108,6 +117,26 @@ impl ExchangeProfile {
         if let Some(t) = &spec.requested_token_type {
             pair("requested_token_type", t);
         }
+        let ciba = match (grant, ciba) {
+            (Grant::Ciba, Some(c)) => {
+                if let Some(a) = &c.acr_values {
+                    pair("acr_values", a);
+                }
+                if let Some(m) = &c.binding_message {
+                    pair("binding_message", m);
+                }
+                if let Some(e) = c.requested_expiry_s {
+                    pair("requested_expiry", &e.to_string());
+                }
+                let hint = match c.login_hint {
+                    LoginHint::Claim(_) => "login_hint",
+                    LoginHint::LoginHintToken => "login_hint_token",
+                    LoginHint::IdTokenHint => "id_token_hint",
+                };
+                Some((c.path.clone(), hint))
+            }
+            _ => None,
+        };
         for (k, v) in &spec.extra_params {
             pair(k, v);
         }
@@ -122,6 +151,9 @@ impl ExchangeProfile {
                 _ => {}
             }
         }
+        if grant == Grant::Ciba {
+            feed(&mut key, "ciba");
+        }
         if spec.expect_act {
             // A token minted where `act` was not checked must not serve a route that checks it.
             feed(&mut key, "expect_act");
@@ -135,6 +167,7 @@ impl ExchangeProfile {
             enforce_may_act: spec.enforce_may_act,
             form_prefix: form.finish(),
             key_prefix: key,
+            ciba,
         }
     }
 
@@ -160,12 +193,44 @@ impl ExchangeProfile {
         let mut form = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0);
         match self.grant {
             Grant::TokenExchange => form.append_pair("subject_token", subject),
-            Grant::JwtBearer => form.append_pair("assertion", subject),
+            Grant::JwtBearer | Grant::Ciba => form.append_pair("assertion", subject),
         };
         if let (Some(token), Some(a)) = (actor, &self.actor) {
             form.append_pair("actor_token", token);
             form.append_pair("actor_token_type", &a.token_type);
         }
+        endpoint.call(form.finish(), now_s)
+    }
+
+    /// The backchannel authentication request (OpenID CIBA §7.1) naming the user by `hint`, with
+    /// a `client_notification_token` in ping mode; `None` unless this is a ciba profile.
+    pub fn ciba_request(
+        &self,
+        endpoint: &Endpoint,
+        hint: &str,
+        notification_token: Option<&str>,
+        now_s: u64,
+    ) -> Option<Result<HttpCall, NoRandomness>> {
+        let (path, hint_name) = self.ciba.as_ref()?;
+        let mut form = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0);
+        form.append_pair(hint_name, hint);
+        if let Some(t) = notification_token {
+            form.append_pair("client_notification_token", t);
+        }
+        Some(endpoint.call_to(path, form.finish(), now_s))
+    }
+
+    /// The token request for a pending consent (OpenID CIBA §10.1).
+    pub fn ciba_poll(
+        &self,
+        endpoint: &Endpoint,
+        auth_req_id: &str,
+        now_s: u64,
+    ) -> Result<HttpCall, NoRandomness> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", CIBA_GRANT);
+        form.append_pair("auth_req_id", auth_req_id);
+        endpoint.append_credentials(&mut form);
         endpoint.call(form.finish(), now_s)
     }
 
@@ -220,7 +285,7 @@ impl ExchangeProfile {
         // RFC 8693 answers carry `issued_token_type`, RFC 6749 ones (JWT bearer) do not.
         let issued = match self.grant {
             Grant::TokenExchange => IssuedType::Required(self.requested_token_type.as_deref()),
-            Grant::JwtBearer => IssuedType::NotExpected,
+            Grant::JwtBearer | Grant::Ciba => IssuedType::NotExpected,
         };
         let minted = sts::parse_answer(answer, issued)?;
         if !self.expect_act {
@@ -361,6 +426,7 @@ impl Client {
                 &config.subject_token.token_type,
                 e,
                 actor,
+                s.ciba.as_ref(),
             ));
         }
         Ok(Client {

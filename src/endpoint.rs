@@ -155,6 +155,17 @@ impl Endpoint {
         feed(key, &self.token_path);
     }
 
+    /// The call of a finished form body to another endpoint of the STS (`path`).
+    pub fn call_to(&self, path: &str, body: String, now_s: u64) -> Result<HttpCall, NoRandomness> {
+        let mut call = self.call(body, now_s)?;
+        for (name, value) in &mut call.headers {
+            if name == ":path" {
+                *value = path.to_string();
+            }
+        }
+        Ok(call)
+    }
+
     /// The call for a finished form body, with a fresh client assertion for `private_key_jwt`.
     pub fn call(&self, mut body: String, now_s: u64) -> Result<HttpCall, NoRandomness> {
         if let ClientAuth::PrivateKeyJwt(signer) = &self.auth {

@@ -12,6 +12,7 @@ pub mod assertion;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod consent;
 pub mod credentials;
 pub mod endpoint;
 pub mod engine;

@@ -36,6 +36,16 @@ pub enum Metric {
     JwksFetches,
     /// JWKS fetches that failed (unreachable, non-200, not a usable key set).
     JwksFetchFailures,
+    /// CIBA backchannel authentication requests sent (prompts on a user's device).
+    CibaRequests,
+    /// CIBA consents the user approved.
+    CibaApproved,
+    /// CIBA consents the user denied.
+    CibaDenied,
+    /// CIBA consents that lapsed without an answer.
+    CibaExpired,
+    /// CIBA polls of the token endpoint.
+    CibaPolls,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
 }
@@ -55,6 +65,11 @@ impl Metric {
             Metric::StsLatencyMs,
             Metric::JwksFetches,
             Metric::JwksFetchFailures,
+            Metric::CibaRequests,
+            Metric::CibaApproved,
+            Metric::CibaDenied,
+            Metric::CibaExpired,
+            Metric::CibaPolls,
         ];
         all.extend(JwtError::ALL.iter().map(|e| Metric::InvalidToken(*e)));
         all
@@ -74,6 +89,11 @@ impl Metric {
             Metric::StsLatencyMs => "token_exchange.sts_latency_ms",
             Metric::JwksFetches => "token_exchange.jwks_fetches",
             Metric::JwksFetchFailures => "token_exchange.jwks_fetch_failures",
+            Metric::CibaRequests => "token_exchange.ciba_requests",
+            Metric::CibaApproved => "token_exchange.ciba_approved",
+            Metric::CibaDenied => "token_exchange.ciba_denied",
+            Metric::CibaExpired => "token_exchange.ciba_expired",
+            Metric::CibaPolls => "token_exchange.ciba_polls",
             Metric::InvalidToken(e) => match e {
                 JwtError::Malformed => "token_exchange.rejected_malformed",
                 JwtError::MissingExp => "token_exchange.rejected_missing_exp",
@@ -110,7 +130,12 @@ impl Metric {
             Metric::StsLatencyMs => 8,
             Metric::JwksFetches => 9,
             Metric::JwksFetchFailures => 10,
-            Metric::InvalidToken(e) => 11 + JwtError::ALL.iter().position(|x| *x == e).unwrap_or(0),
+            Metric::CibaRequests => 11,
+            Metric::CibaApproved => 12,
+            Metric::CibaDenied => 13,
+            Metric::CibaExpired => 14,
+            Metric::CibaPolls => 15,
+            Metric::InvalidToken(e) => 16 + JwtError::ALL.iter().position(|x| *x == e).unwrap_or(0),
         }
     }
 }

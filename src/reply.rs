@@ -62,6 +62,26 @@ impl LocalReply {
         Self::new(503, "temporarily_unavailable", description).with("retry-after", "1".into())
     }
 
+    /// 503 while the user has not answered a consent request yet: retry after `seconds`.
+    pub fn consent_pending(seconds: u64) -> Self {
+        Self::new(
+            503,
+            "temporarily_unavailable",
+            "waiting for the user's consent on their other device",
+        )
+        .with("retry-after", seconds.max(1).to_string())
+    }
+
+    /// The answer to the STS's CIBA notification: 204 for a pending consent's token, 401 for any
+    /// other (no body either way).
+    pub fn notification(accepted: bool) -> Self {
+        LocalReply {
+            status: if accepted { 204 } else { 401 },
+            headers: vec![("cache-control".into(), "no-store".into())],
+            body: String::new(),
+        }
+    }
+
     /// The value of a header, for tests and logs.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

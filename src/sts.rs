@@ -76,6 +76,110 @@ pub fn cache_entry(
     }
 }
 
+/// The STS's answer to a backchannel authentication request (OpenID CIBA §7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backchannel {
+    /// The request's id, to poll with; never logged.
+    pub auth_req_id: String,
+    /// Seconds until the request lapses.
+    pub expires_in: u64,
+    /// Seconds between polls (5 when the STS names none).
+    pub interval: u64,
+}
+
+/// What a poll of a pending consent says (OpenID CIBA §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// The user approved: the token.
+    Token(Minted),
+    /// Not yet (`authorization_pending`).
+    Pending,
+    /// Not yet, and poll 5 s less often (`slow_down`).
+    SlowDown,
+    /// The user said no (`access_denied`).
+    Denied,
+    /// The request lapsed (`expired_token`).
+    Expired,
+    /// Anything else: the usual error table.
+    Failed(StsFailure),
+}
+
+#[derive(Deserialize)]
+struct BackchannelResponse {
+    auth_req_id: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
+    interval: Option<serde_json::Value>,
+}
+
+/// Reads the answer to a backchannel authentication request.
+pub fn parse_backchannel(answer: &HttpAnswer) -> Result<Backchannel, StsFailure> {
+    match check_status(answer)? {
+        200 => {}
+        400 | 401 | 403 => return Err(parse_error(&answer.body)),
+        _ => {
+            return Err(StsFailure::BadAnswer(
+                "unexpected status from token service",
+            ))
+        }
+    }
+    let r: BackchannelResponse = serde_json::from_slice(&answer.body)
+        .map_err(|_| StsFailure::BadAnswer("backchannel answer is not a JSON object"))?;
+    let auth_req_id = match r.auth_req_id {
+        Some(serde_json::Value::String(id)) if is_header_safe(&id) => id,
+        _ => return Err(StsFailure::BadAnswer("no usable auth_req_id in answer")),
+    };
+    let expires_in = r
+        .expires_in
+        .as_ref()
+        .and_then(seconds)
+        .filter(|e| *e > 0)
+        .ok_or(StsFailure::BadAnswer(
+            "backchannel answer without expires_in",
+        ))?;
+    let interval = match r.interval {
+        None | Some(serde_json::Value::Null) => 5,
+        Some(v) => seconds(&v).ok_or(StsFailure::BadAnswer("interval is not whole seconds"))?,
+    };
+    Ok(Backchannel {
+        auth_req_id,
+        expires_in,
+        // Never faster than once a second, whatever the STS says.
+        interval: interval.max(1),
+    })
+}
+
+/// Reads the answer to a poll of a pending consent.
+pub fn parse_poll(answer: &HttpAnswer) -> Poll {
+    if answer.status == Some(400) || answer.status == Some(403) {
+        if let Ok(e) = serde_json::from_slice::<ErrorResponse>(&answer.body) {
+            match e.error.as_str() {
+                "authorization_pending" => return Poll::Pending,
+                "slow_down" => return Poll::SlowDown,
+                "access_denied" => return Poll::Denied,
+                "expired_token" => return Poll::Expired,
+                _ => {}
+            }
+        }
+    }
+    match parse_answer(answer, IssuedType::NotExpected) {
+        Ok(m) => Poll::Token(m),
+        Err(f) => Poll::Failed(f),
+    }
+}
+
+fn check_status(answer: &HttpAnswer) -> Result<u16, StsFailure> {
+    let status = answer.status.ok_or(StsFailure::Unavailable(
+        "token service unreachable or timed out",
+    ))?;
+    if status >= 500 || status == 429 {
+        return Err(StsFailure::Unavailable("token service unavailable"));
+    }
+    if answer.too_large {
+        return Err(StsFailure::BadAnswer("token service answer too large"));
+    }
+    Ok(status)
+}
+
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<serde_json::Value>,
@@ -100,16 +204,7 @@ pub enum IssuedType<'a> {
 
 /// Reads an STS answer.
 pub fn parse_answer(answer: &HttpAnswer, issued: IssuedType<'_>) -> Result<Minted, StsFailure> {
-    let status = answer.status.ok_or(StsFailure::Unavailable(
-        "token service unreachable or timed out",
-    ))?;
-    if status >= 500 || status == 429 {
-        return Err(StsFailure::Unavailable("token service unavailable"));
-    }
-    if answer.too_large {
-        return Err(StsFailure::BadAnswer("token service answer too large"));
-    }
-    match status {
+    match check_status(answer)? {
         200 => parse_success(&answer.body, issued),
         400 | 401 => Err(parse_error(&answer.body)),
         _ => Err(StsFailure::BadAnswer(

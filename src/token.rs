@@ -130,6 +130,19 @@ pub fn unverified_identity(token: &str) -> (Option<String>, Option<String>) {
     unverified_subject(token).map_or((None, None), |s| (s.sub, s.iss))
 }
 
+/// A string claim of a JWT (and its `iss`), read without verifying the signature: only for a
+/// token that verified already (the CIBA `login_hint` of a trusted subject).
+pub fn claim_of(token: &str, name: &str) -> Option<(String, String)> {
+    let parsed = UntrustedToken::new(token).ok()?;
+    let claims = parsed
+        .deserialize_claims_unchecked::<serde_json::Map<String, serde_json::Value>>()
+        .ok()?
+        .custom;
+    let value = claims.get(name)?.as_str()?.to_string();
+    let iss = claims.get("iss")?.as_str()?.to_string();
+    Some((iss, value))
+}
+
 /// The `act.sub` claim of a JWT the STS just minted (RFC 8693 §4.1: only the outermost `act`
 /// names the current actor).
 pub fn unverified_act_sub(token: &str) -> Option<String> {

@@ -24,6 +24,8 @@ const RESERVED_PARAMS: &[&str] = &[
 
 /// What validating an exchange needs besides the exchange itself.
 pub(super) struct ExchangeContext<'a> {
+    /// `sts.ciba` is configured.
+    pub(super) ciba: bool,
     pub(super) subject: &'a SubjectTokenConfig,
     pub(super) actor_headers: &'a mut Vec<String>,
 }
@@ -36,12 +38,12 @@ pub(super) fn validate_exchange(
     let grant = match e.grant.as_deref() {
         None | Some("token_exchange") => Grant::TokenExchange,
         Some("jwt_bearer") => Grant::JwtBearer,
-        Some("ciba") => return Err(not_yet(&format!("{key}.grant ciba"))),
+        Some("ciba") => Grant::Ciba,
         Some(other) => {
             return Err(ConfigError::new(
                 format!("{key}.grant"),
                 format!(
-                    "unknown grant {}; use token_exchange or jwt_bearer",
+                    "unknown grant {}; use token_exchange, jwt_bearer or ciba",
                     shown(other)
                 ),
             ))
@@ -87,7 +89,7 @@ pub(super) fn validate_exchange(
     }
     let raw_actor = e.actor.clone().flatten();
     let expect_act = e.expect_act.unwrap_or(false);
-    if grant == Grant::JwtBearer {
+    if grant != Grant::TokenExchange {
         let conflict = [
             ("actor", raw_actor.is_some()),
             ("requested_token_type", e.requested_token_type.is_some()),
@@ -95,9 +97,29 @@ pub(super) fn validate_exchange(
             ("resource", !resource.is_empty()),
         ];
         if let Some((name, _)) = conflict.iter().find(|(_, set)| *set) {
+            let why = if grant == Grant::Ciba {
+                "is not part of the ciba grant (OpenID CIBA); use extra_params if the STS wants it"
+            } else {
+                "is not part of the jwt_bearer grant (RFC 7523); use extra_params if the STS wants it"
+            };
+            return Err(ConfigError::new(format!("{key}.{name}"), why));
+        }
+    }
+    if grant == Grant::Ciba {
+        if !ctx.ciba {
             return Err(ConfigError::new(
-                format!("{key}.{name}"),
-                "is not part of the jwt_bearer grant (RFC 7523); use extra_params if the STS wants it",
+                format!("{key}.grant"),
+                "ciba needs sts.ciba (the backchannel authentication endpoint)",
+            ));
+        }
+        if !e
+            .scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|t| t == "openid"))
+        {
+            return Err(ConfigError::new(
+                format!("{key}.scope"),
+                "must contain openid for the ciba grant",
             ));
         }
     }
@@ -185,23 +207,6 @@ fn validate_actor(
                 shown(other)
             ),
         )),
-    }
-}
-
-fn scope_tokens(scope: &str, key: &str) -> Result<(), ConfigError> {
-    let ok = !scope.is_empty()
-        && scope.split(' ').all(|t| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            key,
-            "must be space-separated scope tokens (RFC 6749 §3.3)",
-        ))
     }
 }
 

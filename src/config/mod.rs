@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+mod ciba;
 mod exchange;
 mod raw;
 mod validate;
@@ -119,6 +120,50 @@ pub struct StsConfig {
     pub client_id: Option<String>,
     /// How the filter authenticates.
     pub client_auth: ClientAuthConfig,
+    /// The backchannel authentication endpoint (OpenID CIBA), if configured.
+    pub ciba: Option<CibaConfig>,
+}
+
+/// OpenID CIBA Core 1.0: asking the user on another device before acting for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CibaConfig {
+    /// Path of the backchannel authentication endpoint on the STS cluster.
+    pub path: String,
+    /// Poll, or ping with the path the STS notifies.
+    pub mode: CibaMode,
+    /// How the user is named in the backchannel request.
+    pub login_hint: LoginHint,
+    /// `binding_message`, shown on both devices.
+    pub binding_message: Option<String>,
+    /// `acr_values`.
+    pub acr_values: Option<String>,
+    /// `requested_expiry`, seconds.
+    pub requested_expiry_s: Option<u64>,
+    /// How long a request waits for the user's answer before 503.
+    pub wait_s: u64,
+}
+
+/// How the filter learns the user's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CibaMode {
+    /// Poll the token endpoint every `interval`.
+    Poll,
+    /// The STS POSTs to this path of the listener (answered by the filter), then the filter polls.
+    Ping {
+        /// The notification path.
+        notify_path: String,
+    },
+}
+
+/// How the backchannel request names the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginHint {
+    /// `login_hint` = this claim of the verified subject token (trusted issuers required).
+    Claim(String),
+    /// `login_hint_token` = the subject token.
+    LoginHintToken,
+    /// `id_token_hint` = the subject token.
+    IdTokenHint,
 }
 
 /// Shows where and how, never a credential.
@@ -131,6 +176,7 @@ impl fmt::Debug for StsConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("client_id", &self.client_id)
             .field("client_auth", &self.client_auth.name())
+            .field("ciba", &self.ciba)
             .finish()
     }
 }
@@ -247,6 +293,8 @@ pub enum Grant {
     TokenExchange,
     /// RFC 7523 JWT bearer: the subject JWT is the `assertion`.
     JwtBearer,
+    /// OpenID CIBA: the user approves on another device, then the token endpoint answers.
+    Ciba,
 }
 
 /// Where a delegation's actor token comes from.

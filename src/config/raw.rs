@@ -43,7 +43,20 @@ pub(super) struct RawSts {
     pub(super) client_secret_env: Option<String>,
     pub(super) client_auth: Option<String>,
     pub(super) private_key: Option<RawPrivateKey>,
-    pub(super) ciba: Option<serde_json::Value>,
+    pub(super) ciba: Option<RawCiba>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCiba {
+    pub(super) path: String,
+    pub(super) mode: Option<String>,
+    pub(super) notify_path: Option<String>,
+    pub(super) login_hint: Option<String>,
+    pub(super) binding_message: Option<String>,
+    pub(super) acr_values: Option<String>,
+    pub(super) requested_expiry_s: Option<u64>,
+    pub(super) wait_s: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -254,17 +254,131 @@ fn bad_values_are_refused_naming_the_key() {
 }
 
 #[test]
-fn ciba_is_refused_not_ignored() {
+fn ciba_is_validated() {
+    let sts = |ciba: &str| {
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{ciba}}}"#
+        )
+    };
+    let doc = |ciba: &str, rest: &str| format!("{},{rest}}}", sts(ciba));
+    let grant = r#""exchange":{"grant":"ciba","scope":"openid orders"}"#;
+    let issuers = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["ES256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
+    let ok = parse(&doc(
+        r#"{"path":"/bc","mode":"ping","notify_path":"/ciba/notify","binding_message":"orders-gw","wait_s":10}"#,
+        &format!("{grant},{issuers}"),
+    ))
+    .unwrap();
+    let c = ok.sts.ciba.as_ref().unwrap();
     assert_eq!(
-        err_key(&with(r#""exchange":{"grant":"ciba"}"#)),
-        "exchange.grant ciba"
+        c.login_hint,
+        LoginHint::Claim("sub".into()),
+        "default: the verified sub"
     );
     assert_eq!(
-        err_key(
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{}}}"#
+        c.mode,
+        CibaMode::Ping {
+            notify_path: "/ciba/notify".into()
+        }
+    );
+    assert_eq!(ok.exchanges[0].grant, Grant::Ciba);
+    let token_hint = doc(r#"{"path":"/bc","login_hint":"login_hint_token"}"#, grant);
+    assert_eq!(
+        parse(&token_hint)
+            .unwrap()
+            .sts
+            .ciba
+            .as_ref()
+            .unwrap()
+            .wait_s,
+        30
+    );
+    for (json, key) in [
+        (
+            with(r#""exchange":{"grant":"ciba","scope":"openid"}"#),
+            "exchange.grant",
         ),
-        "sts.ciba"
-    );
+        (doc(r#"{"path":"/bc"}"#, grant), "sts.ciba.login_hint"),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
+                r#""exchange":{"grant":"ciba","scope":"orders"}"#,
+            ),
+            "exchange.scope",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
+                r#""exchange":{"grant":"ciba","scope":"openid","audience":"x"}"#,
+            ),
+            "exchange.audience",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
+                r#""exchange":{"grant":"ciba","scope":"openid","actor":{"source":"header","header":"x-a"}}"#,
+            ),
+            "exchange.actor",
+        ),
+        (
+            doc(r#"{"path":"bc","login_hint":"login_hint_token"}"#, grant),
+            "sts.ciba.path",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","mode":"ping","login_hint":"login_hint_token"}"#,
+                grant,
+            ),
+            "sts.ciba.notify_path",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","notify_path":"/n","login_hint":"login_hint_token"}"#,
+                grant,
+            ),
+            "sts.ciba.notify_path",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","mode":"push","login_hint":"login_hint_token"}"#,
+                grant,
+            ),
+            "sts.ciba.mode",
+        ),
+        (
+            doc(r#"{"path":"/bc","login_hint":"a b"}"#, grant),
+            "sts.ciba.login_hint",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token","wait_s":0}"#,
+                grant,
+            ),
+            "sts.ciba.wait_s",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token","binding_message":"\u0007"}"#,
+                grant,
+            ),
+            "sts.ciba.binding_message",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token","requested_expiry_s":0}"#,
+                grant,
+            ),
+            "sts.ciba.requested_expiry_s",
+        ),
+        (
+            doc(
+                r#"{"path":"/bc","login_hint":"login_hint_token","bogus":1}"#,
+                grant,
+            ),
+            "sts.ciba.bogus",
+        ),
+    ] {
+        assert_eq!(err_key(&json), key, "{json}");
+    }
 }
 
 #[test]

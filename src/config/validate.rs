@@ -1,6 +1,7 @@
 //! Every rule of the configuration contract: the serde shape in, validated plain data out, or one
 //! error naming the key at fault (never echoing a value that could be a secret).
 
+use super::ciba::validate_ciba;
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::raw::*;
 use super::values::*;
@@ -31,6 +32,7 @@ pub(super) fn validate(
     let cache = validate_cache(raw.cache)?;
 
     let mut ctx = ExchangeContext {
+        ciba: sts.ciba.is_some(),
         subject: &subject_token,
         actor_headers: &mut actor_headers,
     };
@@ -61,6 +63,16 @@ pub(super) fn validate(
         routes.push(Route { matcher, action });
     }
 
+    // The user a consent is asked of must come from a verified token.
+    if let Some(c) = &sts.ciba {
+        if matches!(c.login_hint, LoginHint::Claim(_)) && trusted_issuers.is_empty() {
+            return Err(ConfigError::new(
+                "sts.ciba.login_hint",
+                "a claim as login_hint needs trusted_issuers (the claim must come from a verified token)",
+            ));
+        }
+    }
+
     let realm = raw.realm.unwrap_or_else(|| "token-exchange".to_string());
     if realm.is_empty()
         || realm
@@ -89,9 +101,6 @@ pub(super) fn validate(
 }
 
 fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsConfig, ConfigError> {
-    if s.ciba.is_some() {
-        return Err(not_yet("sts.ciba"));
-    }
     non_empty(&s.cluster, "sts.cluster")?;
     non_empty(&s.authority, "sts.authority")?;
     if s.authority.chars().any(|c| c.is_whitespace() || c == '/') {
@@ -228,6 +237,7 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
             ))
         }
     };
+    let ciba = s.ciba.map(validate_ciba).transpose()?;
     Ok(StsConfig {
         cluster: s.cluster,
         authority: s.authority,
@@ -235,6 +245,7 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         timeout_ms,
         client_id,
         client_auth,
+        ciba,
     })
 }
 

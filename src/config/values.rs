@@ -100,7 +100,20 @@ pub(super) fn header_name(v: &str, key: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// A key this version of the filter does not support yet.
-pub(super) fn not_yet(key: &str) -> ConfigError {
-    ConfigError::new(key, "is not supported by this version of the filter")
+/// RFC 6749 §3.3 scope tokens, space-separated.
+pub(super) fn scope_tokens(scope: &str, key: &str) -> Result<(), ConfigError> {
+    let ok = !scope.is_empty()
+        && scope.split(' ').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "must be space-separated scope tokens (RFC 6749 §3.3)",
+        ))
+    }
 }

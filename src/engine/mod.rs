@@ -7,20 +7,23 @@
 use crate::actor::{self, Actors};
 use crate::cache::{CacheKey, Cached, SharedCache};
 use crate::client::{ActorSource, Client};
-use crate::config::{Config, ConfigError, RouteAction};
+use crate::config::{Config, ConfigError, Grant, RouteAction};
+use crate::consent::Consents;
 use crate::credentials;
 use crate::endpoint::{self, NoRandomness};
 use crate::flights::{self, Exchange, Flights, Job, Waiter};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
-use crate::keys::{Check, KeyEvent, KeyWaiter, Keys};
+use crate::keys::Keys;
 use crate::memo::Memo;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
-use crate::refusal::JwtError;
 use crate::route::Routes;
 use crate::sts::{self, StsFailure};
-use crate::token::{self, MayAct, Verified};
+use crate::token;
 use crate::verdict::Verdict;
+
+mod ciba;
+mod subject;
 
 /// The per-worker filter state: the compiled configuration and the parts that own the rest.
 pub struct Engine {
@@ -33,6 +36,8 @@ pub struct Engine {
     keys: Keys,
     memo: Memo,
     flights: Flights,
+    /// CIBA consents, when `sts.ciba` is configured.
+    consents: Option<Consents>,
 }
 
 impl Engine {
@@ -43,7 +48,18 @@ impl Engine {
         let routes = Routes::compile(&config.routes)?;
         let keys = Keys::compile(&config.trusted_issuers)?;
         let cap = config.cache.max_entries as usize;
+        let consents = match &config.sts.ciba {
+            Some(ciba) => {
+                let mut id = [0u8; 8];
+                getrandom::getrandom(&mut id)
+                    .map_err(|_| ConfigError::new("sts.ciba", "no randomness for a worker id"))?;
+                let id = u64::from_be_bytes(id);
+                Some(Consents::new(ciba, config.cache.max_entries, id))
+            }
+            None => None,
+        };
         Ok(Engine {
+            consents,
             memo: Memo::new(client.profiles.len(), cap, keys.enabled()),
             cache: SharedCache::new(config.cache.max_entries),
             actors: Actors::new(config.cache),
@@ -63,6 +79,9 @@ impl Engine {
         R: RequestHeaders + ?Sized,
     {
         host.metric(Metric::Requests, 1);
+        if let Some(v) = self.notification(host, req) {
+            return v;
+        }
         let profile = match self.routes.select(req) {
             RouteAction::Bypass => {
                 host.metric(Metric::Bypassed, 1);
@@ -125,6 +144,18 @@ impl Engine {
         } else {
             None
         };
+        let ciba = self.client.profiles[profile].grant == Grant::Ciba;
+        let (key, hint) = match ciba {
+            true => match self.consent_key(profile, subject) {
+                Some(k) => k,
+                None => {
+                    return self
+                        .outcomes
+                        .invalid_token(host, "token names no user for consent")
+                }
+            },
+            false => (key, String::new()),
+        };
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
             token::log_debug(host, ctx, subject, "cache hit");
@@ -135,6 +166,12 @@ impl Engine {
             return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
+        if ciba {
+            let subject_exp = verified
+                .map(|v| v.exp)
+                .or_else(|| token::unverified_exp(subject));
+            return self.ask_consent(host, at, subject, key, &hint, subject_exp);
+        }
         if self
             .flights
             .join(&key, Waiter { ctx, resume: None })
@@ -199,40 +236,6 @@ impl Engine {
         Verdict::Pause
     }
 
-    /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
-    /// verdict: a refusal, 503, or a pause while the issuer's keys are fetched again.
-    fn check_subject<H: Host>(
-        &mut self,
-        host: &H,
-        at: Step,
-        subject: &str,
-        actor: Option<&str>,
-        key: &CacheKey,
-    ) -> Result<Verified, Verdict> {
-        let p = &self.client.profiles[at.profile];
-        let client_id = self.client.endpoint.client_id();
-        let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
-        let enforce = p.enforce_may_act && p.actor.is_some();
-        let waiter = || KeyWaiter {
-            ctx: at.ctx,
-            profile: at.profile,
-            subject: subject.to_string(),
-            actor: actor.map(str::to_string),
-            since_ms: at.now,
-        };
-        match self
-            .keys
-            .check(host, at.ctx, subject, key, &permits, at.now, waiter)
-        {
-            Check::Valid(v) if v.may_act_ok || !enforce => Ok(v),
-            Check::Valid(_) => Err(self.outcomes.actor_not_allowed(host, at.ctx)),
-            Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
-            // Fetches run every second until the first keys arrive.
-            Check::NoKeys => Err(self.outcomes.no_keys(false)),
-            Check::Wait => Err(Verdict::Pause),
-        }
-    }
-
     /// Parks a request until the filter's actor token arrives; one call per actor at a time.
     fn park_for_actor<H: Host>(
         &mut self,
@@ -294,6 +297,11 @@ impl Engine {
         if self.keys.owns(call) {
             let event = self.keys.on_answer(host, call, answer);
             return self.after_keys(host, event, host.now_ms());
+        }
+        if let Some(consents) = self.consents.as_mut().filter(|c| c.owns(call)) {
+            let now = host.now_ms();
+            let event = consents.on_answer(host, call, answer, now);
+            return event.map_or_else(Vec::new, |e| self.after_consent(host, e, now));
         }
         let Some(landed) = self.flights.land(call) else {
             return Vec::new();
@@ -376,6 +384,9 @@ impl Engine {
     pub fn on_request_done(&mut self, ctx: u32) {
         self.keys.leave(ctx);
         self.flights.leave(ctx);
+        if let Some(c) = self.consents.as_mut() {
+            c.leave(ctx);
+        }
     }
 
     /// Periodic work on the root context: sends again the STS calls whose carrier went away,
@@ -416,41 +427,14 @@ impl Engine {
         for event in self.keys.tick(host, now) {
             out.extend(self.after_keys(host, event, now));
         }
-        out
-    }
-
-    /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.
-    fn after_keys<H: Host>(&mut self, host: &H, event: KeyEvent, now: u64) -> Vec<(u32, Verdict)> {
-        match event {
-            KeyEvent::Failed(waiters) => {
-                let v = self.outcomes.no_keys(true);
-                waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
-            }
-            KeyEvent::Resume(waiters) => {
-                let mut out = Vec::with_capacity(waiters.len());
-                for w in waiters {
-                    if host.debug_enabled() {
-                        let waited = now.saturating_sub(w.since_ms);
-                        let msg =
-                            format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx);
-                        host.log(LogLevel::Debug, &msg);
-                    }
-                    let at = Step::new(w.ctx, None, w.profile, now);
-                    let v = match self.proceed(host, at, &w.subject, w.actor.as_deref()) {
-                        // A token still naming an unknown key is refused now; it must not wait
-                        // again.
-                        Verdict::Pause if self.keys.is_waiting(w.ctx) => {
-                            self.keys.leave(w.ctx);
-                            let e = JwtError::UnknownKey;
-                            self.outcomes.refused_jwt(host, w.ctx, &w.subject, e)
-                        }
-                        v => v,
-                    };
-                    out.push((w.ctx, v));
-                }
-                out
-            }
+        let consents = self.consents.as_mut();
+        for event in consents
+            .map(|c| c.tick(host, &self.client, now))
+            .unwrap_or_default()
+        {
+            out.extend(self.after_consent(host, event, now));
         }
+        out
     }
 }
 
@@ -481,6 +465,7 @@ const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailab
 mod tests {
     use super::*;
     use crate::host::FakeHost;
+    use crate::refusal::JwtError;
     use crate::verdict::HeaderOp;
 
     const NOW: u64 = 1_700_000_000_000;

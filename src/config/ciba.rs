@@ -1,0 +1,100 @@
+//! The rules of `sts.ciba`: the backchannel endpoint, poll or ping, how the user is named, and
+//! how long a request waits.
+
+use super::raw::RawCiba;
+use super::values::*;
+use super::*;
+
+pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
+    let path = |p: &str, key: &str| {
+        if p.starts_with('/')
+            && !p
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '?')
+        {
+            Ok(())
+        } else {
+            Err(ConfigError::new(key, "must be a path starting with '/'"))
+        }
+    };
+    path(&c.path, "sts.ciba.path")?;
+    let mode = match (c.mode.as_deref().unwrap_or("poll"), c.notify_path) {
+        ("poll", None) => CibaMode::Poll,
+        ("poll", Some(_)) => {
+            return Err(ConfigError::new(
+                "sts.ciba.notify_path",
+                "is only for mode ping",
+            ))
+        }
+        ("ping", Some(notify_path)) => {
+            path(&notify_path, "sts.ciba.notify_path")?;
+            CibaMode::Ping { notify_path }
+        }
+        ("ping", None) => {
+            return Err(ConfigError::new(
+                "sts.ciba.notify_path",
+                "is required for mode ping",
+            ))
+        }
+        (other, _) => {
+            return Err(ConfigError::new(
+                "sts.ciba.mode",
+                format!("unknown mode {}; use poll or ping", shown(other)),
+            ))
+        }
+    };
+    let login_hint = match c.login_hint.as_deref().unwrap_or("sub") {
+        "login_hint_token" => LoginHint::LoginHintToken,
+        "id_token_hint" => LoginHint::IdTokenHint,
+        claim
+            if !claim.is_empty()
+                && claim
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
+        {
+            LoginHint::Claim(claim.to_string())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "sts.ciba.login_hint",
+                "must be a claim name, login_hint_token or id_token_hint",
+            ))
+        }
+    };
+    if let Some(m) = &c.binding_message {
+        printable(m, "sts.ciba.binding_message")?;
+        if m.is_empty() || m.len() > 64 {
+            return Err(ConfigError::new(
+                "sts.ciba.binding_message",
+                "must be 1 to 64 characters (servers may accept fewer)",
+            ));
+        }
+    }
+    if let Some(a) = &c.acr_values {
+        scope_tokens(a, "sts.ciba.acr_values")?;
+    }
+    if c.requested_expiry_s
+        .is_some_and(|e| !(1..=86_400).contains(&e))
+    {
+        return Err(ConfigError::new(
+            "sts.ciba.requested_expiry_s",
+            "must be between 1 and 86400",
+        ));
+    }
+    let wait_s = c.wait_s.unwrap_or(30);
+    if !(1..=300).contains(&wait_s) {
+        return Err(ConfigError::new(
+            "sts.ciba.wait_s",
+            "must be between 1 and 300",
+        ));
+    }
+    Ok(CibaConfig {
+        path: c.path,
+        mode,
+        login_hint,
+        binding_message: c.binding_message,
+        acr_values: c.acr_values,
+        requested_expiry_s: c.requested_expiry_s,
+        wait_s,
+    })
+}

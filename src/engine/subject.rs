@@ -1,0 +1,85 @@
+//! The engine's trusted-issuer paths: verifying the subject (once per token and key set) with
+//! `may_act`, and the requests that waited for an issuer's keys.
+
+use super::{Engine, Step};
+use crate::cache::CacheKey;
+use crate::host::{Host, LogLevel};
+use crate::keys::{Check, KeyEvent, KeyWaiter};
+use crate::refusal::JwtError;
+use crate::token::{MayAct, Verified};
+use crate::verdict::Verdict;
+
+impl Engine {
+    /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
+    /// verdict: a refusal, 503, or a pause while the issuer's keys are fetched again.
+    pub(super) fn check_subject<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        subject: &str,
+        actor: Option<&str>,
+        key: &CacheKey,
+    ) -> Result<Verified, Verdict> {
+        let p = &self.client.profiles[at.profile];
+        let client_id = self.client.endpoint.client_id();
+        let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
+        let enforce = p.enforce_may_act && p.actor.is_some();
+        let waiter = || KeyWaiter {
+            ctx: at.ctx,
+            profile: at.profile,
+            subject: subject.to_string(),
+            actor: actor.map(str::to_string),
+            since_ms: at.now,
+        };
+        match self
+            .keys
+            .check(host, at.ctx, subject, key, &permits, at.now, waiter)
+        {
+            Check::Valid(v) if v.may_act_ok || !enforce => Ok(v),
+            Check::Valid(_) => Err(self.outcomes.actor_not_allowed(host, at.ctx)),
+            Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
+            // Fetches run every second until the first keys arrive.
+            Check::NoKeys => Err(self.outcomes.no_keys(false)),
+            Check::Wait => Err(Verdict::Pause),
+        }
+    }
+
+    /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.
+    pub(super) fn after_keys<H: Host>(
+        &mut self,
+        host: &H,
+        event: KeyEvent,
+        now: u64,
+    ) -> Vec<(u32, Verdict)> {
+        match event {
+            KeyEvent::Failed(waiters) => {
+                let v = self.outcomes.no_keys(true);
+                waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
+            }
+            KeyEvent::Resume(waiters) => {
+                let mut out = Vec::with_capacity(waiters.len());
+                for w in waiters {
+                    if host.debug_enabled() {
+                        let waited = now.saturating_sub(w.since_ms);
+                        let msg =
+                            format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx);
+                        host.log(LogLevel::Debug, &msg);
+                    }
+                    let at = Step::new(w.ctx, None, w.profile, now);
+                    let v = match self.proceed(host, at, &w.subject, w.actor.as_deref()) {
+                        // A token still naming an unknown key is refused now; it must not wait
+                        // again.
+                        Verdict::Pause if self.keys.is_waiting(w.ctx) => {
+                            self.keys.leave(w.ctx);
+                            let e = JwtError::UnknownKey;
+                            self.outcomes.refused_jwt(host, w.ctx, &w.subject, e)
+                        }
+                        v => v,
+                    };
+                    out.push((w.ctx, v));
+                }
+                out
+            }
+        }
+    }
+}
