@@ -18,6 +18,7 @@ struct Idpy {
     child: Child,
     issuer: String,
     tokens: Vec<String>,
+    erin: String,
     dir: TempDir,
 }
 
@@ -56,6 +57,7 @@ impl Idpy {
                 .iter()
                 .map(|t| t.as_str().unwrap().to_string())
                 .collect(),
+            erin: info["erin_token"].as_str().unwrap().to_string(),
             dir,
         }
     }
@@ -116,6 +118,59 @@ fn minted(r: &support::Reply) -> String {
         .strip_prefix("Bearer ")
         .unwrap()
         .to_string()
+}
+
+/// The CIBA user consent with idpyoidc's backchannel endpoint and CIBA token grant (with the
+/// glue's marked fix of its token grant). The test plays the user's device.
+#[test]
+fn idpyoidc_asks_the_user_and_the_filter_polls_for_the_token() {
+    let port = support::free_port();
+    let idp = Idpy::start(port);
+    let mut sts = sts("client_secret_basic");
+    sts["ciba"] = json!({ "path": "/bc-authorize", "login_hint": "sub", "wait_s": 15 });
+    let config = json!({
+        "sts": sts,
+        "trusted_issuers": [{ "issuer": idp.issuer, "algorithms": ["ES256"],
+                               "jwks_uri": { "cluster": "idp", "authority": "127.0.0.1", "path": "/jwks" } }],
+        "exchange": { "grant": "ciba", "scope": "openid" }
+    });
+    let envoy = std::sync::Arc::new(envoy(port, config));
+    let device = |path: &str| format!("http://127.0.0.1:{port}/_device/{path}");
+    let pending = || -> Vec<String> {
+        let text = ureq::get(&device("pending")).call().unwrap().into_string().unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let wait_for = |user: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pending().iter().any(|u| u == user) {
+            assert!(Instant::now() < deadline, "no backchannel request for {user}\n{}", idp.log_text());
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // diana approves on her device before the filter's first poll (interval 3 s).
+    let (e, token) = (envoy.clone(), idp.tokens[0].clone());
+    let waiting = thread::spawn(move || loop {
+        // Until the filter has idpyoidc's keys, it answers 503.
+        let r = e.get_with_token("/orders", &token);
+        if r.status != 503 || !r.body.contains("not available yet") {
+            return r;
+        }
+        thread::sleep(Duration::from_millis(100));
+    });
+    wait_for("diana");
+    ureq::post(&device("approve")).send_string(r#"{"user":"diana"}"#).unwrap();
+    let r = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}\n{}", r.body, envoy.log_text(), idp.log_text());
+    let claims = support::claims_of(&minted(&r)).unwrap();
+    assert_eq!(claims["sub"], "diana", "{claims}");
+    assert_eq!(claims["client_id"], "edge-proxy", "{claims}");
+
+    // Deviation of idpyoidc: a poll while erin has not answered gets invalid_request ("No
+    // authentication found"), not authorization_pending. The filter does not take it for
+    // pending: the STS refused, 401.
+    let r = envoy.get_with_token("/orders", &idp.erin);
+    assert_eq!(r.status, 401, "{}", r.body);
 }
 
 #[test]
