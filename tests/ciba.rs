@@ -33,7 +33,10 @@ impl User {
                 json!({ "auth_req_id": format!("req-{hint}"), "expires_in": expires_in, "interval": interval }),
             );
         }
-        assert_eq!(call.field("grant_type"), Some("urn:openid:params:grant-type:ciba"));
+        assert_eq!(
+            call.field("grant_type"),
+            Some("urn:openid:params:grant-type:ciba")
+        );
         let hint = call
             .field("auth_req_id")
             .and_then(|id| id.strip_prefix("req-"))
@@ -59,12 +62,18 @@ impl User {
     }
 
     fn polls(&self, hint: &str) -> Vec<Instant> {
-        self.polls.lock().unwrap().get(hint).cloned().unwrap_or_default()
+        self.polls
+            .lock()
+            .unwrap()
+            .get(hint)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 fn ciba_envoy(sts: &TestSts, ciba: serde_json::Value, concurrency: u32) -> Envoy {
-    let mut ciba_config = json!({ "path": "/bc-authorize", "login_hint": "login_hint_token", "wait_s": 4 });
+    let mut ciba_config =
+        json!({ "path": "/bc-authorize", "login_hint": "login_hint_token", "wait_s": 4 });
     for (k, v) in ciba.as_object().unwrap() {
         ciba_config[k] = v.clone();
     }
@@ -131,7 +140,10 @@ fn poll_mode_approval_denial_lapse_slow_down_wait_and_one_prompt_across_workers(
     thread::sleep(Duration::from_secs(4));
     let polls = user.polls("slow");
     assert_eq!(polls.len(), 2, "{polls:?}");
-    assert!(polls[1] - polls[0] >= Duration::from_millis(5_500), "{polls:?}");
+    assert!(
+        polls[1] - polls[0] >= Duration::from_millis(5_500),
+        "{polls:?}"
+    );
     let r = envoy.get_with_token("/orders", "slow");
     assert_eq!(upstream_token(&r), "Bearer consented-slow");
     assert_eq!(backchannel_requests(&sts, "slow").len(), 1);
@@ -161,7 +173,10 @@ fn poll_mode_approval_denial_lapse_slow_down_wait_and_one_prompt_across_workers(
     assert_eq!(envoy.counter("ciba_denied"), 1);
     assert_eq!(envoy.counter("ciba_expired"), 1);
     let log = envoy.log_text();
-    assert!(!log.contains("req-approve"), "an auth_req_id reached the log");
+    assert!(
+        !log.contains("req-approve"),
+        "an auth_req_id reached the log"
+    );
 }
 
 #[test]
@@ -197,12 +212,18 @@ fn ping_mode_answers_the_sts_and_never_routes_the_notification() {
     };
     assert_eq!(notify("0.00000000000000000000000000000000"), 401);
     assert_eq!(notify(&format!("{token}0")), 401);
-    assert!(user.polls("ping-1").is_empty(), "a wrong ping changes nothing");
+    assert!(
+        user.polls("ping-1").is_empty(),
+        "a wrong ping changes nothing"
+    );
     let pinged = Instant::now();
     assert_eq!(notify(&token), 204);
     let r = waiting.join().unwrap();
     assert_eq!(upstream_token(&r), "Bearer consented-ping-1", "{}", r.body);
-    assert!(pinged.elapsed() < Duration::from_secs(3), "polled at the ping, not after 30 s");
+    assert!(
+        pinged.elapsed() < Duration::from_secs(3),
+        "polled at the ping, not after 30 s"
+    );
     // The notification never reached the upstream.
     let r = envoy.get("/ciba/notify", &[]);
     assert_eq!(r.status, 401);

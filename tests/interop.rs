@@ -137,13 +137,21 @@ fn idpyoidc_asks_the_user_and_the_filter_polls_for_the_token() {
     let envoy = std::sync::Arc::new(envoy(port, config));
     let device = |path: &str| format!("http://127.0.0.1:{port}/_device/{path}");
     let pending = || -> Vec<String> {
-        let text = ureq::get(&device("pending")).call().unwrap().into_string().unwrap();
+        let text = ureq::get(&device("pending"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
         serde_json::from_str(&text).unwrap()
     };
     let wait_for = |user: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pending().iter().any(|u| u == user) {
-            assert!(Instant::now() < deadline, "no backchannel request for {user}\n{}", idp.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no backchannel request for {user}\n{}",
+                idp.log_text()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     };
@@ -159,9 +167,18 @@ fn idpyoidc_asks_the_user_and_the_filter_polls_for_the_token() {
         thread::sleep(Duration::from_millis(100));
     });
     wait_for("diana");
-    ureq::post(&device("approve")).send_string(r#"{"user":"diana"}"#).unwrap();
+    ureq::post(&device("approve"))
+        .send_string(r#"{"user":"diana"}"#)
+        .unwrap();
     let r = waiting.join().unwrap();
-    assert_eq!(r.status, 200, "{}\n{}\n{}", r.body, envoy.log_text(), idp.log_text());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}\n{}",
+        r.body,
+        envoy.log_text(),
+        idp.log_text()
+    );
     let claims = support::claims_of(&minted(&r)).unwrap();
     assert_eq!(claims["sub"], "diana", "{claims}");
     assert_eq!(claims["client_id"], "edge-proxy", "{claims}");
