@@ -27,7 +27,7 @@ INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: help all build toolchain envoy run test unit e2e interop validate lint bench fleet fuzz oci clean
+.PHONY: help all build toolchain envoy run test unit e2e interop validate lint reference bench fleet fuzz oci clean
 
 help: ## this list, and the environment knobs the scripts read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,7 +75,15 @@ lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
 
-bench: build envoy ## throughput and CPU against plain Envoy, ext_authz and jwt_authn (about 8 minutes; installs wrk)
+REFERENCE := bench/reference/target/$(TARGET)/release/reference.wasm
+# The reference modules (no-op, minimal hit) the filter is measured against.
+reference: toolchain
+	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml
+	@mkdir -p target/bench && cp $(REFERENCE) target/bench/reference-noop.wasm
+	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features hit
+	@cp $(REFERENCE) target/bench/reference-hit.wasm
+
+bench: build envoy reference ## CPU, throughput and footprint against plain Envoy, reference modules, ext_authz and jwt_authn (about 12 minutes; installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py

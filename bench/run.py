@@ -29,6 +29,9 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "300000"))
 # Another build of this module (e.g. an earlier commit's) measured in the same rounds.
 BASELINE = os.environ.get("BENCH_BASELINE_WASM")
+# The reference modules `make reference` builds from bench/reference.
+NOOP = os.path.join(ROOT, "target/bench/reference-noop.wasm")
+MINIMAL_HIT = os.path.join(ROOT, "target/bench/reference-hit.wasm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
@@ -155,14 +158,16 @@ class Envoy:
             json.dump(config, f)
         self.log = os.path.join(TMP, f"{name}.log")
         self.admin = admin
+        started = time.time()
         self.proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", str(concurrency), "--disable-hot-restart",
                                       "-l", "warn", "--log-path", self.log], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
+        deadline = started + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 sys.exit(f"envoy {name} exited:\n" + open(self.log).read())
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
+                    self.ready_s = time.time() - started
                     return
             except OSError:
                 pass
@@ -245,7 +250,9 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     configs = [
         ("plain Envoy", [], "opaque-bench-token"),
-        ("token-exchange, bypass route (wasm floor)",
+        ("reference: no-op module", [wasm_filter({}, NOOP)], "opaque-bench-token"),
+        ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], "opaque-bench-token"),
+        ("token-exchange, bypass route",
          [wasm_filter(filter_config("sts_ok", {"routes": [{"match": {"path_prefix": "/"}, "bypass": True}]}))],
          "opaque-bench-token"),
         ("token-exchange, cache hit", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
@@ -276,6 +283,7 @@ def main():
                 print(f"round {rnd + 1}: {name}: {r['rps']:.0f} req/s", file=sys.stderr)
         print_table(results)
         if os.environ.get("BENCH_EXTRAS", "1") == "1":
+            footprint(issuers)
             extra_runs(backend)
     finally:
         backend.stop()
@@ -285,35 +293,77 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def best(rows, key):
+    return min(r[key] for r in rows)
+
+
 def print_table(results):
-    print(f"\nmedians of {ROUNDS} interleaved rounds, wrk -t2 -c32 -d{SECONDS}s, front Envoy --concurrency 1\n")
-    print("| front Envoy | req/s | p50 ms | p99 ms | ratio to plain | CPU µs/req | CPU µs/req over plain | RSS MiB |")
+    print(f"\nmedians of {ROUNDS} interleaved rounds (best round for CPU), wrk -t2 -c32 -d{SECONDS}s, "
+          f"front Envoy --concurrency 1\n")
+    print("| front Envoy | req/s | p50 ms | p99 ms | ratio to plain | CPU µs/req (best) | CPU µs/req over plain | RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
         print(f"| {name} | {med(rows, 'rps'):.0f} | {med(rows, 'p50'):.2f} | {med(rows, 'p99'):.2f} | "
-              f"{med(rows, 'ratio'):.2f} | {med(rows, 'cpu_us'):.1f} | {med(rows, 'cpu_over_plain'):+.1f} | {med(rows, 'rss'):.0f} |")
+              f"{med(rows, 'ratio'):.2f} | {best(rows, 'cpu_us'):.1f} | {med(rows, 'cpu_over_plain'):+.1f} | {med(rows, 'rss'):.0f} |")
+    goals = [("token-exchange, bypass route", "reference: no-op module", 1.03),
+             ("token-exchange, cache hit", "reference: minimal hit module", 1.04),
+             ("token-exchange + trusted issuers, hit", "reference: minimal hit module", 1.04)]
+    for ours, ref, goal in goals:
+        if ours in results and ref in results:
+            ratio = best(results[ours], "cpu_us") / best(results[ref], "cpu_us")
+            print(f"{ours}: front CPU per request {ratio:.2f}x the {ref[11:]}'s (goal <= {goal})")
     if "ext_authz HTTP authorizer" in results and "token-exchange, cache hit" in results:
         hit = med(results["token-exchange, cache hit"], "rps")
         authz = med(results["ext_authz HTTP authorizer"], "rps")
         print(f"\ncache hit vs ext_authz: {hit / authz:.2f}x")
 
 
+def footprint(issuers):
+    """Module size, Envoy's RSS and time from start to ready, per module, at 1 and 2 workers."""
+    modules = [("plain Envoy", [], None),
+               ("reference: no-op module", [wasm_filter({}, NOOP)], NOOP),
+               ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], MINIMAL_HIT),
+               ("token-exchange", [wasm_filter(filter_config("sts_ok", issuers))], WASM)]
+    print("\n| front Envoy | module bytes | RSS MiB, 1 worker | RSS MiB, 2 workers | start to ready s, 1 worker | 2 workers |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, filters, module in modules:
+        row = []
+        for workers in (1, 2):
+            rss, ready = [], []
+            for attempt in range(3):
+                envoy = Envoy(f"footprint-{workers}-{attempt}", front_config(filters), FRONT_ADMIN, concurrency=workers)
+                try:
+                    wrk(["-H", "authorization: Bearer opaque-bench-token"], duration=1, connections=4)
+                    rss.append(envoy.rss_mb())
+                    ready.append(envoy.ready_s)
+                finally:
+                    envoy.stop()
+            row.append((statistics.median(rss), statistics.median(ready)))
+        size = os.path.getsize(module) if module else 0
+        print(f"| {name} | {size} | {row[0][0]:.0f} | {row[1][0]:.0f} | {row[0][1]:.2f} | {row[1][1]:.2f} |")
+
+
 def extra_runs(backend):
-    # Miss path: every request a new token; the STS answers after a fixed delay. The filter's
-    # added time is the miss latency less plain Envoy to an upstream with the same delay.
-    base = Envoy("miss-base", front_config([], UPSTREAM_SLOW), FRONT_ADMIN)
-    try:
-        baseline = wrk([], connections=8, threads=1)
-    finally:
-        base.stop()
-    miss = Envoy("miss", front_config([wasm_filter(filter_config("sts_slow"))]), FRONT_ADMIN)
-    try:
-        r = wrk([], UNIQUE_TOKENS % "miss", connections=8, threads=1)
-    finally:
-        miss.stop()
-    print(f"\nmiss path (STS delay {STS_DELAY_MS} ms, -c8): p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms; "
-          f"plain Envoy to a {STS_DELAY_MS} ms upstream: p50 {baseline['p50']:.2f} ms, p99 {baseline['p99']:.2f} ms; "
-          f"added by the filter at p99: {r['p99'] - baseline['p99']:.2f} ms")
+    # Miss path: every request a new token; the STS answers after a fixed delay. What the filter
+    # adds is the miss latency less the STS's own answer time (plain Envoy to an upstream with the
+    # same delay) and less the upstream hop (plain Envoy to the direct upstream), at loads that do
+    # not saturate the machine.
+    for connections in (1, 8):
+        lat = {}
+        for name, filters, port, script in [
+                ("slow", [], UPSTREAM_SLOW, None),
+                ("fast", [], UPSTREAM, None),
+                ("miss", [wasm_filter(filter_config("sts_slow"))], UPSTREAM, UNIQUE_TOKENS % f"miss{connections}")]:
+            envoy = Envoy(f"miss-{name}", front_config(filters, port), FRONT_ADMIN)
+            try:
+                lat[name] = wrk([], script, connections=connections, threads=1)
+            finally:
+                envoy.stop()
+        added = {p: lat["miss"][p] - lat["slow"][p] - lat["fast"][p] for p in ("p50", "p99")}
+        print(f"\nmiss path, -c{connections} (STS delay {STS_DELAY_MS} ms): p50 {lat['miss']['p50']:.2f} ms, "
+              f"p99 {lat['miss']['p99']:.2f} ms; plain Envoy to a {STS_DELAY_MS} ms upstream p50 {lat['slow']['p50']:.2f}, "
+              f"p99 {lat['slow']['p99']:.2f}; to the direct upstream p50 {lat['fast']['p50']:.2f}, p99 {lat['fast']['p99']:.2f}; "
+              f"added by the filter: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
 
     # Coalescing: 200 concurrent requests bearing one new token, two workers.
     calls0 = backend.stat("http.sts_coalesce.downstream_rq_total")
