@@ -2,7 +2,11 @@
 //! against trusted issuers (RFC 7519/7515, RFC 8725), the unverified `exp` of a JWT (only ever
 //! used to shorten a cache lifetime), and the short hash that logs carry.
 
+use std::borrow::Cow;
 use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 
 use chrono::{DateTime, Utc};
 
@@ -147,6 +151,34 @@ pub fn claim_of(token: &str, name: &str) -> Option<(String, String)> {
 /// names the current actor).
 pub fn unverified_act_sub(token: &str) -> Option<String> {
     unverified_subject(token)?.act?.sub
+}
+
+/// The one spelling of an ES256 JWS, whose signature has two: (r, s) and (r, n − s) both
+/// verify, so anyone holding a token can write its twin. The low-S spelling is the canonical one;
+/// any other token is returned as it is. Cache keys are taken over it, so both spellings share
+/// one entry (and one negative-cache entry); the token itself is still sent as the caller wrote
+/// it, and verified as written.
+pub fn canonical(token: &str) -> Cow<'_, str> {
+    const ES256_SIGNATURE_CHARS: usize = 86; // 64 bytes, base64url without padding
+    let Some((signing_input, signature)) = token.rsplit_once('.') else {
+        return Cow::Borrowed(token);
+    };
+    if signature.len() != ES256_SIGNATURE_CHARS {
+        return Cow::Borrowed(token);
+    }
+    let es256 = UntrustedToken::new(token).is_ok_and(|t| t.algorithm() == "ES256");
+    let low = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|bytes| p256::ecdsa::Signature::from_slice(&bytes).ok())
+        .and_then(|sig| sig.normalize_s());
+    match low {
+        Some(low) if es256 => Cow::Owned(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(low.to_bytes())
+        )),
+        _ => Cow::Borrowed(token),
+    }
 }
 
 /// A debug line about request (or call) `ctx` naming its token by [`fingerprint`], never the

@@ -134,7 +134,8 @@ impl Engine {
                 return self.outcomes.cached(host, hit, subject);
             }
         }
-        let key = p.cache_key(subject, header_actor);
+        // Both spellings of an ES256 token share one entry.
+        let key = p.cache_key(&token::canonical(subject), header_actor);
         let header_actor = header_actor.is_some();
         let verified = if self.keys.enabled() {
             match self.check_subject(host, at, subject, actor, &key) {
@@ -1129,6 +1130,41 @@ mod tests {
                 URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#),
                 URL_SAFE_NO_PAD.encode(claims.to_string())
             )
+        }
+
+        /// The other valid spelling of an ES256 token: (r, n - s).
+        fn twin(token: &str) -> String {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine as _;
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let sig = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+            let (r, s) = sig.split_scalars();
+            let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(flipped.to_bytes()))
+        }
+
+        #[test]
+        fn both_spellings_of_an_es256_token_share_one_entry() {
+            let h = FakeHost::at(NOW);
+            let mut e = inline_engine();
+            let t = token("ec", 600);
+            let t2 = twin(&t);
+            assert_ne!(t, t2);
+            assert_eq!(ask(&mut e, &h, 1, &t), Verdict::Pause);
+            e.on_http_answer(&h, Some(1), h.last_call(), &ok("minted", 3600));
+            // The twin verifies too, and is served the same entry: no second exchange.
+            assert_eq!(set_value(&ask(&mut e, &h, 2, &t2), "authorization").as_deref(), Some("Bearer minted"));
+            assert_eq!(h.calls_to("sts").len(), 1);
+            // Likewise a rejection: the twin of a refused token is refused from the cache.
+            let r = token("ec", 700);
+            ask(&mut e, &h, 3, &r);
+            e.on_http_answer(&h, Some(3), h.last_call(), &err(400, "invalid_grant"));
+            assert_eq!(status(&ask(&mut e, &h, 4, &twin(&r))), 401);
+            assert_eq!(h.calls_to("sts").len(), 2);
+            // A signature that is not the twin does not verify.
+            let mut forged = t2.clone();
+            forged.replace_range(forged.len() - 3.., "AAA");
+            assert_eq!(status(&ask(&mut e, &h, 5, &forged)), 401);
         }
 
         #[test]
