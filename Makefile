@@ -83,7 +83,7 @@ reference: toolchain
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features hit
 	@cp $(REFERENCE) target/bench/reference-hit.wasm
 
-bench: build envoy reference ## CPU, throughput and footprint against plain Envoy, reference modules, ext_authz and jwt_authn (about 12 minutes; installs wrk)
+bench: build envoy reference ## CPU, throughput and footprint against plain Envoy, reference modules, ext_authz and jwt_authn (about 6 minutes; installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py
