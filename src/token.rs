@@ -423,7 +423,6 @@ pub(crate) mod tests_support {
 mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
 
     const P: &str = "Bearer ";
 
@@ -557,7 +556,6 @@ mod tests {
         use crate::config::{KeySource, TrustedIssuer};
         use crate::jwks::tests::TestKeys;
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        use base64::Engine as _;
         use serde_json::json;
         use std::sync::OnceLock;
 

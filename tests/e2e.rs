@@ -895,35 +895,12 @@ fn jwt_bearer_grant_with_private_key_jwt_client_auth() {
     assert_eq!(client_assertion["aud"], "https://sts.test/oauth2/token");
 }
 
-/// The metric names a Grafana dashboard query names (`token_exchange_…`).
-fn dashboard_metrics() -> Vec<String> {
-    let text = std::fs::read_to_string(support::repo().join("deploy/grafana/token-exchange.json"))
-        .expect("dashboard");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
-    let mut names = Vec::new();
-    for panel in doc["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            for (i, _) in expr.match_indices("token_exchange_") {
-                let name: String = expr[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-    }
-    names
-}
-
 #[test]
 fn the_dashboard_queries_only_metrics_envoy_exports() {
     let sts = TestSts::start(0, mint);
     let envoy = envoy(sts.port, sts_config(json!({})), 1);
     assert_eq!(envoy.get_with_token("/api", "dash-token").status, 200);
-    let wanted = dashboard_metrics();
+    let wanted = support::dashboard_metrics();
     assert!(wanted.len() >= 15, "{wanted:?}");
     // Histograms reach /stats/prometheus only after Envoy's stats flush (5 s by default).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -230,25 +232,13 @@ fn the_dashboard_queries_metrics_the_filter_defines() {
         .into_iter()
         .map(|m| m.name().replace('.', "_"))
         .collect();
-    let doc: serde_json::Value =
-        serde_json::from_str(&read("deploy/grafana/token-exchange.json")).expect("dashboard JSON");
-    let mut seen = 0;
-    for panel in doc["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            for (i, _) in expr.match_indices("token_exchange_") {
-                let name: String = expr[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                let base = name.strip_suffix("_bucket").unwrap_or(&name);
-                assert!(
-                    defined.iter().any(|d| d == base),
-                    "{name} is not a metric of the filter"
-                );
-                seen += 1;
-            }
-        }
+    let queried = support::dashboard_metrics();
+    assert!(queried.len() >= 15, "only {queried:?}");
+    for name in queried {
+        let base = name.strip_suffix("_bucket").unwrap_or(&name);
+        assert!(
+            defined.iter().any(|d| d == base),
+            "{name} is not a metric of the filter"
+        );
     }
-    assert!(seen >= 15, "only {seen} metric references");
 }

@@ -1137,9 +1137,11 @@ mod tests {
             use base64::engine::general_purpose::URL_SAFE_NO_PAD;
             use base64::Engine as _;
             let (input, sig) = token.rsplit_once('.').unwrap();
-            let sig = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+            let sig =
+                p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
             let (r, s) = sig.split_scalars();
-            let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+            let flipped =
+                p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
             format!("{input}.{}", URL_SAFE_NO_PAD.encode(flipped.to_bytes()))
         }
 
@@ -1153,7 +1155,10 @@ mod tests {
             assert_eq!(ask(&mut e, &h, 1, &t), Verdict::Pause);
             e.on_http_answer(&h, Some(1), h.last_call(), &ok("minted", 3600));
             // The twin verifies too, and is served the same entry: no second exchange.
-            assert_eq!(set_value(&ask(&mut e, &h, 2, &t2), "authorization").as_deref(), Some("Bearer minted"));
+            assert_eq!(
+                set_value(&ask(&mut e, &h, 2, &t2), "authorization").as_deref(),
+                Some("Bearer minted")
+            );
             assert_eq!(h.calls_to("sts").len(), 1);
             // Likewise a rejection: the twin of a refused token is refused from the cache.
             let r = token("ec", 700);

@@ -699,3 +699,26 @@ fn cluster(name: &str, port: u16) -> serde_json::Value {
 pub fn require(path: &Path, hint: &str) {
     assert!(path.exists(), "{} is missing: {hint}", path.display());
 }
+
+/// The metric names the Grafana dashboard's queries name (`token_exchange_…`), each once.
+pub fn dashboard_metrics() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/token-exchange.json"))
+        .expect("dashboard");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut names = Vec::new();
+    for panel in doc["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("token_exchange_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
