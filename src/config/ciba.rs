@@ -73,21 +73,11 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
     if let Some(a) = &c.acr_values {
         scope_tokens(a, "sts.ciba.acr_values")?;
     }
-    if c.requested_expiry_s
-        .is_some_and(|e| !(1..=86_400).contains(&e))
-    {
-        return Err(ConfigError::new(
-            "sts.ciba.requested_expiry_s",
-            "must be between 1 and 86400",
-        ));
+    if let Some(e) = c.requested_expiry_s {
+        in_range(e, 1..=86_400, "sts.ciba.requested_expiry_s")?;
     }
     let wait_s = c.wait_s.unwrap_or(30);
-    if !(1..=300).contains(&wait_s) {
-        return Err(ConfigError::new(
-            "sts.ciba.wait_s",
-            "must be between 1 and 300",
-        ));
-    }
+    in_range(wait_s, 1..=300, "sts.ciba.wait_s")?;
     Ok(CibaConfig {
         path: c.path,
         mode,

@@ -120,12 +120,7 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         ));
     }
     let timeout_ms = s.timeout_ms.unwrap_or(2000);
-    if !(1..=60_000).contains(&timeout_ms) {
-        return Err(ConfigError::new(
-            "sts.timeout_ms",
-            "must be between 1 and 60000",
-        ));
-    }
+    in_range(timeout_ms, 1..=60_000, "sts.timeout_ms")?;
 
     let method = s.client_auth.as_deref().unwrap_or("client_secret_basic");
     let secret = match (s.client_secret, s.client_secret_env) {
@@ -312,19 +307,9 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             }
             no_space_or_control(&u.path, &format!("{k}.path"))?;
             let refresh_s = u.refresh_s.unwrap_or(300);
-            if !(10..=86_400).contains(&refresh_s) {
-                return Err(ConfigError::new(
-                    format!("{k}.refresh_s"),
-                    "must be between 10 and 86400",
-                ));
-            }
+            in_range(refresh_s, 10..=86_400, format!("{k}.refresh_s"))?;
             let timeout_ms = u.timeout_ms.unwrap_or(2000);
-            if !(1..=60_000).contains(&timeout_ms) {
-                return Err(ConfigError::new(
-                    format!("{k}.timeout_ms"),
-                    "must be between 1 and 60000",
-                ));
-            }
+            in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
             KeySource::Remote(JwksUri {
                 cluster: u.cluster,
                 authority: u.authority,
@@ -355,12 +340,7 @@ fn validate_subject(s: RawSubjectToken) -> Result<SubjectTokenConfig, ConfigErro
         .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_string());
     uri(&token_type, "subject_token.token_type")?;
     let max_bytes = s.max_bytes.unwrap_or(8192);
-    if !(16..=65_536).contains(&max_bytes) {
-        return Err(ConfigError::new(
-            "subject_token.max_bytes",
-            "must be between 16 and 65536",
-        ));
-    }
+    in_range(max_bytes, 16..=65_536, "subject_token.max_bytes")?;
     Ok(SubjectTokenConfig {
         header,
         prefix,
@@ -401,12 +381,7 @@ fn validate_output(
 
 fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
     let max_entries = c.max_entries.unwrap_or(4096);
-    if !(1..=1_000_000).contains(&max_entries) {
-        return Err(ConfigError::new(
-            "cache.max_entries",
-            "must be between 1 and 1000000",
-        ));
-    }
+    in_range(max_entries, 1..=1_000_000, "cache.max_entries")?;
     let day = 86_400;
     let check = |v: u64, key: &str| {
         if v > day {

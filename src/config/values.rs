@@ -117,3 +117,20 @@ pub(super) fn scope_tokens(scope: &str, key: &str) -> Result<(), ConfigError> {
         ))
     }
 }
+
+/// A number within `range`, else an error naming `key` and the bounds.
+pub(super) fn in_range<T>(
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+    key: impl Into<String>,
+) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        let why = format!("must be between {} and {}", range.start(), range.end());
+        Err(ConfigError::new(key, why))
+    }
+}
