@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 mod ciba;
 mod exchange;
+mod json_path;
 mod raw;
 mod validate;
 mod values;
@@ -442,9 +443,8 @@ impl Config {
     /// Parses and validates the plugin configuration. `env` resolves `*_env` keys (the VM's
     /// environment in Envoy).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(json);
         let raw: RawConfig =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| raw::serde_error(&e))?;
+            serde_json::from_slice(json).map_err(|e| raw::serde_error(json, &e))?;
         validate::validate(raw, env)
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{ConfigError, OnMissingToken, OnStsUnavailable};
+use super::{json_path, ConfigError, OnMissingToken, OnStsUnavailable};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,10 +206,11 @@ pub(super) struct RawCache {
     pub(super) negative_ttl_s: Option<u64>,
 }
 
-/// Names the key serde complained about (its dotted path, e.g. `sts.timeout_ms`) and cuts the
-/// offending value out of "invalid type/value" messages so that a misplaced secret is never logged.
-pub(super) fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
-    let mut msg = e.inner().to_string();
+/// Names the key serde complained about (its dotted path, e.g. `sts.timeout_ms`, found from the
+/// error's position in `json`) and cuts the offending value out of "invalid type/value" messages
+/// so that a misplaced secret is never logged.
+pub(super) fn serde_error(json: &[u8], e: &serde_json::Error) -> ConfigError {
+    let mut msg = e.to_string();
     if msg.starts_with("invalid") {
         if let (Some(colon), Some(expected)) = (msg.find(':'), msg.find(", expected")) {
             if colon < expected {
@@ -217,14 +218,15 @@ pub(super) fn serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> 
             }
         }
     }
-    let path = e.path().to_string();
     let missing = msg
         .strip_prefix("missing field `")
         .and_then(|m| m.split('`').next());
+    let offset = json_path::offset_of(json, e.line(), e.column());
+    let path = json_path::path_at(json, offset, missing.is_some());
     let key = match (path.as_str(), missing) {
-        (".", Some(field)) => field.to_string(),
+        ("", Some(field)) => field.to_string(),
         (_, Some(field)) => format!("{path}.{field}"),
-        (".", None) => "(document)".to_string(),
+        ("", None) => "(document)".to_string(),
         _ => path,
     };
     ConfigError::new(key, msg)

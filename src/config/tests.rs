@@ -131,6 +131,35 @@ fn unknown_keys_are_refused_naming_the_key() {
 }
 
 #[test]
+fn keys_are_named_in_a_pretty_printed_document() {
+    // Envoy passes the configuration as written, over many lines; braces, brackets and quotes
+    // inside string values must not move the path.
+    let json = r#"{
+  "sts": {
+    "cluster": "s{[\"",
+    "authority": "a", "token_path": "/t", "client_id": "c", "client_secret": "x"
+  },
+  "routes": [
+    { "match": { "path_prefix": "/a" } },
+    { "match": { "methods": ["GET", 7] } }
+  ]
+}"#;
+    assert_eq!(err_key(json), "routes[1].match.methods[1]");
+    let json = "{\n\t\"sts\": {\"cluster\": \"s\", \"authority\": \"a\",\n \"token_path\": \"/t\",\n \"client_id\": \"c\", \"client_secret\": \"x\"},\n \"cache\": {\n  \"max_entries\": 10,\n  \"ttl\": 1 }\n}";
+    assert_eq!(err_key(json), "cache.ttl");
+    let json = "{\"sts\": {\"cluster\": \"s\",\n \"authority\": \"a\"\n }\n}";
+    assert_eq!(err_key(json), "sts.token_path");
+    assert_eq!(
+        err_key(&with(r#""routes":[{"match":{}}, {"bypass":"yes"}]"#)),
+        "routes[1].bypass"
+    );
+    assert_eq!(
+        err_key(&with(r#""exchange":{"extra_params":{"a":"1","b":2}}"#)),
+        "exchange.extra_params.b"
+    );
+}
+
+#[test]
 fn missing_required_keys_are_refused() {
     assert_eq!(err_key("{}"), "sts");
     assert_eq!(
