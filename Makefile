@@ -76,17 +76,21 @@ lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	cargo clippy --target $(TARGET) --lib -- -D warnings
 
 REFERENCE := bench/reference/target/$(TARGET)/release/reference.wasm
-# The reference modules (no-op, minimal hit) the filter is measured against.
+# The reference modules (no-op, path read, minimal hit) the filter is measured against.
 reference: toolchain
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml
 	@mkdir -p target/bench && cp $(REFERENCE) target/bench/reference-noop.wasm
+	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features path
+	@cp $(REFERENCE) target/bench/reference-path.wasm
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features hit
 	@cp $(REFERENCE) target/bench/reference-hit.wasm
 
-bench: build envoy reference ## CPU, throughput and footprint against plain Envoy, reference modules, ext_authz and jwt_authn (about 6 minutes; installs wrk)
+bench: build envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py
+	cargo build --quiet --release --target $(TARGET) --config 'profile.release.strip=false' --target-dir target/unstripped
+	$(VENV)/bin/python bench/size.py target/unstripped/$(TARGET)/release/token_exchange_wasm.wasm $(WASM)
 
 fleet: build envoy ## STS calls per second of a fleet of proxies against the model (about 3 minutes)
 	$(VENV)/bin/python bench/fleet.py

@@ -31,6 +31,7 @@ TOKENS = int(os.environ.get("BENCH_TOKENS", "300000"))
 BASELINE = os.environ.get("BENCH_BASELINE_WASM")
 # The reference modules `make reference` builds from bench/reference.
 NOOP = os.path.join(ROOT, "target/bench/reference-noop.wasm")
+PATH_READ = os.path.join(ROOT, "target/bench/reference-path.wasm")
 MINIMAL_HIT = os.path.join(ROOT, "target/bench/reference-hit.wasm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = tempfile.mkdtemp(prefix="txw-bench-")
@@ -124,10 +125,14 @@ def filter_config(sts_cluster, extra=None):
     return c
 
 
-def front_config(filters, upstream_port=UPSTREAM):
+def front_config(filters, upstream_port=UPSTREAM, route_disables=None):
     clusters = [cluster("upstream", upstream_port), cluster("authz", AUTHZ), cluster("sts_ok", STS_OK),
                 cluster("sts_reject", STS_REJECT), cluster("sts_slow", STS_SLOW), cluster("sts_coalesce", STS_COALESCE)]
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    if route_disables:
+        # Envoy's own per-route switch: the filter is not called at all on this route.
+        routes[0]["typed_per_filter_config"] = {route_disables: {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
     return {"admin": {"address": addr(FRONT_ADMIN)},
             "static_resources": {"listeners": [listener("front", FRONT, routes, filters)], "clusters": clusters}}
 
@@ -228,8 +233,8 @@ end
 """
 
 
-def measure(name, filters, token):
-    envoy = Envoy(name, front_config(filters), FRONT_ADMIN)
+def measure(name, filters, token, route_disables=None):
+    envoy = Envoy(name, front_config(filters, route_disables=route_disables), FRONT_ADMIN)
     try:
         auth = ["-H", f"authorization: Bearer {token}"]
         wrk(auth, duration=1)  # warm-up: first exchange, JIT, connections
@@ -251,10 +256,13 @@ def main():
     configs = [
         ("plain Envoy", [], "opaque-bench-token"),
         ("reference: no-op module", [wasm_filter({}, NOOP)], "opaque-bench-token"),
+        ("reference: no-op module + :path read", [wasm_filter({}, PATH_READ)], "opaque-bench-token"),
         ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], "opaque-bench-token"),
+        ("reference: minimal hit module, RS256 token", [wasm_filter({}, MINIMAL_HIT)], rs_token),
         ("token-exchange, bypass route",
          [wasm_filter(filter_config("sts_ok", {"routes": [{"match": {"path_prefix": "/"}, "bypass": True}]}))],
          "opaque-bench-token"),
+        ("token-exchange, route disabled in Envoy", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
         ("token-exchange, cache hit", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
         ("token-exchange + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers))], rs_token),
         ("ext_authz HTTP authorizer", [ext_authz()], "opaque-bench-token"),
@@ -275,7 +283,8 @@ def main():
         for rnd in range(ROUNDS):
             plain = None
             for name, filters, token in configs:
-                r = measure(f"front-{rnd}", filters, token)
+                disables = "envoy.filters.http.wasm" if "disabled in Envoy" in name else None
+                r = measure(f"front-{rnd}", filters, token, disables)
                 plain = plain or r
                 r["ratio"] = r["rps"] / plain["rps"]
                 r["cpu_over_plain"] = r["cpu_us"] - plain["cpu_us"]
@@ -306,12 +315,16 @@ def print_table(results):
         print(f"| {name} | {med(rows, 'rps'):.0f} | {med(rows, 'p50'):.2f} | {med(rows, 'p99'):.2f} | "
               f"{med(rows, 'ratio'):.2f} | {best(rows, 'cpu_us'):.1f} | {med(rows, 'cpu_over_plain'):+.1f} | {med(rows, 'rss'):.0f} |")
     goals = [("token-exchange, bypass route", "reference: no-op module", 1.03),
+             ("token-exchange, bypass route", "reference: no-op module + :path read", None),
+             ("token-exchange, route disabled in Envoy", "reference: no-op module", None),
              ("token-exchange, cache hit", "reference: minimal hit module", 1.04),
-             ("token-exchange + trusted issuers, hit", "reference: minimal hit module", 1.04)]
+             ("token-exchange + trusted issuers, hit", "reference: minimal hit module", 1.04),
+             ("token-exchange + trusted issuers, hit", "reference: minimal hit module, RS256 token", None)]
     for ours, ref, goal in goals:
         if ours in results and ref in results:
             ratio = best(results[ours], "cpu_us") / best(results[ref], "cpu_us")
-            print(f"{ours}: front CPU per request {ratio:.2f}x the {ref[11:]}'s (goal <= {goal})")
+            print(f"- {ours}: front CPU per request {ratio:.2f}x the {ref[11:]}'s"
+                  + (f" (goal <= {goal})" if goal else ""))
     if "ext_authz HTTP authorizer" in results and "token-exchange, cache hit" in results:
         hit = med(results["token-exchange, cache hit"], "rps")
         authz = med(results["ext_authz HTTP authorizer"], "rps")

@@ -1,7 +1,8 @@
 //! Reference modules for `make bench`. As is: an HTTP filter that lets every request through at
-//! once. With `--features hit`: the least a token-exchange cache hit does: read `authorization`,
-//! hash it with SHA-256, one shared-data read of the entry (written by the first request), one
-//! header write.
+//! once. With `--features path`: the least a bypass rule on a path prefix does: read `:path`
+//! and compare it. With `--features hit`: the least a token-exchange cache hit does: read
+//! `authorization`, hash it with SHA-256, one shared-data read of the entry (written by the
+//! first request), one header write.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -30,9 +31,19 @@ struct Request;
 impl Context for Request {}
 
 impl HttpContext for Request {
-    #[cfg(not(feature = "hit"))]
+    #[cfg(not(any(feature = "hit", feature = "path")))]
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         Action::Continue
+    }
+
+    #[cfg(feature = "path")]
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        if path.starts_with('/') {
+            return Action::Continue;
+        }
+        self.send_http_response(404, vec![], None);
+        Action::Pause
     }
 
     #[cfg(feature = "hit")]
