@@ -27,7 +27,7 @@ INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: help all build toolchain envoy run test unit e2e interop validate lint reference bench fleet fuzz oci clean
+.PHONY: help all build lean toolchain envoy run test unit e2e interop validate lint reference bench fleet fuzz oci clean
 
 help: ## this list, and the environment knobs the scripts read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,11 +49,17 @@ build: toolchain ## the release .wasm (target/wasm32-wasip1/release/token_exchan
 	cargo build --release --target $(TARGET) --lib
 	@ls -l $(WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
 
+LEAN_WASM := target/lean/$(TARGET)/release/token_exchange_wasm.wasm
+lean: toolchain ## the module without trusted-issuers and private-key-jwt (target/lean/…/token_exchange_wasm.wasm)
+	cargo build --release --target $(TARGET) --lib --no-default-features --target-dir target/lean
+	@ls -l $(LEAN_WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
+
 run: build envoy ## the filter in Envoy with a demo STS and echo upstream; prints curl commands
 	cargo run --quiet --example demo
 
-unit: ## host unit and engine tests, the examples check, the layers check
-	cargo test --lib --test examples --test layers
+unit: ## host unit and engine tests, the examples, layers and features checks (the features in both builds)
+	cargo test --lib --test examples --test layers --test features
+	cargo test --no-default-features --test features
 
 validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
@@ -74,6 +80,7 @@ lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
+	cargo clippy --target $(TARGET) --lib --no-default-features -- -D warnings
 
 REFERENCE := bench/reference/target/$(TARGET)/release/reference.wasm
 # The reference modules (no-op, path read, minimal hit) the filter is measured against.
@@ -85,7 +92,7 @@ reference: toolchain
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features hit
 	@cp $(REFERENCE) target/bench/reference-hit.wasm
 
-bench: build envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
+bench: build lean envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py

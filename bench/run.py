@@ -33,6 +33,8 @@ BASELINE = os.environ.get("BENCH_BASELINE_WASM")
 NOOP = os.path.join(ROOT, "target/bench/reference-noop.wasm")
 PATH_READ = os.path.join(ROOT, "target/bench/reference-path.wasm")
 MINIMAL_HIT = os.path.join(ROOT, "target/bench/reference-hit.wasm")
+# `make lean`: this module without the trusted-issuers and private-key-jwt features.
+LEAN = os.path.join(ROOT, "target/lean/wasm32-wasip1/release/token_exchange_wasm.wasm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
@@ -292,7 +294,7 @@ def main():
                 print(f"round {rnd + 1}: {name}: {r['rps']:.0f} req/s", file=sys.stderr)
         print_table(results)
         if os.environ.get("BENCH_EXTRAS", "1") == "1":
-            footprint(issuers)
+            footprint(issuers, rs_token)
             extra_runs(backend)
     finally:
         backend.stop()
@@ -331,22 +333,28 @@ def print_table(results):
         print(f"\ncache hit vs ext_authz: {hit / authz:.2f}x")
 
 
-def footprint(issuers):
-    """Module size, Envoy's RSS and time from start to ready, per module, at 1 and 2 workers."""
-    modules = [("plain Envoy", [], None),
-               ("reference: no-op module", [wasm_filter({}, NOOP)], NOOP),
-               ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], MINIMAL_HIT),
-               ("token-exchange", [wasm_filter(filter_config("sts_ok", issuers))], WASM)]
+def footprint(issuers, rs_token):
+    """Module size, Envoy's RSS and time from start to ready, per module, at 1 and 2 workers,
+    after a second of load that every module must answer with 2xx."""
+    opaque = "opaque-bench-token"
+    modules = [("plain Envoy", [], None, opaque),
+               ("reference: no-op module", [wasm_filter({}, NOOP)], NOOP, opaque),
+               ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], MINIMAL_HIT, opaque),
+               ("token-exchange, trusted issuers", [wasm_filter(filter_config("sts_ok", issuers))], WASM, rs_token),
+               ("token-exchange without trusted-issuers, private-key-jwt", [wasm_filter(filter_config("sts_ok"), LEAN)],
+                LEAN, opaque)]
     print("\n| front Envoy | module bytes | RSS MiB, 1 worker | RSS MiB, 2 workers | start to ready s, 1 worker | 2 workers |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, filters, module in modules:
+    for name, filters, module, token in modules:
         row = []
         for workers in (1, 2):
             rss, ready = [], []
             for attempt in range(3):
                 envoy = Envoy(f"footprint-{workers}-{attempt}", front_config(filters), FRONT_ADMIN, concurrency=workers)
                 try:
-                    wrk(["-H", "authorization: Bearer opaque-bench-token"], duration=1, connections=4)
+                    load = wrk(["-H", f"authorization: Bearer {token}"], duration=1, connections=4)
+                    if load["errors"]:
+                        sys.exit(f"{name}: {load['errors']} non-2xx answers:\n" + open(envoy.log).read()[-3000:])
                     rss.append(envoy.rss_mb())
                     ready.append(envoy.ready_s)
                 finally:

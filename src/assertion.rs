@@ -5,9 +5,13 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+#[cfg(feature = "private-key-jwt")]
 use jwt_compact::alg::{Ed25519, Es256, Rsa};
+#[cfg(feature = "private-key-jwt")]
 use jwt_compact::{Algorithm, AlgorithmSignature};
+#[cfg(feature = "private-key-jwt")]
 use p256::pkcs8::DecodePrivateKey;
+#[cfg(feature = "private-key-jwt")]
 use rsa::pkcs1::DecodeRsaPrivateKey;
 
 /// The `client_assertion_type` of a JWT client assertion.
@@ -16,20 +20,32 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 /// How long a client assertion is valid, in seconds (RFC 7523 asks for a short `exp`).
 pub const LIFETIME_S: u64 = 60;
 
-/// A private key the filter signs client assertions with.
+/// A private key the filter signs client assertions with (none in a build without the
+/// `private-key-jwt` feature).
 #[derive(Clone)]
 pub enum SigningKey {
     /// ES256.
+    #[cfg(feature = "private-key-jwt")]
     Es256(p256::ecdsa::SigningKey),
     /// RS256.
+    #[cfg(feature = "private-key-jwt")]
     Rs256(Box<rsa::RsaPrivateKey>),
     /// EdDSA (Ed25519).
+    #[cfg(feature = "private-key-jwt")]
     EdDsa(ed25519_compact::SecretKey),
 }
 
 impl SigningKey {
     /// Reads a PEM key for `alg` (`ES256`: PKCS#8 or SEC1; `RS256`: PKCS#8 or PKCS#1;
     /// `EdDSA`: PKCS#8). The error never contains key material.
+    #[cfg(not(feature = "private-key-jwt"))]
+    pub fn from_pem(_alg: &str, _pem: &str) -> Result<SigningKey, String> {
+        Err("needs a module built with the private-key-jwt feature (the default build)".to_string())
+    }
+
+    /// Reads a PEM key for `alg` (`ES256`: PKCS#8 or SEC1; `RS256`: PKCS#8 or PKCS#1;
+    /// `EdDSA`: PKCS#8). The error never contains key material.
+    #[cfg(feature = "private-key-jwt")]
     pub fn from_pem(alg: &str, pem: &str) -> Result<SigningKey, String> {
         let key = match alg {
             "ES256" => p256::ecdsa::SigningKey::from_pkcs8_pem(pem)
@@ -50,18 +66,25 @@ impl SigningKey {
     }
 
     fn alg(&self) -> &'static str {
-        match self {
+        match *self {
+            #[cfg(feature = "private-key-jwt")]
             SigningKey::Es256(_) => "ES256",
+            #[cfg(feature = "private-key-jwt")]
             SigningKey::Rs256(_) => "RS256",
+            #[cfg(feature = "private-key-jwt")]
             SigningKey::EdDsa(_) => "EdDSA",
         }
     }
 
+    #[cfg_attr(not(feature = "private-key-jwt"), allow(unused_variables))]
     fn sign(&self, message: &[u8]) -> Vec<u8> {
-        match self {
-            SigningKey::Es256(k) => Es256.sign(k, message).as_bytes().to_vec(),
-            SigningKey::Rs256(k) => Rsa::rs256().sign(k, message).as_bytes().to_vec(),
-            SigningKey::EdDsa(k) => Ed25519.sign(k, message).as_bytes().to_vec(),
+        match *self {
+            #[cfg(feature = "private-key-jwt")]
+            SigningKey::Es256(ref k) => Es256.sign(k, message).as_bytes().to_vec(),
+            #[cfg(feature = "private-key-jwt")]
+            SigningKey::Rs256(ref k) => Rsa::rs256().sign(k, message).as_bytes().to_vec(),
+            #[cfg(feature = "private-key-jwt")]
+            SigningKey::EdDsa(ref k) => Ed25519.sign(k, message).as_bytes().to_vec(),
         }
     }
 }

@@ -5,37 +5,73 @@ use std::fmt;
 
 use crate::config::JwsAlg;
 
+#[cfg(feature = "trusted-issuers")]
 use jwt_compact::alg::{RsaPublicKey, StrongKey};
 use jwt_compact::jwk::JsonWebKey;
 use serde::Deserialize;
 
-/// A public key usable for verification.
+/// A public key usable for verification (none in a build without the `trusted-issuers`
+/// feature).
 #[derive(Clone)]
 pub enum PublicKey {
     /// RSA, at least 2048 bits.
+    #[cfg(feature = "trusted-issuers")]
     Rsa(RsaPublicKey),
     /// EC P-256.
+    #[cfg(feature = "trusted-issuers")]
     P256(p256::ecdsa::VerifyingKey),
     /// OKP Ed25519.
+    #[cfg(feature = "trusted-issuers")]
     Ed25519(ed25519_compact::PublicKey),
 }
 
 impl PublicKey {
     /// Whether this key type goes with `alg` (RSA for RS*/PS*, P-256 for ES256, Ed25519 for EdDSA).
+    #[cfg_attr(not(feature = "trusted-issuers"), allow(unused_variables))]
     pub fn fits(&self, alg: JwsAlg) -> bool {
-        matches!(
-            (self, alg),
-            (
-                PublicKey::Rsa(_),
+        match *self {
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::Rsa(_) => matches!(
+                alg,
                 JwsAlg::Rs256
                     | JwsAlg::Rs384
                     | JwsAlg::Rs512
                     | JwsAlg::Ps256
                     | JwsAlg::Ps384
                     | JwsAlg::Ps512
-            ) | (PublicKey::P256(_), JwsAlg::Es256)
-                | (PublicKey::Ed25519(_), JwsAlg::EdDsa)
-        )
+            ),
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::P256(_) => alg == JwsAlg::Es256,
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::Ed25519(_) => alg == JwsAlg::EdDsa,
+        }
+    }
+
+    /// The verification key a public JWK holds, if it is of a type this build verifies.
+    #[cfg(feature = "trusted-issuers")]
+    fn from_jwk(jwk: &JsonWebKey<'_>) -> Option<PublicKey> {
+        Some(match jwk {
+            JsonWebKey::Rsa {
+                private_parts: None,
+                ..
+            } => {
+                let key = RsaPublicKey::try_from(jwk).ok()?;
+                PublicKey::Rsa(StrongKey::try_from(key).ok()?.into_inner())
+            }
+            JsonWebKey::EllipticCurve { secret: None, .. } => {
+                PublicKey::P256(p256::ecdsa::VerifyingKey::try_from(jwk).ok()?)
+            }
+            JsonWebKey::KeyPair { secret: None, .. } => {
+                PublicKey::Ed25519(ed25519_compact::PublicKey::try_from(jwk).ok()?)
+            }
+            _ => return None,
+        })
+    }
+
+    /// The verification key a public JWK holds: none, in a build that verifies no JWT.
+    #[cfg(not(feature = "trusted-issuers"))]
+    fn from_jwk(_: &JsonWebKey<'_>) -> Option<PublicKey> {
+        None
     }
 }
 
@@ -176,23 +212,7 @@ fn parse_key(v: &serde_json::Value) -> Option<Key> {
             return None;
         }
     }
-    let jwk = JsonWebKey::deserialize(v).ok()?;
-    let public = match &jwk {
-        JsonWebKey::Rsa {
-            private_parts: None,
-            ..
-        } => {
-            let key = RsaPublicKey::try_from(&jwk).ok()?;
-            PublicKey::Rsa(StrongKey::try_from(key).ok()?.into_inner())
-        }
-        JsonWebKey::EllipticCurve { secret: None, .. } => {
-            PublicKey::P256(p256::ecdsa::VerifyingKey::try_from(&jwk).ok()?)
-        }
-        JsonWebKey::KeyPair { secret: None, .. } => {
-            PublicKey::Ed25519(ed25519_compact::PublicKey::try_from(&jwk).ok()?)
-        }
-        _ => return None,
-    };
+    let public = PublicKey::from_jwk(&JsonWebKey::deserialize(v).ok()?)?;
     Some(Key {
         kid: text("kid"),
         alg: text("alg"),

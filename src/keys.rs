@@ -100,6 +100,12 @@ pub struct Keys {
 impl Keys {
     /// The issuers' keys: inline sets parsed now, remote ones fetched from the first tick.
     pub fn compile(issuers: &[TrustedIssuer]) -> Result<Keys, ConfigError> {
+        if !issuers.is_empty() && !cfg!(feature = "trusted-issuers") {
+            return Err(ConfigError::new(
+                "trusted_issuers",
+                "needs a module built with the trusted-issuers feature (the default build)",
+            ));
+        }
         let mut state = Vec::with_capacity(issuers.len());
         for (i, t) in issuers.iter().enumerate() {
             state.push(
