@@ -36,8 +36,7 @@ pub enum SigningKey {
 }
 
 impl SigningKey {
-    /// Reads a PEM key for `alg` (`ES256`: PKCS#8 or SEC1; `RS256`: PKCS#8 or PKCS#1;
-    /// `EdDSA`: PKCS#8). The error never contains key material.
+    /// Refuses every key: a build without the `private-key-jwt` feature signs nothing.
     #[cfg(not(feature = "private-key-jwt"))]
     pub fn from_pem(_alg: &str, _pem: &str) -> Result<SigningKey, String> {
         Err("needs a module built with the private-key-jwt feature (the default build)".to_string())
