@@ -2,7 +2,7 @@
 //! copy, the configured scheme) and, for a delegation with a header actor, the actor token.
 
 use crate::config::SubjectTokenConfig;
-use crate::host::RequestHeaders;
+use crate::host::{RequestHeaders, Unusable};
 use crate::token::{extract, Extracted};
 
 /// Why a request has no usable subject token.
@@ -30,18 +30,23 @@ impl Subject {
 }
 
 /// Reads the subject token. Envoy folds repeated `authorization` headers into one comma-joined
-/// value (which fails the token format); other headers arrive as copies, so those are read as
-/// a whole and two copies are refused.
+/// value, refused when any of its parts holds a credential of the configured scheme (so
+/// `Basic x,Bearer t` is never passed on as "another scheme"); other headers arrive as copies,
+/// so those are read as a whole and two copies are refused. A value that is not UTF-8 text is
+/// no token.
 pub fn subject<R: RequestHeaders + ?Sized>(
     req: &R,
     rules: &SubjectTokenConfig,
 ) -> Result<Subject, NoToken> {
     let value = if rules.header == "authorization" {
-        req.header(&rules.header)
+        req.token_header(&rules.header)
     } else {
         req.single_header(&rules.header)
-            .map_err(|()| NoToken::Malformed("more than one token header"))?
-    };
+    }
+    .map_err(|why| match why {
+        Unusable::Repeated => NoToken::Malformed("more than one token header"),
+        Unusable::NotText => NoToken::Malformed("token header is not text"),
+    })?;
     let value = value.ok_or(NoToken::Missing)?;
     let (start, end) = match extract(Some(&value), &rules.prefix, rules.max_bytes) {
         Extracted::Token(t) => {
@@ -49,10 +54,22 @@ pub fn subject<R: RequestHeaders + ?Sized>(
             let start = t.as_ptr() as usize - value.as_ptr() as usize;
             (start, start + t.len())
         }
+        Extracted::Missing if joined_with_scheme(&value, &rules.prefix) => {
+            return Err(NoToken::Malformed("repeated authorization headers"))
+        }
         Extracted::Missing => return Err(NoToken::Missing),
         Extracted::Malformed(why) => return Err(NoToken::Malformed(why)),
     };
     Ok(Subject { value, start, end })
+}
+
+/// Whether a comma-joined value has a part that starts with the configured scheme.
+fn joined_with_scheme(value: &str, prefix: &str) -> bool {
+    !prefix.is_empty()
+        && value.contains(',')
+        && value
+            .split(',')
+            .any(|part| !matches!(extract(Some(part), prefix, usize::MAX), Extracted::Missing))
 }
 
 /// Reads a header actor token: exactly one copy of `header`, a well-formed token of at most
@@ -96,6 +113,55 @@ mod tests {
             subject(&[("authorization", "Bearer a,b")][..], &r),
             Err(NoToken::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn joined_authorization_headers_holding_the_scheme_are_refused() {
+        let r = rules("authorization", "Bearer ");
+        for joined in [
+            "Basic x,Bearer t",
+            "Basic x, bearer t",
+            "Digest a=1,  BEARER t",
+            "Basic x,Bearer",
+            "Basic x,Bearer\tt",
+        ] {
+            let got = subject(&[("authorization", joined)][..], &r);
+            assert!(
+                matches!(got, Err(NoToken::Malformed(_))),
+                "{joined}: {got:?}"
+            );
+        }
+        // Another scheme alone, or with parameters that merely mention the word, is another scheme.
+        for other in [
+            "Basic x",
+            "Digest user=\"Bearer t\", realm=r",
+            "Basic x,Basic y",
+        ] {
+            let got = subject(&[("authorization", other)][..], &r);
+            assert_eq!(got, Err(NoToken::Missing), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_token_header_that_is_not_text_is_malformed() {
+        use crate::host::RawHeaders;
+        let r = rules("authorization", "Bearer ");
+        let raw: [(&str, &[u8]); 1] = [("authorization", b"Bearer \xff")];
+        let got = subject(&RawHeaders(&raw), &r);
+        assert!(matches!(got, Err(NoToken::Malformed(_))), "{got:?}");
+        let r = rules("x-subject", "");
+        let raw: [(&str, &[u8]); 2] = [("cookie", b"\xe9"), ("x-subject", b"\xe9")];
+        assert!(matches!(
+            subject(&RawHeaders(&raw), &r),
+            Err(NoToken::Malformed(_))
+        ));
+        let raw: [(&str, &[u8]); 2] = [("cookie", b"\xe9"), ("x-actor", b"ok")];
+        assert_eq!(
+            actor(&RawHeaders(&raw), "x-actor", 64).as_deref(),
+            Some("ok")
+        );
+        let raw: [(&str, &[u8]); 1] = [("x-actor", b"\xe9")];
+        assert_eq!(actor(&RawHeaders(&raw), "x-actor", 64), None);
     }
 
     #[test]

@@ -1,26 +1,29 @@
 //! The proxy-wasm glue, the only file that imports `proxy_wasm`: a root context that reads the
 //! configuration and owns the per-worker [`Engine`], and HTTP contexts that feed it request
-//! headers and STS answers and carry out its verdicts.
+//! headers and STS answers and carry out its verdicts. Host calls go through [`crate::abi`],
+//! which hands back every status and reads bytes: nothing here can panic on a host's answer.
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel};
 
+use crate::abi;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::host::{
-    Host, HostError, HttpAnswer, HttpCall, LogLevel, RequestHeaders, MAX_ANSWER_BYTES,
+    self, Host, HostError, HttpAnswer, HttpCall, LogLevel, RequestHeaders, Unusable,
+    MAX_ANSWER_BYTES,
 };
 use crate::metrics::{Metric, MetricKind};
 use crate::reply::LocalReply;
 use crate::verdict::{HeaderOp, Verdict};
 
-/// How often the root dispatches lost STS calls again and looks after the issuers' keys.
-const TICK: Duration = Duration::from_millis(100);
+/// How often (ms) the root dispatches lost STS calls again and looks after the issuers' keys.
+const TICK_MS: u32 = 100;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
@@ -52,16 +55,14 @@ impl ProxyHost {
             .iter()
             .map(|m| {
                 let kind = match m.kind() {
-                    MetricKind::Counter => MetricType::Counter,
-                    MetricKind::Histogram => MetricType::Histogram,
+                    MetricKind::Counter => 0,
+                    MetricKind::Histogram => 2,
                 };
-                hostcalls::define_metric(kind, m.name()).ok()
+                abi::define_metric(kind, m.name()).ok()
             })
             .collect();
-        let debug = matches!(
-            hostcalls::get_log_level(),
-            Ok(WasmLogLevel::Trace | WasmLogLevel::Debug)
-        );
+        // Trace is 0, debug 1.
+        let debug = matches!(abi::log_level(), Ok(0 | 1));
         let pending = RefCell::new(vec![0; Metric::all().len()]);
         ProxyHost {
             metric_ids,
@@ -76,7 +77,7 @@ impl ProxyHost {
         for (i, n) in pending.iter_mut().enumerate() {
             if *n > 0 {
                 if let Some(Some(id)) = self.metric_ids.get(i) {
-                    let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                    let _ = abi::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
                 }
                 *n = 0;
             }
@@ -86,22 +87,16 @@ impl ProxyHost {
 
 impl Host for ProxyHost {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        abi::now_ns().map_or(0, |ns| ns / 1_000_000)
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
-            _ => None,
-        }
+        abi::shared_data(key).ok().flatten()
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
-        hostcalls::set_shared_data(key, Some(value), cas)
-            .map_err(|s| HostError(format!("set_shared_data: {s:?}")))
+        abi::set_shared_data(key, value, cas.unwrap_or(0))
+            .map_err(|s| HostError(format!("set_shared_data: status {}", s.0)))
     }
 
     fn dispatch(&self, request: &HttpCall) -> Result<u32, HostError> {
@@ -134,7 +129,7 @@ impl Host for ProxyHost {
             }
             MetricKind::Histogram => {
                 if let Some(Some(id)) = self.metric_ids.get(metric.index()) {
-                    let _ = hostcalls::record_metric(*id, value);
+                    let _ = abi::record_metric(*id, value);
                 }
             }
         }
@@ -146,24 +141,24 @@ impl Host for ProxyHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
-            LogLevel::Debug => WasmLogLevel::Debug,
-            LogLevel::Info => WasmLogLevel::Info,
-            LogLevel::Warn => WasmLogLevel::Warn,
+            LogLevel::Debug => 1,
+            LogLevel::Info => 2,
+            LogLevel::Warn => 3,
         };
-        let _ = hostcalls::log(level, message);
+        let _ = abi::log(level, message);
     }
 }
 
 /// Carries out verdicts for other contexts (requests that waited on a call) and for `own`.
 fn deliver(verdicts: Vec<(u32, Verdict)>, own: Option<u32>) {
     for (ctx, verdict) in verdicts.iter().filter(|(c, _)| Some(*c) != own) {
-        if hostcalls::set_effective_context(*ctx).is_ok() {
+        if abi::set_effective_context(*ctx).is_ok() {
             apply(verdict);
         }
     }
     if let Some(own) = own {
         if let Some((_, verdict)) = verdicts.iter().find(|(c, _)| *c == own) {
-            if hostcalls::set_effective_context(own).is_ok() {
+            if abi::set_effective_context(own).is_ok() {
                 apply(verdict);
             }
         }
@@ -175,7 +170,7 @@ fn apply(verdict: &Verdict) {
     match verdict {
         Verdict::Continue(ops) => {
             apply_ops(ops);
-            let _ = hostcalls::resume_http_request();
+            let _ = abi::resume_request();
         }
         Verdict::Respond(reply) => respond(reply),
         Verdict::Pause => {}
@@ -185,14 +180,8 @@ fn apply(verdict: &Verdict) {
 fn apply_ops(ops: &[HeaderOp]) {
     for op in ops {
         let _ = match op {
-            HeaderOp::Set(name, value) => hostcalls::set_map_value(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                name,
-                Some(value),
-            ),
-            HeaderOp::Remove(name) => {
-                hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, None)
-            }
+            HeaderOp::Set(name, value) => abi::set_header(abi::REQUEST_HEADERS, name, Some(value)),
+            HeaderOp::Remove(name) => abi::set_header(abi::REQUEST_HEADERS, name, None),
         };
     }
 }
@@ -203,7 +192,7 @@ fn respond(reply: &LocalReply) {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    let _ = abi::send_response(reply.status, &headers, reply.body.as_bytes());
 }
 
 /// The root context of one worker: configuration, engine, and the tick that re-dispatches calls
@@ -214,23 +203,19 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let verdicts = call_answer(&self.shared, None, token, body_size);
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        let verdicts = call_answer(&self.shared, None, token, headers, body);
         deliver(verdicts, None);
-        let _ = hostcalls::set_effective_context(self.id);
+        let _ = abi::set_effective_context(self.id);
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let bytes = abi::buffer(abi::PLUGIN_CONFIGURATION, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let host = ProxyHost::new();
         let loaded = Config::parse(&bytes, &|name| std::env::var(name).ok())
             .and_then(|config| Ok((config.summary(), Engine::new(config)?)));
@@ -244,7 +229,7 @@ impl RootContext for Root {
                     ),
                 );
                 *self.shared.borrow_mut() = Some(Worker { engine, host });
-                let _ = hostcalls::set_tick_period(TICK);
+                let _ = abi::set_tick_period_ms(TICK_MS);
                 true
             }
             Err(e) => {
@@ -266,7 +251,7 @@ impl RootContext for Root {
             None => return,
         };
         deliver(verdicts, None);
-        let _ = hostcalls::set_effective_context(self.id);
+        let _ = abi::set_effective_context(self.id);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -281,32 +266,32 @@ impl RootContext for Root {
     }
 }
 
-/// Reads a callout answer from the host and hands it to the engine.
+/// Reads a callout answer from the host and hands it to the engine. A call that failed has no
+/// headers (`headers == 0`: reset, timeout, no upstream), and one cut off after its headers may
+/// refuse the reads: either way the answer has no status, which the engine treats as an outage.
 fn call_answer(
     shared: &SharedWorker,
     receiver: Option<u32>,
     token: u32,
+    headers: usize,
     body_size: usize,
 ) -> Vec<(u32, Verdict)> {
-    let status = hostcalls::get_map_value(
-        proxy_wasm::types::MapType::HttpCallResponseHeaders,
-        ":status",
-    )
-    .ok()
-    .flatten()
-    .and_then(|s| s.parse::<u16>().ok());
+    let status = if headers == 0 {
+        None
+    } else {
+        abi::header(abi::CALL_RESPONSE_HEADERS, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+    };
     let too_large = body_size > MAX_ANSWER_BYTES;
-    let body = if too_large || body_size == 0 {
+    let body = if status.is_none() || too_large || body_size == 0 {
         Vec::new()
     } else {
-        hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::HttpCallResponseBody,
-            0,
-            body_size,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+        abi::buffer(abi::CALL_RESPONSE_BODY, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     };
     let answer = HttpAnswer {
         status,
@@ -325,33 +310,33 @@ struct Request {
     shared: SharedWorker,
 }
 
-/// Request headers read through host calls, one at a time.
+/// Request headers read through host calls as bytes, one at a time; a value that is not text
+/// is absent for [`RequestHeaders::header`] and unusable for a credential.
 struct HostHeaders;
 
 impl RequestHeaders for HostHeaders {
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        self.token_header(name).ok().flatten()
     }
 
-    fn single_header(&self, name: &str) -> Result<Option<String>, ()> {
-        // The single-value read shows only the first copy; the whole map shows them all.
-        let map =
-            hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders).map_err(|_| ())?;
-        let mut copies = map
-            .into_iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
-        match (copies.next(), copies.next()) {
-            (_, Some(_)) => Err(()),
-            (one, None) => Ok(one.map(|(_, v)| v)),
+    fn token_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+        match abi::header(abi::REQUEST_HEADERS, name) {
+            Ok(Some(bytes)) => host::text(bytes).map(Some),
+            _ => Ok(None),
         }
+    }
+
+    fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+        // The single-value read shows only the first copy; the whole map shows them all.
+        let bytes = abi::header_pairs(abi::REQUEST_HEADERS).map_err(|_| Unusable::NotText)?;
+        let pairs = host::parse_map(&bytes).ok_or(Unusable::NotText)?;
+        host::single_of(pairs, name)
     }
 }
 
 impl Context for Request {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let verdicts = call_answer(&self.shared, Some(self.id), token, body_size);
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        let verdicts = call_answer(&self.shared, Some(self.id), token, headers, body);
         deliver(verdicts, Some(self.id));
     }
 

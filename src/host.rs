@@ -65,18 +65,109 @@ pub trait Host {
     fn log(&self, level: LogLevel, message: &str);
 }
 
+/// Why a header that carries a credential cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// The header appears more than once.
+    Repeated,
+    /// Its value is not UTF-8 text (Envoy passes obs-text bytes ≥ 0x80 on).
+    NotText,
+}
+
 /// Read access to the current request's headers.
 pub trait RequestHeaders {
-    /// The value of a header (lower-case name; pseudo-headers like `:path` included). With
-    /// repeated copies, the host may show only the first.
+    /// The value of a header (lower-case name; pseudo-headers like `:path` included); `None`
+    /// when absent or not UTF-8 text. With repeated copies, the host may show only the first.
     fn header(&self, name: &str) -> Option<String>;
-    /// The value of a header that must appear at most once: `Err(())` when it is repeated.
-    #[allow(clippy::result_unit_err)]
-    fn single_header(&self, name: &str) -> Result<Option<String>, ()>;
+    /// The value of a header that carries a credential: `Err(NotText)` when it is not UTF-8.
+    /// With repeated copies, the host may show only the first (or join them, as Envoy does
+    /// with `authorization`).
+    fn token_header(&self, name: &str) -> Result<Option<String>, Unusable>;
+    /// The value of a credential header that must appear at most once: `Err(Repeated)` when it
+    /// is repeated, `Err(NotText)` when its value is not UTF-8.
+    fn single_header(&self, name: &str) -> Result<Option<String>, Unusable>;
+}
+
+/// A header value as text, or why not: the one conversion from the host's bytes.
+pub fn text(value: Vec<u8>) -> Result<String, Unusable> {
+    String::from_utf8(value).map_err(|_| Unusable::NotText)
+}
+
+/// The one copy of header `name` in `pairs` (name, value bytes), as text.
+pub fn single_of<'a>(
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    name: &str,
+) -> Result<Option<String>, Unusable> {
+    let mut copies = pairs
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()));
+    match (copies.next(), copies.next()) {
+        (_, Some(_)) => Err(Unusable::Repeated),
+        (Some((_, v)), None) => text(v.to_vec()).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Serializes header pairs the way the proxy-wasm ABI reads them (see [`parse_map`]).
+pub fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(n, v)| 10 + n.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend(len(pairs.len()));
+    for (n, v) in pairs {
+        out.extend(len(n.len()));
+        out.extend(len(v.len()));
+    }
+    for (n, v) in pairs {
+        out.extend(n.as_bytes());
+        out.push(0);
+        out.extend(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Reads a header map as the proxy-wasm ABI serializes it (a count, then each name and value
+/// length as little-endian `u32`, then each name and value followed by a NUL). `None` when the
+/// bytes do not hold such a map; never panics, whatever the bytes.
+pub fn parse_map(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let word = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(b)).ok()
+    };
+    let count = word(0)?;
+    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    if data > bytes.len() {
+        return None;
+    }
+    let mut take = |len: usize| -> Option<&[u8]> {
+        let end = data.checked_add(len)?;
+        let part = bytes.get(data..end)?;
+        if bytes.get(end) != Some(&0) {
+            return None;
+        }
+        data = end + 1;
+        Some(part)
+    };
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let name_len = word(4 + i * 8)?;
+        let value_len = word(8 + i * 8)?;
+        let name = take(name_len)?;
+        let value = take(value_len)?;
+        out.push((name, value));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
-pub use fake::FakeHost;
+pub use fake::{FakeHost, RawHeaders};
 
 #[cfg(test)]
 mod fake {
@@ -183,12 +274,105 @@ mod fake {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.to_string())
         }
-        fn single_header(&self, name: &str) -> Result<Option<String>, ()> {
-            let mut copies = self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
-            match (copies.next(), copies.next()) {
-                (_, Some(_)) => Err(()),
-                (one, None) => Ok(one.map(|(_, v)| v.to_string())),
+        fn token_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+            Ok(self.header(name))
+        }
+        fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+            single_of(self.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), name)
+        }
+    }
+
+    /// A request whose header values are raw bytes, as a client may send them.
+    pub struct RawHeaders<'a>(pub &'a [(&'a str, &'a [u8])]);
+
+    impl RequestHeaders for RawHeaders<'_> {
+        fn header(&self, name: &str) -> Option<String> {
+            self.token_header(name).ok().flatten()
+        }
+        fn token_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+            match self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, v)) => text(v.to_vec()).map(Some),
+                None => Ok(None),
             }
         }
+        fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+            single_of(self.0.iter().map(|(n, v)| (n.as_bytes(), *v)), name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serialized_map_reads_back_with_any_bytes_in_its_values() {
+        let pairs = [
+            ("authorization", "Bearer t"),
+            ("x-empty", ""),
+            (":path", "/ü"),
+        ];
+        let bytes = serialize_map(&pairs);
+        let back: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        assert_eq!(parse_map(&bytes).unwrap(), back);
+        // Values that are not text (as Envoy passes obs-text on) read back as they were.
+        let mut latin = serialize_map(&[("cookie", "s=e")]);
+        let at = latin.len() - 2;
+        latin[at] = 0xe9;
+        assert_eq!(
+            parse_map(&latin).unwrap(),
+            vec![(&b"cookie"[..], &b"s=\xe9"[..])]
+        );
+        assert_eq!(parse_map(&[]).unwrap(), Vec::<(&[u8], &[u8])>::new());
+    }
+
+    #[test]
+    fn a_broken_map_is_none_never_a_panic() {
+        let bytes = serialize_map(&[("a", "bc"), ("d", "")]);
+        // Every truncation, and a count or length past the end.
+        for cut in 1..bytes.len() {
+            assert_eq!(parse_map(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = bytes.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_map(&huge), None);
+        let mut long = bytes.clone();
+        long[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_map(&long), None);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_conversion() {
+        // A cheap property test: a pseudo-random walk over byte strings.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..600usize {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8 // truncation intended
+                })
+                .collect();
+            let _ = parse_map(&bytes);
+            let as_text = text(bytes.clone());
+            assert_eq!(as_text.is_ok(), std::str::from_utf8(&bytes).is_ok());
+            let one = [(&b"authorization"[..], &bytes[..])];
+            let got = single_of(one.iter().copied(), "Authorization");
+            assert_eq!(got.is_ok(), as_text.is_ok());
+        }
+    }
+
+    #[test]
+    fn a_repeated_or_non_text_credential_header_is_unusable() {
+        let two: [(&[u8], &[u8]); 2] = [(b"x-token", b"a"), (b"X-Token", b"b")];
+        assert_eq!(single_of(two, "x-token"), Err(Unusable::Repeated));
+        let latin: [(&[u8], &[u8]); 2] = [(b"cookie", b"\xe9"), (b"x-token", b"a")];
+        assert_eq!(single_of(latin, "x-token"), Ok(Some("a".into())));
+        let bad: [(&[u8], &[u8]); 1] = [(b"x-token", b"\xff")];
+        assert_eq!(single_of(bad, "x-token"), Err(Unusable::NotText));
     }
 }

@@ -32,4 +32,6 @@ pub mod token;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod filter;

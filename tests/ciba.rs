@@ -90,6 +90,7 @@ fn ciba_envoy(sts: &TestSts, ciba: serde_json::Value, concurrency: u32) -> Envoy
         env: &[],
         concurrency,
         clusters: &[],
+        ..EnvoySetup::default()
     })
 }
 

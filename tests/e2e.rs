@@ -59,6 +59,7 @@ fn envoy_with(
         env: &[("STS_SECRET", SECRET)],
         concurrency,
         clusters,
+        ..EnvoySetup::default()
     })
 }
 
@@ -870,6 +871,7 @@ fn jwt_bearer_grant_with_private_key_jwt_client_auth() {
         env: &[("CLIENT_KEY", &pem)],
         concurrency: 1,
         clusters: &[],
+        ..EnvoySetup::default()
     });
     let assertion = minter.token(
         &json!({ "sub": "frank", "exp": support::now_s() + 600 }),

@@ -101,6 +101,7 @@ fn envoy(port: u16, config: serde_json::Value) -> Envoy {
         env: &[],
         concurrency: 1,
         clusters: &[("idp", port)],
+        ..EnvoySetup::default()
     })
 }
 
@@ -307,6 +308,7 @@ fn jwt_bearer_envoy(port: u16, client_key: &p256::ecdsa::SigningKey) -> Envoy {
         env: &[("CLIENT_KEY", &pem)],
         concurrency: 1,
         clusters: &[],
+        ..EnvoySetup::default()
     })
 }
 

@@ -463,23 +463,26 @@ impl Step {
 const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailable");
 
 #[cfg(test)]
+mod security_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::FakeHost;
     use crate::refusal::JwtError;
     use crate::verdict::HeaderOp;
 
-    const NOW: u64 = 1_700_000_000_000;
+    pub(super) const NOW: u64 = 1_700_000_000_000;
     const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-    fn engine(extra: &str) -> Engine {
+    pub(super) fn engine(extra: &str) -> Engine {
         let json = format!(
             r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"}}{extra}}}"#
         );
         Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
     }
 
-    fn ok(token: &str, expires_in: u64) -> HttpAnswer {
+    pub(super) fn ok(token: &str, expires_in: u64) -> HttpAnswer {
         HttpAnswer {
             status: Some(200),
             body: format!(r#"{{"access_token":"{token}","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":{expires_in}}}"#)
@@ -488,7 +491,7 @@ mod tests {
         }
     }
 
-    fn err(status: u16, code: &str) -> HttpAnswer {
+    pub(super) fn err(status: u16, code: &str) -> HttpAnswer {
         HttpAnswer {
             status: Some(status),
             body: format!(r#"{{"error":"{code}"}}"#).into_bytes(),
@@ -496,11 +499,11 @@ mod tests {
         }
     }
 
-    fn bearer(t: &str) -> String {
+    pub(super) fn bearer(t: &str) -> String {
         format!("Bearer {t}")
     }
 
-    fn set_value(v: &Verdict, name: &str) -> Option<String> {
+    pub(super) fn set_value(v: &Verdict, name: &str) -> Option<String> {
         let Verdict::Continue(ops) = v else {
             return None;
         };
@@ -510,7 +513,7 @@ mod tests {
         })
     }
 
-    fn status(v: &Verdict) -> u32 {
+    pub(super) fn status(v: &Verdict) -> u32 {
         match v {
             Verdict::Respond(r) => r.status,
             other => panic!("expected a local reply, got {other:?}"),
@@ -518,7 +521,7 @@ mod tests {
     }
 
     /// Sends a request with `token` and answers its STS call with `answer`.
-    fn exchange(
+    pub(super) fn exchange(
         e: &mut Engine,
         h: &FakeHost,
         ctx: u32,

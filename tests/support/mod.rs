@@ -355,9 +355,11 @@ pub fn envoy_binary() -> PathBuf {
         .unwrap_or_else(|| repo().join(".venv/bin/envoy"))
 }
 
-/// The release module `make build` leaves.
+/// The release module `make build` leaves (`TEST_WASM` names another, e.g. an older build).
 pub fn wasm_module() -> PathBuf {
-    repo().join("target/wasm32-wasip1/release/token_exchange_wasm.wasm")
+    std::env::var_os("TEST_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/token_exchange_wasm.wasm"))
 }
 
 /// A running Envoy with the filter; killed on drop.
@@ -394,6 +396,7 @@ impl Drop for TempDir {
 }
 
 /// What an Envoy under test is made of.
+#[derive(Default)]
 pub struct EnvoySetup<'a> {
     /// The filter's JSON configuration.
     pub filter_config: serde_json::Value,
@@ -407,6 +410,11 @@ pub struct EnvoySetup<'a> {
     pub concurrency: u32,
     /// Further clusters (name, port), e.g. an IdP.
     pub clusters: &'a [(&'a str, u16)],
+    /// The filter's `failure_policy: FAIL_OPEN` (a VM that failed lets requests skip it).
+    pub fail_open: bool,
+    /// Virtual hosts before the catch-all: (domain, name); each routes to the upstream and
+    /// adds `x-vhost: <name>` to the request (the catch-all adds `x-vhost: all`).
+    pub virtual_hosts: &'a [(&'a str, &'a str)],
 }
 
 impl Envoy {
@@ -629,6 +637,22 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
         .chain(setup.clusters.iter())
         .map(|(name, port)| cluster(name, *port))
         .collect();
+    let vhost = |name: &str, domain: &str| {
+        serde_json::json!({ "name": name, "domains": [domain],
+            "request_headers_to_add": [{ "header": { "key": "x-vhost", "value": name } }],
+            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "echo" } }] })
+    };
+    let virtual_hosts: Vec<serde_json::Value> = setup
+        .virtual_hosts
+        .iter()
+        .map(|(domain, name)| vhost(name, domain))
+        .chain([vhost("all", "*")])
+        .collect();
+    let failure_policy = if setup.fail_open {
+        "FAIL_OPEN"
+    } else {
+        "FAIL_CLOSED"
+    };
     let config = serde_json::json!({
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin } } },
         "static_resources": {
@@ -644,14 +668,14 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
                         "access_log": [{ "name": "envoy.access_loggers.file", "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                             "path": access_log } }],
-                        "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
-                            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "echo" } }] }] },
+                        "route_config": { "virtual_hosts": virtual_hosts },
                         "http_filters": [
                             { "name": "envoy.filters.http.wasm",
                               "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                                 "config": {
                                     "name": "token_exchange",
+                                    "failure_policy": failure_policy,
                                     "configuration": {
                                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                                         "value": setup.filter_config.to_string()
@@ -721,4 +745,111 @@ pub fn dashboard_metrics() -> Vec<String> {
         }
     }
     names
+}
+
+/// What [`RawServer`] does with one request.
+#[derive(Debug, Clone)]
+pub enum RawReply {
+    /// A whole JSON answer.
+    Json(u16, String),
+    /// The headers of a 200 promising more body than sent, part of the body, then a reset.
+    CutOff,
+    /// The same head and part, then silence for this long before closing.
+    Stall(Duration),
+}
+
+/// A server written on bare sockets, for answers no HTTP library sends: cut off mid-body, or
+/// stalled after the headers. Counts requests by path.
+pub struct RawServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawServer {
+    /// Starts a server on a free port answering request number n (from 1) on `path` with
+    /// `behaviour(n, path)`.
+    pub fn start(behaviour: impl Fn(usize, &str) -> RawReply + Send + Sync + 'static) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("raw server binds");
+        let port = listener.local_addr().expect("address").port();
+        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = paths.clone();
+        let behaviour = Arc::new(behaviour);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (seen, behaviour) = (seen.clone(), behaviour.clone());
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    let mut length = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some((n, v)) = h.split_once(':') {
+                            if n.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    let _ = reader.read_exact(&mut body);
+                    let n = {
+                        let mut all = seen.lock().expect("lock");
+                        all.push(path.clone());
+                        all.iter().filter(|p| **p == path).count()
+                    };
+                    let mut stream = stream;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"access_token\": \"cut";
+                    match behaviour(n, &path) {
+                        RawReply::Json(status, body) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                        RawReply::CutOff => {
+                            let _ = stream.write_all(head.as_bytes());
+                            let _ = stream.flush();
+                            thread::sleep(Duration::from_millis(50));
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                        }
+                        RawReply::Stall(d) => {
+                            let _ = stream.write_all(head.as_bytes());
+                            let _ = stream.flush();
+                            thread::sleep(d);
+                        }
+                    }
+                });
+            }
+        });
+        RawServer { port, paths }
+    }
+
+    /// How many requests came for `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.paths
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, any bytes) to the Envoy and returns the answer.
+pub fn raw_request(envoy: &Envoy, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

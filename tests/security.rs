@@ -1,0 +1,200 @@
+//! End-to-end probes of the security promises an attacker would try first, in a real Envoy with
+//! the release `.wasm`: bytes that are not text, answers cut off mid-body, joined
+//! `Authorization` headers, authorities that pick another virtual host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{
+    mint, raw_request, start_echo, Envoy, EnvoySetup, RawReply, RawServer, Signer, TestSts,
+};
+
+const ISS: &str = "https://idp.test";
+
+fn config(extra: serde_json::Value) -> serde_json::Value {
+    let mut config = json!({
+        "sts": {
+            "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token",
+            "timeout_ms": 500, "client_id": "edge", "client_secret_env": "STS_SECRET"
+        },
+        "exchange": { "audience": ["api"] }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    config
+}
+
+fn start(
+    sts_port: u16,
+    filter_config: serde_json::Value,
+    clusters: &[(&str, u16)],
+    fail_open: bool,
+    virtual_hosts: &[(&str, &str)],
+) -> Envoy {
+    support::require(&support::wasm_module(), "run `make build` first");
+    support::require(&support::envoy_binary(), "run `make envoy` first");
+    Envoy::start(EnvoySetup {
+        filter_config,
+        sts_port,
+        echo_port: start_echo(0),
+        env: &[("STS_SECRET", "secret")],
+        concurrency: 1,
+        clusters,
+        fail_open,
+        virtual_hosts,
+    })
+}
+
+/// A GET of `/` with these header lines (raw bytes), answered with the whole response text.
+fn get(envoy: &Envoy, headers: &[&[u8]]) -> String {
+    let mut req = b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n".to_vec();
+    for h in headers {
+        req.extend_from_slice(h);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    raw_request(envoy, &req)
+}
+
+#[test]
+fn a_header_that_is_not_text_is_refused_and_the_filter_lives_on() {
+    let sts = TestSts::start(0, mint);
+    let cfg = config(json!({
+        "exchange": { "audience": ["api"], "actor": { "source": "header", "header": "x-actor" } }
+    }));
+    // FAIL_OPEN: were the VM to die, later requests would skip the filter with their token.
+    let envoy = start(sts.port, cfg, &[], true, &[]);
+    for _ in 0..3 {
+        let text = get(&envoy, &[b"authorization: Bearer \xff\xfe", b"x-actor: a1"]);
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(text.contains("invalid_token"), "{text}");
+    }
+    // The actor header read looks at every header: a Latin-1 cookie is ignored, a Latin-1 actor
+    // token is refused.
+    let text = get(
+        &envoy,
+        &[
+            b"authorization: Bearer alice",
+            b"x-actor: a1",
+            b"cookie: s=caf\xe9-secret-cookie",
+        ],
+    );
+    assert_eq!(sts.count(), 1, "the exchange went on: {text}");
+    let text = get(&envoy, &[b"authorization: Bearer bob", b"x-actor: \xe9"]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    // The filter still serves, and the caller's token never went past it.
+    for subject in ["carol", "dave"] {
+        let text = get(
+            &envoy,
+            &[
+                format!("authorization: Bearer {subject}").as_bytes(),
+                b"x-actor: a1",
+            ],
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("minted-"), "{text}");
+        assert!(!text.contains(&format!("\"Bearer {subject}\"")), "{text}");
+    }
+    let log = envoy.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !log.contains("secret-cookie"),
+        "a header value was logged:\n{log}"
+    );
+}
+
+#[test]
+fn answers_cut_off_mid_body_are_outages_and_keys_are_fetched_again() {
+    let signer = Signer::new("k1");
+    let jwks = json!({ "keys": [signer.jwk()] }).to_string();
+    // The IdP: the first key set is cut off, then whole.
+    let idp = RawServer::start(move |n, _| match n {
+        1 => RawReply::CutOff,
+        _ => RawReply::Json(200, jwks.clone()),
+    });
+    // The STS: reset mid-body, then stalled past the filter's timeout, then fine.
+    let sts = RawServer::start(|n, _| match n {
+        1 => RawReply::CutOff,
+        2 => RawReply::Stall(Duration::from_millis(1500)),
+        n => RawReply::Json(
+            200,
+            json!({ "access_token": format!("minted-{n}"), "token_type": "Bearer",
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                    "expires_in": 300 })
+            .to_string(),
+        ),
+    });
+    let cfg = config(json!({ "trusted_issuers": [{
+        "issuer": ISS, "algorithms": ["ES256"],
+        "jwks_uri": { "cluster": "idp", "authority": "idp.test", "path": "/jwks", "refresh_s": 300 }
+    }] }));
+    let envoy = start(sts.port, cfg, &[("idp", idp.port)], false, &[]);
+    let claims = |sub: &str| json!({ "iss": ISS, "sub": sub, "exp": support::now_s() + 600 });
+    let token = signer.token(&claims("alice"), None);
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let r = envoy.get_with_token("/", &token);
+        statuses.push(r.status);
+        if r.status == 200 {
+            assert_eq!(
+                r.upstream_header("authorization").unwrap(),
+                "Bearer minted-3"
+            );
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.header("retry-after").is_some(), "503 without retry-after");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&200),
+        "{statuses:?}\n{}",
+        envoy.log_text()
+    );
+    assert!(
+        idp.count("/jwks") >= 2,
+        "the cut-off key set was not fetched again"
+    );
+    assert_eq!(sts.count("/oauth2/token"), 3, "{statuses:?}");
+    // The next request, with another token, is served as usual.
+    let r = envoy.get_with_token("/", &signer.token(&claims("bob"), None));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!envoy.log_text().contains("panicked"));
+}
+
+#[test]
+fn a_joined_authorization_never_carries_a_bearer_token_past_the_filter() {
+    let sts = TestSts::start(0, mint);
+    let envoy = start(
+        sts.port,
+        config(json!({ "on_missing_token": "allow" })),
+        &[],
+        false,
+        &[],
+    );
+    for pair in [
+        [
+            &b"authorization: Basic eDp5"[..],
+            &b"authorization: Bearer hidden-token"[..],
+        ],
+        [
+            &b"Authorization: Digest a=1"[..],
+            &b"AUTHORIZATION: bearer hidden-token"[..],
+        ],
+    ] {
+        let text = get(&envoy, &pair);
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(!text.contains("hidden-token"), "{text}");
+    }
+    // Another scheme alone still passes on untouched (on_missing_token: allow).
+    let text = get(&envoy, &[b"authorization: Basic eDp5"]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(sts.count(), 0);
+}
