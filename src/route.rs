@@ -80,25 +80,12 @@ fn select<R: RequestHeaders + ?Sized>(routes: &[Route], raw: Option<&str>, req: 
     RouteAction::Exchange(0)
 }
 
-/// Authority comparison: case-insensitive, with or without the request's port, ignoring one
-/// trailing dot of a fully qualified name.
+/// Authority comparison as Envoy selects virtual hosts: case-insensitive, nothing else dropped.
+/// A request whose Host adds a port or a trailing dot reaches another virtual host, so it must
+/// not meet a rule written for this one (a bypass would hand that host the caller's token); a
+/// rule with a port matches that port only.
 fn authority_matches(want: &str, got: Option<&str>) -> bool {
-    let Some(got) = got else {
-        return false;
-    };
-    let got = got.trim().to_ascii_lowercase();
-    let (host, port) = match got.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-        _ => (got.as_str(), None),
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let with_port = port.is_some_and(|p| {
-        want.len() == host.len() + 1 + p.len()
-            && want.starts_with(host)
-            && want.ends_with(p)
-            && want.as_bytes().get(host.len()) == Some(&b':')
-    });
-    want == host || with_port
+    got.is_some_and(|got| got.eq_ignore_ascii_case(want))
 }
 
 #[cfg(test)]
@@ -123,18 +110,26 @@ mod tests {
     }
 
     #[test]
-    fn authorities_compare_without_case_port_or_trailing_dot() {
-        assert!(authority_matches("api.example", Some("API.example:8443")));
-        assert!(authority_matches("api.example", Some("api.example.")));
+    fn authorities_compare_as_envoy_picks_virtual_hosts() {
+        assert!(authority_matches("api.example", Some("API.Example")));
         assert!(authority_matches(
             "api.example:8443",
             Some("api.example:8443")
         ));
+        for other in [
+            "api.example:8443",
+            "api.example.",
+            "Api.Example.:1",
+            " api.example",
+            "api.example.evil",
+        ] {
+            assert!(!authority_matches("api.example", Some(other)), "{other}");
+        }
         assert!(!authority_matches(
             "api.example:8443",
             Some("api.example:9443")
         ));
-        assert!(!authority_matches("api.example", Some("api.example.evil")));
+        assert!(!authority_matches("api.example:8443", Some("api.example")));
         assert!(!authority_matches("api.example", None));
     }
 }

@@ -198,3 +198,47 @@ fn a_joined_authorization_never_carries_a_bearer_token_past_the_filter() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(sts.count(), 0);
 }
+
+/// A GET of `/` to `host` with the caller's bearer token; the whole response text.
+fn get_at(envoy: &Envoy, host: &str, token: &str) -> String {
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    raw_request(envoy, req.as_bytes())
+}
+
+#[test]
+fn an_authority_bypass_never_hands_another_virtual_host_the_callers_token() {
+    let sts = TestSts::start(0, mint);
+    let cfg = config(json!({
+        "routes": [{ "match": { "authority": "public.example.com" }, "bypass": true }]
+    }));
+    let envoy = start(
+        sts.port,
+        cfg,
+        &[],
+        false,
+        &[("public.example.com", "public")],
+    );
+    // The host the rule names: bypassed, on its own virtual host.
+    let text = get_at(&envoy, "Public.Example.Com", "caller-token");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"x-vhost\":\"public\""), "{text}");
+    assert!(text.contains("Bearer caller-token"), "{text}");
+    // A port or a trailing dot: Envoy picks the catch-all host, and the filter exchanges.
+    for host in [
+        "public.example.com:8443",
+        "public.example.com.",
+        "Public.Example.Com.:1",
+    ] {
+        let text = get_at(&envoy, host, "caller-token");
+        assert!(text.starts_with("HTTP/1.1 200"), "{host}: {text}");
+        assert!(text.contains("\"x-vhost\":\"all\""), "{host}: {text}");
+        assert!(
+            !text.contains("Bearer caller-token"),
+            "{host} got the token: {text}"
+        );
+        assert!(text.contains("minted-"), "{host}: {text}");
+    }
+    assert_eq!(envoy.counter("bypassed"), 1);
+}

@@ -347,7 +347,7 @@ pub struct ExchangeConfig {
 /// The criteria of a route rule; every criterion given must match.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteMatch {
-    /// Lower-case authority; compared with and without the port of the request.
+    /// Lower-case authority; the request's must equal it but for case (port and dot included).
     pub authority: Option<String>,
     /// Path prefix.
     pub path_prefix: Option<String>,

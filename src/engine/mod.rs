@@ -904,7 +904,7 @@ mod tests {
         let req = [
             (":path", "/o"),
             (":method", "GET"),
-            (":authority", "Orders.example.com:8080"),
+            (":authority", "Orders.Example.com"),
             ("authorization", "Bearer t"),
         ];
         e.on_request(&h, 2, &req[..]);

@@ -78,3 +78,27 @@ fn an_answer_cut_off_after_its_headers_is_503_and_the_next_request_is_exchanged(
     let v = exchange(&mut e, &h, 2, "alice", &ok("minted", 600));
     assert_eq!(set_value(&v, "authorization"), Some(bearer("minted")));
 }
+
+#[test]
+fn an_authority_bypass_never_matches_a_host_envoy_routes_elsewhere() {
+    let h = FakeHost::at(NOW);
+    let mut e = engine(r#","routes":[{"match":{"authority":"public.example.com"},"bypass":true}]"#);
+    let at = |authority: &'static str| {
+        [
+            (":path", "/"),
+            (":authority", authority),
+            ("authorization", "Bearer caller"),
+        ]
+    };
+    let v = e.on_request(&h, 1, &at("Public.Example.COM")[..]);
+    assert_eq!(v, Verdict::Continue(vec![]), "case alone still matches");
+    for (ctx, other) in [
+        (2, "public.example.com:8443"),
+        (3, "public.example.com."),
+        (4, "Public.Example.Com.:1"),
+    ] {
+        let v = e.on_request(&h, ctx, &at(other)[..]);
+        assert_eq!(v, Verdict::Pause, "{other} is exchanged, never bypassed");
+    }
+    assert_eq!(h.metric_value(Metric::Bypassed), 1);
+}
