@@ -26,6 +26,16 @@ pub enum Cached {
     Rejected(Rejection),
 }
 
+impl Cached {
+    /// The bytes its text takes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Cached::Token(t) => t.len(),
+            Cached::Rejected(Rejection::Subject(c) | Rejection::Forbidden(c)) => c.len(),
+        }
+    }
+}
+
 /// An STS rejection worth remembering, with the OAuth error code it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {

@@ -55,6 +55,19 @@ pub enum Check {
     Wait,
 }
 
+/// What checking a header actor token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorCheck {
+    /// A JWT of a trusted issuer that verified.
+    Verified,
+    /// Not a JWT of a trusted issuer: the STS judges it.
+    NotTrusted,
+    /// A JWT of a trusted issuer that failed verification: 401.
+    Refused(JwtError),
+    /// Its issuer has no keys yet: 503.
+    NoKeys,
+}
+
 /// A remote key set: how to fetch it and where workers share it.
 struct RemoteKeys {
     call: HttpCall,
@@ -174,16 +187,13 @@ impl Keys {
                 may_act,
             } => {
                 token::log_debug(host, ctx, subject, "verified");
-                if self.verified.len() >= MAX_VERIFIED {
-                    self.verified.clear();
-                }
                 let v = Verified {
                     issuer,
                     version: self.state.get(issuer).map_or(0, |s| s.version),
                     exp,
                     may_act_ok: permits(&may_act),
                 };
-                self.verified.insert(*key, v);
+                self.remember(*key, v);
                 Check::Valid(v)
             }
             JwtCheck::Invalid(e) => Check::Refused(e),
@@ -202,6 +212,51 @@ impl Keys {
                 Check::Wait
             }
         }
+    }
+
+    /// Checks a header actor token: a JWT naming a trusted issuer is verified like a subject
+    /// (once per token and key set, with the keys at hand: an unknown `kid` is refused).
+    pub fn check_actor(&mut self, actor: &str, now: u64) -> ActorCheck {
+        let key: CacheKey = Sha256::new()
+            .chain_update(b"actor\n")
+            .chain_update(actor)
+            .finalize()
+            .into();
+        if self.verified(&key, now).is_some() {
+            return ActorCheck::Verified;
+        }
+        let (_, iss) = token::unverified_identity(actor);
+        if !iss.is_some_and(|iss| self.issuers.iter().any(|t| t.issuer == iss)) {
+            return ActorCheck::NotTrusted;
+        }
+        let state = &self.state;
+        let keys = |i: usize| state.get(i).and_then(|s| s.keys.as_ref());
+        match token::verify_jwt(actor, &self.issuers, keys, now / 1000) {
+            JwtCheck::Valid { issuer, exp, .. } => {
+                let version = self.state.get(issuer).map_or(0, |s| s.version);
+                let may_act_ok = true;
+                self.remember(
+                    key,
+                    Verified {
+                        issuer,
+                        version,
+                        exp,
+                        may_act_ok,
+                    },
+                );
+                ActorCheck::Verified
+            }
+            JwtCheck::Invalid(e) => ActorCheck::Refused(e),
+            JwtCheck::UnknownKey(_) => ActorCheck::Refused(JwtError::UnknownKey),
+            JwtCheck::NoKeys(_) => ActorCheck::NoKeys,
+        }
+    }
+
+    fn remember(&mut self, key: CacheKey, v: Verified) {
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(key, v);
     }
 
     /// Whether request `ctx` waits for keys.

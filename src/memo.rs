@@ -1,12 +1,17 @@
 //! The worker memo: this worker's memory of recent answers per exchange profile, keyed by the
 //! subject token itself, consulted before any hashing or host call. An entry keeps its
-//! shared-data expiry and, with trusted issuers, the verification it rests on; the table is
-//! bounded (emptied when full).
+//! shared-data expiry and, with trusted issuers, the verification it rests on. The memo is
+//! bounded across profiles, in entries and in bytes (a flood of large junk tokens cannot pin
+//! memory): a full memo first drops what has expired, then empties. Expired entries are also
+//! swept at most once a second from the tick.
 
 use std::collections::HashMap;
 
 use crate::cache::Cached;
 use crate::token::Verified;
+
+/// The most bytes of tokens and answers one worker's memo holds.
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 struct Entry {
     value: Cached,
@@ -14,20 +19,32 @@ struct Entry {
     verified: Option<Verified>,
 }
 
+impl Entry {
+    fn bytes(&self, subject: &str) -> usize {
+        subject.len() + self.value.bytes() + std::mem::size_of::<Entry>()
+    }
+}
+
 /// The memo of one worker.
 pub struct Memo {
     maps: Vec<HashMap<Box<str>, Entry>>,
     cap: usize,
+    bytes: usize,
+    entries: usize,
+    swept_ms: u64,
     needs_verification: bool,
 }
 
 impl Memo {
-    /// A memo for `profiles` exchange profiles of at most `cap` entries each; with
+    /// A memo for `profiles` exchange profiles of at most `cap` entries in all; with
     /// `needs_verification` (trusted issuers), only verified answers are kept.
     pub fn new(profiles: usize, cap: usize, needs_verification: bool) -> Self {
         Memo {
             maps: (0..profiles).map(|_| HashMap::new()).collect(),
             cap: cap.max(1),
+            bytes: 0,
+            entries: 0,
+            swept_ms: 0,
             needs_verification,
         }
     }
@@ -59,24 +76,65 @@ impl Memo {
         value: Cached,
         expires_at_ms: u64,
         verified: Option<Verified>,
+        now_ms: u64,
     ) {
-        if self.needs_verification && verified.is_none() {
+        if (self.needs_verification && verified.is_none()) || profile >= self.maps.len() {
             return;
         }
-        let Some(map) = self.maps.get_mut(profile) else {
-            return;
+        let entry = Entry {
+            value,
+            expires_at_ms,
+            verified,
         };
-        if map.len() >= self.cap {
-            map.clear();
+        let size = entry.bytes(subject);
+        if size > MAX_BYTES / 16 {
+            return;
         }
-        map.insert(
-            subject.into(),
-            Entry {
-                value,
-                expires_at_ms,
-                verified,
-            },
-        );
+        self.forget(profile, subject);
+        if self.entries >= self.cap || self.bytes + size > MAX_BYTES {
+            self.sweep(now_ms);
+        }
+        if self.entries >= self.cap || self.bytes + size > MAX_BYTES {
+            self.maps.iter_mut().for_each(HashMap::clear);
+            (self.entries, self.bytes) = (0, 0);
+        }
+        if let Some(map) = self.maps.get_mut(profile) {
+            map.insert(subject.into(), entry);
+            self.entries += 1;
+            self.bytes += size;
+        }
+    }
+
+    /// Drops the entries that expired by `now_ms`, at most once a second.
+    pub fn sweep(&mut self, now_ms: u64) {
+        if now_ms < self.swept_ms.saturating_add(1_000) {
+            return;
+        }
+        self.swept_ms = now_ms;
+        let (mut entries, mut bytes) = (0, 0);
+        for map in &mut self.maps {
+            map.retain(|subject, e| {
+                let keep = e.expires_at_ms > now_ms;
+                if keep {
+                    entries += 1;
+                    bytes += e.bytes(subject);
+                }
+                keep
+            });
+        }
+        (self.entries, self.bytes) = (entries, bytes);
+    }
+
+    /// How many bytes the memo holds, as it counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn forget(&mut self, profile: usize, subject: &str) {
+        if let Some(old) = self.maps.get_mut(profile).and_then(|m| m.remove(subject)) {
+            self.entries -= 1;
+            self.bytes -= old.bytes(subject);
+        }
     }
 }
 
@@ -106,7 +164,7 @@ mod tests {
     #[test]
     fn an_entry_serves_until_its_expiry_and_never_after() {
         let mut m = Memo::new(2, 10, false);
-        m.put(1, "s", tok("t"), 1_000, None);
+        m.put(1, "s", tok("t"), 1_000, None, 0);
         assert_eq!(m.get(1, "s", 999, |_| true), Some(&tok("t")));
         assert_eq!(m.get(1, "s", 1_000, |_| true), None);
         assert_eq!(m.get(0, "s", 0, |_| true), None, "profiles do not share");
@@ -115,19 +173,46 @@ mod tests {
     #[test]
     fn with_trusted_issuers_only_a_verification_that_still_holds_serves() {
         let mut m = Memo::new(1, 10, true);
-        m.put(0, "unverified", tok("t"), 1_000, None);
+        m.put(0, "unverified", tok("t"), 1_000, None, 0);
         assert_eq!(m.get(0, "unverified", 0, |_| true), None);
-        m.put(0, "s", tok("t"), 1_000, Some(V));
+        m.put(0, "s", tok("t"), 1_000, Some(V), 0);
         assert_eq!(m.get(0, "s", 0, |v| v.version == 1), Some(&tok("t")));
         assert_eq!(m.get(0, "s", 0, |v| v.version == 2), None, "keys changed");
     }
 
     #[test]
+    fn junk_is_dropped_once_expired_and_bytes_stay_bounded_across_profiles() {
+        // Eight profiles, 4,096 entries in all: 8,184 junk tokens of 7 KiB, rejected for 5 s.
+        let mut m = Memo::new(8, 4_096, false);
+        let junk = Cached::Rejected(crate::cache::Rejection::Subject("invalid_grant".into()));
+        for i in 0..8_184usize {
+            let token = format!("{i:07}{}", "x".repeat(7 * 1024));
+            m.put(i % 8, &token, junk.clone(), 5_000, None, 0);
+            assert!(m.bytes() <= MAX_BYTES, "{} bytes after {i}", m.bytes());
+        }
+        assert!(m.bytes() > 0);
+        // An hour later nothing of it is held, whether or not anything else came.
+        m.sweep(3_600_000);
+        assert_eq!((m.bytes(), (0..8).map(|p| m.len(p)).sum::<usize>()), (0, 0));
+        // A full memo drops what expired before it empties: the live entry survives.
+        let mut m = Memo::new(2, 3, false);
+        m.put(0, "old", tok("o"), 10, None, 0);
+        m.put(1, "live", tok("l"), 10_000, None, 0);
+        m.put(0, "old2", tok("o"), 10, None, 0);
+        m.put(1, "new", tok("n"), 10_000, None, 2_000);
+        assert_eq!(m.get(1, "live", 2_000, |_| true), Some(&tok("l")));
+        assert_eq!(m.get(1, "new", 2_000, |_| true), Some(&tok("n")));
+        // A token too large to be worth holding is not held.
+        m.put(0, &"y".repeat(MAX_BYTES), tok("t"), 10_000, None, 2_000);
+        assert!(m.bytes() < 1024);
+    }
+
+    #[test]
     fn a_full_table_is_emptied_so_memory_stays_bounded() {
         let mut m = Memo::new(1, 2, false);
-        m.put(0, "a", tok("a"), 10, None);
-        m.put(0, "b", tok("b"), 10, None);
-        m.put(0, "c", tok("c"), 10, None);
+        m.put(0, "a", tok("a"), 10, None, 0);
+        m.put(0, "b", tok("b"), 10, None, 0);
+        m.put(0, "c", tok("c"), 10, None, 0);
         assert_eq!(m.get(0, "a", 0, |_| true), None);
         assert_eq!(m.get(0, "c", 0, |_| true), Some(&tok("c")));
     }

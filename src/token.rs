@@ -138,17 +138,31 @@ pub fn unverified_identity(token: &str) -> (Option<String>, Option<String>) {
     unverified_subject(token).map_or((None, None), |s| (s.sub, s.iss))
 }
 
-/// A string claim of a JWT (and its `iss`), read without verifying the signature: only for a
-/// token that verified already (the CIBA `login_hint` of a trusted subject).
-pub fn claim_of(token: &str, name: &str) -> Option<(String, String)> {
+/// A user named by a claim of a (verified) JWT: its issuer, `sub` and the claim's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedUser {
+    /// `iss`.
+    pub iss: String,
+    /// `sub`.
+    pub sub: String,
+    /// The claim's value.
+    pub value: String,
+}
+
+/// The user a JWT names by claim `name` (a string), with its `iss` and `sub`; `None` when any
+/// of the three is missing. The claims are read unchecked: verify the token first.
+pub fn claim_of(token: &str, name: &str) -> Option<NamedUser> {
     let parsed = UntrustedToken::new(token).ok()?;
     let claims = parsed
         .deserialize_claims_unchecked::<serde_json::Map<String, serde_json::Value>>()
         .ok()?
         .custom;
-    let value = claims.get(name)?.as_str()?.to_string();
-    let iss = claims.get("iss")?.as_str()?.to_string();
-    Some((iss, value))
+    let text = |n: &str| Some(claims.get(n)?.as_str()?.to_string());
+    Some(NamedUser {
+        iss: text("iss")?,
+        sub: text("sub")?,
+        value: text(name)?,
+    })
 }
 
 /// The `act.sub` claim of a JWT the STS just minted (RFC 8693 §4.1: only the outermost `act`

@@ -46,20 +46,12 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
     let login_hint = match c.login_hint.as_deref().unwrap_or("sub") {
         "login_hint_token" => LoginHint::LoginHintToken,
         "id_token_hint" => LoginHint::IdTokenHint,
-        claim
-            if !claim.is_empty()
-                && claim
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
-        {
-            LoginHint::Claim(claim.to_string())
-        }
-        _ => {
-            return Err(ConfigError::new(
-                "sts.ciba.login_hint",
-                "must be a claim name, login_hint_token or id_token_hint",
-            ))
-        }
+        claim if names_a_user(claim) => LoginHint::Claim(claim.to_string()),
+        _ => return Err(ConfigError::new(
+            "sts.ciba.login_hint",
+            "must name the user: sub, email, phone_number, preferred_username, upn, a namespaced \
+                 claim (a URI), login_hint_token or id_token_hint",
+        )),
     };
     if let Some(m) = &c.binding_message {
         printable(m, "sts.ciba.binding_message")?;
@@ -87,4 +79,17 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
         requested_expiry_s: c.requested_expiry_s,
         wait_s,
     })
+}
+
+/// The claims that name a user, so that they may be a `login_hint`: the registered ones, or a
+/// namespaced custom claim (a URI, as OpenID Core §5.1.2 asks of claims of one's own). `iss`,
+/// `aud`, `azp`, `scope` and the like name no one.
+fn names_a_user(claim: &str) -> bool {
+    const USER_CLAIMS: [&str; 5] = ["sub", "email", "phone_number", "preferred_username", "upn"];
+    let namespaced = (claim.starts_with("https://")
+        || claim.starts_with("http://")
+        || claim.starts_with("urn:"))
+        && claim.len() > 8
+        && claim.bytes().all(|b| b.is_ascii_graphic());
+    USER_CLAIMS.contains(&claim) || namespaced
 }

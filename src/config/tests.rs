@@ -797,3 +797,38 @@ fn route_overrides_replace_only_the_keys_they_set() {
     assert_eq!(field(&form(1), "audience"), vec!["b", "c"]);
     assert_eq!(field(&form(1), "scope"), vec!["s1"]);
 }
+
+#[test]
+fn only_claims_that_name_a_user_may_be_a_login_hint() {
+    let doc = |hint: &str| {
+        format!(
+            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{{"path":"/bc","login_hint":"{hint}"}}}},
+              "exchange":{{"grant":"ciba","scope":"openid"}},
+              "trusted_issuers":[{{"issuer":"https://idp","algorithms":["ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp","path":"/jwks"}}}}]}}"#
+        )
+    };
+    for good in [
+        "sub",
+        "email",
+        "phone_number",
+        "preferred_username",
+        "upn",
+        "https://example.com/employee_id",
+        "urn:example:user",
+    ] {
+        assert!(parse(&doc(good)).is_ok(), "{good}");
+    }
+    for bad in [
+        "iss",
+        "aud",
+        "azp",
+        "scope",
+        "client_id",
+        "tenant",
+        "jti",
+        "https://",
+        "urn:a b",
+    ] {
+        assert_eq!(err_key(&doc(bad)), "sts.ciba.login_hint", "{bad}");
+    }
+}

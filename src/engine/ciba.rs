@@ -4,15 +4,20 @@
 use super::{Engine, Step, UNAVAILABLE};
 use crate::cache::CacheKey;
 use crate::config::{CibaMode, LoginHint};
-use crate::consent::{Ask, ConsentEvent};
+use crate::consent::{Ask, Asking, ConsentEvent, Want};
 use crate::endpoint;
-use crate::host::{Host, RequestHeaders};
+use crate::host::{Host, LogLevel, RequestHeaders};
 use crate::metrics::Metric;
 use crate::path;
 use crate::reply::LocalReply;
 use crate::sts;
 use crate::token::{self, Extracted};
 use crate::verdict::Verdict;
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).into()
+}
 
 impl Engine {
     /// The STS's ping (CIBA ping mode) on the notification path: answered here, never routed.
@@ -39,54 +44,108 @@ impl Engine {
         Some(Verdict::Respond(LocalReply::notification(accepted)))
     }
 
-    /// The consent key and `login_hint` of a ciba request: with a claim as the hint, the user
-    /// (issuer and claim value) and everything that shapes the token; else the token itself.
-    pub(super) fn consent_key(&self, profile: usize, subject: &str) -> Option<(CacheKey, String)> {
+    /// The consent key, `login_hint` and client of a ciba request: with a claim as the hint,
+    /// the user (issuer, `sub` and the claim's value: two subjects never share a consent) and
+    /// everything that shapes the token; else the token itself.
+    pub(super) fn consent_key(
+        &self,
+        profile: usize,
+        subject: &str,
+    ) -> Option<(CacheKey, String, [u8; 32])> {
         let p = &self.client.profiles[profile];
         match self.config.sts.ciba.as_ref().map(|c| &c.login_hint) {
             Some(LoginHint::Claim(name)) => {
-                let (iss, user) = token::claim_of(subject, name)?;
-                Some((p.cache_key(&format!("{iss}\n{user}"), None), user))
+                let user = token::claim_of(subject, name)?;
+                let who = format!("{}\n{}", user.iss, user.sub);
+                let key = p.cache_key(&format!("{who}\n{}", user.value), None);
+                Some((key, user.value, sha256(&who)))
             }
-            _ => Some((p.cache_key(subject, None), subject.to_string())),
+            _ => {
+                let who = token::claim_of(subject, "sub")
+                    .map_or_else(String::new, |u| format!("{}\n{}", u.iss, u.sub));
+                Some((
+                    p.cache_key(subject, None),
+                    subject.to_string(),
+                    sha256(&who),
+                ))
+            }
         }
     }
 
-    /// Joins the consent for `key`, or claims it and sends the backchannel request.
+    /// Joins the consent for `key`, or claims it (the tick sends the backchannel request).
     pub(super) fn ask_consent<H: Host>(
         &mut self,
         host: &H,
         at: Step,
         subject: &str,
-        key: CacheKey,
-        hint: &str,
+        (key, hint, client): (CacheKey, String, [u8; 32]),
         subject_exp: Option<u64>,
     ) -> Verdict {
         let Some(consents) = self.consents.as_mut() else {
             return self.outcomes.failure(host, &UNAVAILABLE);
         };
-        let ask = consents.ask(host, key, at.ctx, at.profile, subject, subject_exp, at.now);
-        match ask {
+        let asking = Asking {
+            key,
+            client,
+            ctx: at.ctx,
+            profile: at.profile,
+            subject,
+            subject_exp,
+            hint,
+        };
+        match consents.ask(host, asking, at.now) {
             Ask::Waiting => Verdict::Pause,
             Ask::Busy => Verdict::Respond(LocalReply::consent_pending(consents.retry_after_s())),
-            Ask::Start { notification_token } => {
-                let p = &self.client.profiles[at.profile];
-                let endpoint = &self.client.endpoint;
-                let request =
-                    p.ciba_request(endpoint, hint, notification_token.as_deref(), at.now / 1000);
-                match request.map(|r| endpoint::send(host, r)) {
-                    Some(Ok(call)) => {
-                        host.metric(Metric::CibaRequests, 1);
-                        consents.asked(&key, call);
-                        Verdict::Pause
-                    }
-                    _ => {
-                        consents.abandon(host, &key);
-                        self.outcomes.failure(host, &UNAVAILABLE)
-                    }
+        }
+    }
+
+    /// The consents' periodic work on the root: the calls they want, sent through the one
+    /// counted path, and verdicts for requests whose wait ended.
+    pub(super) fn consent_tick<H: Host>(&mut self, host: &H, now: u64) -> Vec<(u32, Verdict)> {
+        let Some(consents) = self.consents.as_mut() else {
+            return Vec::new();
+        };
+        let (mut events, wanted) = consents.tick(host, now);
+        for w in wanted {
+            let Some(p) = self.client.profiles.get(w.profile) else {
+                continue;
+            };
+            let endpoint = &self.client.endpoint;
+            let (request, metric, what) = match &w.call {
+                Want::Backchannel {
+                    hint,
+                    notification_token,
+                } => (
+                    p.ciba_request(endpoint, hint, notification_token.as_deref(), now / 1000),
+                    Metric::CibaRequests,
+                    "backchannel request",
+                ),
+                Want::Poll { auth_req_id } => (
+                    Some(p.ciba_poll(endpoint, auth_req_id, now / 1000)),
+                    Metric::CibaPolls,
+                    "CIBA poll",
+                ),
+            };
+            match request.map(|r| endpoint::send(host, r)) {
+                Some(Ok(call)) => {
+                    host.metric(metric, 1);
+                    consents.sent(&w.key, call);
+                }
+                failed => {
+                    let why = match failed {
+                        Some(Err(why)) => why,
+                        _ => "no CIBA endpoint".to_string(),
+                    };
+                    host.log(LogLevel::Warn, &format!("{what} not dispatched: {why}"));
+                    events.extend(consents.unsent(host, &w.key, now));
                 }
             }
         }
+        let mut out = Vec::new();
+        for event in events {
+            out.extend(self.after_consent(host, event, now));
+        }
+        out
     }
 
     /// What the requests that waited for a consent get.
@@ -171,6 +230,7 @@ mod tests {
             Verdict::Pause,
             "joins the consent"
         );
+        assert!(tick(&mut e, &h, 0).is_empty(), "the root sends the request");
         let calls = h.calls_to("sts");
         assert_eq!(calls.len(), 1, "one backchannel request");
         let bc = &calls[0].1;
@@ -242,7 +302,8 @@ mod tests {
             let h = FakeHost::at(NOW);
             let mut e = poll_engine();
             ask(&mut e, &h, 1, "t");
-            e.on_http_answer(&h, Some(1), h.last_call(), &backchannel(60, 1));
+            tick(&mut e, &h, 0);
+            e.on_http_answer(&h, None, h.last_call(), &backchannel(60, 1));
             tick(&mut e, &h, 1_000);
             let out = e.on_http_answer(&h, None, h.last_call(), &error(end));
             assert_eq!(status(&out[0].1), 403, "{end}");
@@ -252,6 +313,7 @@ mod tests {
             assert_eq!(h.calls_to("sts").len(), 2);
             h.advance_ms(5_000);
             assert_eq!(ask(&mut e, &h, 3, "t"), Verdict::Pause, "asked again later");
+            tick(&mut e, &h, 0);
             assert_eq!(h.calls_to("sts").len(), 3);
         }
     }
@@ -261,7 +323,8 @@ mod tests {
         let h = FakeHost::at(NOW);
         let mut e = poll_engine();
         ask(&mut e, &h, 1, "t");
-        e.on_http_answer(&h, Some(1), h.last_call(), &backchannel(3, 5));
+        tick(&mut e, &h, 0);
+        e.on_http_answer(&h, None, h.last_call(), &backchannel(3, 5));
         let out = tick(&mut e, &h, 3_000);
         assert_eq!(out.len(), 1);
         assert_eq!(status(&out[0].1), 403);
@@ -274,7 +337,8 @@ mod tests {
         let h = FakeHost::at(NOW);
         let mut e = engine(r#""login_hint":"login_hint_token","wait_s":2"#, "");
         ask(&mut e, &h, 1, "t");
-        e.on_http_answer(&h, Some(1), h.last_call(), &backchannel(120, 5));
+        tick(&mut e, &h, 0);
+        e.on_http_answer(&h, None, h.last_call(), &backchannel(120, 5));
         let out = tick(&mut e, &h, 2_000);
         assert_eq!(out.len(), 1);
         let Verdict::Respond(r) = &out[0].1 else {
@@ -301,6 +365,7 @@ mod tests {
             "",
         );
         ask(&mut e, &h, 1, "t");
+        tick(&mut e, &h, 0);
         let bc = h.calls_to("sts")[0].1.clone();
         assert_eq!(field(&bc, "id_token_hint").as_deref(), Some("t"));
         let notify_token = field(&bc, "client_notification_token").unwrap();
@@ -343,6 +408,8 @@ mod tests {
         let mut b = poll_engine();
         assert_eq!(ask(&mut a, &h, 1, "t"), Verdict::Pause);
         assert_eq!(ask(&mut b, &h, 2, "t"), Verdict::Pause);
+        tick(&mut a, &h, 0);
+        tick(&mut b, &h, 0);
         assert_eq!(
             h.calls_to("sts").len(),
             1,
@@ -365,18 +432,28 @@ mod tests {
         let h = FakeHost::at(NOW);
         let mut e = poll_engine();
         ask(&mut e, &h, 1, "t");
+        tick(&mut e, &h, 0);
         let down = HttpAnswer {
             status: None,
             body: vec![],
             too_large: false,
         };
-        let out = e.on_http_answer(&h, Some(1), h.last_call(), &down);
+        let out = e.on_http_answer(&h, None, h.last_call(), &down);
         assert_eq!(status(&out[0].1), 503);
         assert_eq!(ask(&mut e, &h, 2, "t"), Verdict::Pause);
+        tick(&mut e, &h, 0);
         assert_eq!(h.calls_to("sts").len(), 2, "asked again");
         h.refuse_dispatch.set(true);
         let mut f = poll_engine();
-        assert_eq!(status(&ask(&mut f, &h, 3, "other")), 503);
+        assert_eq!(ask(&mut f, &h, 3, "other"), Verdict::Pause);
+        let out = tick(&mut f, &h, 0);
+        assert_eq!((out[0].0, status(&out[0].1)), (3, 503));
+        assert_eq!(h.metric_value(crate::metrics::Metric::StsErrors), 1);
+        // The claim is free again: the next request asks anew.
+        h.refuse_dispatch.set(false);
+        assert_eq!(ask(&mut f, &h, 4, "other"), Verdict::Pause);
+        tick(&mut f, &h, 0);
+        assert_eq!(h.calls_to("sts").len(), 3);
     }
 }
 
@@ -401,6 +478,7 @@ mod by_claim {
         };
         assert_eq!(ask(&mut e, &h, 1, &token(1)), Verdict::Pause);
         assert_eq!(ask(&mut e, &h, 2, &token(2)), Verdict::Pause);
+        tick(&mut e, &h, 0);
         let calls = h.calls_to("sts");
         assert_eq!(calls.len(), 1, "one prompt for two tokens of one user");
         assert_eq!(
@@ -425,15 +503,15 @@ mod by_claim {
 
 /// Helpers of the CIBA engine tests.
 #[cfg(test)]
-mod tests_support {
-    pub(super) use crate::config::Config;
-    pub(super) use crate::engine::Engine;
-    pub(super) use crate::host::{FakeHost, HttpAnswer, HttpCall};
-    pub(super) use crate::verdict::{HeaderOp, Verdict};
+pub(super) mod tests_support {
+    pub(in crate::engine) use crate::config::Config;
+    pub(in crate::engine) use crate::engine::Engine;
+    pub(in crate::engine) use crate::host::{FakeHost, HttpAnswer, HttpCall};
+    pub(in crate::engine) use crate::verdict::{HeaderOp, Verdict};
 
-    pub(super) const NOW: u64 = 1_700_000_000_000;
+    pub(in crate::engine) const NOW: u64 = 1_700_000_000_000;
 
-    pub(super) fn engine(ciba: &str, extra: &str) -> Engine {
+    pub(in crate::engine) fn engine(ciba: &str, extra: &str) -> Engine {
         let json = format!(
             r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw",
                 "ciba":{{"path":"/bc",{ciba}}}}},
@@ -442,11 +520,11 @@ mod tests_support {
         Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
     }
 
-    pub(super) fn poll_engine() -> Engine {
+    pub(in crate::engine) fn poll_engine() -> Engine {
         engine(r#""login_hint":"login_hint_token","wait_s":60"#, "")
     }
 
-    pub(super) fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, token: &str) -> Verdict {
+    pub(in crate::engine) fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, token: &str) -> Verdict {
         let auth = format!("Bearer {token}");
         e.on_request(
             h,
@@ -455,7 +533,7 @@ mod tests_support {
         )
     }
 
-    pub(super) fn answer(status: u16, body: serde_json::Value) -> HttpAnswer {
+    pub(in crate::engine) fn answer(status: u16, body: serde_json::Value) -> HttpAnswer {
         HttpAnswer {
             status: Some(status),
             body: body.to_string().into_bytes(),
@@ -463,38 +541,38 @@ mod tests_support {
         }
     }
 
-    pub(super) fn backchannel(expires_in: u64, interval: u64) -> HttpAnswer {
+    pub(in crate::engine) fn backchannel(expires_in: u64, interval: u64) -> HttpAnswer {
         answer(
             200,
             serde_json::json!({"auth_req_id": "req-1", "expires_in": expires_in, "interval": interval}),
         )
     }
 
-    pub(super) fn error(code: &str) -> HttpAnswer {
+    pub(in crate::engine) fn error(code: &str) -> HttpAnswer {
         answer(400, serde_json::json!({ "error": code }))
     }
 
-    pub(super) fn token(t: &str) -> HttpAnswer {
+    pub(in crate::engine) fn token(t: &str) -> HttpAnswer {
         answer(
             200,
             serde_json::json!({"access_token": t, "token_type": "Bearer", "expires_in": 600}),
         )
     }
 
-    pub(super) fn form(call: &HttpCall) -> Vec<(String, String)> {
+    pub(in crate::engine) fn form(call: &HttpCall) -> Vec<(String, String)> {
         form_urlencoded::parse(call.body.as_bytes())
             .into_owned()
             .collect()
     }
 
-    pub(super) fn field(call: &HttpCall, name: &str) -> Option<String> {
+    pub(in crate::engine) fn field(call: &HttpCall, name: &str) -> Option<String> {
         form(call)
             .into_iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v)
     }
 
-    pub(super) fn path(call: &HttpCall) -> String {
+    pub(in crate::engine) fn path(call: &HttpCall) -> String {
         call.headers
             .iter()
             .find(|(k, _)| k == ":path")
@@ -502,7 +580,7 @@ mod tests_support {
             .unwrap()
     }
 
-    pub(super) fn minted(v: &Verdict) -> Option<String> {
+    pub(in crate::engine) fn minted(v: &Verdict) -> Option<String> {
         match v {
             Verdict::Continue(ops) => ops.iter().find_map(|op| match op {
                 HeaderOp::Set(name, value) if name == "authorization" => Some(value.clone()),
@@ -512,7 +590,7 @@ mod tests_support {
         }
     }
 
-    pub(super) fn status(v: &Verdict) -> u32 {
+    pub(in crate::engine) fn status(v: &Verdict) -> u32 {
         match v {
             Verdict::Respond(r) => r.status,
             _ => 0,
@@ -520,7 +598,7 @@ mod tests_support {
     }
 
     /// Moves the clock and runs the root's tick.
-    pub(super) fn tick(e: &mut Engine, h: &FakeHost, ms: u64) -> Vec<(u32, Verdict)> {
+    pub(in crate::engine) fn tick(e: &mut Engine, h: &FakeHost, ms: u64) -> Vec<(u32, Verdict)> {
         h.advance_ms(ms);
         e.on_tick(h)
     }

@@ -54,7 +54,12 @@ impl Engine {
                 getrandom::getrandom(&mut id)
                     .map_err(|_| ConfigError::new("sts.ciba", "no randomness for a worker id"))?;
                 let id = u64::from_be_bytes(id);
-                Some(Consents::new(ciba, config.cache.max_entries, id))
+                Some(Consents::new(
+                    ciba,
+                    config.cache.max_entries,
+                    config.sts.timeout_ms,
+                    id,
+                ))
             }
             None => None,
         };
@@ -146,32 +151,34 @@ impl Engine {
             None
         };
         let ciba = self.client.profiles[profile].grant == Grant::Ciba;
-        let (key, hint) = match ciba {
+        let consent = match ciba {
             true => match self.consent_key(profile, subject) {
-                Some(k) => k,
+                Some(k) => Some(k),
                 None => {
                     return self
                         .outcomes
                         .invalid_token(host, "token names no user for consent")
                 }
             },
-            false => (key, String::new()),
+            false => None,
         };
+        let key = consent.as_ref().map_or(key, |c| c.0);
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
             token::log_debug(host, ctx, subject, "cache hit");
             let verdict = self.outcomes.cached(host, &hit, subject);
             if !header_actor {
-                self.memo.put(profile, subject, hit, expires_at, verified);
+                self.memo
+                    .put(profile, subject, hit, expires_at, verified, now);
             }
             return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
-        if ciba {
+        if let Some(consent) = consent {
             let subject_exp = verified
                 .map(|v| v.exp)
                 .or_else(|| token::unverified_exp(subject));
-            return self.ask_consent(host, at, subject, key, &hint, subject_exp);
+            return self.ask_consent(host, at, subject, consent, subject_exp);
         }
         if self
             .flights
@@ -375,8 +382,10 @@ impl Engine {
     fn keep<H: Host>(&mut self, host: &H, key: &CacheKey, x: &Exchange, value: Cached, until: u64) {
         self.cache.put(host, key, until, &value);
         if x.rememberable {
-            let verified = self.keys.verified(key, host.now_ms());
-            self.memo.put(x.profile, &x.subject, value, until, verified);
+            let now = host.now_ms();
+            let verified = self.keys.verified(key, now);
+            self.memo
+                .put(x.profile, &x.subject, value, until, verified, now);
         }
     }
 
@@ -425,16 +434,11 @@ impl Engine {
                 }
             }
         }
+        self.memo.sweep(now);
         for event in self.keys.tick(host, now) {
             out.extend(self.after_keys(host, event, now));
         }
-        let consents = self.consents.as_mut();
-        for event in consents
-            .map(|c| c.tick(host, &self.client, now))
-            .unwrap_or_default()
-        {
-            out.extend(self.after_consent(host, event, now));
-        }
+        out.extend(self.consent_tick(host, now));
         out
     }
 }

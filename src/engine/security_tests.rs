@@ -102,3 +102,300 @@ fn an_authority_bypass_never_matches_a_host_envoy_routes_elsewhere() {
     }
     assert_eq!(h.metric_value(Metric::Bypassed), 1);
 }
+
+/// CIBA stories: a consent belongs to one subject, outlives its carrier, finds a slot, keeps
+/// its claim while its owner lives and loses it when the owner is gone.
+mod consents {
+    use crate::engine::ciba::tests_support::*;
+    use crate::jwks::tests::TestKeys;
+    use crate::metrics::Metric;
+
+    const ISS: &str = "https://idp";
+
+    fn by_email(keys: &TestKeys) -> Engine {
+        let issuers = format!(
+            r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["ES256"],"jwks":{}}}]"#,
+            keys.jwks()
+        );
+        engine(r#""login_hint":"email","wait_s":60"#, &issuers)
+    }
+
+    fn user(keys: &TestKeys, sub: &str, email: &str) -> String {
+        let claims =
+            serde_json::json!({"iss": ISS, "sub": sub, "email": email, "exp": NOW / 1000 + 600});
+        keys.sign("ES256", Some("ec"), &claims)
+    }
+
+    /// An unsigned JWT naming `sub` (login_hint_token mode: the STS judges it).
+    fn hint_token(sub: &str, n: usize) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let claims = serde_json::json!({"iss": ISS, "sub": sub, "n": n}).to_string();
+        format!(
+            "eyJhbGciOiJub25lIn0.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    }
+
+    /// Asks, sends from the root, and has the user approve: the request's verdict.
+    fn approve(e: &mut Engine, h: &FakeHost, ctx: u32, token: &str, minted_as: &str) -> Verdict {
+        assert_eq!(ask(e, h, ctx, token), Verdict::Pause);
+        tick(e, h, 0);
+        e.on_http_answer(h, None, h.last_call(), &backchannel(120, 1));
+        tick(e, h, 1_000);
+        let mut out = e.on_http_answer(
+            h,
+            None,
+            h.last_call(),
+            &super::super::tests::ok(minted_as, 600),
+        );
+        assert_eq!(out.len(), 1);
+        out.remove(0).1
+    }
+
+    #[test]
+    fn an_approved_consent_never_serves_another_subject_with_the_same_hint() {
+        let keys = TestKeys::new();
+        let h = FakeHost::at(NOW);
+        let mut e = by_email(&keys);
+        let alice = user(&keys, "alice", "alice@example.com");
+        let v = approve(&mut e, &h, 1, &alice, "for-alice");
+        assert_eq!(minted(&v).as_deref(), Some("Bearer for-alice"));
+        // Mallory's validly signed token names Alice's address: a consent of its own.
+        let mallory = user(&keys, "mallory", "alice@example.com");
+        let before = h.calls_to("sts").len();
+        assert_eq!(
+            ask(&mut e, &h, 2, &mallory),
+            Verdict::Pause,
+            "never Alice's token"
+        );
+        tick(&mut e, &h, 0);
+        assert_eq!(h.calls_to("sts").len(), before + 1, "prompted on its own");
+        // Alice's second token is still served from her consent.
+        let again = user(&keys, "alice", "alice@example.com");
+        assert_eq!(
+            minted(&ask(&mut e, &h, 3, &again)).as_deref(),
+            Some("Bearer for-alice")
+        );
+    }
+
+    #[test]
+    fn a_consent_outlives_the_request_that_started_it() {
+        let h = FakeHost::at(NOW);
+        let mut e = engine(r#""login_hint":"login_hint_token","wait_s":2"#, "");
+        assert_eq!(ask(&mut e, &h, 1, "t"), Verdict::Pause);
+        assert!(
+            h.calls_to("sts").is_empty(),
+            "not sent from the request's context"
+        );
+        tick(&mut e, &h, 0);
+        let bc = h.last_call();
+        // The request gives up (its wait_s) and ends before the slow STS answers.
+        let out = tick(&mut e, &h, 2_000);
+        assert_eq!(status(&out[0].1), 503);
+        e.on_request_done(1);
+        assert!(e
+            .on_http_answer(&h, None, bc, &backchannel(120, 1))
+            .is_empty());
+        // The retry reaches the live consent: no second prompt, and the approval serves it.
+        assert_eq!(ask(&mut e, &h, 2, "t"), Verdict::Pause);
+        tick(&mut e, &h, 1_000);
+        let calls = h.calls_to("sts");
+        assert_eq!(
+            calls.len(),
+            2,
+            "backchannel + poll, no second backchannel request"
+        );
+        let out = e.on_http_answer(&h, None, calls[1].0, &token("approved"));
+        assert_eq!(out[0].0, 2);
+        assert_eq!(minted(&out[0].1).as_deref(), Some("Bearer approved"));
+    }
+
+    #[test]
+    fn junk_hint_tokens_leave_nothing_behind() {
+        let h = FakeHost::at(NOW);
+        let mut e = engine(r#""login_hint":"login_hint_token","wait_s":1"#, "");
+        for ctx in 0..300u32 {
+            ask(&mut e, &h, ctx, &format!("junk-{ctx}"));
+            e.on_request_done(ctx);
+            tick(&mut e, &h, 0);
+            let out = e.on_http_answer(&h, None, h.last_call(), &error("invalid_request"));
+            assert!(out.is_empty(), "its request is gone");
+        }
+        assert_eq!(e.consents.as_ref().map(|c| c.kept()), Some(0));
+        // Every claim was released: a new user gets a slot at once.
+        let live = h
+            .shared
+            .borrow()
+            .iter()
+            .filter(|(k, (v, _))| {
+                k.starts_with("token_exchange.ciba.") && v.get(40..48) != Some(&[0u8; 8][..])
+            })
+            .count();
+        assert_eq!(live, 0);
+    }
+
+    #[test]
+    fn colliding_users_probe_further_slots_and_one_client_holds_only_its_share() {
+        // Eight slots: every key probes all of them, so eight users are all asked.
+        let h = FakeHost::at(NOW);
+        let mut e = engine(
+            r#""login_hint":"login_hint_token","wait_s":60"#,
+            r#","cache":{"max_entries":8}"#,
+        );
+        for n in 0..8u32 {
+            let t = hint_token(&format!("user-{n}"), 0);
+            assert_eq!(ask(&mut e, &h, n, &t), Verdict::Pause, "user {n}");
+        }
+        assert_eq!(
+            status(&ask(&mut e, &h, 9, &hint_token("user-9", 0))),
+            503,
+            "table full"
+        );
+        tick(&mut e, &h, 0);
+        assert_eq!(h.calls_to("sts").len(), 8);
+        // 64 slots, a share of 4: one client's flood of tokens cannot hold the rest.
+        let h = FakeHost::at(NOW);
+        let mut e = engine(
+            r#""login_hint":"login_hint_token","wait_s":60"#,
+            r#","cache":{"max_entries":64}"#,
+        );
+        let answers: Vec<u32> = (0..40)
+            .map(|n| status(&ask(&mut e, &h, n, &hint_token("flooder", n as usize))))
+            .collect();
+        assert_eq!(
+            answers.iter().filter(|s| **s == 0).count(),
+            4,
+            "{answers:?}"
+        );
+        assert_eq!(
+            ask(&mut e, &h, 100, &hint_token("alice", 0)),
+            Verdict::Pause
+        );
+    }
+
+    #[test]
+    fn a_slow_sts_never_causes_a_second_prompt_and_a_gone_owner_is_taken_over() {
+        let slow = r#","sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw","timeout_ms":60000,"ciba":{"path":"/bc","login_hint":"login_hint_token","wait_s":60}}"#;
+        let h = FakeHost::at(NOW);
+        let json = |extra: &str| {
+            let doc = format!(r#"{{"exchange":{{"grant":"ciba","scope":"openid"}}{extra}}}"#);
+            Engine::new(Config::parse(doc.as_bytes(), &|_| None).unwrap()).unwrap()
+        };
+        let mut a = json(slow);
+        let mut b = json(slow);
+        ask(&mut a, &h, 1, "t");
+        tick(&mut a, &h, 0);
+        // 45 s later the backchannel request is still in the air (timeout 60 s).
+        for _ in 0..45 {
+            tick(&mut a, &h, 1_000);
+        }
+        assert_eq!(ask(&mut b, &h, 2, "t"), Verdict::Pause);
+        tick(&mut b, &h, 0);
+        assert_eq!(
+            h.calls_to("sts").len(),
+            1,
+            "a second worker never prompts again"
+        );
+        a.on_http_answer(&h, None, h.last_call(), &backchannel(600, 5));
+        // The owner goes away (VM restart): nobody renews its lease. Well before the consent's
+        // expires_in, another worker takes the user's consent over.
+        drop(a);
+        let mut c = json(slow);
+        for _ in 0..80 {
+            tick(&mut b, &h, 1_000);
+        }
+        assert_eq!(ask(&mut c, &h, 3, "t"), Verdict::Pause);
+        tick(&mut c, &h, 0);
+        assert_eq!(h.calls_to("sts").len(), 2, "taken over after the lease");
+        assert_eq!(
+            field(&h.calls_to("sts")[1].1, "login_hint_token").as_deref(),
+            Some("t")
+        );
+    }
+
+    #[test]
+    fn polls_are_counted_as_sts_calls_and_a_failed_poll_dispatch_as_an_error() {
+        let h = FakeHost::at(NOW);
+        let mut e = poll_engine();
+        ask(&mut e, &h, 1, "t");
+        tick(&mut e, &h, 0);
+        e.on_http_answer(&h, None, h.last_call(), &backchannel(120, 1));
+        tick(&mut e, &h, 1_000);
+        assert_eq!(h.metric_value(Metric::StsCalls), 2, "backchannel + poll");
+        e.on_http_answer(&h, None, h.last_call(), &error("authorization_pending"));
+        h.refuse_dispatch.set(true);
+        tick(&mut e, &h, 1_000);
+        assert_eq!(h.metric_value(Metric::StsErrors), 1);
+        assert!(h
+            .logs
+            .borrow()
+            .iter()
+            .any(|(_, l)| l.contains("CIBA poll not dispatched")));
+        // The consent goes on: the next interval polls again.
+        h.refuse_dispatch.set(false);
+        tick(&mut e, &h, 1_000);
+        assert_eq!(h.metric_value(Metric::StsCalls), 3);
+        assert_eq!(h.metric_value(Metric::CibaPolls), 2);
+    }
+}
+
+/// A header actor JWT of a trusted issuer is verified before its claims are used.
+mod actors {
+    use super::*;
+    use crate::jwks::tests::TestKeys;
+
+    #[test]
+    fn an_actor_jwt_of_a_trusted_issuer_that_fails_verification_is_401_without_an_sts_call() {
+        let keys = TestKeys::new();
+        let iss = "https://idp";
+        let mut e = engine(&format!(
+            r#","trusted_issuers":[{{"issuer":"{iss}","algorithms":["ES256"],"jwks":{}}}],
+               "exchange":{{"actor":{{"source":"header","header":"x-actor"}}}}"#,
+            keys.jwks()
+        ));
+        let h = FakeHost::at(NOW);
+        let exp = NOW / 1000 + 600;
+        let subject = keys.sign(
+            "ES256",
+            Some("ec"),
+            &serde_json::json!({"iss": iss, "sub": "alice", "exp": exp, "may_act": {"sub": "svc-a"}}),
+        );
+        let ask = |e: &mut Engine, ctx: u32, actor: &str| {
+            let auth = bearer(&subject);
+            let req = [("authorization", auth.as_str()), ("x-actor", actor)];
+            e.on_request(&h, ctx, &req[..])
+        };
+        // An unsigned JWT claiming the trusted issuer and naming the permitted actor.
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let claims = serde_json::json!({"iss": iss, "sub": "svc-a", "exp": exp}).to_string();
+        let forged = format!(
+            "eyJhbGciOiJFUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        for ctx in 1..=3 {
+            assert_eq!(status(&ask(&mut e, ctx, &forged)), 401);
+        }
+        assert!(
+            h.calls.borrow().is_empty(),
+            "no STS call, no negative-cache entry"
+        );
+        // The real actor token verifies and goes on.
+        let real = keys.sign(
+            "ES256",
+            Some("ec"),
+            &serde_json::json!({"iss": iss, "sub": "svc-a", "exp": exp}),
+        );
+        assert_eq!(ask(&mut e, 4, &real), Verdict::Pause);
+        assert_eq!(h.calls.borrow().len(), 1);
+        // A signed actor that is not the one may_act names: 403, still no call.
+        let other = keys.sign(
+            "ES256",
+            Some("ec"),
+            &serde_json::json!({"iss": iss, "sub": "svc-b", "exp": exp}),
+        );
+        assert_eq!(status(&ask(&mut e, 5, &other)), 403);
+        assert_eq!(h.calls.borrow().len(), 1);
+    }
+}

@@ -4,7 +4,7 @@
 use super::{Engine, Step};
 use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
-use crate::keys::{Check, KeyEvent, KeyWaiter};
+use crate::keys::{ActorCheck, Check, KeyEvent, KeyWaiter};
 use crate::refusal::JwtError;
 use crate::token::{MayAct, Verified};
 use crate::verdict::Verdict;
@@ -21,6 +21,15 @@ impl Engine {
         key: &CacheKey,
     ) -> Result<Verified, Verdict> {
         let p = &self.client.profiles[at.profile];
+        if let (Some(actor), Some(_)) = (actor, p.actor_header()) {
+            match self.keys.check_actor(actor, at.now) {
+                ActorCheck::Verified | ActorCheck::NotTrusted => {}
+                ActorCheck::Refused(e) => {
+                    return Err(self.outcomes.refused_jwt(host, at.ctx, actor, e));
+                }
+                ActorCheck::NoKeys => return Err(self.outcomes.no_keys(false)),
+            }
+        }
         let client_id = self.client.endpoint.client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
         let enforce = p.enforce_may_act && p.actor.is_some();
