@@ -242,3 +242,128 @@ fn an_authority_bypass_never_hands_another_virtual_host_the_callers_token() {
     }
     assert_eq!(envoy.counter("bypassed"), 1);
 }
+
+/// A CIBA configuration on the test STS; `ciba` adds to `sts.ciba`, `extra` to the top level.
+fn ciba_config(ciba: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({ "path": "/bc-authorize", "wait_s": 4 });
+    for (k, v) in ciba.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let mut cfg = config(json!({ "exchange": { "grant": "ciba", "scope": "openid orders" } }));
+    cfg["sts"]["ciba"] = c;
+    cfg["sts"]["timeout_ms"] = json!(3000);
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    cfg
+}
+
+/// The test STS as a CIBA server: the backchannel request number n gets `req-n` (answered
+/// after `delay`), and a poll for it is answered by `decide(n)`.
+fn ciba_sts(delay: Duration, decide: fn(usize) -> support::StsReply) -> TestSts {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let asked = Arc::new(AtomicUsize::new(0));
+    TestSts::start(0, move |_, call| {
+        if call.path == "/bc-authorize" {
+            let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
+            let body =
+                json!({ "auth_req_id": format!("req-{n}"), "expires_in": 60, "interval": 1 });
+            return support::StsReply::json(200, body).after(delay);
+        }
+        let n = call
+            .field("auth_req_id")
+            .and_then(|id| id.strip_prefix("req-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        decide(n)
+    })
+}
+
+fn backchannel_hints(sts: &TestSts) -> Vec<String> {
+    sts.calls()
+        .into_iter()
+        .filter(|c| c.path == "/bc-authorize")
+        .map(|c| {
+            c.field("login_hint")
+                .or(c.field("login_hint_token"))
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_consent_serves_only_the_subject_it_was_given_for() {
+    // Alice approves her own request (the first); the second is not hers, and she denies it.
+    let sts = ciba_sts(Duration::ZERO, |n| match n {
+        1 => support::StsReply::token("consented-by-alice", 600),
+        _ => support::StsReply::error(400, "access_denied"),
+    });
+    let signer = Signer::new("k1");
+    let issuers =
+        json!([{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }]);
+    let cfg = ciba_config(
+        json!({ "login_hint": "email" }),
+        json!({ "trusted_issuers": issuers }),
+    );
+    let envoy = start(sts.port, cfg, &[], false, &[]);
+    let token = |sub: &str| {
+        signer.token(
+            &json!({ "iss": ISS, "sub": sub, "email": "alice@example.com", "exp": support::now_s() + 600 }),
+            None,
+        )
+    };
+    let r = envoy.get_with_token("/orders", &token("alice"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("authorization").unwrap(),
+        "Bearer consented-by-alice"
+    );
+    // Mallory's token is validly signed and carries Alice's address.
+    let r = envoy.get_with_token("/orders", &token("mallory"));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!r.body.contains("consented-by-alice"));
+    assert_eq!(
+        backchannel_hints(&sts),
+        ["alice@example.com", "alice@example.com"],
+        "asked anew"
+    );
+    // Alice herself is still served from her consent, with no new prompt.
+    let r = envoy.get_with_token("/orders", &token("alice"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(backchannel_hints(&sts).len(), 2);
+}
+
+#[test]
+fn a_consent_outlives_the_request_that_started_it_end_to_end() {
+    // The STS answers the backchannel request after 1.5 s; the request waits only 1 s.
+    let sts = ciba_sts(Duration::from_millis(1500), |_| {
+        support::StsReply::token("consented", 600)
+    });
+    let cfg = ciba_config(
+        json!({ "login_hint": "login_hint_token", "wait_s": 1 }),
+        json!({}),
+    );
+    let envoy = start(sts.port, cfg, &[], false, &[]);
+    let r = envoy.get_with_token("/orders", "user-token");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    // The retry reaches the live consent and, once approved, goes on.
+    let mut last = 0;
+    for _ in 0..10 {
+        thread::sleep(Duration::from_millis(500));
+        let r = envoy.get_with_token("/orders", "user-token");
+        last = r.status;
+        if r.status == 200 {
+            assert_eq!(
+                r.upstream_header("authorization").unwrap(),
+                "Bearer consented"
+            );
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+    }
+    assert_eq!(last, 200, "{}", envoy.log_text());
+    assert_eq!(backchannel_hints(&sts), ["user-token"], "one prompt");
+}

@@ -8,7 +8,7 @@
 //! A claim slot holds: the key (32 bytes), the owner worker (8), the consent's end (8, ms), the
 //! owner's lease (8, ms; renewed on the tick, so a claim whose owner is gone is taken over after
 //! it), the time of the last ping (8, ms; 0 = none) and the SHA-256 of the ping notification
-//! token (32). The slot table is bounded like the cache; a key probes [`PROBES`] slots from its
+//! token (32). The slot table is bounded like the cache; a key probes a few slots (8) from its
 //! own, a notification token names its slot, and one client holds at most a share of the slots.
 
 mod messages;
