@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use token_exchange_wasm::config::{Route, RouteAction, RouteMatch};
-use token_exchange_wasm::host::RequestHeaders;
+use token_exchange_wasm::host::{RequestHeaders, Unusable};
 use token_exchange_wasm::path::normalize;
 use token_exchange_wasm::route::Routes;
 
@@ -16,7 +16,10 @@ impl RequestHeaders for OnePath<'_> {
     fn header(&self, name: &str) -> Option<String> {
         (name == ":path").then(|| self.0.to_string())
     }
-    fn single_header(&self, name: &str) -> Result<Option<String>, ()> {
+    fn token_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+        Ok(self.header(name))
+    }
+    fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
         Ok(self.header(name))
     }
 }
