@@ -14,6 +14,16 @@ use crate::sts;
 use crate::token::{self, Extracted};
 use crate::verdict::Verdict;
 
+/// Whose consent a ciba request needs, and how the STS is told.
+pub(super) struct ConsentFor {
+    /// The consent's key (and so the cache key of its token).
+    pub(super) key: CacheKey,
+    /// The `login_hint` (or hint token) of the backchannel request.
+    hint: String,
+    /// A hash of the subject (issuer and `sub`), for the share of slots it may hold.
+    client: [u8; 32],
+}
+
 fn sha256(text: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes()).into()
@@ -51,23 +61,27 @@ impl Engine {
         &self,
         profile: usize,
         subject: &str,
-    ) -> Option<(CacheKey, String, [u8; 32])> {
+    ) -> Option<ConsentFor> {
         let p = &self.client.profiles[profile];
         match self.config.sts.ciba.as_ref().map(|c| &c.login_hint) {
             Some(LoginHint::Claim(name)) => {
                 let user = token::claim_of(subject, name)?;
                 let who = format!("{}\n{}", user.iss, user.sub);
                 let key = p.cache_key(&format!("{who}\n{}", user.value), None);
-                Some((key, user.value, sha256(&who)))
+                Some(ConsentFor {
+                    key,
+                    hint: user.value,
+                    client: sha256(&who),
+                })
             }
             _ => {
                 let who = token::claim_of(subject, "sub")
                     .map_or_else(String::new, |u| format!("{}\n{}", u.iss, u.sub));
-                Some((
-                    p.cache_key(subject, None),
-                    subject.to_string(),
-                    sha256(&who),
-                ))
+                Some(ConsentFor {
+                    key: p.cache_key(subject, None),
+                    hint: subject.to_string(),
+                    client: sha256(&who),
+                })
             }
         }
     }
@@ -78,7 +92,7 @@ impl Engine {
         host: &H,
         at: Step,
         subject: &str,
-        (key, hint, client): (CacheKey, String, [u8; 32]),
+        ConsentFor { key, hint, client }: ConsentFor,
         subject_exp: Option<u64>,
     ) -> Verdict {
         let Some(consents) = self.consents.as_mut() else {

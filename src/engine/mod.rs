@@ -162,7 +162,7 @@ impl Engine {
             },
             false => None,
         };
-        let key = consent.as_ref().map_or(key, |c| c.0);
+        let key = consent.as_ref().map_or(key, |c| c.key);
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
             token::log_debug(host, ctx, subject, "cache hit");
