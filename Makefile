@@ -2,6 +2,7 @@
 # `make help` lists them (from the `##` comments below) and the environment knobs (`#:` lines).
 
 #: ENVOY=/path/to/envoy      another Envoy binary instead of the pinned one in .venv
+#: TEST_WASM=path            make e2e: another build of the module (e.g. an older one, to see a test fail)
 #: BENCH_ROUNDS=3            make bench: interleaved rounds (medians are reported)
 #: BENCH_SECONDS=5           make bench: seconds of wrk load per configuration and round
 #: BENCH_ONLY=text           make bench: only the configurations whose name contains text (and plain Envoy)

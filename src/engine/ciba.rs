@@ -57,11 +57,7 @@ impl Engine {
     /// The consent key, `login_hint` and client of a ciba request: with a claim as the hint,
     /// the user (issuer, `sub` and the claim's value: two subjects never share a consent) and
     /// everything that shapes the token; else the token itself.
-    pub(super) fn consent_key(
-        &self,
-        profile: usize,
-        subject: &str,
-    ) -> Option<ConsentFor> {
+    pub(super) fn consent_key(&self, profile: usize, subject: &str) -> Option<ConsentFor> {
         let p = &self.client.profiles[profile];
         match self.config.sts.ciba.as_ref().map(|c| &c.login_hint) {
             Some(LoginHint::Claim(name)) => {
