@@ -33,8 +33,10 @@ fn sources() -> Vec<(String, String, String)> {
                 .trim_end_matches(".rs")
                 .to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            // Test code: a `tests.rs` file, or all from the first `#[cfg(test)]` on.
-            let code: String = if rel.ends_with("tests.rs") {
+            // Test code: a `tests.rs` file, a file in a `tests/` folder, or all from the first
+            // `#[cfg(test)]` on.
+            let in_tests = rel.components().any(|c| c.as_os_str() == "tests");
+            let code: String = if rel.ends_with("tests.rs") || in_tests {
                 String::new()
             } else {
                 text.lines()

@@ -2,9 +2,8 @@
 //! text, joined credentials, cut-off answers, shared hints, colliding slots, junk floods), and
 //! what the filter must still do.
 
-use super::tests::{bearer, engine, exchange, ok, set_value, status, NOW};
 use super::*;
-use crate::host::{FakeHost, RawHeaders};
+use crate::host::RawHeaders;
 
 #[test]
 fn a_token_header_that_is_not_text_is_401_and_the_next_request_is_served() {
@@ -106,7 +105,7 @@ fn an_authority_bypass_never_matches_a_host_envoy_routes_elsewhere() {
 /// CIBA stories: a consent belongs to one subject, outlives its carrier, finds a slot, keeps
 /// its claim while its owner lives and loses it when the owner is gone.
 mod consents {
-    use crate::engine::ciba::tests_support::*;
+    use super::super::ciba::tests_support::*;
     use crate::jwks::tests::TestKeys;
     use crate::metrics::Metric;
 
@@ -143,12 +142,7 @@ mod consents {
         tick(e, h, 0);
         e.on_http_answer(h, None, h.last_call(), &backchannel(120, 1));
         tick(e, h, 1_000);
-        let mut out = e.on_http_answer(
-            h,
-            None,
-            h.last_call(),
-            &super::super::tests::ok(minted_as, 600),
-        );
+        let mut out = e.on_http_answer(h, None, h.last_call(), &super::super::ok(minted_as, 600));
         assert_eq!(out.len(), 1);
         out.remove(0).1
     }

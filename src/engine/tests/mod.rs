@@ -1,0 +1,81 @@
+//! Engine stories through `FakeHost`, by theme: `exchange` (the cache, single flight, the
+//! error table, routes), `issuers` (trusted issuers and their keys), `delegation` (actor
+//! tokens), `ciba` (consents) and `hostile` (what an attacker sends). The helpers here build an
+//! engine from a configuration and drive one exchange.
+
+use super::*;
+use crate::host::FakeHost;
+use crate::refusal::JwtError;
+use crate::verdict::HeaderOp;
+
+mod ciba;
+mod delegation;
+mod exchange;
+mod hostile;
+mod issuers;
+
+pub(super) const NOW: u64 = 1_700_000_000_000;
+const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+pub(super) fn engine(extra: &str) -> Engine {
+    let json = format!(
+        r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"}}{extra}}}"#
+    );
+    Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
+}
+
+pub(super) fn ok(token: &str, expires_in: u64) -> HttpAnswer {
+    HttpAnswer {
+        status: Some(200),
+        body: format!(r#"{{"access_token":"{token}","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":{expires_in}}}"#)
+            .into_bytes(),
+        too_large: false,
+    }
+}
+
+pub(super) fn err(status: u16, code: &str) -> HttpAnswer {
+    HttpAnswer {
+        status: Some(status),
+        body: format!(r#"{{"error":"{code}"}}"#).into_bytes(),
+        too_large: false,
+    }
+}
+
+pub(super) fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+pub(super) fn set_value(v: &Verdict, name: &str) -> Option<String> {
+    let Verdict::Continue(ops) = v else {
+        return None;
+    };
+    ops.iter().rev().find_map(|op| match op {
+        HeaderOp::Set(n, val) if n == name => Some(val.clone()),
+        _ => None,
+    })
+}
+
+pub(super) fn status(v: &Verdict) -> u32 {
+    match v {
+        Verdict::Respond(r) => r.status,
+        other => panic!("expected a local reply, got {other:?}"),
+    }
+}
+
+/// Sends a request with `token` and answers its STS call with `answer`.
+pub(super) fn exchange(
+    e: &mut Engine,
+    h: &FakeHost,
+    ctx: u32,
+    token: &str,
+    answer: &HttpAnswer,
+) -> Verdict {
+    let auth = bearer(token);
+    assert_eq!(
+        e.on_request(h, ctx, &[("authorization", auth.as_str())][..]),
+        Verdict::Pause
+    );
+    let mut out = e.on_http_answer(h, None, h.last_call(), answer);
+    assert_eq!(out.len(), 1);
+    out.remove(0).1
+}
