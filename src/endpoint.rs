@@ -6,8 +6,7 @@ use base64::Engine as _;
 use sha2::Sha256;
 
 use crate::assertion::{AssertionSigner, ASSERTION_TYPE};
-use crate::host::{Host, HttpCall};
-use crate::metrics::Metric;
+use crate::host::HttpCall;
 
 /// How the filter authenticates to the STS (RFC 6749 §2.3). Credentials go in one place only.
 #[derive(Clone, PartialEq, Eq)]
@@ -182,19 +181,6 @@ impl Endpoint {
             timeout_ms: self.timeout_ms,
         })
     }
-}
-
-/// Dispatches a freshly built call to the STS, counting it (or its failure); the error says
-/// why it could not be sent.
-pub fn send<H: Host>(host: &H, request: Result<HttpCall, NoRandomness>) -> Result<u32, String> {
-    let sent = request
-        .map_err(|_| "no randomness for the client assertion".to_string())
-        .and_then(|r| host.dispatch(&r).map_err(|e| e.0));
-    match sent {
-        Ok(_) => host.metric(Metric::StsCalls, 1),
-        Err(_) => host.metric(Metric::StsErrors, 1),
-    }
-    sent
 }
 
 /// Feeds one field into a key hash, length-prefixed so that no two field lists collide.

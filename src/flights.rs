@@ -79,7 +79,6 @@ pub fn answer_all<V: Clone>(waiters: Vec<Waiter>, v: &V) -> Vec<(u32, V)> {
 #[derive(Default)]
 pub struct Flights {
     flights: HashMap<CacheKey, Flight>,
-    calls: HashMap<u32, CacheKey>,
     members: HashMap<u32, CacheKey>,
     carried: HashMap<u32, Vec<CacheKey>>,
 }
@@ -116,25 +115,23 @@ impl Flights {
                 job,
             },
         );
-        self.calls.insert(call, key);
         if let Some(c) = carrier {
             self.carried.entry(c).or_default().push(key);
         }
     }
 
-    /// The flight whose callout `call` answered, taken out of the table; `None` for a call that
-    /// is not (or no longer) a flight's.
-    pub fn land(&mut self, call: u32) -> Option<Landed> {
-        let key = self.calls.remove(&call)?;
-        self.take(&key)
+    /// The flight of `key`, whose callout `call` answered, taken out of the table; `None` when
+    /// that call is no longer the flight's.
+    pub fn land(&mut self, key: &CacheKey, call: u32) -> Option<Landed> {
+        if self.flights.get(key)?.call != Some(call) {
+            return None;
+        }
+        self.take(key)
     }
 
     /// Gives a flight up (it could not be sent again): its waiters need an answer.
     pub fn take(&mut self, key: &CacheKey) -> Option<Landed> {
         let flight = self.flights.remove(key)?;
-        if let Some(call) = flight.call {
-            self.calls.remove(&call);
-        }
         for w in &flight.waiters {
             self.members.remove(&w.ctx);
         }
@@ -146,9 +143,10 @@ impl Flights {
         })
     }
 
-    /// Forgets a request that ended. The calls its context carried are lost with it: they wait
-    /// to be sent again for whoever still waits, or are dropped when nobody does.
-    pub fn leave(&mut self, ctx: u32) {
+    /// Forgets a request that ended. The calls its context carried are lost with it (returned):
+    /// they wait to be sent again for whoever still waits, or are dropped when nobody does.
+    pub fn leave(&mut self, ctx: u32) -> Vec<u32> {
+        let mut lost = Vec::new();
         if let Some(key) = self.members.remove(&ctx) {
             if let Some(flight) = self.flights.get_mut(&key) {
                 flight.waiters.retain(|w| w.ctx != ctx);
@@ -164,14 +162,13 @@ impl Flights {
             if flight.carrier != Some(ctx) {
                 continue;
             }
-            if let Some(call) = flight.call.take() {
-                self.calls.remove(&call);
-            }
+            lost.extend(flight.call.take());
             flight.carrier = None;
             if flight.waiters.is_empty() {
                 self.flights.remove(&key);
             }
         }
+        lost
     }
 
     /// The flights waiting to be sent again, with their jobs.
@@ -187,7 +184,6 @@ impl Flights {
     pub fn resent(&mut self, key: &CacheKey, call: u32) {
         if let Some(flight) = self.flights.get_mut(key) {
             flight.call = Some(call);
-            self.calls.insert(call, *key);
         }
     }
 }
@@ -209,11 +205,11 @@ mod tests {
         assert!(f.join(&K, waiter(1)).is_err());
         f.start(K, 10, Some(1), 5, waiter(1), JOB);
         assert!(f.join(&K, waiter(2)).is_ok());
-        assert!(f.land(99).is_none());
-        let landed = f.land(10).unwrap();
+        assert!(f.land(&K, 99).is_none());
+        let landed = f.land(&K, 10).unwrap();
         assert_eq!(landed.waiters, vec![waiter(1), waiter(2)]);
         assert_eq!(landed.started_ms, 5);
-        assert!(f.land(10).is_none(), "a flight lands once");
+        assert!(f.land(&K, 10).is_none(), "a flight lands once");
         assert!(f.join(&K, waiter(3)).is_err(), "and is gone");
     }
 
@@ -222,12 +218,19 @@ mod tests {
         let mut f = Flights::default();
         f.start(K, 10, Some(1), 0, waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
-        f.leave(1);
-        assert!(f.land(10).is_none(), "the lost callout's answer is ignored");
+        assert_eq!(
+            f.leave(1),
+            vec![10],
+            "the carrier's callout is lost with it"
+        );
+        assert!(
+            f.land(&K, 10).is_none(),
+            "the lost callout's answer is ignored"
+        );
         assert_eq!(f.orphans(), vec![(K, JOB)]);
         f.resent(&K, 11);
         assert!(f.orphans().is_empty());
-        assert_eq!(f.land(11).unwrap().waiters, vec![waiter(2)]);
+        assert_eq!(f.land(&K, 11).unwrap().waiters, vec![waiter(2)]);
     }
 
     #[test]
@@ -251,6 +254,6 @@ mod tests {
         f.start(K, 10, None, 0, waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
         f.leave(2);
-        assert_eq!(f.land(10).unwrap().waiters, vec![waiter(1)]);
+        assert_eq!(f.land(&K, 10).unwrap().waiters, vec![waiter(1)]);
     }
 }

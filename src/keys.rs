@@ -42,6 +42,15 @@ pub enum KeyEvent {
     Failed(Vec<KeyWaiter>),
 }
 
+/// What the tick asks of the engine for one issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyTick {
+    /// Waiters whose wait is over.
+    Event(KeyEvent),
+    /// A fetch of this issuer's keys is due and claimed: send [`Keys::fetch_call`].
+    Fetch(usize),
+}
+
 /// What checking a subject token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
@@ -103,8 +112,6 @@ struct Attempt {
 pub struct Keys {
     issuers: Vec<TrustedIssuer>,
     state: Vec<IssuerState>,
-    /// Key fetches in flight: callout → issuer.
-    calls: HashMap<u32, usize>,
     /// Waiting requests: context → issuer.
     waiting: HashMap<u32, usize>,
     verified: HashMap<CacheKey, Verified>,
@@ -129,7 +136,6 @@ impl Keys {
         Ok(Keys {
             issuers: issuers.to_vec(),
             state,
-            calls: HashMap::new(),
             waiting: HashMap::new(),
             verified: HashMap::new(),
         })
@@ -296,16 +302,8 @@ impl Keys {
             )
     }
 
-    /// Whether callout `call` is a key fetch.
-    pub fn owns(&self, call: u32) -> bool {
-        self.calls.contains_key(&call)
-    }
-
-    /// Takes up the answer to key fetch `call`.
-    pub fn on_answer<H: Host>(&mut self, host: &H, call: u32, answer: &HttpAnswer) -> KeyEvent {
-        let Some(issuer) = self.calls.remove(&call) else {
-            return KeyEvent::Resume(Vec::new());
-        };
+    /// Takes up the answer to the key fetch of `issuer`.
+    pub fn on_answer<H: Host>(&mut self, host: &H, issuer: usize, answer: &HttpAnswer) -> KeyEvent {
         let now = host.now_ms();
         let name = self.issuers.get(issuer).map_or("", |t| t.issuer.as_str());
         let parsed = match answer.status {
@@ -354,15 +352,37 @@ impl Keys {
         }
     }
 
-    /// Periodic work on the root context: takes up keys another worker fetched, and fetches
-    /// keys that are due.
-    pub fn tick<H: Host>(&mut self, host: &H, now: u64) -> Vec<KeyEvent> {
+    /// Periodic work on the root context: takes up keys another worker fetched, and claims the
+    /// fetches that are due (the engine sends them, then says [`Keys::fetch_sent`] or
+    /// [`Keys::fetch_unsent`]).
+    pub fn tick<H: Host>(&mut self, host: &H, now: u64) -> Vec<KeyTick> {
         (0..self.state.len())
             .filter_map(|i| self.tick_issuer(host, i, now))
             .collect()
     }
 
-    fn tick_issuer<H: Host>(&mut self, host: &H, i: usize, now: u64) -> Option<KeyEvent> {
+    /// The fetch call of `issuer`.
+    pub fn fetch_call(&self, issuer: usize) -> Option<HttpCall> {
+        let remote = self.state.get(issuer)?.remote.as_ref()?;
+        Some(remote.call.clone())
+    }
+
+    /// The fetch of `issuer` went out as callout `call`.
+    pub fn fetch_sent(&mut self, issuer: usize, call: u32, now: u64) {
+        if let Some(remote) = self.state.get_mut(issuer).and_then(|s| s.remote.as_mut()) {
+            remote.fetching = Some((call, now));
+        }
+    }
+
+    /// The fetch of `issuer` could not be sent: its waiters get 503.
+    pub fn fetch_unsent<H: Host>(&mut self, host: &H, issuer: usize, now: u64) -> KeyEvent {
+        if let Some(remote) = self.state.get(issuer).and_then(|s| s.remote.as_ref()) {
+            let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
+        }
+        self.release(issuer, false)
+    }
+
+    fn tick_issuer<H: Host>(&mut self, host: &H, i: usize, now: u64) -> Option<KeyTick> {
         let state = self.state.get_mut(i)?;
         let remote = state.remote.as_mut()?;
         // Keys another worker (or an earlier fetch of ours) shared.
@@ -373,7 +393,7 @@ impl Keys {
                         state.keys = Some(set);
                         state.version = at;
                         state.unknown_kid = false;
-                        return Some(self.release(i, true));
+                        return Some(KeyTick::Event(self.release(i, true)));
                     }
                 }
             }
@@ -396,23 +416,7 @@ impl Keys {
                 return None;
             }
             state.unknown_kid = false;
-            host.metric(Metric::JwksFetches, 1);
-            match host.dispatch(&remote.call) {
-                Ok(call) => {
-                    remote.fetching = Some((call, now));
-                    self.calls.insert(call, i);
-                    None
-                }
-                Err(e) => {
-                    host.metric(Metric::JwksFetchFailures, 1);
-                    host.log(
-                        LogLevel::Warn,
-                        &format!("key fetch not dispatched: {}", e.0),
-                    );
-                    let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
-                    Some(self.release(i, false))
-                }
-            }
+            Some(KeyTick::Fetch(i))
         } else {
             // Nothing to fetch (rate limit) or another worker's fetch ended or timed out:
             // waiters get a verdict from the keys at hand.
@@ -420,7 +424,7 @@ impl Keys {
                 return None;
             }
             state.unknown_kid = false;
-            Some(self.release(i, true))
+            Some(KeyTick::Event(self.release(i, true)))
         }
     }
 

@@ -157,6 +157,18 @@ fn only_the_glue_knows_proxy_wasm() {
 }
 
 #[test]
+fn every_call_is_sent_from_the_engines_call_table() {
+    for (_, file, code) in sources() {
+        if file != "engine/calls.rs" && file != "host.rs" && file != "filter.rs" {
+            assert!(
+                !code.contains(".dispatch("),
+                "{file} dispatches a call itself: return it for engine/calls.rs to send"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_check_finds_a_cycle_when_there_is_one() {
     let mut g = BTreeMap::new();
     g.insert("a".to_string(), BTreeSet::from(["b".to_string()]));

@@ -71,7 +71,6 @@ pub struct Consents {
     lease_ms: u64,
     ping: bool,
     table: HashMap<CacheKey, Consent>,
-    calls: HashMap<u32, CacheKey>,
     members: HashMap<u32, CacheKey>,
     /// Consents this worker owns, per client.
     held: HashMap<[u8; 32], usize>,
@@ -90,7 +89,6 @@ impl Consents {
             lease_ms: timeout_ms.saturating_add(LEASE_MARGIN_MS),
             ping: matches!(ciba.mode, crate::config::CibaMode::Ping { .. }),
             table: HashMap::new(),
-            calls: HashMap::new(),
             members: HashMap::new(),
             held: HashMap::new(),
         }
@@ -206,7 +204,6 @@ impl Consents {
         match &mut c.phase {
             Phase::Asking { call: slot, .. } | Phase::Pending { polling: slot, .. } => {
                 *slot = Some(call);
-                self.calls.insert(call, *key);
             }
             Phase::Elsewhere => {}
         }
@@ -233,21 +230,24 @@ impl Consents {
         }
     }
 
-    /// Whether callout `call` is a consent's.
-    pub fn owns(&self, call: u32) -> bool {
-        self.calls.contains_key(&call)
-    }
-
-    /// Takes up the answer to a backchannel request or a poll.
+    /// Takes up the answer to callout `call`, the backchannel request or a poll of the consent
+    /// for `key`.
     pub fn on_answer<H: Host>(
         &mut self,
         host: &H,
+        key: CacheKey,
         call: u32,
         answer: &HttpAnswer,
         now: u64,
     ) -> Option<ConsentEvent> {
-        let key = self.calls.remove(&call)?;
         let consent = self.table.get_mut(&key)?;
+        let in_air = match &consent.phase {
+            Phase::Asking { call: c, .. } | Phase::Pending { polling: c, .. } => *c,
+            Phase::Elsewhere => None,
+        };
+        if in_air != Some(call) {
+            return None;
+        }
         let end = match &mut consent.phase {
             Phase::Asking { .. } => match sts::parse_backchannel(answer) {
                 Ok(b) => {
@@ -480,16 +480,6 @@ impl Consents {
         let c = self.table.remove(key)?;
         for w in &c.waiters {
             self.members.remove(&w.ctx);
-        }
-        if let Phase::Asking {
-            call: Some(call), ..
-        }
-        | Phase::Pending {
-            polling: Some(call),
-            ..
-        } = &c.phase
-        {
-            self.calls.remove(call);
         }
         if c.owned() {
             if let Some(n) = self.held.get_mut(&c.client) {

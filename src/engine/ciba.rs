@@ -1,12 +1,12 @@
 //! The engine's CIBA paths: a request that needs the user's consent joins or starts one, the
 //! STS's ping is answered, and a consent's end becomes verdicts for the requests that waited.
 
+use super::calls::Owner;
 use super::{Engine, Step, UNAVAILABLE};
 use crate::cache::CacheKey;
 use crate::config::{CibaMode, LoginHint};
 use crate::consent::{Ask, Asking, ConsentEvent, Want};
-use crate::endpoint;
-use crate::host::{Host, LogLevel, RequestHeaders};
+use crate::host::{Host, RequestHeaders};
 use crate::metrics::Metric;
 use crate::path;
 use crate::reply::LocalReply;
@@ -136,19 +136,13 @@ impl Engine {
                     "CIBA poll",
                 ),
             };
-            match request.map(|r| endpoint::send(host, r)) {
+            let owner = Owner::Consent(w.key);
+            match request.map(|r| self.calls.send(host, owner, what, r)) {
                 Some(Ok(call)) => {
                     host.metric(metric, 1);
                     consents.sent(&w.key, call);
                 }
-                failed => {
-                    let why = match failed {
-                        Some(Err(why)) => why,
-                        _ => "no CIBA endpoint".to_string(),
-                    };
-                    host.log(LogLevel::Warn, &format!("{what} not dispatched: {why}"));
-                    events.extend(consents.unsent(host, &w.key, now));
-                }
+                _ => events.extend(consents.unsent(host, &w.key, now)),
             }
         }
         let mut out = Vec::new();

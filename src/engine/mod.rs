@@ -10,10 +10,10 @@ use crate::client::{ActorSource, Client};
 use crate::config::{Config, ConfigError, Grant, RouteAction};
 use crate::consent::Consents;
 use crate::credentials;
-use crate::endpoint::{self, NoRandomness};
+use crate::endpoint::NoRandomness;
 use crate::flights::{self, Exchange, Flights, Job, Waiter};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
-use crate::keys::Keys;
+use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
@@ -21,7 +21,9 @@ use crate::route::Routes;
 use crate::sts::{self, StsFailure};
 use crate::token;
 use crate::verdict::Verdict;
+use calls::{Calls, Owner};
 
+mod calls;
 mod ciba;
 mod subject;
 
@@ -36,6 +38,8 @@ pub struct Engine {
     keys: Keys,
     memo: Memo,
     flights: Flights,
+    /// Every callout in the air, and whose answer it is.
+    calls: Calls,
     /// CIBA consents, when `sts.ciba` is configured.
     consents: Option<Consents>,
 }
@@ -70,6 +74,7 @@ impl Engine {
             actors: Actors::new(config.cache),
             outcomes: Outcomes::new(&config),
             flights: Flights::default(),
+            calls: Calls::default(),
             config,
             client,
             routes,
@@ -217,7 +222,7 @@ impl Engine {
             actor_token.as_deref(),
             now / 1000,
         );
-        let call = match self.send(host, ctx, "STS call", request) {
+        let call = match self.send(host, ctx, key, "STS call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
@@ -261,7 +266,7 @@ impl Engine {
             return Verdict::Pause;
         };
         let request = self.client.actors[actor].request(&self.client.endpoint, at.now / 1000);
-        let call = match self.send(host, at.ctx, "actor token call", request) {
+        let call = match self.send(host, at.ctx, key, "actor token call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
@@ -275,22 +280,20 @@ impl Engine {
         Verdict::Pause
     }
 
-    /// Dispatches a freshly built call to the STS; when it cannot be sent, the request's
-    /// verdict is the outage answer.
+    /// Sends a freshly built call of the flight for `key`; when it cannot be sent, the
+    /// request's verdict is the outage answer.
     fn send<H: Host>(
-        &self,
+        &mut self,
         host: &H,
         ctx: u32,
+        key: CacheKey,
         what: &str,
         request: Result<HttpCall, NoRandomness>,
     ) -> Result<u32, Verdict> {
-        endpoint::send(host, request).map_err(|why| {
-            host.log(
-                LogLevel::Warn,
-                &format!("ctx={ctx} {what} not dispatched: {why}"),
-            );
-            self.outcomes.failure(host, &UNAVAILABLE)
-        })
+        let what = format!("ctx={ctx} {what}");
+        self.calls
+            .send(host, Owner::Flight(key), &what, request)
+            .map_err(|_| self.outcomes.failure(host, &UNAVAILABLE))
     }
 
     /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
@@ -302,20 +305,24 @@ impl Engine {
         call: u32,
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
-        if self.keys.owns(call) {
-            let event = self.keys.on_answer(host, call, answer);
-            return self.after_keys(host, event, host.now_ms());
-        }
-        if let Some(consents) = self.consents.as_mut().filter(|c| c.owns(call)) {
-            let now = host.now_ms();
-            let event = consents.on_answer(host, call, answer, now);
-            return event.map_or_else(Vec::new, |e| self.after_consent(host, e, now));
-        }
-        let Some(landed) = self.flights.land(call) else {
+        let landed = match self.calls.land(host, call) {
+            Some(Owner::Keys(issuer)) => {
+                let event = self.keys.on_answer(host, issuer, answer);
+                return self.after_keys(host, event, host.now_ms());
+            }
+            Some(Owner::Consent(key)) => {
+                let now = host.now_ms();
+                let consents = self.consents.as_mut();
+                let event = consents.and_then(|c| c.on_answer(host, key, call, answer, now));
+                return event.map_or_else(Vec::new, |e| self.after_consent(host, e, now));
+            }
+            Some(Owner::Flight(key)) => self.flights.land(&key, call),
+            None => None,
+        };
+        let Some(landed) = landed else {
             return Vec::new();
         };
         let now = host.now_ms();
-        host.metric(Metric::StsLatencyMs, now.saturating_sub(landed.started_ms));
         match landed.job {
             Job::Exchange(x) => {
                 let waiting = landed.waiters.len();
@@ -393,7 +400,8 @@ impl Engine {
     /// an STS call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
         self.keys.leave(ctx);
-        self.flights.leave(ctx);
+        let lost = self.flights.leave(ctx);
+        self.calls.forget(lost);
         if let Some(c) = self.consents.as_mut() {
             c.leave(ctx);
         }
@@ -423,11 +431,12 @@ impl Engine {
                     self.client.actors[*actor].request(&self.client.endpoint, now / 1000)
                 }
             };
-            match endpoint::send(host, request) {
+            match self
+                .calls
+                .send(host, Owner::Flight(key), "STS call sent again", request)
+            {
                 Ok(call) => self.flights.resent(&key, call),
-                Err(why) => {
-                    let msg = format!("STS call not dispatched again: {why}");
-                    host.log(LogLevel::Warn, &msg);
+                Err(_) => {
                     let v = self.outcomes.failure(host, &UNAVAILABLE);
                     let waiters = self.flights.take(&key).map(|l| l.waiters);
                     out.extend(waiters.into_iter().flatten().map(|w| (w.ctx, v.clone())));
@@ -435,7 +444,23 @@ impl Engine {
             }
         }
         self.memo.sweep(now);
-        for event in self.keys.tick(host, now) {
+        for tick in self.keys.tick(host, now) {
+            let event = match tick {
+                KeyTick::Event(event) => event,
+                KeyTick::Fetch(issuer) => {
+                    let request = self.keys.fetch_call(issuer).ok_or(NoRandomness);
+                    match self
+                        .calls
+                        .send(host, Owner::Keys(issuer), "key fetch", request)
+                    {
+                        Ok(call) => {
+                            self.keys.fetch_sent(issuer, call, now);
+                            continue;
+                        }
+                        Err(_) => self.keys.fetch_unsent(host, issuer, now),
+                    }
+                }
+            };
             out.extend(self.after_keys(host, event, now));
         }
         out.extend(self.consent_tick(host, now));
