@@ -221,6 +221,7 @@ impl RootContext for Root {
             .and_then(|config| Ok((config.summary(), Engine::new(config)?)));
         match loaded {
             Ok((summary, engine)) => {
+                engine.on_start(&host);
                 host.log(
                     LogLevel::Info,
                     &format!(

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::cache::CacheKey;
+use crate::token::Verified;
 
 /// What an STS call is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +44,21 @@ pub struct Exchange {
 pub struct Waiter {
     /// Its context.
     pub ctx: u32,
-    /// For an actor call: the exchange the request goes on with (profile, subject).
-    pub resume: Option<(usize, String)>,
+    /// For an actor call: the exchange the request goes on with.
+    pub resume: Option<Parked>,
+}
+
+/// A verified request parked at the exchange stage until the filter's actor token arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// Its exchange profile.
+    pub profile: usize,
+    /// Its subject token.
+    pub subject: String,
+    /// The exchange's cache key.
+    pub key: CacheKey,
+    /// The subject's verification, with trusted issuers.
+    pub verified: Option<Verified>,
 }
 
 /// A call that answered (or is given up): its key, job, waiters and start time.

@@ -164,7 +164,8 @@ impl Keys {
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
     /// `permits` says whether a `may_act` names this request's actor. With [`Check::Wait`], the
-    /// request (as `waiter` makes it) waits for a fetch of the issuer's keys.
+    /// request (as `waiter` makes it) waits for a fetch of the issuer's keys; without a
+    /// `waiter`, a token naming an unknown key is refused.
     #[allow(clippy::too_many_arguments)]
     pub fn check<H: Host>(
         &mut self,
@@ -174,7 +175,7 @@ impl Keys {
         key: &CacheKey,
         permits: &dyn Fn(&MayAct) -> bool,
         now: u64,
-        waiter: impl FnOnce() -> KeyWaiter,
+        waiter: Option<impl FnOnce() -> KeyWaiter>,
     ) -> Check {
         if let Some(v) = self.verified(key, now) {
             return Check::Valid(v);
@@ -206,9 +207,9 @@ impl Keys {
             // Fetches run every second until the first keys arrive.
             JwtCheck::NoKeys(_) => Check::NoKeys,
             JwtCheck::UnknownKey(i) => {
-                if !self.may_refetch(host, i, now) {
+                let Some(waiter) = waiter.filter(|_| self.may_refetch(host, i, now)) else {
                     return Check::Refused(JwtError::UnknownKey);
-                }
+                };
                 if let Some(state) = self.state.get_mut(i) {
                     state.unknown_kid = true;
                     self.waiting.insert(ctx, i);
@@ -263,11 +264,6 @@ impl Keys {
             self.verified.clear();
         }
         self.verified.insert(key, v);
-    }
-
-    /// Whether request `ctx` waits for keys.
-    pub fn is_waiting(&self, ctx: u32) -> bool {
-        self.waiting.contains_key(&ctx)
     }
 
     /// Forgets a request that ended (or must not wait again).

@@ -94,6 +94,17 @@ impl Consents {
         }
     }
 
+    /// Writes an empty value into every slot that was never written, so that each claim is a
+    /// compare-and-swap (run at start, before requests; slots already written stay as they are).
+    pub fn prepare<H: Host>(&self, host: &H) {
+        for slot in 0..self.slots {
+            let name = slot_name(slot);
+            if host.shared_get(&name).is_none() {
+                let _ = host.shared_set(&name, &[], None);
+            }
+        }
+    }
+
     /// A request needs the user's consent: it joins the consent for its key (here or in
     /// another worker), or claims a slot for it; the tick then wants the backchannel request.
     pub fn ask<H: Host>(&mut self, host: &H, a: Asking<'_>, now: u64) -> Ask {
@@ -165,6 +176,16 @@ impl Consents {
         cas: Option<u32>,
         now: u64,
     ) -> Option<Phase> {
+        // Shared data has no "create if absent": a slot that was never written gets an empty
+        // value first, so that the claim itself is always a compare-and-swap.
+        let cas = match cas {
+            Some(cas) => cas,
+            None => {
+                let name = slot_name(slot);
+                let _ = host.shared_set(&name, &[], None);
+                host.shared_get(&name)?.1
+            }
+        };
         let token = match self.ping {
             true => Some(notification_token(slot)?),
             false => None,
@@ -178,7 +199,7 @@ impl Consents {
             token_hash: token.as_deref().map(hash).unwrap_or_default(),
         };
         if host
-            .shared_set(&slot_name(slot), &claim.write(), cas)
+            .shared_set(&slot_name(slot), &claim.write(), Some(cas))
             .is_ok()
         {
             let outgoing = Want::Backchannel {

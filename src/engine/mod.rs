@@ -4,15 +4,15 @@
 //! [`Flights`] of STS calls — and come back as verdicts. Nothing here touches proxy-wasm: the
 //! host is reached through [`Host`].
 
-use crate::actor::{self, Actors};
+use crate::actor::Actors;
 use crate::cache::{CacheKey, Cached, SharedCache};
 use crate::client::{ActorSource, Client};
-use crate::config::{Config, ConfigError, Grant, RouteAction};
+use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
 use crate::credentials;
 use crate::endpoint::NoRandomness;
-use crate::flights::{self, Exchange, Flights, Job, Waiter};
-use crate::host::{Host, HttpAnswer, HttpCall, LogLevel, RequestHeaders};
+use crate::flights::{self, Exchange, Flights, Job};
+use crate::host::{Host, HttpAnswer, LogLevel, RequestHeaders};
 use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
@@ -22,9 +22,11 @@ use crate::sts::{self, StsFailure};
 use crate::token;
 use crate::verdict::Verdict;
 use calls::{Calls, Owner};
+use stages::Caller;
 
 mod calls;
 mod ciba;
+mod stages;
 mod subject;
 
 /// The per-worker filter state: the compiled configuration and the parts that own the rest.
@@ -82,6 +84,14 @@ impl Engine {
         })
     }
 
+    /// Work at start, on the root context before any request: the consents' claim slots exist
+    /// (so that claiming one is always a compare-and-swap).
+    pub fn on_start<H: Host>(&self, host: &H) {
+        if let Some(consents) = &self.consents {
+            consents.prepare(host);
+        }
+    }
+
     /// Decides what to do with a request whose headers just arrived.
     pub fn on_request<H, R>(&mut self, host: &H, ctx: u32, req: &R) -> Verdict
     where
@@ -117,183 +127,7 @@ impl Engine {
         };
         let now = host.now_ms();
         let at = Step::new(ctx, Some(ctx), profile, now);
-        self.proceed(host, at, subject.token(), actor.as_deref())
-    }
-
-    /// The request from the subject check on: worker memo, verification (with trusted issuers),
-    /// shared cache, then join or start an STS call. `actor` is the actor token when the request
-    /// has it already (from a header, or just fetched).
-    fn proceed<H: Host>(
-        &mut self,
-        host: &H,
-        at: Step,
-        subject: &str,
-        actor: Option<&str>,
-    ) -> Verdict {
-        let (ctx, profile, now) = (at.ctx, at.profile, at.now);
-        let p = &self.client.profiles[profile];
-        let header_actor = p.actor_header().and(actor);
-        if header_actor.is_none() {
-            let keys = &self.keys;
-            if let Some(hit) = self
-                .memo
-                .get(profile, subject, now, |v| keys.still_valid(v, now))
-            {
-                host.metric(Metric::CacheHits, 1);
-                token::log_debug(host, ctx, subject, "cache hit (worker)");
-                return self.outcomes.cached(host, hit, subject);
-            }
-        }
-        // Both spellings of an ES256 token share one entry.
-        let key = p.cache_key(&token::canonical(subject), header_actor);
-        let header_actor = header_actor.is_some();
-        let verified = if self.keys.enabled() {
-            match self.check_subject(host, at, subject, actor, &key) {
-                Ok(v) => Some(v),
-                Err(verdict) => return verdict,
-            }
-        } else {
-            None
-        };
-        let ciba = self.client.profiles[profile].grant == Grant::Ciba;
-        let consent = match ciba {
-            true => match self.consent_key(profile, subject) {
-                Some(k) => Some(k),
-                None => {
-                    return self
-                        .outcomes
-                        .invalid_token(host, "token names no user for consent")
-                }
-            },
-            false => None,
-        };
-        let key = consent.as_ref().map_or(key, |c| c.key);
-        if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
-            host.metric(Metric::CacheHits, 1);
-            token::log_debug(host, ctx, subject, "cache hit");
-            let verdict = self.outcomes.cached(host, &hit, subject);
-            if !header_actor {
-                self.memo
-                    .put(profile, subject, hit, expires_at, verified, now);
-            }
-            return verdict;
-        }
-        host.metric(Metric::CacheMisses, 1);
-        if let Some(consent) = consent {
-            let subject_exp = verified
-                .map(|v| v.exp)
-                .or_else(|| token::unverified_exp(subject));
-            return self.ask_consent(host, at, subject, consent, subject_exp);
-        }
-        if self
-            .flights
-            .join(&key, Waiter { ctx, resume: None })
-            .is_ok()
-        {
-            host.metric(Metric::Coalesced, 1);
-            token::log_debug(host, ctx, subject, "waits on the STS call in flight");
-            return Verdict::Pause;
-        }
-
-        let source = self.client.profiles[profile]
-            .actor
-            .as_ref()
-            .map(|a| &a.source);
-        let (actor_token, actor_until_ms) = match source {
-            None => (None, None),
-            Some(ActorSource::Header(_)) => (
-                actor.map(str::to_string),
-                actor::header_actor_until(actor, self.config.cache.expiry_skew_s),
-            ),
-            Some(ActorSource::ClientCredentials(ai)) => {
-                let a = &self.client.actors[*ai];
-                match self.actors.token_for(host, a, actor, now) {
-                    Some((t, until)) => (Some(t), Some(until)),
-                    None => return self.park_for_actor(host, at, subject, *ai),
-                }
-            }
-        };
-        let p = &self.client.profiles[profile];
-        let client_id = self.client.endpoint.client_id();
-        let actor_sub = p.actor_sub(actor_token.as_deref(), client_id);
-        let request = p.request(
-            &self.client.endpoint,
-            subject,
-            actor_token.as_deref(),
-            now / 1000,
-        );
-        let call = match self.send(host, ctx, key, "STS call", request) {
-            Ok(call) => call,
-            Err(verdict) => return verdict,
-        };
-        token::log_debug(host, ctx, subject, &format!("cache miss, STS call {call}"));
-        let job = Job::Exchange(Exchange {
-            profile,
-            subject: subject.to_string(),
-            subject_exp: verified
-                .map(|v| v.exp)
-                .or_else(|| token::unverified_exp(subject)),
-            actor_token,
-            actor_until_ms,
-            actor_sub,
-            rememberable: !header_actor,
-        });
-        self.flights.start(
-            key,
-            call,
-            at.carrier,
-            now,
-            Waiter { ctx, resume: None },
-            job,
-        );
-        Verdict::Pause
-    }
-
-    /// Parks a request until the filter's actor token arrives; one call per actor at a time.
-    fn park_for_actor<H: Host>(
-        &mut self,
-        host: &H,
-        at: Step,
-        subject: &str,
-        actor: usize,
-    ) -> Verdict {
-        let key = self.client.actors[actor].key;
-        let waiter = Waiter {
-            ctx: at.ctx,
-            resume: Some((at.profile, subject.to_string())),
-        };
-        let Err(waiter) = self.flights.join(&key, waiter) else {
-            return Verdict::Pause;
-        };
-        let request = self.client.actors[actor].request(&self.client.endpoint, at.now / 1000);
-        let call = match self.send(host, at.ctx, key, "actor token call", request) {
-            Ok(call) => call,
-            Err(verdict) => return verdict,
-        };
-        if host.debug_enabled() {
-            let msg = format!("ctx={} fetches the actor token, STS call {call}", at.ctx);
-            host.log(LogLevel::Debug, &msg);
-        }
-        let job = Job::Actor { actor };
-        self.flights
-            .start(key, call, at.carrier, at.now, waiter, job);
-        Verdict::Pause
-    }
-
-    /// Sends a freshly built call of the flight for `key`; when it cannot be sent, the
-    /// request's verdict is the outage answer.
-    fn send<H: Host>(
-        &mut self,
-        host: &H,
-        ctx: u32,
-        key: CacheKey,
-        what: &str,
-        request: Result<HttpCall, NoRandomness>,
-    ) -> Result<u32, Verdict> {
-        let what = format!("ctx={ctx} {what}");
-        self.calls
-            .send(host, Owner::Flight(key), &what, request)
-            .map_err(|_| self.outcomes.failure(host, &UNAVAILABLE))
+        self.authorize(host, at, subject.token(), actor.as_deref())
     }
 
     /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
@@ -335,11 +169,12 @@ impl Engine {
                     Ok(token) => {
                         let mut out = Vec::with_capacity(landed.waiters.len());
                         for w in landed.waiters {
-                            let Some((profile, subject)) = w.resume else {
+                            let Some(parked) = w.resume else {
                                 continue;
                             };
-                            let at = Step::new(w.ctx, receiver, profile, now);
-                            out.push((w.ctx, self.proceed(host, at, &subject, Some(&token))));
+                            let at = Step::new(w.ctx, receiver, parked.profile, now);
+                            let v = self.exchange(host, at, Caller::resumed(&parked), Some(&token));
+                            out.push((w.ctx, v));
                         }
                         out
                     }

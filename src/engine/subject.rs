@@ -5,7 +5,6 @@ use super::{Engine, Step};
 use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
 use crate::keys::{ActorCheck, Check, KeyEvent, KeyWaiter};
-use crate::refusal::JwtError;
 use crate::token::{MayAct, Verified};
 use crate::verdict::Verdict;
 
@@ -19,6 +18,7 @@ impl Engine {
         subject: &str,
         actor: Option<&str>,
         key: &CacheKey,
+        may_wait: bool,
     ) -> Result<Verified, Verdict> {
         let p = &self.client.profiles[at.profile];
         if let (Some(actor), Some(_)) = (actor, p.actor_header()) {
@@ -40,10 +40,15 @@ impl Engine {
             actor: actor.map(str::to_string),
             since_ms: at.now,
         };
-        match self
-            .keys
-            .check(host, at.ctx, subject, key, &permits, at.now, waiter)
-        {
+        match self.keys.check(
+            host,
+            at.ctx,
+            subject,
+            key,
+            &permits,
+            at.now,
+            may_wait.then_some(waiter),
+        ) {
             Check::Valid(v) if v.may_act_ok || !enforce => Ok(v),
             Check::Valid(_) => Err(self.outcomes.actor_not_allowed(host, at.ctx)),
             Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
@@ -74,17 +79,10 @@ impl Engine {
                             format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx);
                         host.log(LogLevel::Debug, &msg);
                     }
+                    // Back at the trust stage; a token still naming an unknown key is refused
+                    // now: it does not wait again.
                     let at = Step::new(w.ctx, None, w.profile, now);
-                    let v = match self.proceed(host, at, &w.subject, w.actor.as_deref()) {
-                        // A token still naming an unknown key is refused now; it must not wait
-                        // again.
-                        Verdict::Pause if self.keys.is_waiting(w.ctx) => {
-                            self.keys.leave(w.ctx);
-                            let e = JwtError::UnknownKey;
-                            self.outcomes.refused_jwt(host, w.ctx, &w.subject, e)
-                        }
-                        v => v,
-                    };
+                    let v = self.trust(host, at, &w.subject, w.actor.as_deref(), false);
                     out.push((w.ctx, v));
                 }
                 out

@@ -309,6 +309,38 @@ mod consents {
     }
 
     #[test]
+    fn every_claim_is_a_compare_and_swap_even_on_a_slot_never_written() {
+        let h = FakeHost::at(NOW);
+        let cfg = r#""login_hint":"login_hint_token","wait_s":60"#;
+        let slots = r#","cache":{"max_entries":8}"#;
+        let (mut a, b) = (engine(cfg, slots), engine(cfg, slots));
+        a.on_start(&h);
+        b.on_start(&h);
+        let written = |h: &FakeHost| {
+            let shared = h.shared.borrow();
+            shared
+                .keys()
+                .filter(|k| k.starts_with("token_exchange.ciba."))
+                .count()
+        };
+        assert_eq!(written(&h), 8, "every slot exists before the first request");
+        // A worker whose view of a slot is stale loses the race instead of overwriting.
+        let before: Vec<_> = h.shared.borrow().values().map(|(_, v)| *v).collect();
+        assert_eq!(ask(&mut a, &h, 1, "t"), Verdict::Pause);
+        let after: Vec<_> = h.shared.borrow().values().map(|(_, v)| *v).collect();
+        assert_ne!(before, after, "the claim bumped a slot's version");
+        let h2 = FakeHost::at(NOW);
+        let mut c = engine(cfg, slots);
+        assert_eq!(
+            ask(&mut c, &h2, 1, "t"),
+            Verdict::Pause,
+            "an unprepared slot is claimed too"
+        );
+        tick(&mut c, &h2, 0);
+        assert_eq!(h2.calls_to("sts").len(), 1);
+    }
+
+    #[test]
     fn polls_are_counted_as_sts_calls_and_a_failed_poll_dispatch_as_an_error() {
         let h = FakeHost::at(NOW);
         let mut e = poll_engine();

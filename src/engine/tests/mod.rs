@@ -4,7 +4,7 @@
 //! engine from a configuration and drive one exchange.
 
 use super::*;
-use crate::host::FakeHost;
+use crate::host::{FakeHost, HttpCall};
 use crate::refusal::JwtError;
 use crate::verdict::HeaderOp;
 

@@ -1,0 +1,241 @@
+//! The stages of a request after its route and credentials: `authorize` (the worker memo, then
+//! trust: the subject verified against the trusted issuers) and `exchange` (the shared cache, a
+//! consent, single flight, the actor token, the STS call). A request that must wait parks at
+//! its stage with what that stage needs, and resumes there: after keys at `trust`, after the
+//! filter's actor token at `exchange`.
+
+use super::calls::Owner;
+use super::{Engine, Step, UNAVAILABLE};
+use crate::actor;
+use crate::cache::CacheKey;
+use crate::client::ActorSource;
+use crate::config::Grant;
+use crate::endpoint::NoRandomness;
+use crate::flights::{Exchange, Job, Parked, Waiter};
+use crate::host::{Host, HttpCall, LogLevel};
+use crate::metrics::Metric;
+use crate::token::{self, Verified};
+use crate::verdict::Verdict;
+
+/// What a request brings to the exchange stage: its subject, a header actor token, and what
+/// the trust stage found (the cache key, the verification).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caller<'a> {
+    subject: &'a str,
+    header_actor: Option<&'a str>,
+    key: CacheKey,
+    verified: Option<Verified>,
+}
+
+impl<'a> Caller<'a> {
+    /// A request parked for the filter's actor token, as it resumes.
+    pub(super) fn resumed(parked: &'a Parked) -> Self {
+        Caller {
+            subject: &parked.subject,
+            header_actor: None,
+            key: parked.key,
+            verified: parked.verified,
+        }
+    }
+}
+
+impl Engine {
+    /// The memo and trust stages: a hot token is answered from the worker memo; otherwise the
+    /// subject is verified (with trusted issuers; it may park for keys) and goes on to the
+    /// exchange stage.
+    pub(super) fn authorize<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        subject: &str,
+        header_actor: Option<&str>,
+    ) -> Verdict {
+        if header_actor.is_none() {
+            let (keys, now) = (&self.keys, at.now);
+            if let Some(hit) = self
+                .memo
+                .get(at.profile, subject, now, |v| keys.still_valid(v, now))
+            {
+                host.metric(Metric::CacheHits, 1);
+                token::log_debug(host, at.ctx, subject, "cache hit (worker)");
+                return self.outcomes.cached(host, hit, subject);
+            }
+        }
+        self.trust(host, at, subject, header_actor, true)
+    }
+
+    /// The trust stage: verifies the subject (once per token and key set), then the exchange.
+    /// With `may_wait`, a token naming an unknown key parks here for a fetch of the issuer's
+    /// keys; a request resuming from that wait is refused instead of parking again.
+    pub(super) fn trust<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        subject: &str,
+        header_actor: Option<&str>,
+        may_wait: bool,
+    ) -> Verdict {
+        let p = &self.client.profiles[at.profile];
+        // Both spellings of an ES256 token share one entry.
+        let key = p.cache_key(&token::canonical(subject), header_actor);
+        let verified = if self.keys.enabled() {
+            match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
+                Ok(v) => Some(v),
+                Err(verdict) => return verdict,
+            }
+        } else {
+            None
+        };
+        let caller = Caller {
+            subject,
+            header_actor,
+            key,
+            verified,
+        };
+        self.exchange(host, at, caller, None)
+    }
+
+    /// The exchange stage: the shared cache, then the user's consent (CIBA) or one STS call per
+    /// key (joined by concurrent misses). `fetched_actor` is the filter's actor token when the
+    /// request resumes with it.
+    pub(super) fn exchange<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        caller: Caller<'_>,
+        fetched_actor: Option<&str>,
+    ) -> Verdict {
+        let (ctx, profile, now) = (at.ctx, at.profile, at.now);
+        let Caller {
+            subject,
+            header_actor,
+            verified,
+            ..
+        } = caller;
+        let consent = match self.client.profiles[profile].grant == Grant::Ciba {
+            true => match self.consent_key(profile, subject) {
+                Some(k) => Some(k),
+                None => {
+                    return self
+                        .outcomes
+                        .invalid_token(host, "token names no user for consent")
+                }
+            },
+            false => None,
+        };
+        let key = consent.as_ref().map_or(caller.key, |c| c.key);
+        if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
+            host.metric(Metric::CacheHits, 1);
+            token::log_debug(host, ctx, subject, "cache hit");
+            let verdict = self.outcomes.cached(host, &hit, subject);
+            if header_actor.is_none() {
+                self.memo
+                    .put(profile, subject, hit, expires_at, verified, now);
+            }
+            return verdict;
+        }
+        host.metric(Metric::CacheMisses, 1);
+        let subject_exp = verified
+            .map(|v| v.exp)
+            .or_else(|| token::unverified_exp(subject));
+        if let Some(consent) = consent {
+            return self.ask_consent(host, at, subject, consent, subject_exp);
+        }
+        let waiter = Waiter { ctx, resume: None };
+        if self.flights.join(&key, waiter).is_ok() {
+            host.metric(Metric::Coalesced, 1);
+            token::log_debug(host, ctx, subject, "waits on the STS call in flight");
+            return Verdict::Pause;
+        }
+        let p = &self.client.profiles[profile];
+        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
+            None => (None, None),
+            Some(ActorSource::Header(_)) => (
+                header_actor.map(str::to_string),
+                actor::header_actor_until(header_actor, self.config.cache.expiry_skew_s),
+            ),
+            Some(ActorSource::ClientCredentials(ai)) => {
+                let a = &self.client.actors[*ai];
+                match self.actors.token_for(host, a, fetched_actor, now) {
+                    Some((t, until)) => (Some(t), Some(until)),
+                    None => return self.park_for_actor(host, at, caller, *ai),
+                }
+            }
+        };
+        let client_id = self.client.endpoint.client_id();
+        let actor_sub = p.actor_sub(actor_token.as_deref(), client_id);
+        let endpoint = &self.client.endpoint;
+        let request = p.request(endpoint, subject, actor_token.as_deref(), now / 1000);
+        let call = match self.send(host, ctx, key, "STS call", request) {
+            Ok(call) => call,
+            Err(verdict) => return verdict,
+        };
+        token::log_debug(host, ctx, subject, &format!("cache miss, STS call {call}"));
+        let job = Job::Exchange(Exchange {
+            profile,
+            subject: subject.to_string(),
+            subject_exp,
+            actor_token,
+            actor_until_ms,
+            actor_sub,
+            rememberable: header_actor.is_none(),
+        });
+        let waiter = Waiter { ctx, resume: None };
+        self.flights.start(key, call, at.carrier, now, waiter, job);
+        Verdict::Pause
+    }
+
+    /// Parks a request at the exchange stage until the filter's actor token arrives; one call
+    /// per actor at a time.
+    fn park_for_actor<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        caller: Caller<'_>,
+        actor: usize,
+    ) -> Verdict {
+        let key = self.client.actors[actor].key;
+        let parked = Parked {
+            profile: at.profile,
+            subject: caller.subject.to_string(),
+            key: caller.key,
+            verified: caller.verified,
+        };
+        let waiter = Waiter {
+            ctx: at.ctx,
+            resume: Some(parked),
+        };
+        let Err(waiter) = self.flights.join(&key, waiter) else {
+            return Verdict::Pause;
+        };
+        let request = self.client.actors[actor].request(&self.client.endpoint, at.now / 1000);
+        let call = match self.send(host, at.ctx, key, "actor token call", request) {
+            Ok(call) => call,
+            Err(verdict) => return verdict,
+        };
+        if host.debug_enabled() {
+            let msg = format!("ctx={} fetches the actor token, STS call {call}", at.ctx);
+            host.log(LogLevel::Debug, &msg);
+        }
+        let job = Job::Actor { actor };
+        self.flights
+            .start(key, call, at.carrier, at.now, waiter, job);
+        Verdict::Pause
+    }
+
+    /// Sends a freshly built call of the flight for `key`; when it cannot be sent, the
+    /// request's verdict is the outage answer.
+    fn send<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        key: CacheKey,
+        what: &str,
+        request: Result<HttpCall, NoRandomness>,
+    ) -> Result<u32, Verdict> {
+        let what = format!("ctx={ctx} {what}");
+        self.calls
+            .send(host, Owner::Flight(key), &what, request)
+            .map_err(|_| self.outcomes.failure(host, &UNAVAILABLE))
+    }
+}
