@@ -82,6 +82,8 @@ lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
 	cargo clippy --target $(TARGET) --lib --no-default-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items --target $(TARGET)
 
 REFERENCE := bench/reference/target/$(TARGET)/release/reference.wasm
 # The reference modules (no-op, path read, minimal hit) the filter is measured against.

@@ -1,7 +1,7 @@
 //! The exchange cache in proxy-wasm shared data: a fixed table of slots (shared data has no
 //! delete, so memory stays bounded), the entry encoding, and the lifetime rule.
 //!
-//! A key is the SHA-256 of everything that shapes a minted token ([`crate::sts::ExchangeProfile::cache_key`]).
+//! A key is the SHA-256 of everything that shapes a minted token ([`crate::client::ExchangeProfile::cache_key`]).
 //! Its first eight bytes pick the slot; the entry stores the whole key, so an entry is served only
 //! for the exact exchange it was made for, and a collision of slots merely evicts.
 

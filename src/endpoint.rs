@@ -123,6 +123,7 @@ impl Endpoint {
     }
 
     /// The client authentication in use.
+    #[cfg(test)]
     pub fn auth(&self) -> &ClientAuth {
         &self.auth
     }

@@ -70,8 +70,6 @@ pub struct Landed {
     pub job: Job,
     /// Who waited, in arrival order.
     pub waiters: Vec<Waiter>,
-    /// When the call was first sent (ms).
-    pub started_ms: u64,
 }
 
 struct Flight {
@@ -79,7 +77,6 @@ struct Flight {
     call: Option<u32>,
     /// The context whose callout it is; `None` for the root.
     carrier: Option<u32>,
-    started_ms: u64,
     waiters: Vec<Waiter>,
     job: Job,
 }
@@ -114,7 +111,6 @@ impl Flights {
         key: CacheKey,
         call: u32,
         carrier: Option<u32>,
-        now_ms: u64,
         waiter: Waiter,
         job: Job,
     ) {
@@ -124,7 +120,6 @@ impl Flights {
             Flight {
                 call: Some(call),
                 carrier,
-                started_ms: now_ms,
                 waiters: vec![waiter],
                 job,
             },
@@ -153,7 +148,6 @@ impl Flights {
             key: *key,
             job: flight.job,
             waiters: flight.waiters,
-            started_ms: flight.started_ms,
         })
     }
 
@@ -217,12 +211,11 @@ mod tests {
     fn waiters_join_one_call_and_land_together() {
         let mut f = Flights::default();
         assert!(f.join(&K, waiter(1)).is_err());
-        f.start(K, 10, Some(1), 5, waiter(1), JOB);
+        f.start(K, 10, Some(1), waiter(1), JOB);
         assert!(f.join(&K, waiter(2)).is_ok());
         assert!(f.land(&K, 99).is_none());
         let landed = f.land(&K, 10).unwrap();
         assert_eq!(landed.waiters, vec![waiter(1), waiter(2)]);
-        assert_eq!(landed.started_ms, 5);
         assert!(f.land(&K, 10).is_none(), "a flight lands once");
         assert!(f.join(&K, waiter(3)).is_err(), "and is gone");
     }
@@ -230,7 +223,7 @@ mod tests {
     #[test]
     fn a_lost_carrier_leaves_an_orphan_for_whoever_still_waits() {
         let mut f = Flights::default();
-        f.start(K, 10, Some(1), 0, waiter(1), JOB);
+        f.start(K, 10, Some(1), waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
         assert_eq!(
             f.leave(1),
@@ -250,13 +243,13 @@ mod tests {
     #[test]
     fn an_orphan_nobody_waits_for_is_dropped() {
         let mut f = Flights::default();
-        f.start(K, 10, Some(1), 0, waiter(1), JOB);
+        f.start(K, 10, Some(1), waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
         f.leave(1);
         f.leave(2);
         assert!(f.orphans().is_empty());
         // Also when the carrier is the last to go.
-        f.start(K, 12, Some(3), 0, waiter(3), JOB);
+        f.start(K, 12, Some(3), waiter(3), JOB);
         f.leave(3);
         assert!(f.orphans().is_empty());
         assert!(f.join(&K, waiter(4)).is_err());
@@ -265,7 +258,7 @@ mod tests {
     #[test]
     fn a_waiter_that_leaves_gets_nothing() {
         let mut f = Flights::default();
-        f.start(K, 10, None, 0, waiter(1), JOB);
+        f.start(K, 10, None, waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
         f.leave(2);
         assert_eq!(f.land(&K, 10).unwrap().waiters, vec![waiter(1)]);

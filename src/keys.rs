@@ -11,8 +11,8 @@ use crate::cache::CacheKey;
 use crate::config::{ConfigError, KeySource, TrustedIssuer};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
 use crate::jwks::{KeySet, Schedule};
+use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
-use crate::refusal::JwtError;
 use crate::token::{self, JwtCheck, MayAct, Verified};
 
 /// Verified subject tokens remembered per worker before the record is cleared.

@@ -126,6 +126,7 @@ impl Memo {
     }
 
     /// How many bytes the memo holds, as it counts them.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -1,6 +1,6 @@
 //! The filter's Envoy stats: every name is defined here once, under the `token_exchange.` prefix.
 
-use crate::refusal::JwtError;
+use crate::jwt_error::JwtError;
 
 /// Whether a metric counts events or records values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

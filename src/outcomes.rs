@@ -3,11 +3,11 @@
 //! policy. Counts a rejection wherever it answers one.
 
 use crate::cache::Cached;
+use crate::caller::NoToken;
 use crate::config::{Config, OnMissingToken, OnStsUnavailable};
-use crate::credentials::NoToken;
 use crate::host::{Host, LogLevel};
+use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
-use crate::refusal::JwtError;
 use crate::reply::LocalReply;
 use crate::sts::StsFailure;
 use crate::token;
@@ -61,11 +61,6 @@ impl Outcomes {
             fail_open: config.on_sts_unavailable == OnStsUnavailable::Allow,
             allow_missing: config.on_missing_token == OnMissingToken::Allow,
         }
-    }
-
-    /// The realm of the challenges.
-    pub fn realm(&self) -> &str {
-        &self.realm
     }
 
     /// A request the filter lets through without exchanging (bypass, allowed missing token).

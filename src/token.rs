@@ -23,7 +23,7 @@ use crate::config::JwsAlg;
 use crate::config::TrustedIssuer;
 use crate::host::{Host, LogLevel};
 use crate::jwks::{KeySet, Lookup, PublicKey};
-use crate::refusal::JwtError;
+use crate::jwt_error::JwtError;
 
 /// What the subject header held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use token_exchange_wasm::config::SubjectTokenConfig;
-use token_exchange_wasm::credentials;
+use token_exchange_wasm::caller;
 use token_exchange_wasm::host::{parse_map, single_of, text, RequestHeaders, Unusable};
 
 /// A request whose headers are the given (name, value bytes) pairs.
@@ -35,13 +35,13 @@ fuzz_target!(|data: &[u8]| {
     };
     // The bytes as a host's serialized map.
     if let Some(pairs) = parse_map(data) {
-        let _ = credentials::subject(&Bytes(pairs.clone()), &rules("authorization"));
-        let _ = credentials::subject(&Bytes(pairs), &rules("x-token"));
+        let _ = caller::subject(&Bytes(pairs.clone()), &rules("authorization"));
+        let _ = caller::subject(&Bytes(pairs), &rules("x-token"));
     }
     // The bytes as one header value.
     let one = Bytes(vec![(&b"authorization"[..], data), (&b"cookie"[..], data)]);
     assert_eq!(text(data.to_vec()).is_ok(), std::str::from_utf8(data).is_ok());
-    if let Ok(s) = credentials::subject(&one, &rules("authorization")) {
+    if let Ok(s) = caller::subject(&one, &rules("authorization")) {
         let value = std::str::from_utf8(data).expect("a subject comes only from text");
         assert!(value.contains(s.token()));
     }

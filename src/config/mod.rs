@@ -1,7 +1,7 @@
 //! The configuration contract: the plugin's JSON, validated into plain data ([`Config`]) that the
 //! rest of the filter compiles what it needs from. This module imports nothing of the crate.
 //!
-//! [`raw`] is the serde shape, [`validate`] every rule of the contract.
+//! `raw` is the serde shape, `validate` every rule of the contract.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -360,7 +360,7 @@ pub struct RouteMatch {
 pub enum RouteAction {
     /// Leave the request alone.
     Bypass,
-    /// Exchange with the profile at this index of [`Config::profiles`].
+    /// Exchange with the profile at this index of [`Config::exchanges`].
     Exchange(usize),
 }
 

@@ -15,37 +15,31 @@ pub struct ConsentWaiter {
     pub deadline_ms: u64,
 }
 
-/// What became of a consent, or of requests waiting for one.
+/// What became of a consent (named by its key), or of requests waiting for one; each event
+/// carries the waiters it ends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConsentEvent {
     /// The user approved: the token, for the cache and the waiters.
     Approved {
-        /// The consent's key.
         key: CacheKey,
         /// The minted token.
         minted: Minted,
         /// The subject's `exp`, capping the cache lifetime.
         subject_exp: Option<u64>,
-        /// Who waited.
         waiters: Vec<ConsentWaiter>,
     },
     /// The user said no, the request lapsed, or the STS refused: remembered when it is a
     /// rejection, then the error table.
     Refused {
-        /// The consent's key.
         key: CacheKey,
-        /// Why.
         failure: StsFailure,
         /// The subject's `exp`, capping how long a rejection is remembered.
         subject_exp: Option<u64>,
-        /// Who waited.
         waiters: Vec<ConsentWaiter>,
     },
     /// Another worker's consent ended: the waiters find its outcome in the cache.
     Settled {
-        /// The consent's key.
         key: CacheKey,
-        /// Who waited.
         waiters: Vec<ConsentWaiter>,
     },
     /// These waited `wait_s` in vain: 503 with `retry-after`; the consent goes on.

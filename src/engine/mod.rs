@@ -6,10 +6,10 @@
 
 use crate::actor::Actors;
 use crate::cache::{CacheKey, Cached, SharedCache};
+use crate::caller;
 use crate::client::{ActorSource, Client};
 use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
-use crate::credentials;
 use crate::endpoint::NoRandomness;
 use crate::flights::{self, Exchange, Flights, Job};
 use crate::host::{Host, HttpAnswer, LogLevel, RequestHeaders};
@@ -27,7 +27,7 @@ use stages::Caller;
 mod calls;
 mod ciba;
 mod stages;
-mod subject;
+mod trust;
 
 /// The per-worker filter state: the compiled configuration and the parts that own the rest.
 pub struct Engine {
@@ -110,12 +110,12 @@ impl Engine {
             RouteAction::Exchange(p) => p,
         };
         let rules = &self.config.subject_token;
-        let subject = match credentials::subject(req, rules) {
+        let subject = match caller::subject(req, rules) {
             Ok(s) => s,
             Err(why) => return self.outcomes.no_token(host, ctx, why),
         };
         let actor = match self.client.profiles[profile].actor_header() {
-            Some(name) => match credentials::actor(req, name, rules.max_bytes) {
+            Some(name) => match caller::actor(req, name, rules.max_bytes) {
                 Some(t) => Some(t),
                 None => {
                     return self

@@ -181,7 +181,7 @@ impl Engine {
             rememberable: header_actor.is_none(),
         });
         let waiter = Waiter { ctx, resume: None };
-        self.flights.start(key, call, at.carrier, now, waiter, job);
+        self.flights.start(key, call, at.carrier, waiter, job);
         Verdict::Pause
     }
 
@@ -218,8 +218,7 @@ impl Engine {
             host.log(LogLevel::Debug, &msg);
         }
         let job = Job::Actor { actor };
-        self.flights
-            .start(key, call, at.carrier, at.now, waiter, job);
+        self.flights.start(key, call, at.carrier, waiter, job);
         Verdict::Pause
     }
 

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::host::{FakeHost, HttpCall};
-use crate::refusal::JwtError;
+use crate::jwt_error::JwtError;
 use crate::verdict::HeaderOp;
 
 mod ciba;
