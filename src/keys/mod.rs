@@ -5,18 +5,19 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
 use crate::cache::CacheKey;
 use crate::config::{ConfigError, KeySource, TrustedIssuer};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
-use crate::jwks::{KeySet, Schedule};
+use crate::jwks::KeySet;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
 use crate::token::{self, JwtCheck, MayAct, Verified};
 
-/// Verified subject tokens remembered per worker before the record is cleared.
-const MAX_VERIFIED: usize = 10_000;
+mod fetch;
+mod verified;
+
+use fetch::{encode_attempt, in_progress, read_attempt, split_stamp, RemoteKeys};
+use verified::{actor_key, VerifiedTokens};
 
 /// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,18 +78,6 @@ pub enum ActorCheck {
     NoKeys,
 }
 
-/// A remote key set: how to fetch it and where workers share it.
-struct RemoteKeys {
-    call: HttpCall,
-    schedule: Schedule,
-    /// Shared-data key of the last good set: fetch time (8 bytes) + the JWKS document.
-    keys_slot: String,
-    /// Shared-data key of the last fetch attempt by any worker: start time (8 bytes) + failed.
-    attempt_slot: String,
-    /// This worker's fetch in flight and when it started.
-    fetching: Option<(u32, u64)>,
-}
-
 /// One trusted issuer's keys as this worker sees them.
 struct IssuerState {
     remote: Option<RemoteKeys>,
@@ -100,21 +89,13 @@ struct IssuerState {
     waiters: Vec<KeyWaiter>,
 }
 
-/// The last fetch attempt any worker made for one issuer.
-#[derive(Clone, Copy, Default)]
-struct Attempt {
-    at: Option<u64>,
-    failed: bool,
-    cas: Option<u32>,
-}
-
 /// The trusted issuers' keys of one worker.
 pub struct Keys {
     issuers: Vec<TrustedIssuer>,
     state: Vec<IssuerState>,
     /// Waiting requests: context → issuer.
     waiting: HashMap<u32, usize>,
-    verified: HashMap<CacheKey, Verified>,
+    verified: VerifiedTokens,
 }
 
 impl Keys {
@@ -137,7 +118,7 @@ impl Keys {
             issuers: issuers.to_vec(),
             state,
             waiting: HashMap::new(),
-            verified: HashMap::new(),
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -156,10 +137,7 @@ impl Keys {
 
     /// The verification remembered for cache key `key`, if it still holds.
     pub fn verified(&self, key: &CacheKey, now_ms: u64) -> Option<Verified> {
-        self.verified
-            .get(key)
-            .copied()
-            .filter(|v| self.still_valid(v, now_ms))
+        self.verified.get(key, |v| self.still_valid(v, now_ms))
     }
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
@@ -200,7 +178,7 @@ impl Keys {
                     exp,
                     may_act_ok: permits(&may_act),
                 };
-                self.remember(*key, v);
+                self.verified.remember(*key, v);
                 Check::Valid(v)
             }
             JwtCheck::Invalid(e) => Check::Refused(e),
@@ -224,11 +202,7 @@ impl Keys {
     /// Checks a header actor token: a JWT naming a trusted issuer is verified like a subject
     /// (once per token and key set, with the keys at hand: an unknown `kid` is refused).
     pub fn check_actor(&mut self, actor: &str, now: u64) -> ActorCheck {
-        let key: CacheKey = Sha256::new()
-            .chain_update(b"actor\n")
-            .chain_update(actor)
-            .finalize()
-            .into();
+        let key = actor_key(actor);
         if self.verified(&key, now).is_some() {
             return ActorCheck::Verified;
         }
@@ -242,7 +216,7 @@ impl Keys {
             JwtCheck::Valid { issuer, exp, .. } => {
                 let version = self.state.get(issuer).map_or(0, |s| s.version);
                 let may_act_ok = true;
-                self.remember(
+                self.verified.remember(
                     key,
                     Verified {
                         issuer,
@@ -257,13 +231,6 @@ impl Keys {
             JwtCheck::UnknownKey(_) => ActorCheck::Refused(JwtError::UnknownKey),
             JwtCheck::NoKeys(_) => ActorCheck::NoKeys,
         }
-    }
-
-    fn remember(&mut self, key: CacheKey, v: Verified) {
-        if self.verified.len() >= MAX_VERIFIED {
-            self.verified.clear();
-        }
-        self.verified.insert(key, v);
     }
 
     /// Forgets a request that ended (or must not wait again).
@@ -442,15 +409,6 @@ impl Keys {
     }
 }
 
-/// Another worker's fetch of newer keys started and has not timed out.
-fn in_progress(attempt: &Attempt, version: u64, remote: &RemoteKeys, now: u64) -> bool {
-    attempt.at.is_some_and(|at| {
-        !attempt.failed
-            && at > version
-            && now.saturating_sub(at) <= remote.call.timeout_ms.saturating_add(1000)
-    })
-}
-
 /// The per-worker state of one trusted issuer.
 fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
     let state = |remote, keys| IssuerState {
@@ -466,64 +424,8 @@ fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
             Ok(state(None, Some(set)))
         }
         KeySource::Remote(uri) => {
-            let mut h = Sha256::new();
-            for part in [&t.issuer, &uri.cluster, &uri.authority, &uri.path] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part.as_bytes());
-            }
-            let tag: String = h.finalize()[..6]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let remote = RemoteKeys {
-                call: HttpCall {
-                    cluster: uri.cluster.clone(),
-                    headers: vec![
-                        (":method".into(), "GET".into()),
-                        (":path".into(), uri.path.clone()),
-                        (":authority".into(), uri.authority.clone()),
-                        ("accept".into(), "application/json".into()),
-                    ],
-                    body: String::new(),
-                    timeout_ms: uri.timeout_ms,
-                },
-                schedule: Schedule {
-                    refresh_ms: uri.refresh_s * 1000,
-                },
-                keys_slot: format!("token_exchange.jwks.{tag}"),
-                attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
-                fetching: None,
-            };
+            let remote = RemoteKeys::new(&t.issuer, uri);
             Ok(state(Some(remote), None))
         }
     }
-}
-
-fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
-    let mut v = at.to_be_bytes().to_vec();
-    v.push(u8::from(failed));
-    v
-}
-
-fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
-    match host.shared_get(slot) {
-        Some((bytes, cas)) => match split_stamp(&bytes) {
-            Some((at, rest)) => Attempt {
-                at: Some(at),
-                failed: rest.first() == Some(&1),
-                cas: Some(cas),
-            },
-            None => Attempt {
-                cas: Some(cas),
-                ..Attempt::default()
-            },
-        },
-        None => Attempt::default(),
-    }
-}
-
-/// Splits an 8-byte big-endian time stamp off the front of a shared-data value.
-fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let (stamp, rest) = bytes.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*stamp), rest))
 }

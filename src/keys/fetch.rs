@@ -1,0 +1,170 @@
+//! Fetching an issuer's keys: the call, the shared-data slots where workers share the last
+//! good set and the last attempt (so that one worker fetches at a time), and whether another
+//! worker's fetch is still running.
+
+use crate::config::JwksUri;
+use crate::endpoint::feed;
+use crate::host::{Host, HttpCall};
+use crate::jwks::Schedule;
+use sha2::{Digest, Sha256};
+
+/// A remote key set: how to fetch it and where workers share it.
+pub(super) struct RemoteKeys {
+    pub(super) call: HttpCall,
+    pub(super) schedule: Schedule,
+    /// Shared-data key of the last good set: fetch time (8 bytes) + the JWKS document.
+    pub(super) keys_slot: String,
+    /// Shared-data key of the last fetch attempt by any worker: start time (8 bytes) + failed.
+    pub(super) attempt_slot: String,
+    /// This worker's fetch in flight and when it started.
+    pub(super) fetching: Option<(u32, u64)>,
+}
+
+impl RemoteKeys {
+    /// How `issuer`'s keys are fetched from `uri`; the slots are named by a hash of where.
+    pub(super) fn new(issuer: &str, uri: &JwksUri) -> Self {
+        let mut h = Sha256::new();
+        for part in [issuer, &uri.cluster, &uri.authority, &uri.path] {
+            feed(&mut h, part);
+        }
+        let tag: String = h.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        RemoteKeys {
+            call: HttpCall {
+                cluster: uri.cluster.clone(),
+                headers: vec![
+                    (":method".into(), "GET".into()),
+                    (":path".into(), uri.path.clone()),
+                    (":authority".into(), uri.authority.clone()),
+                    ("accept".into(), "application/json".into()),
+                ],
+                body: String::new(),
+                timeout_ms: uri.timeout_ms,
+            },
+            schedule: Schedule {
+                refresh_ms: uri.refresh_s * 1000,
+            },
+            keys_slot: format!("token_exchange.jwks.{tag}"),
+            attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
+            fetching: None,
+        }
+    }
+}
+
+/// The last fetch attempt any worker made for one issuer.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Attempt {
+    pub(super) at: Option<u64>,
+    pub(super) failed: bool,
+    pub(super) cas: Option<u32>,
+}
+
+/// Another worker's fetch of newer keys started and has not timed out.
+pub(super) fn in_progress(attempt: &Attempt, version: u64, remote: &RemoteKeys, now: u64) -> bool {
+    attempt.at.is_some_and(|at| {
+        !attempt.failed
+            && at > version
+            && now.saturating_sub(at) <= remote.call.timeout_ms.saturating_add(1000)
+    })
+}
+
+pub(super) fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
+    let mut v = at.to_be_bytes().to_vec();
+    v.push(u8::from(failed));
+    v
+}
+
+pub(super) fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
+    match host.shared_get(slot) {
+        Some((bytes, cas)) => match split_stamp(&bytes) {
+            Some((at, rest)) => Attempt {
+                at: Some(at),
+                failed: rest.first() == Some(&1),
+                cas: Some(cas),
+            },
+            None => Attempt {
+                cas: Some(cas),
+                ..Attempt::default()
+            },
+        },
+        None => Attempt::default(),
+    }
+}
+
+/// Splits an 8-byte big-endian time stamp off the front of a shared-data value.
+pub(super) fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (stamp, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*stamp), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    fn uri(path: &str) -> JwksUri {
+        JwksUri {
+            cluster: "idp".into(),
+            authority: "idp.example".into(),
+            path: path.into(),
+            refresh_s: 300,
+            timeout_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn each_issuer_and_place_has_slots_of_its_own() {
+        let a = RemoteKeys::new("https://a", &uri("/jwks"));
+        let b = RemoteKeys::new("https://b", &uri("/jwks"));
+        let c = RemoteKeys::new("https://a", &uri("/other"));
+        assert_ne!(a.keys_slot, b.keys_slot);
+        assert_ne!(a.keys_slot, c.keys_slot);
+        assert_ne!(a.keys_slot, a.attempt_slot);
+        assert_eq!(
+            a.keys_slot,
+            RemoteKeys::new("https://a", &uri("/jwks")).keys_slot
+        );
+        assert_eq!(a.call.cluster, "idp");
+        assert!(a.call.headers.contains(&(":path".into(), "/jwks".into())));
+        assert_eq!(a.schedule.refresh_ms, 300_000);
+    }
+
+    #[test]
+    fn an_attempt_reads_back_and_counts_as_running_until_its_timeout() {
+        let h = FakeHost::at(0);
+        let r = RemoteKeys::new("https://a", &uri("/jwks"));
+        assert_eq!(read_attempt(&h, &r.attempt_slot).at, None);
+        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, false), None)
+            .unwrap();
+        let a = read_attempt(&h, &r.attempt_slot);
+        assert_eq!((a.at, a.failed, a.cas), (Some(10_000), false, Some(1)));
+        assert!(
+            in_progress(&a, 5_000, &r, 12_000),
+            "newer than the keys at hand"
+        );
+        assert!(
+            !in_progress(&a, 10_000, &r, 12_000),
+            "not newer than the keys at hand"
+        );
+        assert!(
+            !in_progress(&a, 5_000, &r, 13_001),
+            "past the timeout and a second"
+        );
+        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, true), None)
+            .unwrap();
+        let failed = read_attempt(&h, &r.attempt_slot);
+        assert!(failed.failed && !in_progress(&failed, 5_000, &r, 12_000));
+        h.shared_set(&r.attempt_slot, b"short", None).unwrap();
+        assert_eq!(
+            read_attempt(&h, &r.attempt_slot).at,
+            None,
+            "garbage reads as none"
+        );
+        assert_eq!(
+            split_stamp(&[0, 0, 0, 0, 0, 0, 0, 5, 42]),
+            Some((5, &[42][..]))
+        );
+    }
+}
