@@ -72,12 +72,17 @@ impl SharedCache {
     }
 }
 
-/// The shared-data key of the slot that `key` lives in.
-pub fn slot_name(key: &CacheKey, max_entries: u32) -> String {
+/// The slot of a table of `slots` that `key` picks (its first 8 bytes, modulo the size).
+pub fn slot_index(key: &CacheKey, slots: u32) -> u32 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&key[..8]);
-    let slot = u64::from_be_bytes(first) % u64::from(max_entries.max(1));
-    format!("token_exchange.slot.{slot}")
+    let slot = u64::from_be_bytes(first) % u64::from(slots.max(1));
+    u32::try_from(slot).unwrap_or(0)
+}
+
+/// The shared-data key of the slot that `key` lives in.
+pub fn slot_name(key: &CacheKey, max_entries: u32) -> String {
+    format!("token_exchange.slot.{}", slot_index(key, max_entries))
 }
 
 /// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload.

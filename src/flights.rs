@@ -81,11 +81,6 @@ struct Flight {
     job: Job,
 }
 
-/// The same verdict for every waiter.
-pub fn answer_all<V: Clone>(waiters: Vec<Waiter>, v: &V) -> Vec<(u32, V)> {
-    waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
-}
-
 /// The flights of one worker.
 #[derive(Default)]
 pub struct Flights {

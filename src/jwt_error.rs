@@ -25,19 +25,6 @@ pub enum JwtError {
 }
 
 impl JwtError {
-    /// Every reason, for per-reason metrics.
-    pub const ALL: [JwtError; 9] = [
-        JwtError::Malformed,
-        JwtError::MissingExp,
-        JwtError::Algorithm,
-        JwtError::UntrustedIssuer,
-        JwtError::UnknownKey,
-        JwtError::Signature,
-        JwtError::Expired,
-        JwtError::NotYetValid,
-        JwtError::Audience,
-    ];
-
     /// Short text for `error_description`; never contains the token.
     pub fn description(self) -> &'static str {
         match self {

@@ -50,62 +50,64 @@ pub enum Metric {
     InvalidToken(JwtError),
 }
 
+/// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
+const PLAIN: [(Metric, &str); 16] = [
+    (Metric::Requests, "token_exchange.requests"),
+    (Metric::CacheHits, "token_exchange.cache_hits"),
+    (Metric::CacheMisses, "token_exchange.cache_misses"),
+    (Metric::StsCalls, "token_exchange.sts_calls"),
+    (Metric::StsErrors, "token_exchange.sts_errors"),
+    (Metric::Rejected, "token_exchange.rejected"),
+    (Metric::Bypassed, "token_exchange.bypassed"),
+    (Metric::Coalesced, "token_exchange.coalesced"),
+    (Metric::StsLatencyMs, "token_exchange.sts_latency_ms"),
+    (Metric::JwksFetches, "token_exchange.jwks_fetches"),
+    (
+        Metric::JwksFetchFailures,
+        "token_exchange.jwks_fetch_failures",
+    ),
+    (Metric::CibaRequests, "token_exchange.ciba_requests"),
+    (Metric::CibaApproved, "token_exchange.ciba_approved"),
+    (Metric::CibaDenied, "token_exchange.ciba_denied"),
+    (Metric::CibaExpired, "token_exchange.ciba_expired"),
+    (Metric::CibaPolls, "token_exchange.ciba_polls"),
+];
+
+/// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.
+const REJECTED: [(JwtError, &str); 9] = [
+    (JwtError::Malformed, "token_exchange.rejected_malformed"),
+    (JwtError::MissingExp, "token_exchange.rejected_missing_exp"),
+    (JwtError::Algorithm, "token_exchange.rejected_algorithm"),
+    (
+        JwtError::UntrustedIssuer,
+        "token_exchange.rejected_untrusted_issuer",
+    ),
+    (JwtError::UnknownKey, "token_exchange.rejected_unknown_key"),
+    (JwtError::Signature, "token_exchange.rejected_signature"),
+    (JwtError::Expired, "token_exchange.rejected_expired"),
+    (
+        JwtError::NotYetValid,
+        "token_exchange.rejected_not_yet_valid",
+    ),
+    (JwtError::Audience, "token_exchange.rejected_audience"),
+];
+
 impl Metric {
     /// Every metric, for defining them at start, in [`Metric::index`] order.
     pub fn all() -> Vec<Metric> {
-        let mut all = vec![
-            Metric::Requests,
-            Metric::CacheHits,
-            Metric::CacheMisses,
-            Metric::StsCalls,
-            Metric::StsErrors,
-            Metric::Rejected,
-            Metric::Bypassed,
-            Metric::Coalesced,
-            Metric::StsLatencyMs,
-            Metric::JwksFetches,
-            Metric::JwksFetchFailures,
-            Metric::CibaRequests,
-            Metric::CibaApproved,
-            Metric::CibaDenied,
-            Metric::CibaExpired,
-            Metric::CibaPolls,
-        ];
-        all.extend(JwtError::ALL.iter().map(|e| Metric::InvalidToken(*e)));
-        all
+        let plain = PLAIN.iter().map(|(m, _)| *m);
+        plain
+            .chain(REJECTED.iter().map(|(e, _)| Metric::InvalidToken(*e)))
+            .collect()
     }
 
     /// The full stat name.
     pub fn name(self) -> &'static str {
-        match self {
-            Metric::Requests => "token_exchange.requests",
-            Metric::CacheHits => "token_exchange.cache_hits",
-            Metric::CacheMisses => "token_exchange.cache_misses",
-            Metric::StsCalls => "token_exchange.sts_calls",
-            Metric::StsErrors => "token_exchange.sts_errors",
-            Metric::Rejected => "token_exchange.rejected",
-            Metric::Bypassed => "token_exchange.bypassed",
-            Metric::Coalesced => "token_exchange.coalesced",
-            Metric::StsLatencyMs => "token_exchange.sts_latency_ms",
-            Metric::JwksFetches => "token_exchange.jwks_fetches",
-            Metric::JwksFetchFailures => "token_exchange.jwks_fetch_failures",
-            Metric::CibaRequests => "token_exchange.ciba_requests",
-            Metric::CibaApproved => "token_exchange.ciba_approved",
-            Metric::CibaDenied => "token_exchange.ciba_denied",
-            Metric::CibaExpired => "token_exchange.ciba_expired",
-            Metric::CibaPolls => "token_exchange.ciba_polls",
-            Metric::InvalidToken(e) => match e {
-                JwtError::Malformed => "token_exchange.rejected_malformed",
-                JwtError::MissingExp => "token_exchange.rejected_missing_exp",
-                JwtError::Algorithm => "token_exchange.rejected_algorithm",
-                JwtError::UntrustedIssuer => "token_exchange.rejected_untrusted_issuer",
-                JwtError::UnknownKey => "token_exchange.rejected_unknown_key",
-                JwtError::Signature => "token_exchange.rejected_signature",
-                JwtError::Expired => "token_exchange.rejected_expired",
-                JwtError::NotYetValid => "token_exchange.rejected_not_yet_valid",
-                JwtError::Audience => "token_exchange.rejected_audience",
-            },
-        }
+        let named = match self {
+            Metric::InvalidToken(e) => REJECTED.iter().find(|(r, _)| *r == e).map(|(_, n)| *n),
+            m => PLAIN.iter().find(|(p, _)| *p == m).map(|(_, n)| *n),
+        };
+        named.unwrap_or("token_exchange.unnamed")
     }
 
     /// Counter or histogram.
@@ -118,25 +120,14 @@ impl Metric {
 
     /// Position in [`Metric::all`], for id tables.
     pub fn index(self) -> usize {
-        match self {
-            Metric::Requests => 0,
-            Metric::CacheHits => 1,
-            Metric::CacheMisses => 2,
-            Metric::StsCalls => 3,
-            Metric::StsErrors => 4,
-            Metric::Rejected => 5,
-            Metric::Bypassed => 6,
-            Metric::Coalesced => 7,
-            Metric::StsLatencyMs => 8,
-            Metric::JwksFetches => 9,
-            Metric::JwksFetchFailures => 10,
-            Metric::CibaRequests => 11,
-            Metric::CibaApproved => 12,
-            Metric::CibaDenied => 13,
-            Metric::CibaExpired => 14,
-            Metric::CibaPolls => 15,
-            Metric::InvalidToken(e) => 16 + JwtError::ALL.iter().position(|x| *x == e).unwrap_or(0),
-        }
+        let at = match self {
+            Metric::InvalidToken(e) => REJECTED
+                .iter()
+                .position(|(r, _)| *r == e)
+                .map(|i| PLAIN.len() + i),
+            m => PLAIN.iter().position(|(p, _)| *p == m),
+        };
+        at.unwrap_or(0)
     }
 }
 
@@ -155,6 +146,22 @@ mod tests {
         for (i, m) in all.iter().enumerate() {
             assert_eq!(m.index(), i);
         }
+        // A new reason fails to compile here, then fails this test until REJECTED names it.
+        let position = |e: JwtError| match e {
+            JwtError::Malformed => 0,
+            JwtError::MissingExp => 1,
+            JwtError::Algorithm => 2,
+            JwtError::UntrustedIssuer => 3,
+            JwtError::UnknownKey => 4,
+            JwtError::Signature => 5,
+            JwtError::Expired => 6,
+            JwtError::NotYetValid => 7,
+            JwtError::Audience => 8,
+        };
+        for (i, (e, _)) in REJECTED.iter().enumerate() {
+            assert_eq!(position(*e), i);
+        }
+        assert_eq!(REJECTED.len(), position(JwtError::Audience) + 1);
         assert_eq!(Metric::StsLatencyMs.kind(), MetricKind::Histogram);
         assert_eq!(Metric::Requests.kind(), MetricKind::Counter);
     }

@@ -11,6 +11,14 @@ pub enum HeaderOp {
     Remove(String),
 }
 
+/// The same verdict for each of these requests.
+pub fn to_each(requests: impl IntoIterator<Item = u32>, verdict: &Verdict) -> Vec<(u32, Verdict)> {
+    requests
+        .into_iter()
+        .map(|ctx| (ctx, verdict.clone()))
+        .collect()
+}
+
 /// What the proxy should do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::CacheKey;
+use crate::cache::{slot_index, CacheKey};
 
 const SLOT_LEN: usize = 32 + 8 + 8 + 8 + 8 + 32;
 /// How many slots a key tries, from the one its hash picks, before it answers 503.
@@ -11,12 +11,9 @@ pub(super) const PROBES: u32 = 8;
 
 /// The slots `key` tries among `slots`, from the one its hash picks.
 pub(super) fn probes(key: &CacheKey, slots: u32) -> impl Iterator<Item = u32> {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&key[..8]);
-    let count = u64::from(slots.max(1));
-    let start = u64::from_be_bytes(first) % count;
-    (0..u64::from(PROBES.min(slots.max(1))))
-        .map(move |i| u32::try_from((start + i) % count).unwrap_or(0))
+    let count = slots.max(1);
+    let start = slot_index(key, count);
+    (0..PROBES.min(count)).map(move |i| (start + i) % count)
 }
 
 pub(super) fn slot_name(slot: u32) -> String {

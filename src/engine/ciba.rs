@@ -12,7 +12,7 @@ use crate::path;
 use crate::reply::LocalReply;
 use crate::sts;
 use crate::token::{self, Extracted};
-use crate::verdict::Verdict;
+use crate::verdict::{to_each, Verdict};
 
 /// Whose consent a ciba request needs, and how the STS is told.
 pub(super) struct ConsentFor {
@@ -213,7 +213,7 @@ impl Engine {
             }
             ConsentEvent::TimedOut(waiters) => {
                 let v = Verdict::Respond(LocalReply::consent_pending(retry));
-                waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
+                to_each(waiters.iter().map(|w| w.ctx), &v)
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::client::{ActorSource, Client};
 use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
 use crate::endpoint::NoRandomness;
-use crate::flights::{self, Exchange, Flights, Job};
+use crate::flights::{Exchange, Flights, Job};
 use crate::host::{Host, HttpAnswer, LogLevel, RequestHeaders};
 use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
@@ -20,7 +20,7 @@ use crate::outcomes::Outcomes;
 use crate::route::Routes;
 use crate::sts::{self, StsFailure};
 use crate::token;
-use crate::verdict::Verdict;
+use crate::verdict::{to_each, Verdict};
 use calls::{Calls, Owner};
 use stages::Caller;
 
@@ -161,7 +161,7 @@ impl Engine {
             Job::Exchange(x) => {
                 let waiting = landed.waiters.len();
                 let v = self.on_exchange_answer(host, call, &landed.key, &x, waiting, answer, now);
-                flights::answer_all(landed.waiters, &v)
+                to_each(landed.waiters.iter().map(|w| w.ctx), &v)
             }
             Job::Actor { actor } => {
                 let a = &self.client.actors[actor];
@@ -180,7 +180,7 @@ impl Engine {
                     }
                     Err(failure) => {
                         let v = self.outcomes.actor_failed(host, call, &failure);
-                        flights::answer_all(landed.waiters, &v)
+                        to_each(landed.waiters.iter().map(|w| w.ctx), &v)
                     }
                 }
             }
@@ -274,7 +274,8 @@ impl Engine {
                 Err(_) => {
                     let v = self.outcomes.failure(host, &UNAVAILABLE);
                     let waiters = self.flights.take(&key).map(|l| l.waiters);
-                    out.extend(waiters.into_iter().flatten().map(|w| (w.ctx, v.clone())));
+                    let ctxs = waiters.into_iter().flatten().map(|w| w.ctx);
+                    out.extend(to_each(ctxs, &v));
                 }
             }
         }

@@ -6,7 +6,7 @@ use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
 use crate::keys::{ActorCheck, Check, KeyEvent, KeyWaiter};
 use crate::token::{MayAct, Verified};
-use crate::verdict::Verdict;
+use crate::verdict::{to_each, Verdict};
 
 impl Engine {
     /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
@@ -68,7 +68,7 @@ impl Engine {
         match event {
             KeyEvent::Failed(waiters) => {
                 let v = self.outcomes.no_keys(true);
-                waiters.into_iter().map(|w| (w.ctx, v.clone())).collect()
+                to_each(waiters.iter().map(|w| w.ctx), &v)
             }
             KeyEvent::Resume(waiters) => {
                 let mut out = Vec::with_capacity(waiters.len());
