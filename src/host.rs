@@ -192,6 +192,8 @@ mod fake {
         pub metrics: RefCell<BTreeMap<Metric, u64>>,
         /// Log lines written.
         pub logs: RefCell<Vec<(LogLevel, String)>>,
+        /// How many shared-data reads were made.
+        pub reads: Cell<u64>,
     }
 
     impl FakeHost {
@@ -237,6 +239,7 @@ mod fake {
             self.now.get()
         }
         fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.reads.set(self.reads.get() + 1);
             self.shared.borrow().get(key).cloned()
         }
         fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {

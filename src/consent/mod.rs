@@ -455,12 +455,6 @@ impl Consents {
         (self.wait_ms / 1000).clamp(1, 5)
     }
 
-    /// How many consents this worker keeps (owned or joined).
-    #[cfg(test)]
-    pub fn kept(&self) -> usize {
-        self.table.len()
-    }
-
     /// Ends the consent for `key` (approved, or why not) and releases its claim.
     fn end<H: Host>(
         &mut self,

@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn a_request_waits_at_most_wait_s_and_the_consent_goes_on() {
         let h = FakeHost::at(NOW);
-        let mut e = engine(r#""login_hint":"login_hint_token","wait_s":2"#, "");
+        let mut e = engine(
+            json!({"login_hint":"login_hint_token","wait_s":2}),
+            json!({}),
+        );
         ask(&mut e, &h, 1, "t");
         tick(&mut e, &h, 0);
         e.on_http_answer(&h, None, h.last_call(), &backchannel(120, 5));
@@ -146,8 +149,8 @@ mod tests {
     fn ping_answers_only_its_own_token_and_polls_at_once() {
         let h = FakeHost::at(NOW);
         let mut e = engine(
-            r#""mode":"ping","notify_path":"/ciba/notify","login_hint":"id_token_hint""#,
-            "",
+            json!({"mode":"ping","notify_path":"/ciba/notify","login_hint":"id_token_hint"}),
+            json!({}),
         );
         ask(&mut e, &h, 1, "t");
         tick(&mut e, &h, 0);
@@ -249,12 +252,13 @@ mod by_claim {
     #[test]
     fn one_prompt_per_user_whatever_token_they_bring() {
         let keys = TestKeys::new();
-        let issuers = format!(
-            r#","trusted_issuers":[{{"issuer":"https://idp","algorithms":["ES256"],"jwks":{}}}]"#,
-            keys.jwks()
-        );
+        let issuers =
+            json!([{ "issuer": "https://idp", "algorithms": ["ES256"], "jwks": keys.jwks() }]);
         let h = FakeHost::at(NOW);
-        let mut e = engine(r#""login_hint":"email""#, &issuers);
+        let mut e = engine(
+            json!({ "login_hint": "email" }),
+            json!({ "trusted_issuers": issuers }),
+        );
         let token = |n: u64| {
             let claims = serde_json::json!({"iss": "https://idp", "sub": "u1", "email": "alice@example.com",
                 "exp": NOW / 1000 + 600 + n});
@@ -291,20 +295,36 @@ pub(super) mod tests_support {
     pub(in crate::engine) use crate::engine::Engine;
     pub(in crate::engine) use crate::host::{FakeHost, HttpAnswer, HttpCall};
     pub(in crate::engine) use crate::verdict::{HeaderOp, Verdict};
+    pub(in crate::engine) use serde_json::json;
 
     pub(in crate::engine) const NOW: u64 = 1_700_000_000_000;
 
-    pub(in crate::engine) fn engine(ciba: &str, extra: &str) -> Engine {
-        let json = format!(
-            r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw",
-                "ciba":{{"path":"/bc",{ciba}}}}},
-              "exchange":{{"grant":"ciba","scope":"openid orders"}}{extra}}}"#
-        );
-        Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
+    /// A CIBA engine: `ciba` adds to `sts.ciba`, `extra` to the top level (its `sts` keys to
+    /// `sts`).
+    pub(in crate::engine) fn engine(ciba: serde_json::Value, extra: serde_json::Value) -> Engine {
+        let mut config = json!({
+            "sts": { "cluster": "sts", "authority": "sts.local", "token_path": "/token",
+                     "client_id": "edge", "client_secret": "pw", "ciba": { "path": "/bc" } },
+            "exchange": { "grant": "ciba", "scope": "openid orders" }
+        });
+        for (k, v) in ciba.as_object().expect("an object") {
+            config["sts"]["ciba"][k] = v.clone();
+        }
+        for (k, v) in extra.as_object().expect("an object") {
+            match (k.as_str(), v.as_object()) {
+                ("sts", Some(sts)) => sts.iter().for_each(|(k, v)| config["sts"][k] = v.clone()),
+                _ => config[k] = v.clone(),
+            }
+        }
+        let bytes = config.to_string().into_bytes();
+        Engine::new(Config::parse(&bytes, &|_| None).unwrap()).unwrap()
     }
 
     pub(in crate::engine) fn poll_engine() -> Engine {
-        engine(r#""login_hint":"login_hint_token","wait_s":60"#, "")
+        engine(
+            json!({"login_hint":"login_hint_token","wait_s":60}),
+            json!({}),
+        )
     }
 
     pub(in crate::engine) fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, token: &str) -> Verdict {

@@ -38,7 +38,7 @@ fn plain(token: &str, expires_in: u64) -> HttpAnswer {
 #[test]
 fn the_actor_token_is_fetched_once_for_many_requests_and_again_after_expiry() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials","scope":"act"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"client_credentials","scope":"act"}}}));
     assert_eq!(
         e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]),
         Verdict::Pause
@@ -84,7 +84,7 @@ fn the_actor_token_is_fetched_once_for_many_requests_and_again_after_expiry() {
 #[test]
 fn a_failed_actor_call_answers_every_parked_request() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"client_credentials"}}}));
     e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]);
     e.on_request(&h, 2, &[("authorization", "Bearer u2")][..]);
     let out = e.on_http_answer(&h, Some(1), h.last_call(), &err(400, "invalid_scope"));
@@ -98,7 +98,7 @@ fn a_failed_actor_call_answers_every_parked_request() {
 #[test]
 fn an_orphaned_actor_call_is_dispatched_again() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"client_credentials"}}}));
     e.on_request(&h, 1, &[("authorization", "Bearer u1")][..]);
     e.on_request(&h, 2, &[("authorization", "Bearer u2")][..]);
     e.on_request_done(1);
@@ -111,7 +111,7 @@ fn an_orphaned_actor_call_is_dispatched_again() {
 #[test]
 fn header_actor_is_required_forwarded_to_the_sts_and_stripped() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"header","header":"x-actor"}}}));
     let v = e.on_request(&h, 1, &[("authorization", "Bearer u")][..]);
     assert_eq!(status(&v), 401);
     assert!(h.calls.borrow().is_empty());
@@ -148,7 +148,7 @@ fn expect_act_checks_the_minted_act_claim() {
     for (minted_act, want) in [("agent-7", None), ("someone-else", Some(502))] {
         let h = FakeHost::at(NOW);
         let mut e = engine(
-            r#","exchange":{"actor":{"source":"header","header":"x-actor"},"expect_act":true}"#,
+            json!({"exchange":{"actor":{"source":"header","header":"x-actor"},"expect_act":true}}),
         );
         e.on_request(
             &h,
@@ -167,7 +167,7 @@ fn expect_act_checks_the_minted_act_claim() {
 #[test]
 fn a_header_actors_exp_caps_the_cached_delegation() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"header","header":"x-actor"}}}));
     let actor = jwt(serde_json::json!({"sub": "agent", "exp": NOW / 1000 + 60}));
     let req = [("authorization", "Bearer u"), ("x-actor", actor.as_str())];
     assert_eq!(e.on_request(&h, 1, &req[..]), Verdict::Pause);
@@ -187,7 +187,7 @@ fn a_header_actors_exp_caps_the_cached_delegation() {
 #[test]
 fn the_filters_own_actor_token_caps_the_cached_delegation() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"client_credentials"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"client_credentials"}}}));
     let req = [("authorization", "Bearer u")];
     assert_eq!(e.on_request(&h, 1, &req[..]), Verdict::Pause);
     // The actor token lives 100 s (70 s in the cache); the delegated one an hour.
@@ -215,8 +215,8 @@ fn the_filters_own_actor_token_caps_the_cached_delegation() {
 fn a_token_minted_without_the_act_check_never_serves_a_route_with_it() {
     let h = FakeHost::at(NOW);
     let mut e = engine(
-        r#","exchange":{"actor":{"source":"header","header":"x-actor"}},
-        "routes":[{"match":{"path_prefix":"/strict"},"exchange":{"expect_act":true}}]"#,
+        json!({"exchange":{"actor":{"source":"header","header":"x-actor"}},
+        "routes":[{"match":{"path_prefix":"/strict"},"exchange":{"expect_act":true}}]}),
     );
     let actor = jwt(serde_json::json!({"sub": "agent"}));
     let lax = [
@@ -244,8 +244,10 @@ fn a_token_minted_without_the_act_check_never_serves_a_route_with_it() {
 #[test]
 fn a_redispatched_call_signs_a_fresh_assertion() {
     let (pem, _) = crate::assertion::tests::es256_pem();
-    let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
-    let config = Config::parse(json.as_bytes(), &|k| (k == "KEY").then(|| pem.clone()));
+    let json = json!({ "sts": { "cluster": "sts", "authority": "sts.local", "token_path": "/token",
+        "client_id": "edge", "client_auth": "private_key_jwt", "private_key": { "pem_env": "KEY" } } });
+    let bytes = json.to_string().into_bytes();
+    let config = Config::parse(&bytes, &|k| (k == "KEY").then(|| pem.clone()));
     let mut e = Engine::new(config.unwrap()).unwrap();
     let h = FakeHost::at(NOW);
     e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
@@ -265,7 +267,7 @@ fn a_redispatched_call_signs_a_fresh_assertion() {
 #[test]
 fn an_orphan_nobody_waits_for_is_not_sent_again() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
     e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
     e.on_request_done(1);
@@ -277,7 +279,7 @@ fn an_orphan_nobody_waits_for_is_not_sent_again() {
 #[test]
 fn remote_numbers_never_wrap_the_clock() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     let huge = HttpAnswer {
         status: Some(200),
         body: format!(r#"{{"access_token":"forever","token_type":"Bearer","issued_token_type":"{ATT}","expires_in":18446744073709551615}}"#).into_bytes(),
@@ -310,7 +312,7 @@ fn remote_numbers_never_wrap_the_clock() {
 #[test]
 fn a_bearer_credential_gone_wrong_is_refused_even_when_missing_ones_pass() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","on_missing_token":"allow""#);
+    let mut e = engine(json!({"on_missing_token":"allow"}));
     for v in ["Bearer\ttok", "Bearer,tok", "bearer\u{b}tok"] {
         assert_eq!(
             status(&e.on_request(&h, 1, &[("authorization", v)][..])),
@@ -328,14 +330,14 @@ fn a_bearer_credential_gone_wrong_is_refused_even_when_missing_ones_pass() {
 #[test]
 fn repeated_token_headers_are_refused_not_picked_from() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"header","header":"x-actor"}}}));
     let two = [
         ("authorization", "Bearer u"),
         ("x-actor", "a"),
         ("x-actor", "b"),
     ];
     assert_eq!(status(&e.on_request(&h, 1, &two[..])), 401);
-    let mut e = engine(r#","subject_token":{"header":"x-subject","prefix":""}"#);
+    let mut e = engine(json!({"subject_token":{"header":"x-subject","prefix":""}}));
     let two = [("x-subject", "s1"), ("x-subject", "s2")];
     assert_eq!(status(&e.on_request(&h, 2, &two[..])), 401);
     assert_eq!(
@@ -347,13 +349,11 @@ fn repeated_token_headers_are_refused_not_picked_from() {
 
 #[test]
 fn thousands_of_routes_load_and_match_in_order() {
-    let routes: Vec<String> = (0..5000)
-        .map(|i| {
-            format!(r#"{{"match":{{"path_prefix":"/r{i}"}},"exchange":{{"audience":"a{i}"}}}}"#)
-        })
+    let routes: Vec<serde_json::Value> = (0..5000)
+        .map(|i| json!({"match": {"path_prefix": format!("/r{i}")}, "exchange": {"audience": format!("a{i}")}}))
         .collect();
     let h = FakeHost::at(NOW);
-    let mut e = engine(&format!(r#","routes":[{}]"#, routes.join(",")));
+    let mut e = engine(json!({ "routes": routes }));
     let v = e.on_request(
         &h,
         1,
@@ -375,7 +375,7 @@ fn thousands_of_routes_load_and_match_in_order() {
 #[test]
 fn jwt_bearer_answers_need_no_issued_token_type() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","exchange":{"grant":"jwt_bearer"}"#);
+    let mut e = engine(json!({"exchange":{"grant":"jwt_bearer"}}));
     e.on_request(&h, 1, &[("authorization", "Bearer a.b.c")][..]);
     assert_eq!(
         field(&h.calls_to("sts")[0].1, "assertion").as_deref(),

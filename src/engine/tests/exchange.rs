@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn miss_then_hit_rewrites_authorization_without_pausing_the_second_time() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     let v = exchange(&mut e, &h, 1, "caller", &ok("minted", 3600));
     assert_eq!(
         set_value(&v, "authorization").as_deref(),
@@ -28,7 +28,7 @@ fn miss_then_hit_rewrites_authorization_without_pausing_the_second_time() {
 #[test]
 fn hot_tokens_are_served_from_the_worker_memo_until_expiry() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"max_entries":2,"expiry_skew_s":0}"#);
+    let mut e = engine(json!({"cache":{"max_entries":2,"expiry_skew_s":0}}));
     exchange(&mut e, &h, 1, "hot", &ok("m", 60));
     h.shared.borrow_mut().clear();
     let v = e.on_request(&h, 2, &[("authorization", "Bearer hot")][..]);
@@ -47,7 +47,7 @@ fn hot_tokens_are_served_from_the_worker_memo_until_expiry() {
     );
     // bounded: a full table is emptied
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"max_entries":2}"#);
+    let mut e = engine(json!({"cache":{"max_entries":2}}));
     for (ctx, t) in [(1, "a"), (2, "b"), (3, "c")] {
         exchange(&mut e, &h, ctx, t, &ok("m", 3600));
     }
@@ -58,7 +58,7 @@ fn hot_tokens_are_served_from_the_worker_memo_until_expiry() {
 fn the_callers_token_never_survives_a_success() {
     let h = FakeHost::at(NOW);
     let mut e = engine(
-        r#","output":{"header":"x-exchanged","prefix":"","original_token_header":"x-orig"}"#,
+        json!({"output":{"header":"x-exchanged","prefix":"","original_token_header":"x-orig"}}),
     );
     let v = exchange(&mut e, &h, 1, "caller", &ok("minted", 3600));
     let Verdict::Continue(ops) = &v else { panic!() };
@@ -77,7 +77,7 @@ fn the_callers_token_never_survives_a_success() {
 #[test]
 fn concurrent_misses_on_one_token_make_one_call() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     for ctx in 1..=20 {
         assert_eq!(
             e.on_request(&h, ctx, &[("authorization", "Bearer same")][..]),
@@ -104,7 +104,7 @@ fn concurrent_misses_on_one_token_make_one_call() {
 #[test]
 fn coalesced_failures_reach_every_waiter() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"negative_ttl_s":0}"#);
+    let mut e = engine(json!({"cache":{"negative_ttl_s":0}}));
     for ctx in 1..=3 {
         e.on_request(&h, ctx, &[("authorization", "Bearer bad")][..]);
     }
@@ -118,7 +118,7 @@ fn coalesced_failures_reach_every_waiter() {
 #[test]
 fn a_call_lost_with_its_context_is_dispatched_again_by_the_root() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
     e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
     let first = h.last_call();
@@ -143,7 +143,7 @@ fn a_call_lost_with_its_context_is_dispatched_again_by_the_root() {
 #[test]
 fn a_waiter_that_leaves_gets_no_verdict() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
     e.on_request(&h, 2, &[("authorization", "Bearer t")][..]);
     e.on_request_done(2);
@@ -154,7 +154,7 @@ fn a_waiter_that_leaves_gets_no_verdict() {
 #[test]
 fn missing_token_is_rejected_or_passed_on_by_policy() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     let v = e.on_request(&h, 1, &[(":path", "/")][..]);
     let Verdict::Respond(r) = &v else { panic!() };
     assert_eq!(r.status, 401);
@@ -162,7 +162,7 @@ fn missing_token_is_rejected_or_passed_on_by_policy() {
         r.header("www-authenticate"),
         Some("Bearer realm=\"token-exchange\"")
     );
-    let mut e = engine(r#","on_missing_token":"allow""#);
+    let mut e = engine(json!({"on_missing_token":"allow"}));
     assert_eq!(
         e.on_request(&h, 1, &[(":path", "/")][..]),
         Verdict::Continue(vec![])
@@ -173,7 +173,7 @@ fn missing_token_is_rejected_or_passed_on_by_policy() {
 #[test]
 fn malformed_and_oversized_tokens_never_reach_the_sts() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","subject_token":{"max_bytes":16}"#);
+    let mut e = engine(json!({"subject_token":{"max_bytes":16}}));
     for v in [
         "Bearer ",
         "Bearer a b",
@@ -238,7 +238,7 @@ fn every_sts_failure_answers_per_the_error_table() {
     ];
     for (i, (answer, want)) in cases.into_iter().enumerate() {
         let h = FakeHost::at(NOW);
-        let mut e = engine("");
+        let mut e = engine(json!({}));
         let v = exchange(&mut e, &h, 1, &format!("t{i}"), &answer);
         assert_eq!(status(&v), want, "{answer:?}");
         let Verdict::Respond(r) = &v else {
@@ -257,7 +257,7 @@ fn every_sts_failure_answers_per_the_error_table() {
 fn undispatchable_call_is_unavailable() {
     let h = FakeHost::at(NOW);
     h.refuse_dispatch.set(true);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     let v = e.on_request(&h, 1, &[("authorization", "Bearer t")][..]);
     assert_eq!(status(&v), 503);
     assert_eq!(h.metric_value(Metric::StsErrors), 1);
@@ -266,7 +266,7 @@ fn undispatchable_call_is_unavailable() {
 #[test]
 fn fail_open_strips_the_token_and_passes_on() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","on_sts_unavailable":"allow""#);
+    let mut e = engine(json!({"on_sts_unavailable":"allow"}));
     let v = exchange(
         &mut e,
         &h,
@@ -290,7 +290,7 @@ fn fail_open_strips_the_token_and_passes_on() {
 #[test]
 fn rejections_are_remembered_for_negative_ttl() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"negative_ttl_s":5}"#);
+    let mut e = engine(json!({"cache":{"negative_ttl_s":5}}));
     assert_eq!(
         status(&exchange(&mut e, &h, 1, "bad", &err(400, "invalid_grant"))),
         401
@@ -310,7 +310,7 @@ fn rejections_are_remembered_for_negative_ttl() {
     assert_eq!(h.calls.borrow().len(), 2);
     // outages are not remembered
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     exchange(&mut e, &h, 1, "t", &err(503, "x"));
     assert_eq!(
         e.on_request(&h, 2, &[("authorization", "Bearer t")][..]),
@@ -321,7 +321,7 @@ fn rejections_are_remembered_for_negative_ttl() {
 #[test]
 fn entries_expire_and_are_exchanged_again() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"expiry_skew_s":10}"#);
+    let mut e = engine(json!({"cache":{"expiry_skew_s":10}}));
     exchange(&mut e, &h, 1, "t", &ok("m1", 60));
     h.advance_ms(49_999);
     assert_eq!(
@@ -341,7 +341,7 @@ fn entries_expire_and_are_exchanged_again() {
 #[test]
 fn a_short_lived_answer_is_used_but_not_cached() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     let v = exchange(&mut e, &h, 1, "t", &ok("m1", 30));
     assert_eq!(set_value(&v, "authorization").as_deref(), Some("Bearer m1"));
     assert!(h.shared.borrow().is_empty());
@@ -354,11 +354,9 @@ fn a_short_lived_answer_is_used_but_not_cached() {
 #[test]
 fn routes_pick_audiences_and_bypass() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(
-        r#","exchange":{"audience":"default"},"routes":[
+    let mut e = engine(json!({"exchange":{"audience":"default"},"routes":[
             {"match":{"path_prefix":"/healthz"},"bypass":true},
-            {"match":{"authority":"orders.example.com","methods":["GET"]},"exchange":{"audience":["orders"]}}]"#,
-    );
+            {"match":{"authority":"orders.example.com","methods":["GET"]},"exchange":{"audience":["orders"]}}]}));
     let health = e.on_request(
         &h,
         1,
@@ -394,8 +392,8 @@ fn routes_pick_audiences_and_bypass() {
 fn bypass_matches_only_the_path_the_server_will_serve() {
     let h = FakeHost::at(NOW);
     let mut e = engine(
-        r#","routes":[{"match":{"path_prefix":"/healthz"},"bypass":true},
-            {"match":{"path_prefix":"/orders"},"exchange":{"audience":"orders"}}]"#,
+        json!({"routes":[{"match":{"path_prefix":"/healthz"},"bypass":true},
+            {"match":{"path_prefix":"/orders"},"exchange":{"audience":"orders"}}]}),
     );
     let mut ctx = 0;
     let mut ask = |path: &str| {
@@ -470,7 +468,7 @@ fn subject_exp_caps_the_cache_lifetime() {
         URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#))
     );
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","cache":{"expiry_skew_s":0}"#);
+    let mut e = engine(json!({"cache":{"expiry_skew_s":0}}));
     exchange(&mut e, &h, 1, &jwt, &ok("m", 3600));
     h.advance_ms(99_999);
     let auth = bearer(&jwt);
@@ -488,7 +486,7 @@ fn subject_exp_caps_the_cache_lifetime() {
 #[test]
 fn logs_carry_hashes_never_tokens_or_secrets() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     exchange(
         &mut e,
         &h,

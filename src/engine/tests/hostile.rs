@@ -8,7 +8,7 @@ use crate::host::RawHeaders;
 #[test]
 fn a_token_header_that_is_not_text_is_401_and_the_next_request_is_served() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","on_missing_token":"allow""#);
+    let mut e = engine(json!({"on_missing_token":"allow"}));
     let raw: [(&str, &[u8]); 2] = [(":path", b"/"), ("authorization", b"Bearer \xff\xfe")];
     let v = e.on_request(&h, 1, &RawHeaders(&raw));
     assert_eq!(status(&v), 401);
@@ -34,12 +34,12 @@ fn a_token_header_that_is_not_text_is_401_and_the_next_request_is_served() {
 #[test]
 fn a_custom_subject_or_actor_header_that_is_not_text_is_401() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","subject_token":{"header":"x-subject","prefix":""}"#);
+    let mut e = engine(json!({"subject_token":{"header":"x-subject","prefix":""}}));
     let raw: [(&str, &[u8]); 2] = [("cookie", b"\xe9"), ("x-subject", b"\xe9t\xe9")];
     assert_eq!(status(&e.on_request(&h, 1, &RawHeaders(&raw))), 401);
     let raw: [(&str, &[u8]); 2] = [("cookie", b"\xe9"), ("x-subject", b"fine")];
     assert_eq!(e.on_request(&h, 2, &RawHeaders(&raw)), Verdict::Pause);
-    let mut e = engine(r#","exchange":{"actor":{"source":"header","header":"x-actor"}}"#);
+    let mut e = engine(json!({"exchange":{"actor":{"source":"header","header":"x-actor"}}}));
     let raw: [(&str, &[u8]); 2] = [("authorization", b"Bearer s"), ("x-actor", b"\xff")];
     assert_eq!(status(&e.on_request(&h, 3, &RawHeaders(&raw))), 401);
 }
@@ -47,7 +47,7 @@ fn a_custom_subject_or_actor_header_that_is_not_text_is_401() {
 #[test]
 fn joined_authorization_headers_with_a_bearer_part_are_401_whatever_on_missing_token_says() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","on_missing_token":"allow""#);
+    let mut e = engine(json!({"on_missing_token":"allow"}));
     for joined in ["Basic eDp5,Bearer hidden", "Digest a=1, bearer hidden"] {
         let v = e.on_request(&h, 1, &[("authorization", joined)][..]);
         assert_eq!(status(&v), 401, "{joined}");
@@ -61,7 +61,7 @@ fn joined_authorization_headers_with_a_bearer_part_are_401_whatever_on_missing_t
 #[test]
 fn an_answer_cut_off_after_its_headers_is_503_and_the_next_request_is_exchanged() {
     let h = FakeHost::at(NOW);
-    let mut e = engine("");
+    let mut e = engine(json!({}));
     // The glue hands such an answer on without a status.
     let cut = HttpAnswer {
         status: None,
@@ -81,7 +81,8 @@ fn an_answer_cut_off_after_its_headers_is_503_and_the_next_request_is_exchanged(
 #[test]
 fn an_authority_bypass_never_matches_a_host_envoy_routes_elsewhere() {
     let h = FakeHost::at(NOW);
-    let mut e = engine(r#","routes":[{"match":{"authority":"public.example.com"},"bypass":true}]"#);
+    let mut e =
+        engine(json!({"routes":[{"match":{"authority":"public.example.com"},"bypass":true}]}));
     let at = |authority: &'static str| {
         [
             (":path", "/"),
@@ -112,11 +113,11 @@ mod consents {
     const ISS: &str = "https://idp";
 
     fn by_email(keys: &TestKeys) -> Engine {
-        let issuers = format!(
-            r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["ES256"],"jwks":{}}}]"#,
-            keys.jwks()
-        );
-        engine(r#""login_hint":"email","wait_s":60"#, &issuers)
+        let issuers = json!([{ "issuer": ISS, "algorithms": ["ES256"], "jwks": keys.jwks() }]);
+        engine(
+            json!({ "login_hint": "email", "wait_s": 60 }),
+            json!({ "trusted_issuers": issuers }),
+        )
     }
 
     fn user(keys: &TestKeys, sub: &str, email: &str) -> String {
@@ -176,7 +177,10 @@ mod consents {
     #[test]
     fn a_consent_outlives_the_request_that_started_it() {
         let h = FakeHost::at(NOW);
-        let mut e = engine(r#""login_hint":"login_hint_token","wait_s":2"#, "");
+        let mut e = engine(
+            json!({"login_hint":"login_hint_token","wait_s":2}),
+            json!({}),
+        );
         assert_eq!(ask(&mut e, &h, 1, "t"), Verdict::Pause);
         assert!(
             h.calls_to("sts").is_empty(),
@@ -208,7 +212,10 @@ mod consents {
     #[test]
     fn junk_hint_tokens_leave_nothing_behind() {
         let h = FakeHost::at(NOW);
-        let mut e = engine(r#""login_hint":"login_hint_token","wait_s":1"#, "");
+        let mut e = engine(
+            json!({"login_hint":"login_hint_token","wait_s":1}),
+            json!({}),
+        );
         for ctx in 0..300u32 {
             ask(&mut e, &h, ctx, &format!("junk-{ctx}"));
             e.on_request_done(ctx);
@@ -216,7 +223,10 @@ mod consents {
             let out = e.on_http_answer(&h, None, h.last_call(), &error("invalid_request"));
             assert!(out.is_empty(), "its request is gone");
         }
-        assert_eq!(e.consents.as_ref().map(|c| c.kept()), Some(0));
+        // Nothing is kept: the tick reads no consent from shared data any more.
+        let reads = h.reads.get();
+        tick(&mut e, &h, 1_000);
+        assert_eq!(h.reads.get(), reads, "a tick with no consent reads nothing");
         // Every claim was released: a new user gets a slot at once.
         let live = h
             .shared
@@ -234,8 +244,8 @@ mod consents {
         // Eight slots: every key probes all of them, so eight users are all asked.
         let h = FakeHost::at(NOW);
         let mut e = engine(
-            r#""login_hint":"login_hint_token","wait_s":60"#,
-            r#","cache":{"max_entries":8}"#,
+            json!({"login_hint":"login_hint_token","wait_s":60}),
+            json!({"cache":{"max_entries":8}}),
         );
         for n in 0..8u32 {
             let t = hint_token(&format!("user-{n}"), 0);
@@ -251,8 +261,8 @@ mod consents {
         // 64 slots, a share of 4: one client's flood of tokens cannot hold the rest.
         let h = FakeHost::at(NOW);
         let mut e = engine(
-            r#""login_hint":"login_hint_token","wait_s":60"#,
-            r#","cache":{"max_entries":64}"#,
+            json!({"login_hint":"login_hint_token","wait_s":60}),
+            json!({"cache":{"max_entries":64}}),
         );
         let answers: Vec<u32> = (0..40)
             .map(|n| status(&ask(&mut e, &h, n, &hint_token("flooder", n as usize))))
@@ -270,14 +280,15 @@ mod consents {
 
     #[test]
     fn a_slow_sts_never_causes_a_second_prompt_and_a_gone_owner_is_taken_over() {
-        let slow = r#","sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw","timeout_ms":60000,"ciba":{"path":"/bc","login_hint":"login_hint_token","wait_s":60}}"#;
         let h = FakeHost::at(NOW);
-        let json = |extra: &str| {
-            let doc = format!(r#"{{"exchange":{{"grant":"ciba","scope":"openid"}}{extra}}}"#);
-            Engine::new(Config::parse(doc.as_bytes(), &|_| None).unwrap()).unwrap()
+        let slow = || {
+            engine(
+                json!({ "login_hint": "login_hint_token", "wait_s": 60 }),
+                json!({ "sts": { "timeout_ms": 60_000 } }),
+            )
         };
-        let mut a = json(slow);
-        let mut b = json(slow);
+        let mut a = slow();
+        let mut b = slow();
         ask(&mut a, &h, 1, "t");
         tick(&mut a, &h, 0);
         // 45 s later the backchannel request is still in the air (timeout 60 s).
@@ -295,7 +306,7 @@ mod consents {
         // The owner goes away (VM restart): nobody renews its lease. Well before the consent's
         // expires_in, another worker takes the user's consent over.
         drop(a);
-        let mut c = json(slow);
+        let mut c = slow();
         for _ in 0..80 {
             tick(&mut b, &h, 1_000);
         }
@@ -311,9 +322,13 @@ mod consents {
     #[test]
     fn every_claim_is_a_compare_and_swap_even_on_a_slot_never_written() {
         let h = FakeHost::at(NOW);
-        let cfg = r#""login_hint":"login_hint_token","wait_s":60"#;
-        let slots = r#","cache":{"max_entries":8}"#;
-        let (mut a, b) = (engine(cfg, slots), engine(cfg, slots));
+        let eight = || {
+            engine(
+                json!({ "login_hint": "login_hint_token", "wait_s": 60 }),
+                json!({ "cache": { "max_entries": 8 } }),
+            )
+        };
+        let (mut a, b) = (eight(), eight());
         a.on_start(&h);
         b.on_start(&h);
         let written = |h: &FakeHost| {
@@ -330,7 +345,7 @@ mod consents {
         let after: Vec<_> = h.shared.borrow().values().map(|(_, v)| *v).collect();
         assert_ne!(before, after, "the claim bumped a slot's version");
         let h2 = FakeHost::at(NOW);
-        let mut c = engine(cfg, slots);
+        let mut c = eight();
         assert_eq!(
             ask(&mut c, &h2, 1, "t"),
             Verdict::Pause,
@@ -375,11 +390,10 @@ mod actors {
     fn an_actor_jwt_of_a_trusted_issuer_that_fails_verification_is_401_without_an_sts_call() {
         let keys = TestKeys::new();
         let iss = "https://idp";
-        let mut e = engine(&format!(
-            r#","trusted_issuers":[{{"issuer":"{iss}","algorithms":["ES256"],"jwks":{}}}],
-               "exchange":{{"actor":{{"source":"header","header":"x-actor"}}}}"#,
-            keys.jwks()
-        ));
+        let mut e = engine(serde_json::json!({
+            "trusted_issuers": [{ "issuer": iss, "algorithms": ["ES256"], "jwks": keys.jwks() }],
+            "exchange": { "actor": { "source": "header", "header": "x-actor" } }
+        }));
         let h = FakeHost::at(NOW);
         let exp = NOW / 1000 + 600;
         let subject = keys.sign(

@@ -27,16 +27,16 @@ fn token(kid: &str, exp_in_s: u64) -> String {
 }
 
 fn inline_engine() -> Engine {
-    engine(&format!(
-        r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256","ES256","EdDSA"],"jwks":{}}}]"#,
-        keys().jwks()
-    ))
+    engine(json!({
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["RS256", "ES256", "EdDSA"], "jwks": keys().jwks() }]
+    }))
 }
 
 fn remote_engine() -> Engine {
-    engine(&format!(
-        r#","trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256","ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp.local","path":"/jwks","refresh_s":60}}}}]"#
-    ))
+    engine(json!({
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["RS256", "ES256"],
+            "jwks_uri": { "cluster": "idp", "authority": "idp.local", "path": "/jwks", "refresh_s": 60 } }]
+    }))
 }
 
 fn jwks_answer(keys: serde_json::Value) -> HttpAnswer {
@@ -125,16 +125,13 @@ fn both_spellings_of_an_es256_token_share_one_entry() {
 
 #[test]
 fn may_act_names_who_may_act_and_others_get_403_without_an_sts_call() {
-    let issuers = format!(
-        r#""trusted_issuers":[{{"issuer":"{ISS}","algorithms":["RS256"],"jwks":{}}}]"#,
-        keys().jwks()
-    );
-    let header_actor = r#"{"actor":{"source":"header","header":"x-actor"}}"#;
+    let issuers = json!([{ "issuer": ISS, "algorithms": ["RS256"], "jwks": keys().jwks() }]);
     let h = FakeHost::at(NOW);
-    let mut e = engine(&format!(
-        r#",{issuers},"exchange":{header_actor},"routes":[
-            {{"match":{{"path_prefix":"/lax"}},"exchange":{{"enforce_may_act":false}}}}]"#
-    ));
+    let mut e = engine(json!({
+        "trusted_issuers": issuers,
+        "exchange": { "actor": { "source": "header", "header": "x-actor" } },
+        "routes": [{ "match": { "path_prefix": "/lax" }, "exchange": { "enforce_may_act": false } }]
+    }));
     let ctx = std::cell::Cell::new(0);
     let ask = |e: &mut Engine, h: &FakeHost, path: &str, subject: &str, actor: &str| {
         ctx.set(ctx.get() + 1);
@@ -189,9 +186,10 @@ fn may_act_names_who_may_act_and_others_get_403_without_an_sts_call() {
 
     // The filter's own client-credentials actor is named by its client id.
     let h = FakeHost::at(NOW);
-    let mut e = engine(&format!(
-        r#",{issuers},"exchange":{{"actor":{{"source":"client_credentials"}}}}"#
-    ));
+    let mut e = engine(json!({
+        "trusted_issuers": issuers,
+        "exchange": { "actor": { "source": "client_credentials" } }
+    }));
     let edge = token_with(json!({"may_act": {"sub": "edge"}}));
     let someone = token_with(json!({"may_act": {"sub": "someone-else"}}));
     assert_eq!(ask(&mut e, &h, "/", &edge, ""), Verdict::Pause);

@@ -7,6 +7,7 @@ use super::*;
 use crate::host::{FakeHost, HttpCall};
 use crate::jwt_error::JwtError;
 use crate::verdict::HeaderOp;
+use serde_json::json;
 
 mod ciba;
 mod delegation;
@@ -17,11 +18,17 @@ mod issuers;
 pub(super) const NOW: u64 = 1_700_000_000_000;
 const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-pub(super) fn engine(extra: &str) -> Engine {
-    let json = format!(
-        r#"{{"sts":{{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"pw"}}{extra}}}"#
-    );
-    Engine::new(Config::parse(json.as_bytes(), &|_| None).unwrap()).unwrap()
+/// An engine for the test STS with `extra` added to the configuration's top level.
+pub(super) fn engine(extra: serde_json::Value) -> Engine {
+    let mut config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.local", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "pw" }
+    });
+    for (k, v) in extra.as_object().expect("an object") {
+        config[k] = v.clone();
+    }
+    let bytes = config.to_string().into_bytes();
+    Engine::new(Config::parse(&bytes, &|_| None).unwrap()).unwrap()
 }
 
 pub(super) fn ok(token: &str, expires_in: u64) -> HttpAnswer {
