@@ -85,7 +85,6 @@ struct Flight {
 #[derive(Default)]
 pub struct Flights {
     flights: HashMap<CacheKey, Flight>,
-    members: HashMap<u32, CacheKey>,
     carried: HashMap<u32, Vec<CacheKey>>,
 }
 
@@ -95,7 +94,6 @@ impl Flights {
         let Some(flight) = self.flights.get_mut(key) else {
             return Err(waiter);
         };
-        self.members.insert(waiter.ctx, *key);
         flight.waiters.push(waiter);
         Ok(())
     }
@@ -109,7 +107,6 @@ impl Flights {
         waiter: Waiter,
         job: Job,
     ) {
-        self.members.insert(waiter.ctx, key);
         self.flights.insert(
             key,
             Flight {
@@ -136,9 +133,6 @@ impl Flights {
     /// Gives a flight up (it could not be sent again): its waiters need an answer.
     pub fn take(&mut self, key: &CacheKey) -> Option<Landed> {
         let flight = self.flights.remove(key)?;
-        for w in &flight.waiters {
-            self.members.remove(&w.ctx);
-        }
         Some(Landed {
             key: *key,
             job: flight.job,
@@ -146,18 +140,20 @@ impl Flights {
         })
     }
 
-    /// Forgets a request that ended. The calls its context carried are lost with it (returned):
-    /// they wait to be sent again for whoever still waits, or are dropped when nobody does.
-    pub fn leave(&mut self, ctx: u32) -> Vec<u32> {
-        let mut lost = Vec::new();
-        if let Some(key) = self.members.remove(&ctx) {
-            if let Some(flight) = self.flights.get_mut(&key) {
-                flight.waiters.retain(|w| w.ctx != ctx);
-                if flight.call.is_none() && flight.waiters.is_empty() {
-                    self.flights.remove(&key);
-                }
+    /// Forgets request `ctx`, which waited on the flight for `key` and ended.
+    pub fn leave(&mut self, ctx: u32, key: &CacheKey) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.waiters.retain(|w| w.ctx != ctx);
+            if flight.call.is_none() && flight.waiters.is_empty() {
+                self.flights.remove(key);
             }
         }
+    }
+
+    /// The context `ctx` ended: the calls it carried are lost with it (returned); they wait to
+    /// be sent again for whoever still waits, or are dropped when nobody does.
+    pub fn carrier_gone(&mut self, ctx: u32) -> Vec<u32> {
+        let mut lost = Vec::new();
         for key in self.carried.remove(&ctx).unwrap_or_default() {
             let Some(flight) = self.flights.get_mut(&key) else {
                 continue;
@@ -220,8 +216,9 @@ mod tests {
         let mut f = Flights::default();
         f.start(K, 10, Some(1), waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
+        f.leave(1, &K);
         assert_eq!(
-            f.leave(1),
+            f.carrier_gone(1),
             vec![10],
             "the carrier's callout is lost with it"
         );
@@ -240,12 +237,15 @@ mod tests {
         let mut f = Flights::default();
         f.start(K, 10, Some(1), waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
-        f.leave(1);
-        f.leave(2);
+        f.leave(1, &K);
+        f.carrier_gone(1);
+        f.leave(2, &K);
+        f.carrier_gone(2);
         assert!(f.orphans().is_empty());
         // Also when the carrier is the last to go.
         f.start(K, 12, Some(3), waiter(3), JOB);
-        f.leave(3);
+        f.leave(3, &K);
+        f.carrier_gone(3);
         assert!(f.orphans().is_empty());
         assert!(f.join(&K, waiter(4)).is_err());
     }
@@ -255,7 +255,8 @@ mod tests {
         let mut f = Flights::default();
         f.start(K, 10, None, waiter(1), JOB);
         f.join(&K, waiter(2)).unwrap();
-        f.leave(2);
+        f.leave(2, &K);
+        f.carrier_gone(2);
         assert_eq!(f.land(&K, 10).unwrap().waiters, vec![waiter(1)]);
     }
 }

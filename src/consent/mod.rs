@@ -71,7 +71,6 @@ pub struct Consents {
     lease_ms: u64,
     ping: bool,
     table: HashMap<CacheKey, Consent>,
-    members: HashMap<u32, CacheKey>,
     /// Consents this worker owns, per client.
     held: HashMap<[u8; 32], usize>,
 }
@@ -89,7 +88,6 @@ impl Consents {
             lease_ms: timeout_ms.saturating_add(LEASE_MARGIN_MS),
             ping: matches!(ciba.mode, crate::config::CibaMode::Ping { .. }),
             table: HashMap::new(),
-            members: HashMap::new(),
             held: HashMap::new(),
         }
     }
@@ -115,7 +113,6 @@ impl Consents {
         };
         if let Some(c) = self.table.get_mut(&a.key) {
             c.waiters.push(waiter);
-            self.members.insert(a.ctx, a.key);
             return Ask::Waiting;
         }
         let mut free = None;
@@ -151,7 +148,6 @@ impl Consents {
         if !matches!(phase, Phase::Elsewhere) {
             *self.held.entry(a.client).or_default() += 1;
         }
-        self.members.insert(a.ctx, a.key);
         self.table.insert(
             a.key,
             Consent {
@@ -426,9 +422,6 @@ impl Consents {
                     .into_iter()
                     .partition(|w| w.deadline_ms <= now);
                 consent.waiters = on_time;
-                for w in &late {
-                    self.members.remove(&w.ctx);
-                }
                 if !late.is_empty() {
                     events.push(ConsentEvent::TimedOut(late));
                 }
@@ -437,15 +430,13 @@ impl Consents {
         (events, wanted)
     }
 
-    /// Forgets a request that ended; the consent itself goes on (another worker's, only while
-    /// someone here waits for it).
-    pub fn leave(&mut self, ctx: u32) {
-        if let Some(key) = self.members.remove(&ctx) {
-            if let Some(c) = self.table.get_mut(&key) {
-                c.waiters.retain(|w| w.ctx != ctx);
-                if c.waiters.is_empty() && !c.owned() {
-                    self.take(&key);
-                }
+    /// Forgets request `ctx`, which waited for the consent of `key` and ended; the consent
+    /// itself goes on (another worker's, only while someone here waits for it).
+    pub fn leave(&mut self, ctx: u32, key: &CacheKey) {
+        if let Some(c) = self.table.get_mut(key) {
+            c.waiters.retain(|w| w.ctx != ctx);
+            if c.waiters.is_empty() && !c.owned() {
+                self.take(key);
             }
         }
     }
@@ -493,9 +484,6 @@ impl Consents {
 
     fn take(&mut self, key: &CacheKey) -> Option<Consent> {
         let c = self.table.remove(key)?;
-        for w in &c.waiters {
-            self.members.remove(&w.ctx);
-        }
         if c.owned() {
             if let Some(n) = self.held.get_mut(&c.client) {
                 *n = n.saturating_sub(1);

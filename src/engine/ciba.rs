@@ -2,7 +2,7 @@
 //! STS's ping is answered, and a consent's end becomes verdicts for the requests that waited.
 
 use super::calls::Owner;
-use super::{Engine, Step, UNAVAILABLE};
+use super::{Engine, Step, Wait, UNAVAILABLE};
 use crate::cache::CacheKey;
 use crate::config::{CibaMode, LoginHint};
 use crate::consent::{Ask, Asking, ConsentEvent, Want};
@@ -104,7 +104,10 @@ impl Engine {
             hint,
         };
         match consents.ask(host, asking, at.now) {
-            Ask::Waiting => Verdict::Pause,
+            Ask::Waiting => {
+                self.waits.insert(at.ctx, Wait::Consent(key));
+                Verdict::Pause
+            }
             Ask::Busy => Verdict::Respond(LocalReply::consent_pending(consents.retry_after_s())),
         }
     }

@@ -4,6 +4,8 @@
 //! [`Flights`] of STS calls — and come back as verdicts. Nothing here touches proxy-wasm: the
 //! host is reached through [`Host`].
 
+use std::collections::HashMap;
+
 use crate::actor::Actors;
 use crate::cache::{CacheKey, Cached, SharedCache};
 use crate::caller;
@@ -42,6 +44,8 @@ pub struct Engine {
     flights: Flights,
     /// Every callout in the air, and whose answer it is.
     calls: Calls,
+    /// Where each parked request waits.
+    waits: HashMap<u32, Wait>,
     /// CIBA consents, when `sts.ciba` is configured.
     consents: Option<Consents>,
 }
@@ -77,6 +81,7 @@ impl Engine {
             outcomes: Outcomes::new(&config),
             flights: Flights::default(),
             calls: Calls::default(),
+            waits: HashMap::new(),
             config,
             client,
             routes,
@@ -234,12 +239,18 @@ impl Engine {
     /// Forgets a request that ended (answered, or the client went away). If its context carried
     /// an STS call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
-        self.keys.leave(ctx);
-        let lost = self.flights.leave(ctx);
-        self.calls.forget(lost);
-        if let Some(c) = self.consents.as_mut() {
-            c.leave(ctx);
+        match self.waits.remove(&ctx) {
+            Some(Wait::Keys(issuer)) => self.keys.leave(ctx, issuer),
+            Some(Wait::Flight(key)) => self.flights.leave(ctx, &key),
+            Some(Wait::Consent(key)) => {
+                if let Some(c) = self.consents.as_mut() {
+                    c.leave(ctx, &key);
+                }
+            }
+            None => {}
         }
+        let lost = self.flights.carrier_gone(ctx);
+        self.calls.forget(lost);
     }
 
     /// Periodic work on the root context: sends again the STS calls whose carrier went away,
@@ -323,6 +334,17 @@ impl Step {
             now,
         }
     }
+}
+
+/// Where a parked request waits, so that its end reaches that part alone.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// For the keys of this trusted issuer.
+    Keys(usize),
+    /// On the flight of this key (an exchange, or the filter's actor token).
+    Flight(CacheKey),
+    /// For the consent of this key.
+    Consent(CacheKey),
 }
 
 const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailable");

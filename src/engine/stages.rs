@@ -5,7 +5,7 @@
 //! filter's actor token at `exchange`.
 
 use super::calls::Owner;
-use super::{Engine, Step, UNAVAILABLE};
+use super::{Engine, Step, Wait, UNAVAILABLE};
 use crate::actor;
 use crate::cache::CacheKey;
 use crate::client::ActorSource;
@@ -143,6 +143,7 @@ impl Engine {
         }
         let waiter = Waiter { ctx, resume: None };
         if self.flights.join(&key, waiter).is_ok() {
+            self.waits.insert(ctx, Wait::Flight(key));
             host.metric(Metric::Coalesced, 1);
             token::log_debug(host, ctx, subject, "waits on the STS call in flight");
             return Verdict::Pause;
@@ -182,6 +183,7 @@ impl Engine {
         });
         let waiter = Waiter { ctx, resume: None };
         self.flights.start(key, call, at.carrier, waiter, job);
+        self.waits.insert(ctx, Wait::Flight(key));
         Verdict::Pause
     }
 
@@ -205,6 +207,7 @@ impl Engine {
             ctx: at.ctx,
             resume: Some(parked),
         };
+        self.waits.insert(at.ctx, Wait::Flight(key));
         let Err(waiter) = self.flights.join(&key, waiter) else {
             return Verdict::Pause;
         };

@@ -1,7 +1,7 @@
 //! The engine's trusted-issuer paths: verifying the subject (once per token and key set) with
 //! `may_act`, and the requests that waited for an issuer's keys.
 
-use super::{Engine, Step};
+use super::{Engine, Step, Wait};
 use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
 use crate::keys::{ActorCheck, Check, KeyEvent, KeyWaiter};
@@ -54,7 +54,10 @@ impl Engine {
             Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
             // Fetches run every second until the first keys arrive.
             Check::NoKeys => Err(self.outcomes.no_keys(false)),
-            Check::Wait => Err(Verdict::Pause),
+            Check::Wait(issuer) => {
+                self.waits.insert(at.ctx, Wait::Keys(issuer));
+                Err(Verdict::Pause)
+            }
         }
     }
 

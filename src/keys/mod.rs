@@ -2,9 +2,6 @@
 //! cluster on a schedule, shared with the other workers through shared data, one fetch at a time
 //! across workers by a compare-and-swap claim), the requests waiting for a fetch, and the subject
 //! tokens already verified with the keys at hand.
-
-use std::collections::HashMap;
-
 use crate::cache::CacheKey;
 use crate::config::{ConfigError, KeySource, TrustedIssuer};
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
@@ -61,8 +58,8 @@ pub enum Check {
     Refused(JwtError),
     /// Its issuer has no keys yet: 503.
     NoKeys,
-    /// It names an unknown key: the request waits for a fetch.
-    Wait,
+    /// It names an unknown key: the request waits for a fetch of this issuer's keys.
+    Wait(usize),
 }
 
 /// What checking a header actor token says.
@@ -93,8 +90,6 @@ struct IssuerState {
 pub struct Keys {
     issuers: Vec<TrustedIssuer>,
     state: Vec<IssuerState>,
-    /// Waiting requests: context → issuer.
-    waiting: HashMap<u32, usize>,
     verified: VerifiedTokens,
 }
 
@@ -117,7 +112,6 @@ impl Keys {
         Ok(Keys {
             issuers: issuers.to_vec(),
             state,
-            waiting: HashMap::new(),
             verified: VerifiedTokens::default(),
         })
     }
@@ -190,11 +184,10 @@ impl Keys {
                 };
                 if let Some(state) = self.state.get_mut(i) {
                     state.unknown_kid = true;
-                    self.waiting.insert(ctx, i);
                     state.waiters.push(waiter());
                 }
                 token::log_debug(host, ctx, subject, "waits for fresh signing keys");
-                Check::Wait
+                Check::Wait(i)
             }
         }
     }
@@ -233,12 +226,10 @@ impl Keys {
         }
     }
 
-    /// Forgets a request that ended (or must not wait again).
-    pub fn leave(&mut self, ctx: u32) {
-        if let Some(i) = self.waiting.remove(&ctx) {
-            if let Some(s) = self.state.get_mut(i) {
-                s.waiters.retain(|w| w.ctx != ctx);
-            }
+    /// Forgets request `ctx`, which waited for the keys of `issuer` and ended.
+    pub fn leave(&mut self, ctx: u32, issuer: usize) {
+        if let Some(s) = self.state.get_mut(issuer) {
+            s.waiters.retain(|w| w.ctx != ctx);
         }
     }
 
@@ -398,9 +389,6 @@ impl Keys {
             .get_mut(issuer)
             .map(|s| std::mem::take(&mut s.waiters))
             .unwrap_or_default();
-        for w in &waiters {
-            self.waiting.remove(&w.ctx);
-        }
         if resume {
             KeyEvent::Resume(waiters)
         } else {
