@@ -276,6 +276,10 @@ def main():
             ("baseline module, cache hit", [wasm_filter(filter_config("sts_ok"), BASELINE)], "opaque-bench-token"),
             ("baseline module + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers), BASELINE)],
              rs_token),
+            ("baseline module, bypass route",
+             [wasm_filter(filter_config("sts_ok", {"routes": [{"match": {"path_prefix": "/"}, "bypass": True}]}),
+                          BASELINE)],
+             "opaque-bench-token"),
         ]
     if only:
         configs = [c for c in configs if c[0] == "plain Envoy" or only in c[0]]

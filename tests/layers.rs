@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The most non-test lines a file may have; the engine, a dispatcher, is held to less.
-const MAX_LINES: usize = 510;
-const MAX_ENGINE_LINES: usize = 480;
+const MAX_LINES: usize = 500;
+const MAX_ENGINE_LINES: usize = 400;
 
 /// Every source file: (module it belongs to, file name, non-test code without comments).
 fn sources() -> Vec<(String, String, String)> {

@@ -86,3 +86,11 @@ pub(super) fn exchange(
     assert_eq!(out.len(), 1);
     out.remove(0).1
 }
+
+/// The `WWW-Authenticate` challenge of a local reply (empty for anything else).
+pub(super) fn challenge(v: &Verdict) -> String {
+    match v {
+        Verdict::Respond(r) => r.header("www-authenticate").unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
