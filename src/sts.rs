@@ -229,7 +229,10 @@ fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailu
         issued,
     ) {
         (_, IssuedType::NotExpected) => {}
-        (None, IssuedType::Required(_)) => {
+        // RFC 8693 §2.2.1 makes it required, but widely used servers omit it: with no type
+        // asked for, the token is taken as an access token.
+        (None, IssuedType::Required(None)) => {}
+        (None, IssuedType::Required(Some(_))) => {
             return Err(StsFailure::BadAnswer("issued_token_type missing"))
         }
         (Some(issued), IssuedType::Required(Some(asked))) if issued != asked => {
@@ -324,6 +327,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.expires_in, None);
+    }
+
+    #[test]
+    fn an_answer_without_issued_token_type_is_an_access_token_when_no_type_was_asked_for() {
+        let body = r#"{"access_token":"plain","token_type":"Bearer","expires_in":60}"#;
+        let m = parse_answer(&answer(200, body), IssuedType::Required(None)).unwrap();
+        assert_eq!(m.access_token, "plain");
+        for asked in [ATT, "urn:ietf:params:oauth:token-type:jwt"] {
+            assert_eq!(
+                parse_answer(&answer(200, body), IssuedType::Required(Some(asked))),
+                Err(StsFailure::BadAnswer("issued_token_type missing")),
+                "asked for {asked}"
+            );
+        }
     }
 
     #[test]
@@ -467,7 +484,7 @@ mod tests {
             ),
             (
                 answer(200, r#"{"access_token":"a","token_type":"Bearer"}"#),
-                None,
+                Some("urn:ietf:params:oauth:token-type:jwt"),
                 BadAnswer("issued_token_type missing"),
             ),
             (

@@ -230,3 +230,46 @@ fn ping_mode_answers_the_sts_and_never_routes_the_notification() {
     assert_eq!(r.status, 401);
     assert!(r.body.is_empty(), "{}", r.body);
 }
+
+#[test]
+fn a_ciba_route_beside_a_default_exchange_with_an_audience_loads_and_serves_both() {
+    let sts = TestSts::start(0, |n, call| {
+        if call.path == "/bc-authorize" {
+            return StsReply::json(
+                200,
+                json!({ "auth_req_id": "r", "expires_in": 60, "interval": 1 }),
+            );
+        }
+        match call.field("grant_type") {
+            Some("urn:openid:params:grant-type:ciba") => StsReply::token("consented", 600),
+            _ => support::mint(n, call),
+        }
+    });
+    let config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token", "timeout_ms": 2000,
+                 "client_id": "edge", "client_secret": "pw",
+                 "ciba": { "path": "/bc-authorize", "login_hint": "login_hint_token", "wait_s": 4 } },
+        "exchange": { "audience": ["orders-api"], "scope": "openid orders" },
+        "routes": [{ "match": { "path_prefix": "/consent" }, "exchange": { "grant": "ciba" } }]
+    });
+    let envoy = Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        concurrency: 1,
+        ..EnvoySetup::default()
+    });
+    let r = envoy.get_with_token("/orders", "alice");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(upstream_token(&r).contains("aud-orders-api"), "{}", r.body);
+    let r = envoy.get_with_token("/consent", "alice");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(upstream_token(&r), "Bearer consented");
+    let bc = backchannel_requests(&sts, "alice");
+    assert_eq!(bc.len(), 1);
+    assert_eq!(
+        bc[0].field("audience"),
+        None,
+        "the ciba route inherits no audience"
+    );
+}

@@ -938,3 +938,29 @@ fn the_dashboard_queries_only_metrics_envoy_exports() {
         thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn an_answer_without_issued_token_type_is_taken_as_an_access_token() {
+    // A widely used server library never sends issued_token_type.
+    let sts = TestSts::start(0, |n, _| {
+        StsReply::json(
+            200,
+            json!({"access_token": format!("plain-{n}"), "token_type": "Bearer", "expires_in": 60}),
+        )
+    });
+    let config = sts_config(json!({
+        "routes": [{ "match": { "path_prefix": "/jwt" },
+                     "exchange": { "requested_token_type": "urn:ietf:params:oauth:token-type:jwt" } }]
+    }));
+    let envoy = envoy(sts.port, config, 1);
+    let r = envoy.get_with_token("/", "alice");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("authorization").unwrap(),
+        "Bearer plain-1"
+    );
+    // With a type asked for, the answer must say what it issued.
+    let r = envoy.get_with_token("/jwt", "alice");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(sts.count(), 2);
+}

@@ -153,17 +153,22 @@ pub(super) struct RawExchange {
 impl RawExchange {
     /// This exchange with every key the override sets replaced.
     pub(super) fn overridden_by(&self, o: &RawExchange) -> RawExchange {
+        let grant = o.grant.clone().or_else(|| self.grant.clone());
+        // Only token exchange takes an audience, resource, actor or requested type: a route that
+        // picks another grant inherits none of them (written on the route itself, they are
+        // refused by name).
+        let all = matches!(grant.as_deref(), None | Some("token_exchange"));
+        fn inherit<T: Clone>(all: bool, own: &Option<T>, default: &Option<T>) -> Option<T> {
+            own.clone().or_else(|| default.clone().filter(|_| all))
+        }
         RawExchange {
-            grant: o.grant.clone().or_else(|| self.grant.clone()),
-            audience: o.audience.clone().or_else(|| self.audience.clone()),
-            resource: o.resource.clone().or_else(|| self.resource.clone()),
+            audience: inherit(all, &o.audience, &self.audience),
+            resource: inherit(all, &o.resource, &self.resource),
             scope: o.scope.clone().or_else(|| self.scope.clone()),
-            requested_token_type: o
-                .requested_token_type
-                .clone()
-                .or_else(|| self.requested_token_type.clone()),
-            actor: o.actor.clone().or_else(|| self.actor.clone()),
-            expect_act: o.expect_act.or(self.expect_act),
+            requested_token_type: inherit(all, &o.requested_token_type, &self.requested_token_type),
+            actor: inherit(all, &o.actor, &self.actor),
+            expect_act: inherit(all, &o.expect_act, &self.expect_act),
+            grant,
             enforce_may_act: o.enforce_may_act.or(self.enforce_may_act),
             extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
         }

@@ -832,3 +832,56 @@ fn only_claims_that_name_a_user_may_be_a_login_hint() {
         assert_eq!(err_key(&doc(bad)), "sts.ciba.login_hint", "{bad}");
     }
 }
+
+#[test]
+fn a_route_that_changes_grant_inherits_only_the_keys_its_grant_takes() {
+    let doc = |routes: serde_json::Value| {
+        serde_json::json!({
+            "sts": { "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "edge",
+                     "client_secret": "x", "ciba": { "path": "/bc", "login_hint": "login_hint_token" } },
+            "exchange": { "audience": ["orders"], "resource": "https://orders.internal/",
+                          "requested_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                          "scope": "openid orders",
+                          "actor": { "source": "client_credentials" }, "expect_act": true },
+            "routes": routes
+        })
+        .to_string()
+    };
+    // A ciba or jwt_bearer route loads: the default's audience, resource, requested type and
+    // actor are not its keys, so it does not inherit them (the scope it does).
+    let c = parse(&doc(serde_json::json!([
+        { "match": { "path_prefix": "/consent" }, "exchange": { "grant": "ciba" } },
+        { "match": { "path_prefix": "/assert" }, "exchange": { "grant": "jwt_bearer" } },
+        { "match": { "path_prefix": "/plain" }, "exchange": { "scope": "read" } }
+    ])))
+    .unwrap();
+    let ciba = &c.config.exchanges[1];
+    assert_eq!(ciba.grant, Grant::Ciba);
+    assert!(ciba.audience.is_empty() && ciba.resource.is_empty() && ciba.actor.is_none());
+    assert_eq!(
+        (ciba.requested_token_type.as_deref(), ciba.expect_act),
+        (None, false)
+    );
+    assert_eq!(ciba.scope.as_deref(), Some("openid orders"));
+    assert!(c.config.exchanges[2].audience.is_empty());
+    // A token-exchange route still inherits everything.
+    let plain = &c.config.exchanges[3];
+    assert_eq!(plain.audience, vec!["orders".to_string()]);
+    assert!(plain.actor.is_some() && plain.expect_act);
+    // Written on the route itself, a key its grant does not take is refused by name.
+    for (key, value) in [
+        ("audience", serde_json::json!(["x"])),
+        ("resource", serde_json::json!("https://x/")),
+        ("requested_token_type", serde_json::json!("urn:x")),
+        (
+            "actor",
+            serde_json::json!({ "source": "client_credentials" }),
+        ),
+    ] {
+        let mut exchange = serde_json::json!({ "grant": "ciba" });
+        exchange[key] = value;
+        let json =
+            doc(serde_json::json!([{ "match": { "path_prefix": "/c" }, "exchange": exchange }]));
+        assert_eq!(err_key(&json), format!("routes[0].exchange.{key}"));
+    }
+}
