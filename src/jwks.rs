@@ -234,28 +234,43 @@ pub const MAX_KEYS: usize = 100;
 
 /// The least time between two fetches of one issuer's keys once it has keys.
 pub const MIN_REFETCH_MS: u64 = 10_000;
-/// The retry period while an issuer has no keys or its last fetch failed.
+/// The retry period while an issuer has no keys, and the first backoff after a failed fetch.
 pub const RETRY_MS: u64 = 1_000;
+
+/// How long to wait after `failures` failed fetches in a row: from 1 s, doubling, up to
+/// `cap_ms`, less a jitter of up to a quarter taken from `seed` (the failed attempt's time, so
+/// proxies whose IdP went down together do not retry together), never under 1 s.
+pub fn backoff_ms(failures: u32, cap_ms: u64, seed: u64) -> u64 {
+    let doubled = RETRY_MS.saturating_mul(1u64 << failures.saturating_sub(1).min(30));
+    let base = doubled.min(cap_ms.max(RETRY_MS));
+    let jitter = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (base / 4 + 1);
+    base.saturating_sub(jitter).max(RETRY_MS)
+}
 
 impl Schedule {
     /// Whether a fetch is due now. `fetched_at` is when the keys in use were fetched (`None`: no
-    /// keys yet); `last_attempt` is when the last fetch by any worker started; `failed` says the
-    /// last attempt failed; `unknown_kid` says a token named a key not in the set.
+    /// keys yet); `last_attempt` is when the last fetch by any worker started; `failures` counts
+    /// the failed fetches in a row before it (0: it did not fail), which back off exponentially
+    /// with jitter up to the refresh period; `unknown_kid` says a token named a key not in the set.
     pub fn due(
         &self,
         now: u64,
         fetched_at: Option<u64>,
         last_attempt: Option<u64>,
-        failed: bool,
+        failures: u32,
         unknown_kid: bool,
     ) -> bool {
         // A time stamp that lies in the future (the wall clock stepped back) counts as long ago:
         // otherwise nothing would be fetched until the clock caught up again.
         let since = |t: u64| if t > now { u64::MAX } else { now - t };
         let since_attempt = last_attempt.map_or(u64::MAX, since);
+        let backoff = backoff_ms(failures, self.refresh_ms, last_attempt.unwrap_or(0));
         match fetched_at {
+            None if failures > 0 => since_attempt >= backoff,
             None => since_attempt >= RETRY_MS,
-            Some(_) if failed => since_attempt >= RETRY_MS.max(MIN_REFETCH_MS.min(self.refresh_ms)),
+            Some(_) if failures > 0 => {
+                since_attempt >= backoff.max(MIN_REFETCH_MS.min(self.refresh_ms))
+            }
             Some(at) => {
                 let stale = since(at) >= self.refresh_ms;
                 (stale || unknown_kid) && since_attempt >= MIN_REFETCH_MS
@@ -373,11 +388,11 @@ pub(crate) mod tests {
         let fetched = 10_000_000;
         let an_hour_earlier = fetched - 3_600_000;
         // Keys and the last attempt appear to come from the future: due, not frozen.
-        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), false, false));
-        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), false, true));
-        assert!(s.due(an_hour_earlier, None, Some(fetched), false, false));
+        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), 0, false));
+        assert!(s.due(an_hour_earlier, Some(fetched), Some(fetched), 0, true));
+        assert!(s.due(an_hour_earlier, None, Some(fetched), 0, false));
         // A normal clock is still rate-limited.
-        assert!(!s.due(fetched + 1_000, Some(fetched), Some(fetched), false, true));
+        assert!(!s.due(fetched + 1_000, Some(fetched), Some(fetched), 0, true));
     }
 
     #[test]
@@ -467,17 +482,63 @@ pub(crate) mod tests {
         };
         let t = 1_000_000;
         // no keys: now, and every second while failing
-        assert!(s.due(t, None, None, false, false));
-        assert!(!s.due(t, None, Some(t - 999), true, false));
-        assert!(s.due(t, None, Some(t - 1000), true, false));
+        assert!(s.due(t, None, None, 0, false));
+        assert!(!s.due(t, None, Some(t - 999), 1, false));
+        assert!(s.due(t, None, Some(t - 1000), 1, false));
         // keys: not before refresh_s ...
-        assert!(!s.due(t, Some(t - 299_999), Some(t - 299_999), false, false));
-        assert!(s.due(t, Some(t - 300_000), Some(t - 300_000), false, false));
+        assert!(!s.due(t, Some(t - 299_999), Some(t - 299_999), 0, false));
+        assert!(s.due(t, Some(t - 300_000), Some(t - 300_000), 0, false));
         // ... except for an unknown kid, rate-limited to one fetch per 10 s
-        assert!(!s.due(t, Some(t - 5_000), Some(t - 5_000), false, true));
-        assert!(s.due(t, Some(t - 10_000), Some(t - 10_000), false, true));
+        assert!(!s.due(t, Some(t - 5_000), Some(t - 5_000), 0, true));
+        assert!(s.due(t, Some(t - 10_000), Some(t - 10_000), 0, true));
         // a failed refresh keeps the keys and retries after 10 s, sooner than refresh_s
-        assert!(!s.due(t, Some(t - 400_000), Some(t - 9_000), true, false));
-        assert!(s.due(t, Some(t - 400_000), Some(t - 10_000), true, false));
+        assert!(!s.due(t, Some(t - 400_000), Some(t - 9_000), 1, false));
+        assert!(s.due(t, Some(t - 400_000), Some(t - 10_000), 1, false));
+    }
+
+    #[test]
+    fn failed_fetches_back_off_from_a_second_to_the_refresh_period_with_jitter() {
+        assert_eq!(
+            backoff_ms(1, 300_000, 12_345),
+            1_000,
+            "the first retry after a second"
+        );
+        let mut last = 0;
+        for failures in 1..40 {
+            let waits: Vec<u64> = (0..50u64)
+                .map(|seed| backoff_ms(failures, 300_000, seed * 7_919))
+                .collect();
+            let most = *waits.iter().max().unwrap();
+            assert!(
+                waits.iter().all(|w| (1_000..=300_000).contains(w)),
+                "{failures}: {waits:?}"
+            );
+            assert!(most >= last, "never shorter as failures grow");
+            last = most;
+        }
+        assert_eq!(last, 300_000, "capped at the refresh period");
+        // Jitter spreads proxies that failed together: the waits differ by seed.
+        let spread: std::collections::BTreeSet<u64> = (0..50u64)
+            .map(|seed| backoff_ms(6, 300_000, seed * 7_919))
+            .collect();
+        assert!(spread.len() > 10, "{spread:?}");
+        assert!(
+            spread.iter().all(|w| (24_000..=32_000).contains(w)),
+            "{spread:?}"
+        );
+        // A refresh period under a second still waits a second.
+        assert_eq!(backoff_ms(5, 10, 0), 1_000);
+        let s = Schedule {
+            refresh_ms: 300_000,
+        };
+        let t = 1_700_000_000_000u64;
+        assert!(
+            s.due(t, None, Some(t - 2_000), 2, false),
+            "two failures: at most two seconds"
+        );
+        assert!(
+            !s.due(t, None, Some(t - 999), 5, false),
+            "never more than once a second"
+        );
     }
 }

@@ -964,3 +964,22 @@ fn an_answer_without_issued_token_type_is_taken_as_an_access_token() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(sts.count(), 2);
 }
+
+#[test]
+fn a_down_idp_is_fetched_with_backoff_never_more_than_once_a_second() {
+    // Nothing listens on the IdP's port: every key fetch fails.
+    let idp_port = support::free_port();
+    let sts = TestSts::start(0, mint);
+    let envoy = envoy_with(sts.port, issuer_config(300), 2, &[("idp", idp_port)]);
+    let token = support::Signer::new("k1").token(&claims("erin"), None);
+    for _ in 0..14 {
+        assert_eq!(envoy.get_with_token("/", &token).status, 503);
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Seven seconds, two workers: fetches at about 0, 1, 3 and 7 s (1, 2, 4 s apart, less
+    // jitter), one across workers; a fixed one-second retry would have made seven or more.
+    let fetches = envoy.counter("jwks_fetches");
+    assert!((2..=5).contains(&fetches), "{fetches} fetches");
+    assert_eq!(envoy.counter("jwks_fetch_failures"), fetches);
+    assert_eq!(sts.count(), 0, "never passed on while trust cannot be established");
+}

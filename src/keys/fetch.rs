@@ -58,7 +58,20 @@ impl RemoteKeys {
 pub(super) struct Attempt {
     pub(super) at: Option<u64>,
     pub(super) failed: bool,
+    /// Failed fetches in a row, this one included when it failed.
+    pub(super) failures: u32,
     pub(super) cas: Option<u32>,
+}
+
+impl Attempt {
+    /// The failures in a row that the schedule backs off by (0 unless the last one failed).
+    pub(super) fn backoff_failures(&self) -> u32 {
+        if self.failed {
+            self.failures.max(1)
+        } else {
+            0
+        }
+    }
 }
 
 /// Another worker's fetch of newer keys started and has not timed out.
@@ -70,9 +83,11 @@ pub(super) fn in_progress(attempt: &Attempt, version: u64, remote: &RemoteKeys, 
     })
 }
 
-pub(super) fn encode_attempt(at: u64, failed: bool) -> Vec<u8> {
+/// An attempt's slot value: its start, whether it failed, and the failures in a row so far.
+pub(super) fn encode_attempt(at: u64, failed: bool, failures: u32) -> Vec<u8> {
     let mut v = at.to_be_bytes().to_vec();
     v.push(u8::from(failed));
+    v.extend_from_slice(&failures.to_be_bytes());
     v
 }
 
@@ -82,6 +97,10 @@ pub(super) fn read_attempt<H: Host>(host: &H, slot: &str) -> Attempt {
             Some((at, rest)) => Attempt {
                 at: Some(at),
                 failed: rest.first() == Some(&1),
+                failures: rest
+                    .get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes),
                 cas: Some(cas),
             },
             None => Attempt {
@@ -136,7 +155,7 @@ mod tests {
         let h = FakeHost::at(0);
         let r = RemoteKeys::new("https://a", &uri("/jwks"));
         assert_eq!(read_attempt(&h, &r.attempt_slot).at, None);
-        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, false), None)
+        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, false, 0), None)
             .unwrap();
         let a = read_attempt(&h, &r.attempt_slot);
         assert_eq!((a.at, a.failed, a.cas), (Some(10_000), false, Some(1)));
@@ -152,10 +171,18 @@ mod tests {
             !in_progress(&a, 5_000, &r, 13_001),
             "past the timeout and a second"
         );
-        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, true), None)
+        h.shared_set(&r.attempt_slot, &encode_attempt(10_000, true, 3), None)
             .unwrap();
         let failed = read_attempt(&h, &r.attempt_slot);
         assert!(failed.failed && !in_progress(&failed, 5_000, &r, 12_000));
+        assert_eq!((failed.failures, failed.backoff_failures()), (3, 3));
+        h.shared_set(&r.attempt_slot, &[0, 0, 0, 0, 0, 0, 0, 9, 1], None)
+            .unwrap();
+        assert_eq!(
+            read_attempt(&h, &r.attempt_slot).backoff_failures(),
+            1,
+            "an older slot value"
+        );
         h.shared_set(&r.attempt_slot, b"short", None).unwrap();
         assert_eq!(
             read_attempt(&h, &r.attempt_slot).at,

@@ -251,7 +251,7 @@ impl Keys {
                 now,
                 state.keys.as_ref().map(|_| state.version),
                 attempt.at,
-                attempt.failed,
+                attempt.backoff_failures(),
                 true,
             )
     }
@@ -289,6 +289,9 @@ impl Keys {
                 if let Err(e) = host.shared_set(&remote.keys_slot, &slot, None) {
                     host.log(LogLevel::Warn, &format!("sharing keys failed: {}", e.0));
                 }
+                // A good fetch ends the run of failures.
+                let ok = encode_attempt(started, false, 0);
+                let _ = host.shared_set(&remote.attempt_slot, &ok, None);
                 state.keys = Some(set);
                 state.version = now;
                 state.unknown_kid = false;
@@ -300,7 +303,9 @@ impl Keys {
                     LogLevel::Warn,
                     &format!("fetching keys of issuer {name} failed: {why}"),
                 );
-                let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(started, true), None);
+                let failures = read_attempt(host, &remote.attempt_slot).failures + 1;
+                let failed = encode_attempt(started, true, failures);
+                let _ = host.shared_set(&remote.attempt_slot, &failed, None);
                 self.release(issuer, false)
             }
         }
@@ -331,7 +336,9 @@ impl Keys {
     /// The fetch of `issuer` could not be sent: its waiters get 503.
     pub fn fetch_unsent<H: Host>(&mut self, host: &H, issuer: usize, now: u64) -> KeyEvent {
         if let Some(remote) = self.state.get(issuer).and_then(|s| s.remote.as_ref()) {
-            let _ = host.shared_set(&remote.attempt_slot, &encode_attempt(now, true), None);
+            let failures = read_attempt(host, &remote.attempt_slot).failures + 1;
+            let failed = encode_attempt(now, true, failures);
+            let _ = host.shared_set(&remote.attempt_slot, &failed, None);
         }
         self.release(issuer, false)
     }
@@ -357,12 +364,16 @@ impl Keys {
         }
         let attempt = read_attempt(host, &remote.attempt_slot);
         let fetched = state.keys.as_ref().map(|_| state.version);
-        if remote
-            .schedule
-            .due(now, fetched, attempt.at, attempt.failed, state.unknown_kid)
-        {
+        if remote.schedule.due(
+            now,
+            fetched,
+            attempt.at,
+            attempt.backoff_failures(),
+            state.unknown_kid,
+        ) {
             // Claim the attempt for this worker; a lost race means another worker fetches.
-            let claim = encode_attempt(now, false);
+            // The claim keeps the count of failures before it, for the backoff after it.
+            let claim = encode_attempt(now, false, attempt.failures);
             if host
                 .shared_set(&remote.attempt_slot, &claim, attempt.cas)
                 .is_err()

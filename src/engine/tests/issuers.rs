@@ -313,6 +313,48 @@ fn a_failed_first_fetch_is_retried_every_second() {
 }
 
 #[test]
+fn a_down_idp_is_fetched_with_backoff_by_one_worker_never_more_than_once_a_second() {
+    let h = FakeHost::at(NOW);
+    let (mut a, mut b) = (remote_engine(), remote_engine());
+    let down = HttpAnswer {
+        status: None,
+        body: vec![],
+        too_large: false,
+    };
+    let mut fetched_at = Vec::new();
+    // Two minutes of ticks on two workers, every fetch failing.
+    for _ in 0..1_200 {
+        for e in [&mut a, &mut b] {
+            let before = h.calls_to("idp").len();
+            e.on_tick(&h);
+            if h.calls_to("idp").len() > before {
+                fetched_at.push(h.now.get());
+                e.on_http_answer(&h, None, h.last_call(), &down);
+            }
+        }
+        h.advance_ms(100);
+    }
+    let gaps: Vec<u64> = fetched_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 1_000), "{gaps:?}");
+    assert!(
+        gaps.windows(2).all(|w| w[1] + 100 >= w[0]),
+        "never faster: {gaps:?}"
+    );
+    // 1 + 2 + 4 + 8 + 16 + 32 + 64 s, less jitter: a handful of fetches, not 120.
+    assert!(
+        fetched_at.len() <= 9,
+        "{} fetches: {gaps:?}",
+        fetched_at.len()
+    );
+    assert!(gaps.last().is_some_and(|g| *g >= 24_000), "{gaps:?}");
+    // Each of them counted as a failed fetch.
+    assert_eq!(
+        h.metric_value(Metric::JwksFetchFailures) as usize,
+        fetched_at.len()
+    );
+}
+
+#[test]
 fn unknown_kid_waits_for_one_early_refresh_then_goes_on() {
     let h = FakeHost::at(NOW);
     let mut e = started(&h, json!({ "keys": [keys().rsa_jwk("rsa")] }));
