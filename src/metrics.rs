@@ -46,12 +46,14 @@ pub enum Metric {
     CibaExpired,
     /// CIBA polls of the token endpoint.
     CibaPolls,
+    /// Verified tokens of an `action: forward` issuer passed on unchanged.
+    Forwarded,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 16] = [
+const PLAIN: [(Metric, &str); 17] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -71,6 +73,7 @@ const PLAIN: [(Metric, &str); 16] = [
     (Metric::CibaDenied, "token_exchange.ciba_denied"),
     (Metric::CibaExpired, "token_exchange.ciba_expired"),
     (Metric::CibaPolls, "token_exchange.ciba_polls"),
+    (Metric::Forwarded, "token_exchange.forwarded"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

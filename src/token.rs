@@ -607,6 +607,7 @@ mod tests {
                 algorithms: vec![JwsAlg::Rs256, JwsAlg::Es256, JwsAlg::EdDsa],
                 leeway_s: 30,
                 keys: KeySource::Inline(keys().jwks()),
+                forward: false,
             }
         }
 

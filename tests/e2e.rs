@@ -981,5 +981,43 @@ fn a_down_idp_is_fetched_with_backoff_never_more_than_once_a_second() {
     let fetches = envoy.counter("jwks_fetches");
     assert!((2..=5).contains(&fetches), "{fetches} fetches");
     assert_eq!(envoy.counter("jwks_fetch_failures"), fetches);
-    assert_eq!(sts.count(), 0, "never passed on while trust cannot be established");
+    assert_eq!(
+        sts.count(),
+        0,
+        "never passed on while trust cannot be established"
+    );
+}
+
+#[test]
+fn a_forward_issuers_token_reaches_the_upstream_unchanged() {
+    let sts = TestSts::start(0, mint);
+    let signer = support::Signer::new("k1");
+    let keys = json!({ "keys": [signer.jwk()] });
+    let ours = "https://sts.test";
+    let config = sts_config(json!({ "trusted_issuers": [
+        { "issuer": ISS, "algorithms": ["ES256"], "jwks": keys },
+        { "issuer": ours, "algorithms": ["ES256"], "jwks": keys, "action": "forward" }
+    ] }));
+    let envoy = envoy(sts.port, config, 1);
+    let token = signer.token(
+        &json!({ "iss": ours, "sub": "svc", "exp": support::now_s() + 600 }),
+        None,
+    );
+    let r = envoy.get_with_token("/", &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("authorization").unwrap(),
+        format!("Bearer {token}").as_str()
+    );
+    // The old IdP's token is exchanged.
+    let old = signer.token(&claims("dora"), None);
+    let r = envoy.get_with_token("/", &old);
+    assert!(r
+        .upstream_header("authorization")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer minted-"));
+    assert_eq!(sts.count(), 1);
+    assert_eq!(envoy.counter("forwarded"), 1);
 }

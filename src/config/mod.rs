@@ -410,6 +410,9 @@ pub struct TrustedIssuer {
     pub leeway_s: u64,
     /// The issuer's keys.
     pub keys: KeySource,
+    /// Its verified tokens are passed on unchanged instead of exchanged (`action: forward`):
+    /// tokens the services already accept, as during a migration.
+    pub forward: bool,
 }
 
 /// A validated configuration.

@@ -97,6 +97,7 @@ pub(super) struct RawIssuer {
     pub(super) leeway_s: Option<u64>,
     pub(super) jwks: Option<serde_json::Value>,
     pub(super) jwks_uri: Option<RawJwksUri>,
+    pub(super) action: Option<String>,
 }
 
 #[derive(Deserialize)]

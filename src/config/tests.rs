@@ -885,3 +885,15 @@ fn a_route_that_changes_grant_inherits_only_the_keys_its_grant_takes() {
         assert_eq!(err_key(&json), format!("routes[0].exchange.{key}"));
     }
 }
+
+#[test]
+fn a_trusted_issuer_exchanges_or_forwards() {
+    let doc = |action: &str| {
+        with(&format!(
+            r#""trusted_issuers":[{{"issuer":"https://i","algorithms":["ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp","path":"/jwks"}},"action":"{action}"}}]"#
+        ))
+    };
+    assert!(!parse(&doc("exchange")).unwrap().trusted_issuers[0].forward);
+    assert!(parse(&doc("forward")).unwrap().trusted_issuers[0].forward);
+    assert_eq!(err_key(&doc("pass")), "trusted_issuers[0].action");
+}

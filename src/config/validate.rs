@@ -319,12 +319,23 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             })
         }
     };
+    let forward = match r.action.as_deref() {
+        None | Some("exchange") => false,
+        Some("forward") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{key}.action"),
+                format!("unknown action {}; use exchange or forward", shown(other)),
+            ))
+        }
+    };
     Ok(TrustedIssuer {
         issuer: r.issuer,
         audiences,
         algorithms,
         leeway_s,
         keys,
+        forward,
     })
 }
 

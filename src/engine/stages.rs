@@ -80,6 +80,11 @@ impl Engine {
         let key = p.cache_key(&token::canonical(subject), header_actor);
         let verified = if self.keys.enabled() {
             match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
+                // Already a token the services accept: no exchange.
+                Ok(v) if self.keys.forwards(v.issuer) => {
+                    token::log_debug(host, at.ctx, subject, "forwarded unchanged");
+                    return self.outcomes.forward(host, subject);
+                }
                 Ok(v) => Some(v),
                 Err(verdict) => return verdict,
             }

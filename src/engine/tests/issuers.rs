@@ -537,3 +537,40 @@ fn a_waiter_that_leaves_is_forgotten() {
     e.on_tick(&h);
     assert!(answer_fetch(&mut e, &h, keys().jwks()).is_empty());
 }
+
+#[test]
+fn a_forward_issuers_verified_tokens_pass_on_unchanged_and_others_are_exchanged() {
+    // Migration: the old IdP's tokens are exchanged, the STS's own tokens are forwarded.
+    let sts_iss = "https://sts.example";
+    let h = FakeHost::at(NOW);
+    let mut e = engine(json!({
+        "trusted_issuers": [
+            { "issuer": ISS, "algorithms": ["RS256"], "jwks": keys().jwks() },
+            { "issuer": sts_iss, "algorithms": ["RS256"], "jwks": keys().jwks(), "action": "forward" }
+        ],
+        "output": { "original_token_header": "x-original" }
+    }));
+    let ours = token_with(json!({ "iss": sts_iss }));
+    for ctx in 1..=3 {
+        let v = ask(&mut e, &h, ctx, &ours);
+        assert_eq!(
+            set_value(&v, "authorization"),
+            Some(bearer(&ours)),
+            "unchanged"
+        );
+    }
+    assert!(h.calls.borrow().is_empty(), "no exchange, no STS call");
+    assert_eq!(h.metric_value(Metric::Forwarded), 3);
+    assert_eq!(
+        h.metric_value(Metric::CacheHits),
+        0,
+        "no cache entry either"
+    );
+    // The old IdP's token is exchanged as before.
+    assert_eq!(ask(&mut e, &h, 4, &token_with(json!({}))), Verdict::Pause);
+    assert_eq!(h.calls.borrow().len(), 1);
+    // A token that only claims the forwarded issuer is refused, never passed on.
+    let forged = unsigned(json!({ "iss": sts_iss, "sub": "mallory", "exp": NOW / 1000 + 600 }));
+    assert_eq!(status(&ask(&mut e, &h, 5, &forged)), 401);
+    assert_eq!(h.metric_value(Metric::Forwarded), 3);
+}
