@@ -64,12 +64,9 @@ impl Engine {
                 getrandom::getrandom(&mut id)
                     .map_err(|_| ConfigError::new("sts.ciba", "no randomness for a worker id"))?;
                 let id = u64::from_be_bytes(id);
-                Some(Consents::new(
-                    ciba,
-                    config.cache.max_entries,
-                    config.sts.timeout_ms,
-                    id,
-                ))
+                // Every slot is written at start: a large cache must not mean a slow start.
+                let slots = config.cache.max_entries.min(MAX_CONSENT_SLOTS);
+                Some(Consents::new(ciba, slots, config.sts.timeout_ms, id))
             }
             None => None,
         };
@@ -346,6 +343,9 @@ enum Wait {
     /// For the consent of this key.
     Consent(CacheKey),
 }
+
+/// The most CIBA claim slots (the table is `cache.max_entries` slots up to this).
+const MAX_CONSENT_SLOTS: u32 = 4096;
 
 const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailable");
 

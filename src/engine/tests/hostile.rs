@@ -333,6 +333,14 @@ mod consents {
                 .count()
         };
         assert_eq!(written(&h), 8, "every slot exists before the first request");
+        // A large cache does not mean a slow start: the claim table stops at 4,096 slots.
+        let big = engine(
+            json!({ "login_hint": "login_hint_token" }),
+            json!({ "cache": { "max_entries": 1_000_000 } }),
+        );
+        let h_big = FakeHost::at(NOW);
+        big.on_start(&h_big);
+        assert_eq!(written(&h_big), 4_096);
         // A worker whose view of a slot is stale loses the race instead of overwriting.
         let before: Vec<_> = h.shared.borrow().values().map(|(_, v)| *v).collect();
         assert_eq!(ask(&mut a, &h, 1, "t"), Verdict::Pause);
