@@ -1021,3 +1021,40 @@ fn a_forward_issuers_token_reaches_the_upstream_unchanged() {
     assert_eq!(sts.count(), 1);
     assert_eq!(envoy.counter("forwarded"), 1);
 }
+
+#[test]
+fn discovery_finds_the_keys_and_a_foreign_issuer_is_refused() {
+    use support::{RawReply, RawServer};
+    let signer = support::Signer::new("k1");
+    let jwks = json!({ "keys": [signer.jwk()] }).to_string();
+    let serve = move |issuer: &'static str| {
+        let jwks = jwks.clone();
+        RawServer::start(move |_, path| match path {
+            "/.well-known/openid-configuration" => RawReply::Json(
+                200,
+                json!({ "issuer": issuer, "jwks_uri": "https://idp.test/oauth2/keys" }).to_string(),
+            ),
+            "/oauth2/keys" => RawReply::Json(200, jwks.clone()),
+            _ => RawReply::Json(404, "{}".into()),
+        })
+    };
+    let config = sts_config(json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"],
+        "discovery": { "cluster": "idp", "authority": "idp.test" } }] }));
+    let token = signer.token(&claims("dora"), None);
+    let sts = TestSts::start(0, mint);
+    let idp = serve(ISS);
+    let envoy = envoy_with(sts.port, config.clone(), 1, &[("idp", idp.port)]);
+    let r = when_keys_arrive(&envoy, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(idp.count("/oauth2/keys"), 1);
+    // A document that names another issuer: its keys are never fetched, nothing is trusted.
+    let foreign = serve("https://someone-else.test");
+    let envoy = envoy_with(sts.port, config, 1, &[("idp", foreign.port)]);
+    for _ in 0..6 {
+        assert_eq!(envoy.get_with_token("/", &token).status, 503);
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(foreign.count("/.well-known/openid-configuration") >= 1);
+    assert_eq!(foreign.count("/oauth2/keys"), 0);
+    assert_eq!(sts.count(), 1);
+}

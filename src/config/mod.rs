@@ -380,6 +380,9 @@ pub enum KeySource {
     Inline(serde_json::Value),
     /// Fetched from a cluster and refreshed.
     Remote(JwksUri),
+    /// Found through OIDC discovery: the `path` of this one is the discovery document's, whose
+    /// `issuer` must equal the issuer and whose `jwks_uri` must name the same authority.
+    Discovery(JwksUri),
 }
 
 /// A JWKS endpoint reached through an Envoy cluster.

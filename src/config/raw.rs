@@ -97,7 +97,18 @@ pub(super) struct RawIssuer {
     pub(super) leeway_s: Option<u64>,
     pub(super) jwks: Option<serde_json::Value>,
     pub(super) jwks_uri: Option<RawJwksUri>,
+    pub(super) discovery: Option<RawDiscovery>,
     pub(super) action: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub(super) cluster: String,
+    pub(super) authority: String,
+    pub(super) path: Option<String>,
+    pub(super) refresh_s: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

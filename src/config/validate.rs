@@ -282,14 +282,8 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             "must be at most 300",
         ));
     }
-    let keys = match (r.jwks, r.jwks_uri) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(ConfigError::new(
-                key,
-                "give exactly one of jwks and jwks_uri",
-            ))
-        }
-        (Some(jwks), None) => {
+    let keys = match (r.jwks, r.jwks_uri, r.discovery) {
+        (Some(jwks), None, None) => {
             let value = match jwks {
                 serde_json::Value::String(text) => serde_json::from_str(&text)
                     .map_err(|_| ConfigError::new(format!("{key}.jwks"), "is not JSON"))?,
@@ -297,26 +291,26 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             };
             KeySource::Inline(value)
         }
-        (None, Some(u)) => {
-            let k = format!("{key}.jwks_uri");
-            non_empty(&u.cluster, &format!("{k}.cluster"))?;
-            non_empty(&u.authority, &format!("{k}.authority"))?;
-            no_space_or_control(&u.authority, &format!("{k}.authority"))?;
-            if !u.path.starts_with('/') {
-                return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
-            }
-            no_space_or_control(&u.path, &format!("{k}.path"))?;
-            let refresh_s = u.refresh_s.unwrap_or(300);
-            in_range(refresh_s, 10..=86_400, format!("{k}.refresh_s"))?;
-            let timeout_ms = u.timeout_ms.unwrap_or(2000);
-            in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
-            KeySource::Remote(JwksUri {
-                cluster: u.cluster,
-                authority: u.authority,
-                path: u.path,
-                refresh_s,
-                timeout_ms,
-            })
+        (None, Some(u), None) => KeySource::Remote(remote(
+            (u.cluster, u.authority, u.path),
+            (u.refresh_s, u.timeout_ms),
+            &format!("{key}.jwks_uri"),
+        )?),
+        (None, None, Some(d)) => {
+            let path = d
+                .path
+                .unwrap_or_else(|| "/.well-known/openid-configuration".to_string());
+            KeySource::Discovery(remote(
+                (d.cluster, d.authority, path),
+                (d.refresh_s, d.timeout_ms),
+                &format!("{key}.discovery"),
+            )?)
+        }
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                "give exactly one of jwks, jwks_uri and discovery",
+            ))
         }
     };
     let forward = match r.action.as_deref() {
@@ -336,6 +330,33 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
         leeway_s,
         keys,
         forward,
+    })
+}
+
+/// Where keys (or the discovery document) are fetched: cluster, authority, path; refresh and
+/// timeout.
+fn remote(
+    (cluster, authority, path): (String, String, String),
+    (refresh_s, timeout_ms): (Option<u64>, Option<u64>),
+    k: &str,
+) -> Result<JwksUri, ConfigError> {
+    non_empty(&cluster, &format!("{k}.cluster"))?;
+    non_empty(&authority, &format!("{k}.authority"))?;
+    no_space_or_control(&authority, &format!("{k}.authority"))?;
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
+    }
+    no_space_or_control(&path, &format!("{k}.path"))?;
+    let refresh_s = refresh_s.unwrap_or(300);
+    in_range(refresh_s, 10..=86_400, format!("{k}.refresh_s"))?;
+    let timeout_ms = timeout_ms.unwrap_or(2000);
+    in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
+    Ok(JwksUri {
+        cluster,
+        authority,
+        path,
+        refresh_s,
+        timeout_ms,
     })
 }
 

@@ -18,6 +18,55 @@ pub(super) struct RemoteKeys {
     pub(super) attempt_slot: String,
     /// This worker's fetch in flight and when it started.
     pub(super) fetching: Option<(u32, u64)>,
+    /// With OIDC discovery: where the key set is, once this worker read the document.
+    pub(super) discovery: Option<Discovery>,
+}
+
+/// An issuer's keys found through its OIDC discovery document.
+pub(super) struct Discovery {
+    issuer: String,
+    authority: String,
+    doc_path: String,
+    /// The path of `jwks_uri` on the cluster, once discovered.
+    pub(super) jwks_path: Option<String>,
+}
+
+impl Discovery {
+    /// Reads the discovery document: its `issuer` must equal ours exactly (OpenID Discovery
+    /// §4.3) and its `jwks_uri` must name our authority; the key set's path, or why not.
+    pub(super) fn read(&self, body: &[u8]) -> Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            issuer: Option<String>,
+            jwks_uri: Option<String>,
+        }
+        let doc: Doc = serde_json::from_slice(body).map_err(|_| "not a JSON object".to_string())?;
+        if doc.issuer.as_deref() != Some(self.issuer.as_str()) {
+            return Err("its issuer is not the configured issuer".into());
+        }
+        let uri = doc.jwks_uri.ok_or("no jwks_uri")?;
+        let rest = uri
+            .strip_prefix("https://")
+            .or_else(|| uri.strip_prefix("http://"))
+            .ok_or("jwks_uri is not an http(s) URI")?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if !authority.eq_ignore_ascii_case(&self.authority) {
+            return Err("jwks_uri names another authority".into());
+        }
+        if path.is_empty()
+            || path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#')
+        {
+            return Err("jwks_uri has no usable path".into());
+        }
+        Ok(path.to_string())
+    }
+
+    /// The path to fetch now: the key set's once known, else the discovery document's.
+    pub(super) fn path(&self) -> &str {
+        self.jwks_path.as_deref().unwrap_or(&self.doc_path)
+    }
 }
 
 impl RemoteKeys {
@@ -49,7 +98,33 @@ impl RemoteKeys {
             keys_slot: format!("token_exchange.jwks.{tag}"),
             attempt_slot: format!("token_exchange.jwks_attempt.{tag}"),
             fetching: None,
+            discovery: None,
         }
+    }
+
+    /// How `issuer`'s keys are found through the discovery document at `uri`.
+    pub(super) fn discovered(issuer: &str, uri: &JwksUri) -> Self {
+        let mut remote = RemoteKeys::new(issuer, uri);
+        remote.discovery = Some(Discovery {
+            issuer: issuer.to_string(),
+            authority: uri.authority.clone(),
+            doc_path: uri.path.clone(),
+            jwks_path: None,
+        });
+        remote
+    }
+
+    /// The call to make now (the discovery document, or the key set).
+    pub(super) fn call_now(&self) -> HttpCall {
+        let mut call = self.call.clone();
+        if let Some(d) = &self.discovery {
+            for (name, value) in &mut call.headers {
+                if name == ":path" {
+                    *value = d.path().to_string();
+                }
+            }
+        }
+        call
     }
 }
 
@@ -193,5 +268,67 @@ mod tests {
             split_stamp(&[0, 0, 0, 0, 0, 0, 0, 5, 42]),
             Some((5, &[42][..]))
         );
+    }
+
+    #[test]
+    fn a_discovery_document_names_our_issuer_and_a_key_set_on_our_authority() {
+        let r = RemoteKeys::discovered(
+            "https://idp.example",
+            &uri("/.well-known/openid-configuration"),
+        );
+        let d = r.discovery.as_ref().unwrap();
+        let call_path = |r: &RemoteKeys| {
+            r.call_now()
+                .headers
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            call_path(&r).as_deref(),
+            Some("/.well-known/openid-configuration")
+        );
+        let doc = |iss: &str, jwks: &str| format!(r#"{{"issuer":"{iss}","jwks_uri":"{jwks}"}}"#);
+        assert_eq!(
+            d.read(doc("https://idp.example", "https://IDP.example/oauth/keys?v=2").as_bytes()),
+            Ok("/oauth/keys?v=2".to_string())
+        );
+        for (bad, why) in [
+            (
+                doc("https://idp.example/", "https://idp.example/keys"),
+                "issuer",
+            ),
+            (
+                doc("https://evil.example", "https://idp.example/keys"),
+                "issuer",
+            ),
+            (
+                doc("https://idp.example", "https://evil.example/keys"),
+                "authority",
+            ),
+            (
+                doc(
+                    "https://idp.example",
+                    "https://idp.example.evil.example/keys",
+                ),
+                "authority",
+            ),
+            (doc("https://idp.example", "https://idp.example"), "path"),
+            (doc("https://idp.example", "ftp://idp.example/keys"), "http"),
+            (
+                r#"{"issuer":"https://idp.example"}"#.to_string(),
+                "jwks_uri",
+            ),
+            ("[]".to_string(), "JSON"),
+        ] {
+            let got = d.read(bad.as_bytes());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{bad}: {got:?}"
+            );
+        }
+        let mut r = r;
+        r.discovery.as_mut().unwrap().jwks_path = Some("/oauth/keys".into());
+        assert_eq!(call_path(&r).as_deref(), Some("/oauth/keys"));
     }
 }

@@ -279,6 +279,30 @@ impl Keys {
             return KeyEvent::Resume(Vec::new());
         };
         let started = remote.fetching.take().map_or(now, |(_, at)| at);
+        let parsed = match remote.discovery.as_mut() {
+            // The discovery document: on to the key set at the next tick.
+            Some(d) if d.jwks_path.is_none() => match answer.status {
+                Some(200) if !answer.too_large => match d.read(&answer.body) {
+                    Ok(path) => {
+                        let msg = format!("discovery of issuer {name}: keys at {path}");
+                        host.log(LogLevel::Info, &msg);
+                        d.jwks_path = Some(path);
+                        let next = encode_attempt(0, false, 0);
+                        let _ = host.shared_set(&remote.attempt_slot, &next, None);
+                        return KeyEvent::Resume(Vec::new());
+                    }
+                    Err(why) => Err(format!("discovery document refused: {why}")),
+                },
+                Some(status) => Err(format!("discovery document: status {status}")),
+                None => Err("discovery document unreachable or timed out".to_string()),
+            },
+            // A failed key set fetch discovers again (the set may have moved).
+            Some(d) if parsed.is_err() => {
+                d.jwks_path = None;
+                parsed
+            }
+            _ => parsed,
+        };
         match parsed {
             Ok(set) => {
                 host.log(
@@ -328,7 +352,7 @@ impl Keys {
     /// The fetch call of `issuer`.
     pub fn fetch_call(&self, issuer: usize) -> Option<HttpCall> {
         let remote = self.state.get(issuer)?.remote.as_ref()?;
-        Some(remote.call.clone())
+        Some(remote.call_now())
     }
 
     /// The fetch of `issuer` went out as callout `call`.
@@ -429,6 +453,10 @@ fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
         }
         KeySource::Remote(uri) => {
             let remote = RemoteKeys::new(&t.issuer, uri);
+            Ok(state(Some(remote), None))
+        }
+        KeySource::Discovery(uri) => {
+            let remote = RemoteKeys::discovered(&t.issuer, uri);
             Ok(state(Some(remote), None))
         }
     }

@@ -574,3 +574,74 @@ fn a_forward_issuers_verified_tokens_pass_on_unchanged_and_others_are_exchanged(
     assert_eq!(status(&ask(&mut e, &h, 5, &forged)), 401);
     assert_eq!(h.metric_value(Metric::Forwarded), 3);
 }
+
+#[test]
+fn discovery_finds_the_key_set_and_refuses_a_foreign_issuer_or_authority() {
+    let discovering = || {
+        engine(
+            json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["RS256"],
+            "discovery": { "cluster": "idp", "authority": "idp.local" } }] }),
+        )
+    };
+    let path_of = |h: &FakeHost, i: usize| {
+        let call = &h.calls_to("idp")[i].1;
+        call.headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let h = FakeHost::at(NOW);
+    let mut e = discovering();
+    e.on_tick(&h);
+    assert_eq!(path_of(&h, 0), "/.well-known/openid-configuration");
+    let doc = json!({ "issuer": ISS, "jwks_uri": "https://idp.local/oauth2/keys" });
+    answer_fetch(&mut e, &h, doc);
+    h.advance_ms(100);
+    e.on_tick(&h);
+    assert_eq!(path_of(&h, 1), "/oauth2/keys", "the key set, at once");
+    answer_fetch(&mut e, &h, keys().jwks());
+    assert_eq!(
+        ask(&mut e, &h, 1, &token("rsa", 600)),
+        Verdict::Pause,
+        "verified, exchanged"
+    );
+    assert_eq!(h.calls_to("sts").len(), 1);
+    // A document naming another issuer, or keys on another authority: refused, never fetched.
+    for doc in [
+        json!({ "issuer": "https://evil.example", "jwks_uri": "https://idp.local/keys" }),
+        json!({ "issuer": ISS, "jwks_uri": "https://evil.example/keys" }),
+    ] {
+        let h = FakeHost::at(NOW);
+        let mut e = discovering();
+        e.on_tick(&h);
+        answer_fetch(&mut e, &h, doc.clone());
+        for _ in 0..30 {
+            h.advance_ms(100);
+            e.on_tick(&h);
+        }
+        let paths: Vec<String> = (0..h.calls_to("idp").len())
+            .map(|i| path_of(&h, i))
+            .collect();
+        assert!(
+            paths.iter().all(|p| p.starts_with("/.well-known/")),
+            "{doc}: {paths:?}"
+        );
+        assert_eq!(h.metric_value(Metric::JwksFetchFailures), 1, "{doc}");
+        assert_eq!(
+            paths.len(),
+            2,
+            "discovered again after the backoff: {paths:?}"
+        );
+        assert!(h
+            .logs
+            .borrow()
+            .iter()
+            .any(|(_, l)| l.contains("discovery document refused")));
+        assert_eq!(
+            status(&ask(&mut e, &h, 1, &token("rsa", 600))),
+            503,
+            "no keys: no trust"
+        );
+    }
+}
