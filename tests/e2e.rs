@@ -1038,8 +1038,10 @@ fn discovery_finds_the_keys_and_a_foreign_issuer_is_refused() {
             _ => RawReply::Json(404, "{}".into()),
         })
     };
-    let config = sts_config(json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"],
-        "discovery": { "cluster": "idp", "authority": "idp.test" } }] }));
+    let config = sts_config(
+        json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"],
+        "discovery": { "cluster": "idp", "authority": "idp.test" } }] }),
+    );
     let token = signer.token(&claims("dora"), None);
     let sts = TestSts::start(0, mint);
     let idp = serve(ISS);
