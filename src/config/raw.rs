@@ -96,27 +96,19 @@ pub(super) struct RawIssuer {
     pub(super) algorithms: Vec<String>,
     pub(super) leeway_s: Option<u64>,
     pub(super) jwks: Option<serde_json::Value>,
-    pub(super) jwks_uri: Option<RawJwksUri>,
-    pub(super) discovery: Option<RawDiscovery>,
+    pub(super) jwks_uri: Option<RawRemote>,
+    pub(super) discovery: Option<RawRemote>,
     pub(super) action: Option<String>,
 }
 
+/// Where a key set (`jwks_uri`, path required) or a discovery document (`discovery`, path
+/// defaulted) is fetched.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawDiscovery {
+pub(super) struct RawRemote {
     pub(super) cluster: String,
     pub(super) authority: String,
     pub(super) path: Option<String>,
-    pub(super) refresh_s: Option<u64>,
-    pub(super) timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawJwksUri {
-    pub(super) cluster: String,
-    pub(super) authority: String,
-    pub(super) path: String,
     pub(super) refresh_s: Option<u64>,
     pub(super) timeout_ms: Option<u64>,
 }

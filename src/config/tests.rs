@@ -897,3 +897,26 @@ fn a_trusted_issuer_exchanges_or_forwards() {
     assert!(parse(&doc("forward")).unwrap().trusted_issuers[0].forward);
     assert_eq!(err_key(&doc("pass")), "trusted_issuers[0].action");
 }
+
+#[test]
+fn a_key_set_needs_its_path_and_discovery_has_a_default() {
+    let issuer = |keys: &str| {
+        with(&format!(
+            r#""trusted_issuers":[{{"issuer":"https://i","algorithms":["ES256"],{keys}}}]"#
+        ))
+    };
+    let no_path = issuer(r#""jwks_uri":{"cluster":"idp","authority":"idp"}"#);
+    assert_eq!(err_key(&no_path), "trusted_issuers[0].jwks_uri.path");
+    let c = parse(&issuer(
+        r#""discovery":{"cluster":"idp","authority":"idp"}"#,
+    ))
+    .unwrap();
+    let KeySource::Discovery(d) = &c.trusted_issuers[0].keys else {
+        panic!("{:?}", c.trusted_issuers[0].keys)
+    };
+    assert_eq!(d.path, "/.well-known/openid-configuration");
+    let both = issuer(r#""jwks":{"keys":[]},"discovery":{"cluster":"idp","authority":"idp"}"#);
+    assert_eq!(err_key(&both), "trusted_issuers[0]");
+    let odd = issuer(r#""discovery":{"cluster":"idp","authority":"idp","path":"x"}"#);
+    assert_eq!(err_key(&odd), "trusted_issuers[0].discovery.path");
+}

@@ -291,20 +291,11 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             };
             KeySource::Inline(value)
         }
-        (None, Some(u), None) => KeySource::Remote(remote(
-            (u.cluster, u.authority, u.path),
-            (u.refresh_s, u.timeout_ms),
-            &format!("{key}.jwks_uri"),
-        )?),
+        (None, Some(u), None) => KeySource::Remote(remote(u, None, &format!("{key}.jwks_uri"))?),
         (None, None, Some(d)) => {
-            let path = d
-                .path
-                .unwrap_or_else(|| "/.well-known/openid-configuration".to_string());
-            KeySource::Discovery(remote(
-                (d.cluster, d.authority, path),
-                (d.refresh_s, d.timeout_ms),
-                &format!("{key}.discovery"),
-            )?)
+            let k = format!("{key}.discovery");
+            let well_known = Some("/.well-known/openid-configuration");
+            KeySource::Discovery(remote(d, well_known, &k)?)
         }
         _ => {
             return Err(ConfigError::new(
@@ -333,13 +324,18 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
     })
 }
 
-/// Where keys (or the discovery document) are fetched: cluster, authority, path; refresh and
-/// timeout.
-fn remote(
-    (cluster, authority, path): (String, String, String),
-    (refresh_s, timeout_ms): (Option<u64>, Option<u64>),
-    k: &str,
-) -> Result<JwksUri, ConfigError> {
+/// Where keys (or the discovery document, whose path has a default) are fetched.
+fn remote(r: RawRemote, default_path: Option<&str>, k: &str) -> Result<JwksUri, ConfigError> {
+    let RawRemote {
+        cluster,
+        authority,
+        path,
+        refresh_s,
+        timeout_ms,
+    } = r;
+    let path = path
+        .or_else(|| default_path.map(str::to_string))
+        .ok_or_else(|| ConfigError::new(format!("{k}.path"), "is required"))?;
     non_empty(&cluster, &format!("{k}.cluster"))?;
     non_empty(&authority, &format!("{k}.authority"))?;
     no_space_or_control(&authority, &format!("{k}.authority"))?;

@@ -221,11 +221,7 @@ mod tests {
         let mut e = poll_engine();
         ask(&mut e, &h, 1, "t");
         tick(&mut e, &h, 0);
-        let down = HttpAnswer {
-            status: None,
-            body: vec![],
-            too_large: false,
-        };
+        let down = super::super::no_answer();
         let out = e.on_http_answer(&h, None, h.last_call(), &down);
         assert_eq!(status(&out[0].1), 503);
         assert_eq!(ask(&mut e, &h, 2, "t"), Verdict::Pause);

@@ -226,14 +226,7 @@ fn every_sts_failure_answers_per_the_error_table() {
             },
             503,
         ),
-        (
-            HttpAnswer {
-                status: None,
-                body: vec![],
-                too_large: false,
-            },
-            503,
-        ),
+        (no_answer(), 503),
     ];
     for (i, (answer, want)) in cases.into_iter().enumerate() {
         let h = FakeHost::at(NOW);
@@ -266,17 +259,7 @@ fn undispatchable_call_is_unavailable() {
 fn fail_open_strips_the_token_and_passes_on() {
     let h = FakeHost::at(NOW);
     let mut e = engine(json!({"on_sts_unavailable":"allow"}));
-    let v = exchange(
-        &mut e,
-        &h,
-        1,
-        "t",
-        &HttpAnswer {
-            status: None,
-            body: vec![],
-            too_large: false,
-        },
-    );
+    let v = exchange(&mut e, &h, 1, "t", &no_answer());
     assert_eq!(
         v,
         Verdict::Continue(vec![HeaderOp::Remove("authorization".into())])

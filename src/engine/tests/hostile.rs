@@ -57,11 +57,7 @@ fn an_answer_cut_off_after_its_headers_is_503_and_the_next_request_is_exchanged(
     let h = FakeHost::at(NOW);
     let mut e = engine(json!({}));
     // The glue hands such an answer on without a status.
-    let cut = HttpAnswer {
-        status: None,
-        body: Vec::new(),
-        too_large: false,
-    };
+    let cut = no_answer();
     let v = exchange(&mut e, &h, 1, "alice", &cut);
     assert_eq!(status(&v), 503);
     let Verdict::Respond(r) = &v else {

@@ -293,16 +293,7 @@ fn a_failed_first_fetch_is_retried_every_second() {
     let mut e = remote_engine();
     e.on_tick(&h);
     let call = h.calls_to("idp")[0].0;
-    e.on_http_answer(
-        &h,
-        None,
-        call,
-        &HttpAnswer {
-            status: None,
-            body: vec![],
-            too_large: false,
-        },
-    );
+    e.on_http_answer(&h, None, call, &no_answer());
     assert_eq!(h.metric_value(Metric::JwksFetchFailures), 1);
     h.advance_ms(900);
     e.on_tick(&h);
@@ -316,11 +307,7 @@ fn a_failed_first_fetch_is_retried_every_second() {
 fn a_down_idp_is_fetched_with_backoff_by_one_worker_never_more_than_once_a_second() {
     let h = FakeHost::at(NOW);
     let (mut a, mut b) = (remote_engine(), remote_engine());
-    let down = HttpAnswer {
-        status: None,
-        body: vec![],
-        too_large: false,
-    };
+    let down = no_answer();
     let mut fetched_at = Vec::new();
     // Two minutes of ticks on two workers, every fetch failing.
     for _ in 0..1_200 {
@@ -421,11 +408,7 @@ fn a_flood_of_unknown_kids_costs_one_fetch_per_ten_seconds() {
 #[test]
 fn an_idp_that_hangs_or_floods_keeps_the_last_good_keys() {
     for bad in [
-        HttpAnswer {
-            status: None,
-            body: vec![],
-            too_large: false,
-        },
+        no_answer(),
         HttpAnswer {
             status: Some(200),
             body: vec![],

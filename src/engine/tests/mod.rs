@@ -94,3 +94,12 @@ pub(super) fn challenge(v: &Verdict) -> String {
         _ => String::new(),
     }
 }
+
+/// What the host hands over for a call that got no answer (reset, timeout, no upstream).
+pub(super) fn no_answer() -> HttpAnswer {
+    HttpAnswer {
+        status: None,
+        body: Vec::new(),
+        too_large: false,
+    }
+}
