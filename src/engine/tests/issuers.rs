@@ -627,4 +627,18 @@ fn discovery_finds_the_key_set_and_refuses_a_foreign_issuer_or_authority() {
             "no keys: no trust"
         );
     }
+    // A discovery endpoint that never answers: a failure like any fetch, tried again later.
+    let h = FakeHost::at(NOW);
+    let mut e = discovering();
+    e.on_tick(&h);
+    e.on_http_answer(&h, None, h.last_call(), &no_answer());
+    assert_eq!(h.metric_value(Metric::JwksFetchFailures), 1);
+    let logs = h.logs.borrow();
+    assert!(logs
+        .iter()
+        .any(|(_, l)| l.contains("discovery document unreachable")));
+    drop(logs);
+    h.advance_ms(1_000);
+    e.on_tick(&h);
+    assert_eq!(path_of(&h, 1), "/.well-known/openid-configuration");
 }
