@@ -54,6 +54,8 @@ pub struct ExchangeProfile {
     /// Refuse a delegation whose actor a verified subject token's `may_act` does not name
     /// (RFC 8693 §4.4).
     pub enforce_may_act: bool,
+    /// Its routes' access policy (an index into the configuration's policies).
+    pub policy: usize,
     /// The form without the subject and actor.
     form_prefix: String,
     /// SHA-256 state fed with every parameter that shapes the minted token except the subject
@@ -165,6 +167,7 @@ impl ExchangeProfile {
             actor,
             expect_act: spec.expect_act,
             enforce_may_act: spec.enforce_may_act,
+            policy: spec.policy,
             form_prefix: form.finish(),
             key_prefix: key,
             ciba,

@@ -45,7 +45,7 @@ pub struct Waiter {
     /// Its context.
     pub ctx: u32,
     /// For an actor call: the exchange the request goes on with.
-    pub resume: Option<Parked>,
+    pub resume: Option<Box<Parked>>,
 }
 
 /// A verified request parked at the exchange stage until the filter's actor token arrives.

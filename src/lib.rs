@@ -27,6 +27,7 @@ pub(crate) mod memo;
 pub mod metrics;
 pub(crate) mod outcomes;
 pub mod path;
+pub mod policy;
 pub mod reply;
 pub mod route;
 pub mod sts;

@@ -50,14 +50,16 @@ impl Memo {
     }
 
     /// The answer remembered for `subject` on `profile`, if it lives at `now_ms` and (with
-    /// trusted issuers) the verification it rests on `still_holds`.
+    /// trusted issuers) the verification it rests on `still_holds`; with that verification.
+    /// An entry is put only once its profile's checks passed (the policy among them), so a hit
+    /// needs no check but that.
     pub fn get(
         &self,
         profile: usize,
         subject: &str,
         now_ms: u64,
         still_holds: impl Fn(&Verified) -> bool,
-    ) -> Option<&Cached> {
+    ) -> Option<(&Cached, Option<&Verified>)> {
         let e = self.maps.get(profile)?.get(subject)?;
         if now_ms >= e.expires_at_ms {
             return None;
@@ -65,7 +67,7 @@ impl Memo {
         if self.needs_verification && !e.verified.as_ref().is_some_and(still_holds) {
             return None;
         }
-        Some(&e.value)
+        Some((&e.value, e.verified.as_ref()))
     }
 
     /// Remembers an answer until `expires_at_ms`.
@@ -150,13 +152,17 @@ impl Memo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Facts;
 
-    const V: Verified = Verified {
-        issuer: 0,
-        version: 1,
-        exp: 100,
-        may_act_ok: true,
-    };
+    fn v() -> Verified {
+        Verified {
+            issuer: 0,
+            version: 1,
+            exp: 100,
+            may_act_ok: true,
+            facts: Facts::default(),
+        }
+    }
 
     fn tok(t: &str) -> Cached {
         Cached::Token(t.into())
@@ -166,19 +172,30 @@ mod tests {
     fn an_entry_serves_until_its_expiry_and_never_after() {
         let mut m = Memo::new(2, 10, false);
         m.put(1, "s", tok("t"), 1_000, None, 0);
-        assert_eq!(m.get(1, "s", 999, |_| true), Some(&tok("t")));
-        assert_eq!(m.get(1, "s", 1_000, |_| true), None);
-        assert_eq!(m.get(0, "s", 0, |_| true), None, "profiles do not share");
+        assert_eq!(m.get(1, "s", 999, |_| true).map(|h| h.0), Some(&tok("t")));
+        assert_eq!(m.get(1, "s", 1_000, |_| true).map(|h| h.0), None);
+        assert_eq!(
+            m.get(0, "s", 0, |_| true).map(|h| h.0),
+            None,
+            "profiles do not share"
+        );
     }
 
     #[test]
     fn with_trusted_issuers_only_a_verification_that_still_holds_serves() {
         let mut m = Memo::new(1, 10, true);
         m.put(0, "unverified", tok("t"), 1_000, None, 0);
-        assert_eq!(m.get(0, "unverified", 0, |_| true), None);
-        m.put(0, "s", tok("t"), 1_000, Some(V), 0);
-        assert_eq!(m.get(0, "s", 0, |v| v.version == 1), Some(&tok("t")));
-        assert_eq!(m.get(0, "s", 0, |v| v.version == 2), None, "keys changed");
+        assert_eq!(m.get(0, "unverified", 0, |_| true).map(|h| h.0), None);
+        m.put(0, "s", tok("t"), 1_000, Some(v()), 0);
+        assert_eq!(
+            m.get(0, "s", 0, |v| v.version == 1).map(|h| h.0),
+            Some(&tok("t"))
+        );
+        assert_eq!(
+            m.get(0, "s", 0, |v| v.version == 2).map(|h| h.0),
+            None,
+            "keys changed"
+        );
     }
 
     #[test]
@@ -201,8 +218,14 @@ mod tests {
         m.put(1, "live", tok("l"), 10_000, None, 0);
         m.put(0, "old2", tok("o"), 10, None, 0);
         m.put(1, "new", tok("n"), 10_000, None, 2_000);
-        assert_eq!(m.get(1, "live", 2_000, |_| true), Some(&tok("l")));
-        assert_eq!(m.get(1, "new", 2_000, |_| true), Some(&tok("n")));
+        assert_eq!(
+            m.get(1, "live", 2_000, |_| true).map(|h| h.0),
+            Some(&tok("l"))
+        );
+        assert_eq!(
+            m.get(1, "new", 2_000, |_| true).map(|h| h.0),
+            Some(&tok("n"))
+        );
         // A token too large to be worth holding is not held.
         m.put(0, &"y".repeat(MAX_BYTES), tok("t"), 10_000, None, 2_000);
         assert!(m.bytes() < 1024);
@@ -214,7 +237,7 @@ mod tests {
         m.put(0, "a", tok("a"), 10, None, 0);
         m.put(0, "b", tok("b"), 10, None, 0);
         m.put(0, "c", tok("c"), 10, None, 0);
-        assert_eq!(m.get(0, "a", 0, |_| true), None);
-        assert_eq!(m.get(0, "c", 0, |_| true), Some(&tok("c")));
+        assert_eq!(m.get(0, "a", 0, |_| true).map(|h| h.0), None);
+        assert_eq!(m.get(0, "c", 0, |_| true).map(|h| h.0), Some(&tok("c")));
     }
 }

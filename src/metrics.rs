@@ -48,12 +48,15 @@ pub enum Metric {
     CibaPolls,
     /// Verified tokens of an `action: forward` issuer passed on unchanged.
     Forwarded,
+    /// Verified tokens refused by the route's `require` policy (each also counts in
+    /// [`Metric::Rejected`]).
+    PolicyDenied,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 17] = [
+const PLAIN: [(Metric, &str); 18] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -74,6 +77,7 @@ const PLAIN: [(Metric, &str); 17] = [
     (Metric::CibaExpired, "token_exchange.ciba_expired"),
     (Metric::CibaPolls, "token_exchange.ciba_polls"),
     (Metric::Forwarded, "token_exchange.forwarded"),
+    (Metric::PolicyDenied, "token_exchange.policy_denied"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

@@ -8,6 +8,7 @@ use crate::config::{Config, OnMissingToken, OnStsUnavailable};
 use crate::host::{Host, LogLevel};
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
+use crate::policy::Facts;
 use crate::reply::LocalReply;
 use crate::sts::StsFailure;
 use crate::token;
@@ -20,8 +21,12 @@ pub struct Outcomes {
     /// Headers a client could use to pass off a token as the filter's: removed from every request
     /// the filter lets through.
     strip: Vec<HeaderOp>,
-    /// `strip` plus the subject header: what a request that goes on without any token loses.
+    /// `strip` and the claim headers: what a request that goes on without verified claims loses.
+    pass: Vec<HeaderOp>,
+    /// `pass` plus the subject header: what a request that goes on without any token loses.
     strip_all: Vec<HeaderOp>,
+    /// `output.claims_to_headers`' headers, in order: set from verified claims, else removed.
+    claim_headers: Vec<String>,
     subject_header: String,
     output_header: String,
     output_prefix: String,
@@ -48,12 +53,21 @@ impl Outcomes {
                 .iter()
                 .map(|h| HeaderOp::Remove(h.clone())),
         );
+        let claim_headers: Vec<String> = out
+            .claims_to_headers
+            .iter()
+            .map(|c| c.header.clone())
+            .collect();
+        let mut pass = strip.clone();
+        pass.extend(claim_headers.iter().map(|h| HeaderOp::Remove(h.clone())));
         let mut strip_all = vec![HeaderOp::Remove(subject_header.clone())];
-        strip_all.extend(strip.iter().cloned());
+        strip_all.extend(pass.iter().cloned());
         Outcomes {
             realm: config.realm.clone(),
             strip,
+            pass,
             strip_all,
+            claim_headers,
             subject_header,
             output_header: out.header.clone(),
             output_prefix: out.prefix.clone(),
@@ -65,12 +79,13 @@ impl Outcomes {
 
     /// A request the filter lets through without exchanging (bypass, allowed missing token).
     pub fn pass(&self) -> Verdict {
-        Verdict::Continue(self.strip.clone())
+        Verdict::Continue(self.pass.clone())
     }
 
-    /// The request goes on with the minted token in the output header.
-    pub fn success(&self, minted: &str, subject: &str) -> Verdict {
-        let mut ops = Vec::with_capacity(self.strip.len() + 3);
+    /// The request goes on with the minted token in the output header, and the claim headers
+    /// from the subject's verified `facts`.
+    pub fn success(&self, minted: &str, subject: &str, facts: Option<&Facts>) -> Verdict {
+        let mut ops = Vec::with_capacity(self.strip.len() + self.claim_headers.len() + 3);
         // Setting the output header replaces every copy of it; the subject header needs its
         // own removal only when it is another header.
         if self.output_header != self.subject_header {
@@ -84,13 +99,31 @@ impl Outcomes {
         if let Some(h) = &self.original_token_header {
             ops.push(HeaderOp::Set(h.clone(), subject.to_string()));
         }
+        for (i, h) in self.claim_headers.iter().enumerate() {
+            ops.push(match facts.and_then(|f| f.header_value(i)) {
+                Some(v) => HeaderOp::Set(h.clone(), v.to_string()),
+                None => HeaderOp::Remove(h.clone()),
+            });
+        }
         Verdict::Continue(ops)
     }
 
     /// A verified token of an `action: forward` issuer goes on unchanged in the output header.
-    pub fn forward<H: Host>(&self, host: &H, subject: &str) -> Verdict {
+    pub fn forward<H: Host>(&self, host: &H, subject: &str, facts: Option<&Facts>) -> Verdict {
         host.metric(Metric::Forwarded, 1);
-        self.success(subject, subject)
+        self.success(subject, subject, facts)
+    }
+
+    /// A verified token that fails the route's `require` policy: 403 naming the scope of the
+    /// policy's first alternative, if it lists any.
+    pub fn policy_denied<H: Host>(&self, host: &H, scope: Option<&str>) -> Verdict {
+        host.metric(Metric::PolicyDenied, 1);
+        host.metric(Metric::Rejected, 1);
+        Verdict::Respond(LocalReply::insufficient_scope(
+            &self.realm,
+            "the token does not meet this route's access policy",
+            scope,
+        ))
     }
 
     /// The error table for STS failures, including the fail-open policy.
@@ -122,10 +155,16 @@ impl Outcomes {
         }
     }
 
-    /// What a cached answer gives.
-    pub fn cached<H: Host>(&self, host: &H, value: &Cached, subject: &str) -> Verdict {
+    /// What a cached answer gives (the claim headers from the subject's verified `facts`).
+    pub fn cached<H: Host>(
+        &self,
+        host: &H,
+        value: &Cached,
+        subject: &str,
+        facts: Option<&Facts>,
+    ) -> Verdict {
         match value {
-            Cached::Token(minted) => self.success(minted, subject),
+            Cached::Token(minted) => self.success(minted, subject, facts),
             Cached::Rejected(r) => self.failure(host, &StsFailure::from(r.clone())),
         }
     }

@@ -52,6 +52,16 @@ impl LocalReply {
         )
     }
 
+    /// 403 for a token that fails the route's access policy (RFC 6750 §3.1), naming the
+    /// `scope` that would do, when known.
+    pub fn insufficient_scope(realm: &str, description: &str, scope: Option<&str>) -> Self {
+        let scope = scope.map_or_else(String::new, |s| format!(", scope=\"{s}\""));
+        Self::new(403, "insufficient_scope", description).with(
+            "www-authenticate",
+            format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"{scope}"),
+        )
+    }
+
     /// 502 when the STS rejects the filter's own credentials or answers nonsense.
     pub fn bad_gateway(description: &str) -> Self {
         Self::new(502, "bad_gateway", description)
@@ -129,6 +139,16 @@ mod tests {
             .header("www-authenticate")
             .unwrap()
             .contains("insufficient_scope"));
+        let p = LocalReply::insufficient_scope("edge", "no", Some("a b"));
+        assert_eq!(
+            (p.status, p.header("www-authenticate")),
+            (
+                403,
+                Some("Bearer realm=\"edge\", error=\"insufficient_scope\", scope=\"a b\"")
+            )
+        );
+        let p = LocalReply::insufficient_scope("edge", "no", None);
+        assert!(!p.header("www-authenticate").unwrap().contains("scope="));
         let b = LocalReply::bad_gateway("x");
         assert_eq!(b.status, 502);
         assert_eq!(b.header("www-authenticate"), None);

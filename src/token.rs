@@ -24,6 +24,7 @@ use crate::config::TrustedIssuer;
 use crate::host::{Host, LogLevel};
 use crate::jwks::{KeySet, Lookup, PublicKey};
 use crate::jwt_error::JwtError;
+use crate::policy::{Claims as ClaimSet, Facts};
 
 /// What the subject header held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,14 @@ pub fn claim_of(token: &str, name: &str) -> Option<NamedUser> {
     })
 }
 
+/// Every claim of a JWT's payload, `exp` and the other registered ones included, read without
+/// verifying it: verify the token first.
+pub fn claims(token: &str) -> Option<ClaimSet> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The `act.sub` claim of a JWT the STS just minted (RFC 8693 §4.1: only the outermost `act`
 /// names the current actor).
 pub fn unverified_act_sub(token: &str) -> Option<String> {
@@ -260,7 +269,7 @@ impl MayAct {
 
 /// A subject token that verified, as remembered so a hot token is verified once: valid while
 /// its issuer's key set is still `version` and `exp` (plus leeway) has not passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// Index of the trusted issuer.
     pub issuer: usize,
@@ -270,6 +279,8 @@ pub struct Verified {
     pub exp: u64,
     /// The token's `may_act` (if any) names the actor of the request it was verified for.
     pub may_act_ok: bool,
+    /// What its claims allow (the policies) and tell (the claim headers).
+    pub facts: Facts,
 }
 
 /// The outcome of checking a subject JWT against the trusted issuers.

@@ -143,6 +143,7 @@ pub(super) fn validate_exchange(
         actor,
         expect_act,
         enforce_may_act: e.enforce_may_act.unwrap_or(true),
+        policy: 0,
     })
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod ciba;
 mod exchange;
 mod json_path;
+mod policy;
 mod raw;
 mod validate;
 mod values;
@@ -91,7 +92,39 @@ pub struct OutputConfig {
     pub prefix: String,
     /// Header that receives the caller's original token, if any (a client-sent copy is removed).
     pub original_token_header: Option<String>,
+    /// Verified claims written into request headers (client-sent copies always removed).
+    pub claims_to_headers: Vec<ClaimHeader>,
 }
+
+/// A verified claim written into a request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// The claim: a top-level name, or a dotted path into objects.
+    pub claim: String,
+    /// Lower-case header name.
+    pub header: String,
+}
+
+/// One alternative of an access policy: every condition in it must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Scopes the token must carry (in `scope` or `scp`).
+    pub scopes: Vec<String>,
+    /// Claims whose value (or an element of it) must equal one of the listed strings.
+    pub claims: Vec<ClaimRule>,
+}
+
+/// A claim condition of a [`Requirement`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    /// The claim: a top-level name, or a dotted path into objects.
+    pub name: String,
+    /// The values accepted.
+    pub values: Vec<String>,
+}
+
+/// An access policy: any one of its alternatives must hold; none at all means no policy.
+pub type Policy = Vec<Requirement>;
 
 /// Cache sizing and lifetime rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +375,8 @@ pub struct ExchangeConfig {
     pub expect_act: bool,
     /// Refuse a delegation whose actor a verified subject token's `may_act` does not name.
     pub enforce_may_act: bool,
+    /// The access policy of the routes using this exchange: an index into [`Config::policies`].
+    pub policy: usize,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -433,6 +468,8 @@ pub struct Config {
     pub exchanges: Vec<ExchangeConfig>,
     /// Route rules, first match wins.
     pub routes: Vec<Route>,
+    /// Access policies; index 0 is the default (`require`), the others belong to routes.
+    pub policies: Vec<Policy>,
     /// Minted token output.
     pub output: OutputConfig,
     /// Cache rules.

@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
+    pub(super) require: Option<Vec<RawRequirement>>,
+    #[serde(default)]
     pub(super) output: RawOutput,
     #[serde(default)]
     pub(super) cache: RawCache,
@@ -188,6 +190,24 @@ pub(super) struct RawRoute {
     pub(super) exchange: Option<RawExchange>,
     #[serde(default)]
     pub(super) bypass: bool,
+    #[serde(default)]
+    pub(super) require: Option<Vec<RawRequirement>>,
+}
+
+/// One alternative of a `require` policy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRequirement {
+    pub(super) scopes: Option<Vec<String>>,
+    pub(super) claims: Option<BTreeMap<String, OneOrMany>>,
+}
+
+/// One entry of `output.claims_to_headers`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClaimHeader {
+    pub(super) claim: String,
+    pub(super) header: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,6 +224,7 @@ pub(super) struct RawOutput {
     pub(super) header: Option<String>,
     pub(super) prefix: Option<String>,
     pub(super) original_token_header: Option<String>,
+    pub(super) claims_to_headers: Option<Vec<RawClaimHeader>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -920,3 +920,97 @@ fn a_key_set_needs_its_path_and_discovery_has_a_default() {
     let odd = issuer(r#""discovery":{"cluster":"idp","authority":"idp","path":"x"}"#);
     assert_eq!(err_key(&odd), "trusted_issuers[0].discovery.path");
 }
+
+#[test]
+fn the_authorizer_keys_are_validated() {
+    let trust = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["RS256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
+    let good = format!(
+        r#"{trust},"require":[{{"scopes":["orders:read"],"claims":{{"tenant":["acme","globex"],"realm_access.roles":"admin"}}}}],
+        "output":{{"claims_to_headers":[{{"claim":"sub","header":"X-User"}}]}},
+        "routes":[{{"match":{{"path_prefix":"/admin"}},"require":[{{"claims":{{"groups":["admins"]}}}}]}},
+                  {{"match":{{"path_prefix":"/public"}},"require":[]}},
+                  {{"match":{{"path_prefix":"/orders"}},"exchange":{{"audience":"orders"}}}}]"#
+    );
+    let c = parse(&with(&good)).unwrap();
+    assert_eq!(c.policies.len(), 3);
+    assert_eq!(c.policies[0][0].scopes, ["orders:read"]);
+    assert_eq!(c.policies[0][0].claims[0].name, "realm_access.roles");
+    assert_eq!(c.policies[0][0].claims[0].values, ["admin"]);
+    assert!(c.policies[2].is_empty(), "[] is no policy");
+    assert_eq!(c.output.claims_to_headers[0].header, "x-user");
+    // A route with only a policy gets a profile of its own with the default's keys.
+    let policy_of = |i: usize| match c.routes[i].action {
+        RouteAction::Exchange(p) => (c.exchanges[p].policy, c.exchanges[p].audience.clone()),
+        RouteAction::Bypass => panic!("an exchange"),
+    };
+    assert_eq!(policy_of(0), (1, vec![]));
+    assert_eq!(policy_of(1), (2, vec![]));
+    assert_eq!(policy_of(2), (0, vec!["orders".to_string()]));
+
+    let cases = [
+        (r#""require":[{"scopes":["a"]}]"#.to_string(), "require"),
+        (
+            r#""output":{"claims_to_headers":[{"claim":"sub","header":"x-user"}]}"#.into(),
+            "output.claims_to_headers",
+        ),
+        (
+            r#""routes":[{"match":{"path_prefix":"/a"},"require":[{"scopes":["a"]}]}]"#.into(),
+            "routes[0].require",
+        ),
+        (format!(r#"{trust},"require":[{{}}]"#), "require[0]"),
+        (
+            format!(r#"{trust},"require":[{{"scopes":["a b"]}}]"#),
+            "require[0].scopes",
+        ),
+        (
+            format!(r#"{trust},"require":[{{"scopes":[""]}}]"#),
+            "require[0].scopes",
+        ),
+        (
+            format!(r#"{trust},"require":[{{"claims":{{"g":[]}}}}]"#),
+            "require[0].claims.g",
+        ),
+        (
+            format!(r#"{trust},"require":[{{"claims":{{"a b":["x"]}}}}]"#),
+            "require[0].claims",
+        ),
+        (
+            format!(r#"{trust},"require":[{{"role":["x"]}}]"#),
+            "require[0].role",
+        ),
+        (
+            format!(r#"{trust},"routes":[{{"bypass":true,"require":[]}}]"#),
+            "routes[0]",
+        ),
+        (
+            format!(
+                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"authorization"}}]}}"#
+            ),
+            "output.claims_to_headers[0].header",
+        ),
+        (
+            format!(
+                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"x"}},{{"claim":"email","header":"X"}}]}}"#
+            ),
+            "output.claims_to_headers[1].header",
+        ),
+        (
+            format!(
+                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"host"}}]}}"#
+            ),
+            "output.claims_to_headers[0].header",
+        ),
+        (
+            format!(r#"{trust},"output":{{"claims_to_headers":[{{"claim":"","header":"x"}}]}}"#),
+            "output.claims_to_headers[0].claim",
+        ),
+    ];
+    for (extra, key) in cases {
+        assert_eq!(err_key(&with(&extra)), key, "{extra}");
+    }
+    let many: Vec<String> = (0..64)
+        .map(|i| format!(r#"{{"match":{{"path_prefix":"/p{i}"}},"require":[]}}"#))
+        .collect();
+    let too_many = format!(r#"{trust},"routes":[{}]"#, many.join(","));
+    assert_eq!(err_key(&with(&too_many)), "routes");
+}

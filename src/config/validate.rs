@@ -3,12 +3,13 @@
 
 use super::ciba::validate_ciba;
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
+use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
 use super::raw::*;
 use super::values::*;
 use super::*;
 
 pub(super) fn validate(
-    raw: RawConfig,
+    mut raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let sts = validate_sts(raw.sts, env)?;
@@ -28,7 +29,8 @@ pub(super) fn validate(
         }
         trusted_issuers.push(issuer);
     }
-    let output = validate_output(raw.output, &subject_token)?;
+    let claims_to_headers = raw.output.claims_to_headers.take();
+    let mut output = validate_output(raw.output, &subject_token)?;
     let cache = validate_cache(raw.cache)?;
 
     let mut ctx = ExchangeContext {
@@ -37,30 +39,74 @@ pub(super) fn validate(
         actor_headers: &mut actor_headers,
     };
     let mut exchanges = vec![validate_exchange(&raw.exchange, "exchange", &mut ctx)?];
+    let mut policies = vec![validate_policy(raw.require.unwrap_or_default(), "require")?];
+    let mut policy_keys = vec!["require".to_string()];
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
         let matcher = validate_match(r.matcher, &key)?;
-        let action = match (r.bypass, r.exchange) {
-            (true, Some(_)) => {
-                return Err(ConfigError::new(
-                    key,
-                    "a rule either bypasses or overrides the exchange, not both",
-                ))
+        if r.bypass && (r.exchange.is_some() || r.require.is_some()) {
+            return Err(ConfigError::new(
+                key,
+                "a bypass rule has no exchange and no policy",
+            ));
+        }
+        let policy = match r.require {
+            Some(p) => {
+                let k = format!("{key}.require");
+                policies.push(validate_policy(p, &k)?);
+                policy_keys.push(k);
+                Some(policies.len() - 1)
             }
-            (true, None) => RouteAction::Bypass,
+            None => None,
+        };
+        let exchange = match r.exchange {
+            Some(o) => Some(validate_exchange(
+                &raw.exchange.overridden_by(&o),
+                &format!("{key}.exchange"),
+                &mut ctx,
+            )?),
+            // A policy of its own needs an exchange profile of its own (the default's keys).
+            None if policy.is_some() => Some(exchanges[0].clone()),
+            None => None,
+        };
+        let action = match (r.bypass, exchange) {
+            (true, _) => RouteAction::Bypass,
             (false, None) => RouteAction::Exchange(0),
-            (false, Some(o)) => {
-                let merged = raw.exchange.overridden_by(&o);
-                exchanges.push(validate_exchange(
-                    &merged,
-                    &format!("{key}.exchange"),
-                    &mut ctx,
-                )?);
+            (false, Some(mut e)) => {
+                e.policy = policy.unwrap_or(0);
+                exchanges.push(e);
                 RouteAction::Exchange(exchanges.len() - 1)
             }
         };
         routes.push(Route { matcher, action });
+    }
+    if policies.len() > MAX_POLICIES {
+        return Err(ConfigError::new(
+            "routes",
+            format!(
+                "at most {} routes may have a require of their own",
+                MAX_POLICIES - 1
+            ),
+        ));
+    }
+    let mut taken = vec![output.header.as_str(), subject_token.header.as_str()];
+    taken.extend(output.original_token_header.as_deref());
+    taken.extend(actor_headers.iter().map(String::as_str));
+    output.claims_to_headers = validate_claim_headers(claims_to_headers, &taken)?;
+    // Policies and claim headers read verified claims only.
+    if trusted_issuers.is_empty() {
+        let key = match policies.iter().position(|p| !p.is_empty()) {
+            _ if !output.claims_to_headers.is_empty() => Some("output.claims_to_headers".into()),
+            Some(i) => policy_keys.get(i).cloned(),
+            None => None,
+        };
+        if let Some(key) = key {
+            return Err(ConfigError::new(
+                key,
+                "needs trusted_issuers (only claims of a verified token count)",
+            ));
+        }
     }
 
     // The user a consent is asked of must come from a verified token.
@@ -92,6 +138,7 @@ pub(super) fn validate(
         trusted_issuers,
         exchanges,
         routes,
+        policies,
         output,
         cache,
         realm,
@@ -404,6 +451,7 @@ fn validate_output(
         header,
         prefix,
         original_token_header,
+        claims_to_headers: Vec::new(),
     })
 }
 

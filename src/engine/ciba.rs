@@ -177,8 +177,10 @@ impl Engine {
                 {
                     self.cache.put(host, &key, until, &v);
                 }
-                let o = &self.outcomes;
-                let verdict = |subject: &str| o.success(&token, subject);
+                let verdict = |subject: &str| {
+                    let facts = self.facts_of(subject);
+                    self.outcomes.success(&token, subject, facts.as_ref())
+                };
                 waiters
                     .into_iter()
                     .map(|w| (w.ctx, verdict(&w.subject)))
@@ -207,7 +209,10 @@ impl Engine {
                     .into_iter()
                     .map(|w| {
                         let v = match &entry {
-                            Some((hit, _)) => self.outcomes.cached(host, hit, &w.subject),
+                            Some((hit, _)) => {
+                                let facts = self.facts_of(&w.subject);
+                                self.outcomes.cached(host, hit, &w.subject, facts.as_ref())
+                            }
                             None => Verdict::Respond(LocalReply::consent_pending(retry)),
                         };
                         (w.ctx, v)

@@ -19,6 +19,7 @@ use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
+use crate::policy::Rules;
 use crate::route::Routes;
 use crate::sts::{self, StsFailure};
 use crate::token;
@@ -37,6 +38,8 @@ pub struct Engine {
     client: Client,
     routes: Routes,
     outcomes: Outcomes,
+    /// The access policies and claim headers.
+    rules: Rules,
     cache: SharedCache,
     actors: Actors,
     keys: Keys,
@@ -76,6 +79,7 @@ impl Engine {
             cache: SharedCache::new(config.cache.max_entries),
             actors: Actors::new(config.cache),
             outcomes: Outcomes::new(&config),
+            rules: Rules::new(&config),
             flights: Flights::default(),
             calls: Calls::default(),
             waits: HashMap::new(),
@@ -216,7 +220,9 @@ impl Engine {
                     let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
                     host.log(LogLevel::Debug, &msg);
                 }
-                self.outcomes.success(&minted.access_token, &x.subject)
+                let facts = self.facts_of(&x.subject);
+                self.outcomes
+                    .success(&minted.access_token, &x.subject, facts.as_ref())
             }
             Err(failure) => self.outcomes.exchange_failed(host, call, &failure, waiting),
         }

@@ -24,7 +24,7 @@ pub(super) struct Caller<'a> {
     subject: &'a str,
     header_actor: Option<&'a str>,
     key: CacheKey,
-    verified: Option<Verified>,
+    verified: Option<&'a Verified>,
 }
 
 impl<'a> Caller<'a> {
@@ -34,7 +34,7 @@ impl<'a> Caller<'a> {
             subject: &parked.subject,
             header_actor: None,
             key: parked.key,
-            verified: parked.verified,
+            verified: parked.verified.as_ref(),
         }
     }
 }
@@ -52,13 +52,14 @@ impl Engine {
     ) -> Verdict {
         if header_actor.is_none() {
             let (keys, now) = (&self.keys, at.now);
-            if let Some(hit) = self
+            if let Some((hit, verified)) = self
                 .memo
                 .get(at.profile, subject, now, |v| keys.still_valid(v, now))
             {
                 host.metric(Metric::CacheHits, 1);
                 token::log_debug(host, at.ctx, subject, "cache hit (worker)");
-                return self.outcomes.cached(host, hit, subject);
+                let facts = verified.map(|v| &v.facts);
+                return self.outcomes.cached(host, hit, subject, facts);
             }
         }
         self.trust(host, at, subject, header_actor, true)
@@ -80,22 +81,27 @@ impl Engine {
         let key = p.cache_key(&token::canonical(subject), header_actor);
         let verified = if self.keys.enabled() {
             match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
-                // Already a token the services accept: no exchange.
-                Ok(v) if self.keys.forwards(v.issuer) => {
-                    token::log_debug(host, at.ctx, subject, "forwarded unchanged");
-                    return self.outcomes.forward(host, subject);
-                }
                 Ok(v) => Some(v),
                 Err(verdict) => return verdict,
             }
         } else {
             None
         };
+        let facts = verified.as_ref().map(|v| &v.facts);
+        let policy = self.client.profiles[at.profile].policy;
+        if !self.rules.permits(policy, facts) {
+            return self.deny(host, at.ctx, subject, policy);
+        }
+        if let Some(v) = verified.as_ref().filter(|v| self.keys.forwards(v.issuer)) {
+            // Already a token the services accept: no exchange.
+            token::log_debug(host, at.ctx, subject, "forwarded unchanged");
+            return self.outcomes.forward(host, subject, Some(&v.facts));
+        }
         let caller = Caller {
             subject,
             header_actor,
             key,
-            verified,
+            verified: verified.as_ref(),
         };
         self.exchange(host, at, caller, None)
     }
@@ -132,10 +138,12 @@ impl Engine {
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
             token::log_debug(host, ctx, subject, "cache hit");
-            let verdict = self.outcomes.cached(host, &hit, subject);
+            let verdict = self
+                .outcomes
+                .cached(host, &hit, subject, verified.map(|v| &v.facts));
             if header_actor.is_none() {
                 self.memo
-                    .put(profile, subject, hit, expires_at, verified, now);
+                    .put(profile, subject, hit, expires_at, verified.cloned(), now);
             }
             return verdict;
         }
@@ -206,11 +214,11 @@ impl Engine {
             profile: at.profile,
             subject: caller.subject.to_string(),
             key: caller.key,
-            verified: caller.verified,
+            verified: caller.verified.cloned(),
         };
         let waiter = Waiter {
             ctx: at.ctx,
-            resume: Some(parked),
+            resume: Some(Box::new(parked)),
         };
         self.waits.insert(at.ctx, Wait::Flight(key));
         let Err(waiter) = self.flights.join(&key, waiter) else {
@@ -228,6 +236,20 @@ impl Engine {
         let job = Job::Actor { actor };
         self.flights.start(key, call, at.carrier, waiter, job);
         Verdict::Pause
+    }
+
+    /// A verified token that fails `policy`: 403, the reason in the debug log (scopes and
+    /// claim names, never a value).
+    fn deny<H: Host>(&self, host: &H, ctx: u32, subject: &str, policy: usize) -> Verdict {
+        if host.debug_enabled() {
+            let why = token::claims(subject).map_or_else(
+                || "policy not met".to_string(),
+                |c| self.rules.reason(policy, &c),
+            );
+            token::log_debug(host, ctx, subject, &why);
+        }
+        let scope = self.rules.challenge_scope(policy);
+        self.outcomes.policy_denied(host, scope.as_deref())
     }
 
     /// Sends a freshly built call of the flight for `key`; when it cannot be sent, the

@@ -4,9 +4,19 @@
 use super::{Engine, Step, Wait};
 use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
-use crate::keys::{ActorCheck, Check, KeyEvent, KeyWaiter};
-use crate::token::{MayAct, Verified};
+use crate::keys::{ActorCheck, Check, Judge, KeyEvent, KeyWaiter};
+use crate::policy::{Facts, Rules};
+use crate::token::{self, MayAct, Verified};
 use crate::verdict::{to_each, Verdict};
+
+/// What a verified token's claims allow and tell; `unwritable` hears each claim that cannot go
+/// into its header.
+fn judge(rules: &Rules, subject: &str, unwritable: &mut dyn FnMut(&str)) -> Facts {
+    match token::claims(subject) {
+        Some(claims) if rules.reads_claims() => rules.judge(&claims, unwritable),
+        _ => Facts::default(),
+    }
+}
 
 impl Engine {
     /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
@@ -32,6 +42,19 @@ impl Engine {
         }
         let client_id = self.client.endpoint.client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
+        let rules = &self.rules;
+        let claims = |t: &str| {
+            judge(rules, t, &mut |name| {
+                let msg = format!(
+                    "claim {name} not written to its header: its value holds a control character"
+                );
+                host.log(LogLevel::Info, &msg);
+            })
+        };
+        let judge = Judge {
+            may_act: &permits,
+            claims: &claims,
+        };
         let enforce = p.enforce_may_act && p.actor.is_some();
         let waiter = || KeyWaiter {
             ctx: at.ctx,
@@ -45,7 +68,7 @@ impl Engine {
             at.ctx,
             subject,
             key,
-            &permits,
+            &judge,
             at.now,
             may_wait.then_some(waiter),
         ) {
@@ -59,6 +82,13 @@ impl Engine {
                 Err(Verdict::Pause)
             }
         }
+    }
+
+    /// What a verified subject's claims allow and tell, read again from the token (an answer
+    /// that arrived for it); `None` when nothing reads claims.
+    pub(super) fn facts_of(&self, subject: &str) -> Option<Facts> {
+        let facts = judge(&self.rules, subject, &mut |_| {});
+        self.rules.reads_claims().then_some(facts)
     }
 
     /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.

@@ -8,6 +8,7 @@ use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
 use crate::jwks::KeySet;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
+use crate::policy::Facts;
 use crate::token::{self, JwtCheck, MayAct, Verified};
 
 mod fetch;
@@ -29,6 +30,14 @@ pub struct KeyWaiter {
     pub actor: Option<String>,
     /// When it began to wait (ms).
     pub since_ms: u64,
+}
+
+/// What the engine asks of a token that just verified.
+pub struct Judge<'a> {
+    /// Its `may_act` names the actor of this request.
+    pub may_act: &'a dyn Fn(&MayAct) -> bool,
+    /// What its claims allow and tell.
+    pub claims: &'a dyn Fn(&str) -> Facts,
 }
 
 /// Requests whose wait for keys is over.
@@ -140,7 +149,7 @@ impl Keys {
     }
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
-    /// `permits` says whether a `may_act` names this request's actor. With [`Check::Wait`], the
+    /// `judge` reads a newly verified token (its `may_act`, its claims). With [`Check::Wait`], the
     /// request (as `waiter` makes it) waits for a fetch of the issuer's keys; without a
     /// `waiter`, a token naming an unknown key is refused.
     #[allow(clippy::too_many_arguments)]
@@ -150,7 +159,7 @@ impl Keys {
         ctx: u32,
         subject: &str,
         key: &CacheKey,
-        permits: &dyn Fn(&MayAct) -> bool,
+        judge: &Judge<'_>,
         now: u64,
         waiter: Option<impl FnOnce() -> KeyWaiter>,
     ) -> Check {
@@ -175,9 +184,10 @@ impl Keys {
                     issuer,
                     version: self.state.get(issuer).map_or(0, |s| s.version),
                     exp,
-                    may_act_ok: permits(&may_act),
+                    may_act_ok: (judge.may_act)(&may_act),
+                    facts: (judge.claims)(subject),
                 };
-                self.verified.remember(*key, v);
+                self.verified.remember(*key, v.clone());
                 Check::Valid(v)
             }
             JwtCheck::Invalid(e) => Check::Refused(e),
@@ -221,6 +231,7 @@ impl Keys {
                         version,
                         exp,
                         may_act_ok,
+                        facts: Facts::default(),
                     },
                 );
                 ActorCheck::Verified

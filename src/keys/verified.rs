@@ -24,7 +24,7 @@ impl VerifiedTokens {
         key: &CacheKey,
         holds: impl Fn(&Verified) -> bool,
     ) -> Option<Verified> {
-        self.by_key.get(key).copied().filter(|v| holds(v))
+        self.by_key.get(key).filter(|v| holds(v)).cloned()
     }
 
     /// Remembers a verification under `key`.
@@ -48,26 +48,30 @@ pub(super) fn actor_key(actor: &str) -> CacheKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Facts;
 
-    const V: Verified = Verified {
-        issuer: 0,
-        version: 7,
-        exp: 100,
-        may_act_ok: true,
-    };
+    fn v() -> Verified {
+        Verified {
+            issuer: 0,
+            version: 7,
+            exp: 100,
+            may_act_ok: true,
+            facts: Facts::default(),
+        }
+    }
 
     #[test]
     fn a_verification_serves_while_it_holds_and_the_record_stays_bounded() {
         let mut r = VerifiedTokens::default();
-        r.remember([1; 32], V);
-        assert_eq!(r.get(&[1; 32], |v| v.version == 7), Some(V));
+        r.remember([1; 32], v());
+        assert_eq!(r.get(&[1; 32], |v| v.version == 7), Some(v()));
         assert_eq!(r.get(&[1; 32], |v| v.version == 8), None, "keys changed");
         assert_eq!(r.get(&[2; 32], |_| true), None);
         for i in 0..MAX_VERIFIED as u32 {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());
             key[31] = 9;
-            r.remember(key, V);
+            r.remember(key, v());
         }
         assert!(r.by_key.len() <= MAX_VERIFIED);
         assert_eq!(r.get(&[1; 32], |_| true), None, "emptied when full");

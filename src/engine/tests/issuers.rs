@@ -6,9 +6,9 @@ use crate::jwks::tests::TestKeys;
 use serde_json::json;
 use std::sync::OnceLock;
 
-const ISS: &str = "https://idp.example";
+pub(super) const ISS: &str = "https://idp.example";
 
-fn keys() -> &'static TestKeys {
+pub(super) fn keys() -> &'static TestKeys {
     static KEYS: OnceLock<TestKeys> = OnceLock::new();
     KEYS.get_or_init(TestKeys::new)
 }
@@ -47,7 +47,7 @@ fn jwks_answer(keys: serde_json::Value) -> HttpAnswer {
     }
 }
 
-fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, t: &str) -> Verdict {
+pub(super) fn ask(e: &mut Engine, h: &FakeHost, ctx: u32, t: &str) -> Verdict {
     let auth = bearer(t);
     e.on_request(h, ctx, &[("authorization", auth.as_str())][..])
 }
@@ -67,7 +67,7 @@ fn started(h: &FakeHost, keys: serde_json::Value) -> Engine {
 }
 
 /// A subject token with these extra claims, signed by the inline RS256 key.
-fn token_with(extra: serde_json::Value) -> String {
+pub(super) fn token_with(extra: serde_json::Value) -> String {
     let mut claims = json!({ "iss": ISS, "sub": "alice", "exp": NOW / 1000 + 600 });
     if let (Some(c), Some(x)) = (claims.as_object_mut(), extra.as_object()) {
         c.extend(x.clone());
@@ -75,7 +75,7 @@ fn token_with(extra: serde_json::Value) -> String {
     keys().sign("RS256", Some("rsa"), &claims)
 }
 
-fn unsigned(claims: serde_json::Value) -> String {
+pub(super) fn unsigned(claims: serde_json::Value) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     format!(

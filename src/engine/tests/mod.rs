@@ -14,6 +14,7 @@ mod delegation;
 mod exchange;
 mod hostile;
 mod issuers;
+mod policy;
 
 pub(super) const NOW: u64 = 1_700_000_000_000;
 const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";

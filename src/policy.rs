@@ -1,0 +1,402 @@
+//! The authorizer's reading of verified claims: whether they meet each access policy
+//! (`require`) and what they tell the upstream (`output.claims_to_headers`). A token is judged
+//! once per verification into [`Facts`], so that a request answered from the cache reads a bit
+//! and a few strings, never the JWT again.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::{ClaimHeader, ClaimRule, Config, Policy, Requirement};
+
+/// The claims of a token, as a JSON object.
+pub type Claims = Map<String, Value>;
+
+/// What one verified token's claims allow and tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Bit `i`: policy `i` holds.
+    holds: u64,
+    /// The claim headers' values, in the configuration's order (`None`: not written).
+    values: Option<Arc<[Option<Box<str>>]>>,
+}
+
+impl Facts {
+    /// The value of claim header `i`, if the token gives one that may be written.
+    pub fn header_value(&self, i: usize) -> Option<&str> {
+        self.values.as_ref()?.get(i)?.as_deref()
+    }
+}
+
+/// The policies and claim headers of one configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    policies: Vec<Policy>,
+    headers: Vec<ClaimHeader>,
+}
+
+impl Rules {
+    /// The rules of `config`.
+    pub fn new(config: &Config) -> Self {
+        Rules {
+            policies: config.policies.clone(),
+            headers: config.output.claims_to_headers.clone(),
+        }
+    }
+
+    /// Some policy or claim header reads claims: a verified token must be judged.
+    pub fn reads_claims(&self) -> bool {
+        !self.headers.is_empty() || self.policies.iter().any(|p| !p.is_empty())
+    }
+
+    /// Judges `claims` against every policy and reads the claim headers' values. `unwritable`
+    /// hears the name of each claim whose value cannot go into a header (CR, LF, NUL or
+    /// another control character but tab).
+    pub fn judge(&self, claims: &Claims, unwritable: &mut dyn FnMut(&str)) -> Facts {
+        let mut holds = 0u64;
+        for (i, p) in self.policies.iter().enumerate().take(64) {
+            if p.is_empty() || p.iter().any(|r| meets(claims, r)) {
+                holds |= 1 << i;
+            }
+        }
+        let values = (!self.headers.is_empty()).then(|| {
+            self.headers
+                .iter()
+                .map(|h| {
+                    let v = header_text(lookup(claims, &h.claim)?);
+                    if v.is_none() {
+                        unwritable(&h.claim);
+                    }
+                    v
+                })
+                .collect()
+        });
+        Facts { holds, values }
+    }
+
+    /// Policy `policy` holds for a token with these facts (no policy always holds).
+    pub fn permits(&self, policy: usize, facts: Option<&Facts>) -> bool {
+        match self.policies.get(policy) {
+            None => true,
+            Some(p) if p.is_empty() => true,
+            Some(_) => facts.is_some_and(|f| policy < 64 && f.holds & (1 << policy) != 0),
+        }
+    }
+
+    /// The `scope` a refusal by `policy` names: the first alternative's scopes, if it lists any.
+    pub fn challenge_scope(&self, policy: usize) -> Option<String> {
+        let first = self.policies.get(policy)?.first()?;
+        (!first.scopes.is_empty()).then(|| first.scopes.join(" "))
+    }
+
+    /// Why `claims` fail `policy`, naming scopes and claims, never a claim's value.
+    pub fn reason(&self, policy: usize, claims: &Claims) -> String {
+        let Some(p) = self.policies.get(policy) else {
+            return String::new();
+        };
+        let mut parts = Vec::with_capacity(p.len());
+        for (i, r) in p.iter().enumerate() {
+            let missing = r.scopes.iter().find(|s| !has_scope(claims, s));
+            let failed = r.claims.iter().find(|c| !claim_meets(claims, c));
+            let why = match (missing, failed) {
+                (Some(s), _) => format!("scope {s} missing"),
+                (None, Some(c)) if lookup(claims, &c.name).is_none() => {
+                    format!("claim {} missing", c.name)
+                }
+                (None, Some(c)) => format!("claim {} has no accepted value", c.name),
+                (None, None) => "holds".to_string(),
+            };
+            parts.push(format!("[{i}] {why}"));
+        }
+        format!("policy not met: {}", parts.join("; "))
+    }
+
+    /// The claim headers' names, in order.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().map(|h| h.header.as_str())
+    }
+}
+
+/// Every condition of `r` holds.
+fn meets(claims: &Claims, r: &Requirement) -> bool {
+    r.scopes.iter().all(|s| has_scope(claims, s)) && r.claims.iter().all(|c| claim_meets(claims, c))
+}
+
+/// `scope` is granted: in `scope` or `scp`, each a space-separated string or a list.
+fn has_scope(claims: &Claims, scope: &str) -> bool {
+    ["scope", "scp"].iter().any(|name| match claims.get(*name) {
+        Some(Value::String(s)) => s.split(' ').any(|t| t == scope),
+        Some(Value::Array(a)) => a.iter().any(|t| t.as_str() == Some(scope)),
+        _ => false,
+    })
+}
+
+/// The claim's value, or one element of it when it is a list, is one of the accepted values.
+fn claim_meets(claims: &Claims, rule: &ClaimRule) -> bool {
+    let accepted = |v: &Value| match v {
+        Value::String(s) => rule.values.iter().any(|a| a == s),
+        Value::Bool(_) | Value::Number(_) => {
+            let text = v.to_string();
+            rule.values.contains(&text)
+        }
+        _ => false,
+    };
+    match lookup(claims, &rule.name) {
+        Some(Value::Array(a)) => a.iter().any(accepted),
+        Some(v) => accepted(v),
+        None => false,
+    }
+}
+
+/// A claim by name: a top-level claim of exactly that name, else a dotted path into objects.
+fn lookup<'c>(claims: &'c Claims, name: &str) -> Option<&'c Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v).filter(|v| !v.is_null());
+    }
+    let mut parts = name.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for part in parts {
+        v = v.as_object()?.get(part)?;
+    }
+    Some(v).filter(|v| !v.is_null())
+}
+
+/// A claim as a header value: a string as it is, a list joined with `,`, anything else as
+/// JSON; `None` when the text holds a control character other than tab.
+fn header_text(v: &Value) -> Option<Box<str>> {
+    let piece = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = match v {
+        Value::Array(a) => a.iter().map(piece).collect::<Vec<_>>().join(","),
+        other => piece(other),
+    };
+    let writable = !text.chars().any(|c| c.is_control() && c != '\t');
+    writable.then(|| text.into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules(policies: Value, headers: Value) -> Rules {
+        let parse = |v: &Value| -> Policy {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| Requirement {
+                    scopes: r["scopes"]
+                        .as_array()
+                        .map(|a| a.iter().map(|s| s.as_str().unwrap().into()).collect())
+                        .unwrap_or_default(),
+                    claims: r["claims"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| ClaimRule {
+                                    name: k.clone(),
+                                    values: v
+                                        .as_array()
+                                        .unwrap()
+                                        .iter()
+                                        .map(|s| s.as_str().unwrap().into())
+                                        .collect(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        };
+        Rules {
+            policies: policies.as_array().unwrap().iter().map(parse).collect(),
+            headers: headers
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| ClaimHeader {
+                    claim: h[0].as_str().unwrap().into(),
+                    header: h[1].as_str().unwrap().into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn claims(v: Value) -> Claims {
+        v.as_object().unwrap().clone()
+    }
+
+    fn holds(r: &Rules, policy: usize, c: Value) -> bool {
+        let f = r.judge(&claims(c), &mut |_| {});
+        r.permits(policy, Some(&f))
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp_as_a_string_or_a_list() {
+        let r = rules(
+            json!([[{ "scopes": ["orders:read", "orders:write"] }]]),
+            json!([]),
+        );
+        assert!(holds(
+            &r,
+            0,
+            json!({ "scope": "a orders:write orders:read" })
+        ));
+        assert!(holds(
+            &r,
+            0,
+            json!({ "scp": ["orders:read", "orders:write"] })
+        ));
+        assert!(holds(&r, 0, json!({ "scp": "orders:read orders:write" })));
+        assert!(
+            !holds(&r, 0, json!({ "scope": "orders:read" })),
+            "one missing"
+        );
+        assert!(!holds(
+            &r,
+            0,
+            json!({ "scope": "orders:read,orders:write" })
+        ));
+        assert!(!holds(
+            &r,
+            0,
+            json!({ "scope": "orders:readx orders:write" })
+        ));
+        assert!(!holds(&r, 0, json!({})));
+        assert!(!holds(&r, 0, json!({ "scope": 5 })));
+    }
+
+    #[test]
+    fn claims_match_exactly_any_element_and_through_dotted_names() {
+        let r = rules(
+            json!([[{ "claims": { "tenant": ["acme", "globex"], "realm_access.roles": ["admin"] } }]]),
+            json!([]),
+        );
+        let ok = json!({ "tenant": "acme", "realm_access": { "roles": ["user", "admin"] } });
+        assert!(holds(&r, 0, ok));
+        let wrong = json!({ "tenant": "Acme", "realm_access": { "roles": ["admin"] } });
+        assert!(!holds(&r, 0, wrong), "exact, case included");
+        assert!(
+            !holds(&r, 0, json!({ "tenant": "acme" })),
+            "a missing claim fails"
+        );
+        let flat = json!({ "tenant": ["x", "globex"], "realm_access.roles": "admin" });
+        assert!(
+            holds(&r, 0, flat),
+            "a top-level name with a dot is taken first"
+        );
+        let nested_list = json!({ "tenant": [["acme"]], "realm_access": { "roles": "admin" } });
+        assert!(!holds(&r, 0, nested_list), "only one level of list");
+        let null = json!({ "tenant": null, "realm_access": { "roles": "admin" } });
+        assert!(!holds(&r, 0, null));
+    }
+
+    #[test]
+    fn numbers_and_booleans_compare_as_json_text() {
+        let r = rules(
+            json!([[{ "claims": { "email_verified": ["true"], "level": ["3"] } }]]),
+            json!([]),
+        );
+        assert!(holds(&r, 0, json!({ "email_verified": true, "level": 3 })));
+        assert!(!holds(
+            &r,
+            0,
+            json!({ "email_verified": "yes", "level": 3 })
+        ));
+        assert!(!holds(
+            &r,
+            0,
+            json!({ "email_verified": true, "level": { "v": 3 } })
+        ));
+    }
+
+    #[test]
+    fn any_alternative_may_hold_and_no_policy_always_holds() {
+        let r = rules(
+            json!([
+                [{ "scopes": ["a"], "claims": { "t": ["x"] } }, { "claims": { "groups": ["admins"] } }],
+                [],
+            ]),
+            json!([]),
+        );
+        assert!(holds(&r, 0, json!({ "scope": "a", "t": "x" })));
+        assert!(holds(&r, 0, json!({ "groups": ["admins"] })));
+        assert!(
+            !holds(&r, 0, json!({ "scope": "a", "t": "y" })),
+            "both of one must hold"
+        );
+        assert!(holds(&r, 1, json!({})));
+        assert!(r.permits(1, None) && r.permits(9, None));
+        assert!(!r.permits(0, None), "a policy needs facts");
+        assert_eq!(r.challenge_scope(0).as_deref(), Some("a"));
+        assert_eq!(r.challenge_scope(1), None);
+    }
+
+    #[test]
+    fn the_reason_names_what_failed_never_a_value() {
+        let r = rules(
+            json!([[{ "scopes": ["orders:read"] }, { "claims": { "tenant": ["acme"] } }, { "claims": { "g": ["x"] } }]]),
+            json!([]),
+        );
+        let why = r.reason(0, &claims(json!({ "tenant": "secret-corp" })));
+        assert_eq!(
+            why,
+            "policy not met: [0] scope orders:read missing; [1] claim tenant has no accepted value; [2] claim g missing"
+        );
+        assert!(!why.contains("secret-corp"));
+    }
+
+    #[test]
+    fn header_values_are_text_lists_joined_and_never_a_line_break() {
+        let r = rules(
+            json!([[]]),
+            json!([
+                ["sub", "x-user"],
+                ["groups", "x-groups"],
+                ["n", "x-n"],
+                ["ok", "x-ok"],
+                ["evil", "x-evil"],
+                ["gone", "x-gone"],
+                ["a.b", "x-ab"],
+                ["nul", "x-nul"],
+                ["tab", "x-tab"]
+            ]),
+        );
+        let mut bad = Vec::new();
+        let f = r.judge(
+            &claims(json!({
+                "sub": "alice", "groups": ["a", "b", 3], "n": 1.5, "ok": false,
+                "evil": "x\r\nset-cookie: y", "a": { "b": "deep" }, "nul": ["a\u{0}"], "tab": "a\tb"
+            })),
+            &mut |name| bad.push(name.to_string()),
+        );
+        let got: Vec<_> = (0..9).map(|i| f.header_value(i)).collect();
+        assert_eq!(
+            got,
+            [
+                Some("alice"),
+                Some("a,b,3"),
+                Some("1.5"),
+                Some("false"),
+                None,
+                None,
+                Some("deep"),
+                None,
+                Some("a\tb")
+            ]
+        );
+        assert_eq!(bad, ["evil", "nul"], "named, the absent claim not");
+        assert_eq!(r.header_names().collect::<Vec<_>>()[1], "x-groups");
+    }
+
+    #[test]
+    fn rules_without_policy_or_headers_read_no_claims() {
+        assert!(!rules(json!([[]]), json!([])).reads_claims());
+        assert!(rules(json!([[], [{ "scopes": ["a"] }]]), json!([])).reads_claims());
+        assert!(rules(json!([[]]), json!([["sub", "x"]])).reads_claims());
+        let f = rules(json!([[]]), json!([])).judge(&claims(json!({})), &mut |_| {});
+        assert_eq!(f.header_value(0), None);
+    }
+}
