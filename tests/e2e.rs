@@ -1027,12 +1027,12 @@ fn discovery_finds_the_keys_and_a_foreign_issuer_is_refused() {
     use support::{RawReply, RawServer};
     let signer = support::Signer::new("k1");
     let jwks = json!({ "keys": [signer.jwk()] }).to_string();
-    let serve = move |issuer: &'static str| {
+    let serve = move |issuer: &'static str, jwks_uri: &'static str| {
         let jwks = jwks.clone();
         RawServer::start(move |_, path| match path {
             "/.well-known/openid-configuration" => RawReply::Json(
                 200,
-                json!({ "issuer": issuer, "jwks_uri": "https://idp.test/oauth2/keys" }).to_string(),
+                json!({ "issuer": issuer, "jwks_uri": jwks_uri }).to_string(),
             ),
             "/oauth2/keys" => RawReply::Json(200, jwks.clone()),
             _ => RawReply::Json(404, "{}".into()),
@@ -1044,19 +1044,90 @@ fn discovery_finds_the_keys_and_a_foreign_issuer_is_refused() {
     );
     let token = signer.token(&claims("dora"), None);
     let sts = TestSts::start(0, mint);
-    let idp = serve(ISS);
+    let idp = serve(ISS, "https://idp.test/oauth2/keys");
     let envoy = envoy_with(sts.port, config.clone(), 1, &[("idp", idp.port)]);
     let r = when_keys_arrive(&envoy, &token);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(idp.count("/oauth2/keys"), 1);
-    // A document that names another issuer: its keys are never fetched, nothing is trusted.
-    let foreign = serve("https://someone-else.test");
-    let envoy = envoy_with(sts.port, config, 1, &[("idp", foreign.port)]);
-    for _ in 0..6 {
-        assert_eq!(envoy.get_with_token("/", &token).status, 503);
-        thread::sleep(Duration::from_millis(300));
+    // A document that names another issuer, or a key set at another authority: those keys are
+    // never fetched, nothing is trusted.
+    for (issuer, jwks_uri) in [
+        ("https://someone-else.test", "https://idp.test/oauth2/keys"),
+        (ISS, "https://attacker.test/oauth2/keys"),
+    ] {
+        let foreign = serve(issuer, jwks_uri);
+        let envoy = envoy_with(sts.port, config.clone(), 1, &[("idp", foreign.port)]);
+        for _ in 0..6 {
+            assert_eq!(envoy.get_with_token("/", &token).status, 503);
+            thread::sleep(Duration::from_millis(300));
+        }
+        assert!(foreign.count("/.well-known/openid-configuration") >= 1);
+        assert_eq!(foreign.count("/oauth2/keys"), 0, "{jwks_uri}");
+        assert!(envoy.counter("jwks_fetch_failures") >= 1);
     }
-    assert!(foreign.count("/.well-known/openid-configuration") >= 1);
-    assert_eq!(foreign.count("/oauth2/keys"), 0);
     assert_eq!(sts.count(), 1);
+}
+
+#[test]
+fn a_policy_refuses_before_the_sts_and_verified_claims_reach_headers() {
+    let sts = TestSts::start(0, mint);
+    let signer = support::Signer::new("k1");
+    let config = sts_config(json!({
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
+        "require": [{ "scopes": ["orders:read"] }],
+        "routes": [{ "match": { "path_prefix": "/admin" }, "require": [{ "claims": { "groups": ["admins"] } }] }],
+        "output": { "claims_to_headers": [
+            { "claim": "sub", "header": "x-user" },
+            { "claim": "groups", "header": "x-groups" },
+            { "claim": "tenant", "header": "x-tenant" }
+        ] }
+    }));
+    let envoy = envoy(sts.port, config, 1);
+    let with = |extra: serde_json::Value| {
+        let mut c = claims("dora");
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signer.token(&c, None)
+    };
+    let weak = with(json!({ "scope": "orders:write" }));
+    let r = envoy.get_with_token("/orders", &weak);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"token-exchange\", error=\"insufficient_scope\", scope=\"orders:read\""
+        )
+    );
+    let strong = with(json!({ "scope": "openid orders:read", "groups": ["users", "admins"] }));
+    let spoofed = [
+        ("authorization", format!("Bearer {strong}")),
+        ("x-user", "root".to_string()),
+        ("x-tenant", "evil".to_string()),
+    ];
+    let headers: Vec<(&str, &str)> = spoofed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..2 {
+        // The second is a cache hit: the same headers, from the remembered verification.
+        let r = envoy.get("/orders", &headers);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.upstream_header("x-user"), Some(json!("dora")));
+        assert_eq!(r.upstream_header("x-groups"), Some(json!("users,admins")));
+        assert_eq!(
+            r.upstream_header("x-tenant"),
+            None,
+            "the client's copy is gone"
+        );
+        let auth = r.upstream_header("authorization").unwrap();
+        assert!(auth.as_str().unwrap().starts_with("Bearer minted-"));
+    }
+    // The route's policy replaces the default one.
+    assert_eq!(envoy.get_with_token("/admin", &weak).status, 403);
+    assert_eq!(envoy.get("/admin", &headers).status, 200);
+    assert_eq!(sts.count(), 1, "no STS call for a refused token");
+    assert_eq!(envoy.counter("policy_denied"), 2);
+    assert_eq!(
+        envoy.stat("cluster.echo.upstream_rq_total"),
+        3,
+        "nothing upstream for a 403"
+    );
 }

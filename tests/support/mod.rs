@@ -528,20 +528,26 @@ impl Envoy {
     /// The value of one of the filter's counters, from the admin `/stats` (after the 100 ms
     /// tick that flushes the workers' counters).
     pub fn counter(&self, name: &str) -> u64 {
+        self.stat(&format!("token_exchange.{name}"))
+    }
+
+    /// The value of an Envoy stat whose name ends with `name`, from the admin `/stats`.
+    pub fn stat(&self, name: &str) -> u64 {
         thread::sleep(Duration::from_millis(250));
         let text = ureq::get(&format!(
-            "http://127.0.0.1:{}/stats?filter=token_exchange",
+            "http://127.0.0.1:{}/stats?filter={name}",
             self.admin
         ))
         .call()
         .expect("admin stats")
         .into_string()
         .expect("stats text");
-        let suffix = format!("token_exchange.{name}: ");
         text.lines()
-            .find_map(|l| l.find(&suffix).map(|i| &l[i + suffix.len()..]))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
+            .find_map(|l| {
+                let (stat, value) = l.split_once(": ")?;
+                stat.ends_with(name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no stat {name} in:\n{text}"))
     }
 
     /// A GET through Envoy.
