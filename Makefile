@@ -105,7 +105,7 @@ bench: build lean envoy reference ## CPU, throughput, footprint and module size 
 fleet: build envoy ## STS calls per second of a fleet of proxies against the model (about 3 minutes)
 	$(VENV)/bin/python bench/fleet.py
 
-FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes
+FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy
 FUZZ_SECONDS ?= 60
 fuzz: ## each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz; not in CI)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -1,5 +1,6 @@
 //! Engine stories through `FakeHost`, by theme: `exchange` (the cache, single flight, the
-//! error table, routes), `issuers` (trusted issuers and their keys), `delegation` (actor
+//! error table, routes), `issuers` (trusted issuers and their keys), `policy` (the
+//! authorizer's `require` and claim headers), `delegation` (actor
 //! tokens), `ciba` (consents) and `hostile` (what an attacker sends). The helpers here build an
 //! engine from a configuration and drive one exchange.
 
