@@ -9,6 +9,7 @@ use std::fmt;
 use serde::Deserialize;
 
 mod ciba;
+mod credentials;
 mod exchange;
 mod json_path;
 mod policy;

@@ -2,6 +2,7 @@
 //! error naming the key at fault (never echoing a value that could be a secret).
 
 use super::ciba::validate_ciba;
+use super::credentials::{validate_credentials, Credentials};
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
 use super::raw::*;
@@ -169,116 +170,15 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
     let timeout_ms = s.timeout_ms.unwrap_or(2000);
     in_range(timeout_ms, 1..=60_000, "sts.timeout_ms")?;
 
-    let method = s.client_auth.as_deref().unwrap_or("client_secret_basic");
-    let secret = match (s.client_secret, s.client_secret_env) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                "sts.client_secret",
-                "give client_secret or client_secret_env, not both",
-            ))
-        }
-        (Some(v), None) => Some(v),
-        (None, Some(var)) => match env(&var) {
-            Some(v) if !v.is_empty() => Some(v),
-            _ => {
-                return Err(ConfigError::new(
-                    "sts.client_secret_env",
-                    format!("environment variable {} is not set in the VM", shown(&var)),
-                ))
-            }
-        },
-        (None, None) => None,
+    let audience = format!("https://{}{}", s.authority, s.token_path);
+    let creds = Credentials {
+        method: s.client_auth,
+        client_id: s.client_id,
+        secret: s.client_secret,
+        secret_env: s.client_secret_env,
+        private_key: s.private_key,
     };
-    let client_id = s.client_id.filter(|id| !id.is_empty());
-    if s.private_key.is_some() && method != "private_key_jwt" {
-        return Err(ConfigError::new(
-            "sts.private_key",
-            "is only used with client_auth private_key_jwt",
-        ));
-    }
-    let client_auth = match method {
-        "none" => {
-            if secret.is_some() {
-                return Err(ConfigError::new(
-                    "sts.client_secret",
-                    "must not be set when client_auth is none",
-                ));
-            }
-            ClientAuthConfig::None
-        }
-        "client_secret_basic" | "client_secret_post" => {
-            let id = client_id.clone().ok_or_else(|| {
-                ConfigError::new("sts.client_id", format!("is required for {method}"))
-            })?;
-            let secret = secret.ok_or_else(|| {
-                ConfigError::new(
-                    "sts.client_secret",
-                    format!("client_secret or client_secret_env is required for {method}"),
-                )
-            })?;
-            if method == "client_secret_basic" {
-                ClientAuthConfig::Basic { id, secret }
-            } else {
-                ClientAuthConfig::Post { id, secret }
-            }
-        }
-        "private_key_jwt" => {
-            if secret.is_some() {
-                return Err(ConfigError::new(
-                    "sts.client_secret",
-                    "must not be set with private_key_jwt: credentials go in one place",
-                ));
-            }
-            let id = client_id.clone().ok_or_else(|| {
-                ConfigError::new("sts.client_id", "is required for private_key_jwt")
-            })?;
-            let pk = s.private_key.ok_or_else(|| {
-                ConfigError::new("sts.private_key", "is required for private_key_jwt")
-            })?;
-            let pem = match (pk.pem, pk.pem_env) {
-                (Some(p), None) => p,
-                (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    ConfigError::new(
-                        "sts.private_key.pem_env",
-                        format!("environment variable {} is not set in the VM", shown(&var)),
-                    )
-                })?,
-                _ => {
-                    return Err(ConfigError::new(
-                        "sts.private_key",
-                        "give exactly one of pem and pem_env",
-                    ))
-                }
-            };
-            let alg = pk.alg.unwrap_or_else(|| "ES256".to_string());
-            if !["ES256", "RS256", "EdDSA"].contains(&alg.as_str()) {
-                return Err(ConfigError::new(
-                    "sts.private_key",
-                    "alg is not supported; use ES256, RS256 or EdDSA",
-                ));
-            }
-            ClientAuthConfig::PrivateKeyJwt {
-                id,
-                key: PrivateKeyConfig {
-                    pem,
-                    alg,
-                    kid: pk.kid,
-                    audience: pk
-                        .audience
-                        .unwrap_or_else(|| format!("https://{}{}", s.authority, s.token_path)),
-                },
-            }
-        }
-        other => {
-            return Err(ConfigError::new(
-                "sts.client_auth",
-                format!(
-                    "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt or none",
-                    shown(other)
-                ),
-            ))
-        }
-    };
+    let (client_id, client_auth) = validate_credentials(creds, "sts", audience, env)?;
     let ciba = s.ciba.map(validate_ciba).transpose()?;
     Ok(StsConfig {
         cluster: s.cluster,
