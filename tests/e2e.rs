@@ -1120,6 +1120,21 @@ fn a_policy_refuses_before_the_sts_and_verified_claims_reach_headers() {
         let auth = r.upstream_header("authorization").unwrap();
         assert!(auth.as_str().unwrap().starts_with("Bearer minted-"));
     }
+    // Two client copies of a claim header, in odd case: both gone, the verified value alone.
+    let raw = raw_get(
+        &envoy,
+        "/orders",
+        &[
+            &format!("authorization: Bearer {strong}"),
+            "X-User: root",
+            "x-user: root2",
+        ],
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        raw.contains("\"x-user\":\"dora\"") && !raw.contains("root"),
+        "{raw}"
+    );
     // The route's policy replaces the default one.
     assert_eq!(envoy.get_with_token("/admin", &weak).status, 403);
     assert_eq!(envoy.get("/admin", &headers).status, 200);
@@ -1127,7 +1142,7 @@ fn a_policy_refuses_before_the_sts_and_verified_claims_reach_headers() {
     assert_eq!(envoy.counter("policy_denied"), 2);
     assert_eq!(
         envoy.stat("cluster.echo.upstream_rq_total"),
-        3,
+        4,
         "nothing upstream for a 403"
     );
 }

@@ -12,10 +12,10 @@ use crate::verdict::{to_each, Verdict};
 /// What a verified token's claims allow and tell; `unwritable` hears each claim that cannot go
 /// into its header.
 fn judge(rules: &Rules, subject: &str, unwritable: &mut dyn FnMut(&str)) -> Facts {
-    match token::claims(subject) {
-        Some(claims) if rules.reads_claims() => rules.judge(&claims, unwritable),
-        _ => Facts::default(),
+    if !rules.reads_claims() {
+        return Facts::default();
     }
+    token::claims(subject).map_or_else(Facts::default, |c| rules.judge(&c, unwritable))
 }
 
 impl Engine {
@@ -87,8 +87,9 @@ impl Engine {
     /// What a verified subject's claims allow and tell, read again from the token (an answer
     /// that arrived for it); `None` when nothing reads claims.
     pub(super) fn facts_of(&self, subject: &str) -> Option<Facts> {
-        let facts = judge(&self.rules, subject, &mut |_| {});
-        self.rules.reads_claims().then_some(facts)
+        self.rules
+            .reads_claims()
+            .then(|| judge(&self.rules, subject, &mut |_| {}))
     }
 
     /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.
