@@ -48,29 +48,79 @@ pub enum Rejection {
 /// The exchange cache as the workers share it: reads and writes of the slot table.
 #[derive(Debug, Clone, Copy)]
 pub struct SharedCache {
-    max_entries: u32,
+    table: SlotTable,
 }
 
 impl SharedCache {
     /// The table of `max_entries` slots.
     pub fn new(max_entries: u32) -> Self {
-        SharedCache { max_entries }
+        SharedCache {
+            table: SlotTable::new(SLOT_PREFIX, max_entries),
+        }
     }
 
     /// The entry for `key` and its expiry (ms), if one lives at `now_ms`.
     pub fn get<H: Host>(&self, host: &H, key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)> {
-        let (slot, _) = host.shared_get(&slot_name(key, self.max_entries))?;
-        lookup(&slot, key, now_ms)
+        let (kind, payload, expires_at) = self.table.get(host, key, now_ms)?;
+        Some((decode(kind, payload)?, expires_at))
     }
 
     /// Writes the entry for `key` (evicting whatever shared its slot); a failure is logged.
     pub fn put<H: Host>(&self, host: &H, key: &CacheKey, expires_at_ms: u64, value: &Cached) {
-        let bytes = encode(key, expires_at_ms, value);
-        if let Err(e) = host.shared_set(&slot_name(key, self.max_entries), &bytes, None) {
+        let (kind, payload) = kind_of(value);
+        self.table.put(host, key, expires_at_ms, kind, payload);
+    }
+}
+
+/// A bounded table of entries in shared data: `slots` names under `prefix`, each holding one
+/// entry of a kind (a byte its owner defines), its full key, its expiry and a payload.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotTable {
+    prefix: &'static str,
+    slots: u32,
+}
+
+impl SlotTable {
+    /// The table of `slots` slots named `prefix` + index.
+    pub fn new(prefix: &'static str, slots: u32) -> Self {
+        SlotTable { prefix, slots }
+    }
+
+    /// The kind, payload and expiry (ms) of the entry for `key`, if one lives at `now_ms`.
+    pub fn get<H: Host>(
+        &self,
+        host: &H,
+        key: &CacheKey,
+        now_ms: u64,
+    ) -> Option<(u8, Vec<u8>, u64)> {
+        let (slot, _) = host.shared_get(&self.name(key))?;
+        let (kind, expires_at) = lookup_raw(&slot, key, now_ms)?;
+        let mut payload = slot;
+        payload.drain(..HEADER_LEN);
+        Some((kind, payload, expires_at))
+    }
+
+    /// Writes the entry for `key` (evicting whatever shared its slot); a failure is logged.
+    pub fn put<H: Host>(
+        &self,
+        host: &H,
+        key: &CacheKey,
+        expires_at_ms: u64,
+        kind: u8,
+        payload: &[u8],
+    ) {
+        let bytes = encode_raw(key, expires_at_ms, kind, payload);
+        if let Err(e) = host.shared_set(&self.name(key), &bytes, None) {
             host.log(LogLevel::Warn, &format!("cache write failed: {}", e.0));
         }
     }
+
+    fn name(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.prefix, slot_index(key, self.slots))
+    }
 }
+
+const SLOT_PREFIX: &str = "token_exchange.slot.";
 
 /// The slot of a table of `slots` that `key` picks (its first 8 bytes, modulo the size).
 pub fn slot_index(key: &CacheKey, slots: u32) -> u32 {
@@ -80,18 +130,25 @@ pub fn slot_index(key: &CacheKey, slots: u32) -> u32 {
     u32::try_from(slot).unwrap_or(0)
 }
 
-/// The shared-data key of the slot that `key` lives in.
-pub fn slot_name(key: &CacheKey, max_entries: u32) -> String {
-    format!("token_exchange.slot.{}", slot_index(key, max_entries))
-}
-
-/// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload.
-pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Vec<u8> {
-    let (kind, payload) = match value {
+fn kind_of(value: &Cached) -> (u8, &[u8]) {
+    match value {
         Cached::Token(t) => (KIND_TOKEN, t.as_bytes()),
         Cached::Rejected(Rejection::Subject(code)) => (KIND_SUBJECT_REJECTED, code.as_bytes()),
         Cached::Rejected(Rejection::Forbidden(code)) => (KIND_FORBIDDEN, code.as_bytes()),
-    };
+    }
+}
+
+fn decode(kind: u8, payload: Vec<u8>) -> Option<Cached> {
+    let payload = String::from_utf8(payload).ok()?;
+    Some(match kind {
+        KIND_TOKEN => Cached::Token(payload),
+        KIND_SUBJECT_REJECTED => Cached::Rejected(Rejection::Subject(payload)),
+        KIND_FORBIDDEN => Cached::Rejected(Rejection::Forbidden(payload)),
+        _ => return None,
+    })
+}
+
+fn encode_raw(key: &CacheKey, expires_at_ms: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(VERSION);
     out.push(kind);
@@ -101,26 +158,15 @@ pub fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Vec<u8> {
     out
 }
 
-/// Reads a slot: the entry and its expiry (ms) if it was made for `key` and is still alive at
-/// `now_ms`.
-pub fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)> {
+/// The kind and expiry of a slot's entry, if it was made for `key` and lives at `now_ms`.
+fn lookup_raw(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(u8, u64)> {
     if slot.len() < HEADER_LEN || slot[0] != VERSION || slot[2..34] != key[..] {
         return None;
     }
     let mut exp = [0u8; 8];
     exp.copy_from_slice(&slot[34..HEADER_LEN]);
     let expires_at = u64::from_be_bytes(exp);
-    if now_ms >= expires_at {
-        return None;
-    }
-    let payload = String::from_utf8(slot[HEADER_LEN..].to_vec()).ok()?;
-    let value = match slot[1] {
-        KIND_TOKEN => Cached::Token(payload),
-        KIND_SUBJECT_REJECTED => Cached::Rejected(Rejection::Subject(payload)),
-        KIND_FORBIDDEN => Cached::Rejected(Rejection::Forbidden(payload)),
-        _ => return None,
-    };
-    Some((value, expires_at))
+    (now_ms < expires_at).then_some((slot[1], expires_at))
 }
 
 /// How long a minted token may be served, in ms:
@@ -176,6 +222,24 @@ pub fn rejection_lifetime_ms(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared-data key of the slot that `key` lives in.
+    fn slot_name(key: &CacheKey, max_entries: u32) -> String {
+        SlotTable::new(SLOT_PREFIX, max_entries).name(key)
+    }
+
+    /// Encodes an entry: version, kind, key, expiry (ms since the epoch), payload.
+    fn encode(key: &CacheKey, expires_at_ms: u64, value: &Cached) -> Vec<u8> {
+        let (kind, payload) = kind_of(value);
+        encode_raw(key, expires_at_ms, kind, payload)
+    }
+
+    /// Reads a slot: the entry and its expiry (ms) if it was made for `key` and is still alive at
+    /// `now_ms`.
+    fn lookup(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(Cached, u64)> {
+        let (kind, expires_at) = lookup_raw(slot, key, now_ms)?;
+        Some((decode(kind, slot[HEADER_LEN..].to_vec())?, expires_at))
+    }
 
     const RULES: CacheConfig = CacheConfig {
         max_entries: 16,

@@ -4,11 +4,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::assertion::{AssertionSigner, SigningKey};
 use crate::cache::CacheKey;
-use crate::config::{
-    self, CibaConfig, ClientAuthConfig, Config, ConfigError, ExchangeConfig, Grant, LoginHint,
-};
+use crate::config::{self, CibaConfig, Config, ConfigError, ExchangeConfig, Grant, LoginHint};
 use crate::endpoint::{feed, ClientAuth, Endpoint, NoRandomness};
 use crate::host::{HttpAnswer, HttpCall};
 use crate::sts::{self, IssuedType, Minted, StsFailure};
@@ -56,6 +53,8 @@ pub struct ExchangeProfile {
     pub enforce_may_act: bool,
     /// Its routes' access policy (an index into the configuration's policies).
     pub policy: usize,
+    /// The trusted issuer that introspects its opaque subject tokens.
+    pub introspect: Option<usize>,
     /// The form without the subject and actor.
     form_prefix: String,
     /// SHA-256 state fed with every parameter that shapes the minted token except the subject
@@ -168,6 +167,7 @@ impl ExchangeProfile {
             expect_act: spec.expect_act,
             enforce_may_act: spec.enforce_may_act,
             policy: spec.policy,
+            introspect: spec.introspect,
             form_prefix: form.finish(),
             key_prefix: key,
             ciba,
@@ -373,24 +373,7 @@ impl Client {
     /// exchange's form and key prefix, and the distinct actor-token requests.
     pub fn compile(config: &Config) -> Result<Client, ConfigError> {
         let s = &config.sts;
-        let auth = match &s.client_auth {
-            ClientAuthConfig::Basic { id, secret } => ClientAuth::basic(id, secret),
-            ClientAuthConfig::Post { id, secret } => ClientAuth::Post {
-                id: id.clone(),
-                secret: secret.clone(),
-            },
-            ClientAuthConfig::PrivateKeyJwt { id, key } => {
-                let signing = SigningKey::from_pem(&key.alg, &key.pem)
-                    .map_err(|why| ConfigError::new("sts.private_key", why))?;
-                ClientAuth::PrivateKeyJwt(Box::new(AssertionSigner {
-                    client_id: id.clone(),
-                    audience: key.audience.clone(),
-                    kid: key.kid.clone(),
-                    key: signing,
-                }))
-            }
-            ClientAuthConfig::None => ClientAuth::None,
-        };
+        let auth = ClientAuth::compile(&s.client_auth, "sts.private_key")?;
         let endpoint = Endpoint::new(
             &s.cluster,
             &s.authority,

@@ -5,7 +5,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::Sha256;
 
-use crate::assertion::{AssertionSigner, ASSERTION_TYPE};
+use crate::assertion::{AssertionSigner, SigningKey, ASSERTION_TYPE};
+use crate::config::{ClientAuthConfig, ConfigError};
 use crate::host::HttpCall;
 
 /// How the filter authenticates to the STS (RFC 6749 §2.3). Credentials go in one place only.
@@ -43,6 +44,29 @@ impl ClientAuth {
         ClientAuth::Basic {
             header: format!("Basic {}", STANDARD.encode(pair)),
         }
+    }
+
+    /// The method `config` names, ready to use; a private key that does not load is refused
+    /// under `key`.
+    pub fn compile(config: &ClientAuthConfig, key: &str) -> Result<Self, ConfigError> {
+        Ok(match config {
+            ClientAuthConfig::Basic { id, secret } => ClientAuth::basic(id, secret),
+            ClientAuthConfig::Post { id, secret } => ClientAuth::Post {
+                id: id.clone(),
+                secret: secret.clone(),
+            },
+            ClientAuthConfig::PrivateKeyJwt { id, key: k } => {
+                let signing = SigningKey::from_pem(&k.alg, &k.pem)
+                    .map_err(|why| ConfigError::new(key, why))?;
+                ClientAuth::PrivateKeyJwt(Box::new(AssertionSigner {
+                    client_id: id.clone(),
+                    audience: k.audience.clone(),
+                    kid: k.kid.clone(),
+                    key: signing,
+                }))
+            }
+            ClientAuthConfig::None => ClientAuth::None,
+        })
     }
 
     /// The method's name as the configuration spells it.

@@ -18,6 +18,14 @@ pub enum Job {
         /// Index into the client's actor profiles.
         actor: usize,
     },
+    /// An introspection of `token` at trusted issuer `issuer`; each waiter then goes on at
+    /// the trust stage.
+    Introspect {
+        /// Index of the trusted issuer.
+        issuer: usize,
+        /// The opaque token.
+        token: String,
+    },
 }
 
 /// A token exchange in the air, with what deciding on its answer (or sending it again) needs.
@@ -37,6 +45,8 @@ pub struct Exchange {
     pub actor_sub: Option<String>,
     /// No header actor: the answer may go into the worker memo.
     pub rememberable: bool,
+    /// The subject's verification, with trusted issuers: what its claims allow and tell.
+    pub verified: Option<Verified>,
 }
 
 /// A request waiting on a call.
@@ -44,17 +54,20 @@ pub struct Exchange {
 pub struct Waiter {
     /// Its context.
     pub ctx: u32,
-    /// For an actor call: the exchange the request goes on with.
+    /// For an actor call or an introspection: where the request goes on.
     pub resume: Option<Box<Parked>>,
 }
 
-/// A verified request parked at the exchange stage until the filter's actor token arrives.
+/// A request parked until a call answers: at the exchange stage for the filter's actor token
+/// (verified), or at the trust stage for an introspection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     /// Its exchange profile.
     pub profile: usize,
     /// Its subject token.
     pub subject: String,
+    /// A header actor token it came with.
+    pub header_actor: Option<String>,
     /// The exchange's cache key.
     pub key: CacheKey,
     /// The subject's verification, with trusted issuers.

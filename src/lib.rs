@@ -20,6 +20,7 @@ pub(crate) mod endpoint;
 pub mod engine;
 pub(crate) mod flights;
 pub mod host;
+pub mod introspection;
 pub mod jwks;
 pub(crate) mod jwt_error;
 pub(crate) mod keys;

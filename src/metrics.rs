@@ -51,12 +51,18 @@ pub enum Metric {
     /// Verified tokens refused by the route's `require` policy (each also counts in
     /// [`Metric::Rejected`]).
     PolicyDenied,
+    /// Introspection calls dispatched.
+    Introspections,
+    /// Introspections that failed: unreachable, timed out, 5xx, refused credentials, nonsense.
+    IntrospectionErrors,
+    /// Introspections that called the token inactive.
+    IntrospectionInactive,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 18] = [
+const PLAIN: [(Metric, &str); 21] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -78,6 +84,15 @@ const PLAIN: [(Metric, &str); 18] = [
     (Metric::CibaPolls, "token_exchange.ciba_polls"),
     (Metric::Forwarded, "token_exchange.forwarded"),
     (Metric::PolicyDenied, "token_exchange.policy_denied"),
+    (Metric::Introspections, "token_exchange.introspections"),
+    (
+        Metric::IntrospectionErrors,
+        "token_exchange.introspection_errors",
+    ),
+    (
+        Metric::IntrospectionInactive,
+        "token_exchange.introspection_inactive",
+    ),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

@@ -6,6 +6,7 @@ use crate::cache::Cached;
 use crate::caller::NoToken;
 use crate::config::{Config, OnMissingToken, OnStsUnavailable};
 use crate::host::{Host, LogLevel};
+use crate::introspection::Failure;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
 use crate::policy::Facts;
@@ -257,6 +258,20 @@ impl Outcomes {
                 }
                 self.invalid_token(host, why)
             }
+        }
+    }
+
+    /// An opaque token that introspection did not make trusted: 401 when inactive or refused,
+    /// 502 for the endpoint's nonsense or its refusal of the proxy, 503 when it is down. Never
+    /// passed on, whatever `on_sts_unavailable` says: trust was not established.
+    pub fn untrusted<H: Host>(&self, host: &H, failure: Failure) -> Verdict {
+        let why = failure.description();
+        match failure {
+            Failure::Inactive | Failure::Refused(_) => self.invalid_token(host, why),
+            Failure::ClientRejected | Failure::Nonsense(_) => {
+                Verdict::Respond(LocalReply::bad_gateway(why))
+            }
+            Failure::Unavailable(_) => Verdict::Respond(LocalReply::unavailable(why)),
         }
     }
 

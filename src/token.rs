@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 #[cfg(feature = "trusted-issuers")]
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::JwsAlg;
-use crate::config::TrustedIssuer;
+use crate::config::{KeySource, TrustedIssuer};
 use crate::host::{Host, LogLevel};
 use crate::jwks::{KeySet, Lookup, PublicKey};
 use crate::jwt_error::JwtError;
@@ -153,14 +154,14 @@ pub struct NamedUser {
 /// The user a JWT names by claim `name` (a string), with its `iss` and `sub`; `None` when any
 /// of the three is missing. The claims are read unchecked: verify the token first.
 pub fn claim_of(token: &str, name: &str) -> Option<NamedUser> {
-    let parsed = UntrustedToken::new(token).ok()?;
-    let claims = parsed
-        .deserialize_claims_unchecked::<serde_json::Map<String, serde_json::Value>>()
-        .ok()?
-        .custom;
+    named_user(&claims(token)?, name, None)
+}
+
+/// The user verified `claims` name by claim `name`, with their `iss` (else `issuer`) and `sub`.
+pub fn named_user(claims: &ClaimSet, name: &str, issuer: Option<&str>) -> Option<NamedUser> {
     let text = |n: &str| Some(claims.get(n)?.as_str()?.to_string());
     Some(NamedUser {
-        iss: text("iss")?,
+        iss: text("iss").or_else(|| issuer.map(str::to_string))?,
         sub: text("sub")?,
         value: text(name)?,
     })
@@ -239,7 +240,8 @@ pub enum MayAct {
 }
 
 impl MayAct {
-    fn from_claim(v: Option<&serde_json::Value>) -> MayAct {
+    /// The `may_act` claim `v` (absent: unrestricted).
+    pub fn from_claim(v: Option<&serde_json::Value>) -> MayAct {
         let Some(v) = v else {
             return MayAct::Unrestricted;
         };
@@ -267,8 +269,9 @@ impl MayAct {
     }
 }
 
-/// A subject token that verified, as remembered so a hot token is verified once: valid while
-/// its issuer's key set is still `version` and `exp` (plus leeway) has not passed.
+/// A subject token that verified (a JWT by signature, an opaque token by introspection), as
+/// remembered so a hot token is verified once: valid while its issuer's key set is still
+/// `version`, `exp` (plus leeway) has not passed, and an introspection answer is still trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// Index of the trusted issuer.
@@ -281,6 +284,10 @@ pub struct Verified {
     pub may_act_ok: bool,
     /// What its claims allow (the policies) and tell (the claim headers).
     pub facts: Facts,
+    /// For an introspected token: when its answer stops being trusted (ms).
+    pub until_ms: Option<u64>,
+    /// For an introspected token: the answer's claims (a JWT's are read from the token).
+    pub claims: Option<Arc<ClaimSet>>,
 }
 
 /// The outcome of checking a subject JWT against the trusted issuers.
@@ -361,12 +368,12 @@ pub fn verify_jwt<'k>(
     let Ok(unchecked) = untrusted.deserialize_claims_unchecked::<Registered>() else {
         return Invalid(JwtError::Malformed);
     };
-    let Some(index) = unchecked
-        .custom
-        .iss
-        .as_deref()
-        .and_then(|iss| issuers.iter().position(|i| i.issuer == iss))
-    else {
+    let Some(index) = unchecked.custom.iss.as_deref().and_then(|iss| {
+        issuers
+            .iter()
+            .position(|i| i.issuer == iss && i.keys != KeySource::None)
+    }) else {
+        // An issuer without keys issues opaque tokens only: a JWT naming it is not its own.
         return Invalid(JwtError::UntrustedIssuer);
     };
     let issuer = &issuers[index];
@@ -619,6 +626,7 @@ mod tests {
                 leeway_s: 30,
                 keys: KeySource::Inline(keys().jwks()),
                 forward: false,
+                introspection: None,
             }
         }
 

@@ -1,5 +1,5 @@
-//! The filter's client authentication at a server it calls: one method, its credentials in
-//! one place, each key named under that server's prefix (`sts.…` today).
+//! The filter's client authentication at a server it calls (the STS, an introspection
+//! endpoint): one method, its credentials in one place.
 
 use super::raw::RawPrivateKey;
 use super::values::shown;

@@ -144,6 +144,7 @@ pub(super) fn validate_exchange(
         expect_act,
         enforce_may_act: e.enforce_may_act.unwrap_or(true),
         policy: 0,
+        introspect: None,
     })
 }
 

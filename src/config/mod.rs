@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod ciba;
 mod credentials;
 mod exchange;
+mod introspection;
 mod json_path;
 mod policy;
 mod raw;
@@ -378,6 +379,8 @@ pub struct ExchangeConfig {
     pub enforce_may_act: bool,
     /// The access policy of the routes using this exchange: an index into [`Config::policies`].
     pub policy: usize,
+    /// The trusted issuer whose introspection endpoint judges an opaque token on these routes.
+    pub introspect: Option<usize>,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -419,6 +422,39 @@ pub enum KeySource {
     /// Found through OIDC discovery: the `path` of this one is the discovery document's, whose
     /// `issuer` must equal the issuer and whose `jwks_uri` must name the same authority.
     Discovery(JwksUri),
+    /// None: the issuer's tokens are opaque and introspected; a JWT naming it is refused.
+    None,
+}
+
+/// An issuer's RFC 7662 introspection endpoint and the filter's credentials there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IntrospectionConfig {
+    /// Envoy cluster.
+    pub cluster: String,
+    /// `:authority` of the call.
+    pub authority: String,
+    /// Path of the endpoint.
+    pub path: String,
+    /// Call timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Longest an active answer is trusted (seconds; never past the token's `exp`).
+    pub cache_s: u64,
+    /// The filter's client id there.
+    pub client_id: Option<String>,
+    /// How the filter authenticates there.
+    pub client_auth: ClientAuthConfig,
+}
+
+/// Shows where and how, never a credential.
+impl fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("client_auth", &self.client_auth.name())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A JWKS endpoint reached through an Envoy cluster.
@@ -452,6 +488,8 @@ pub struct TrustedIssuer {
     /// Its verified tokens are passed on unchanged instead of exchanged (`action: forward`):
     /// tokens the services already accept, as during a migration.
     pub forward: bool,
+    /// Its opaque tokens are checked at this RFC 7662 endpoint.
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 /// A validated configuration.

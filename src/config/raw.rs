@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) require: Option<Vec<RawRequirement>>,
     #[serde(default)]
+    pub(super) introspect: Option<String>,
+    #[serde(default)]
     pub(super) output: RawOutput,
     #[serde(default)]
     pub(super) cache: RawCache,
@@ -95,12 +97,29 @@ where
 pub(super) struct RawIssuer {
     pub(super) issuer: String,
     pub(super) audiences: Option<Vec<String>>,
-    pub(super) algorithms: Vec<String>,
+    pub(super) algorithms: Option<Vec<String>>,
     pub(super) leeway_s: Option<u64>,
     pub(super) jwks: Option<serde_json::Value>,
     pub(super) jwks_uri: Option<RawRemote>,
     pub(super) discovery: Option<RawRemote>,
     pub(super) action: Option<String>,
+    pub(super) introspection: Option<RawIntrospection>,
+}
+
+/// An issuer's RFC 7662 introspection endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntrospection {
+    pub(super) cluster: String,
+    pub(super) authority: String,
+    pub(super) path: String,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) cache_s: Option<u64>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) client_auth: Option<String>,
+    pub(super) private_key: Option<RawPrivateKey>,
 }
 
 /// Where a key set (`jwks_uri`, path required) or a discovery document (`discovery`, path
@@ -192,6 +211,8 @@ pub(super) struct RawRoute {
     pub(super) bypass: bool,
     #[serde(default)]
     pub(super) require: Option<Vec<RawRequirement>>,
+    #[serde(default)]
+    pub(super) introspect: Option<String>,
 }
 
 /// One alternative of a `require` policy.

@@ -1014,3 +1014,99 @@ fn the_authorizer_keys_are_validated() {
     let too_many = format!(r#"{trust},"routes":[{}]"#, many.join(","));
     assert_eq!(err_key(&with(&too_many)), "routes");
 }
+
+#[test]
+fn introspection_goes_only_to_the_issuer_a_route_names() {
+    let intro = |iss: &str| {
+        format!(
+            r#"{{"issuer":"{iss}","audiences":["api://edge"],"introspection":{{"cluster":"p","authority":"p.example","path":"/introspect","client_id":"edge","client_secret_env":"P_SECRET"}}}}"#
+        )
+    };
+    let jwt = r#"{"issuer":"https://idp","algorithms":["RS256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}"#;
+    let env = |n: &str| (n == "P_SECRET").then(|| "from-env".to_string());
+    // One introspecting issuer: every exchange's opaque tokens go to it; no algorithms needed.
+    let one = with(&format!(
+        r#""trusted_issuers":[{jwt},{}]"#,
+        intro("https://a")
+    ));
+    let c = load(&one, &env).unwrap();
+    assert!(c.exchanges.iter().all(|e| e.introspect == Some(1)));
+    let i = c.trusted_issuers[1].introspection.as_ref().unwrap();
+    assert_eq!((i.timeout_ms, i.cache_s), (2000, 60));
+    assert!(
+        i.client_auth
+            == ClientAuthConfig::Basic {
+                id: "edge".into(),
+                secret: "from-env".into()
+            }
+    );
+    assert_eq!(c.trusted_issuers[1].keys, KeySource::None);
+    assert!(
+        !format!("{i:?}").contains("from-env"),
+        "Debug shows no secret"
+    );
+    // Two: refused unless named; a route's choice and a top-level default both work.
+    let two = format!(
+        r#""trusted_issuers":[{},{}]"#,
+        intro("https://a"),
+        intro("https://b")
+    );
+    let e = load(&with(&two), &env).expect_err("two, none named");
+    assert_eq!(e.key, "introspect");
+    let loaded = |extra: &str| load(&with(&format!("{two},{extra}")), &env);
+    let c = loaded(r#""introspect":"https://b""#).unwrap();
+    assert_eq!(c.exchanges[0].introspect, Some(1));
+    let c = loaded(
+        r#""routes":[{"match":{"path_prefix":"/a"},"introspect":"https://a"},{"match":{"path_prefix":"/b"},"introspect":"https://b"}]"#,
+    )
+    .unwrap();
+    let intro_of = |i: usize| match c.routes[i].action {
+        RouteAction::Exchange(p) => c.exchanges[p].introspect,
+        RouteAction::Bypass => None,
+    };
+    assert_eq!((intro_of(0), intro_of(1)), (Some(0), Some(1)));
+    assert_eq!(
+        c.exchanges[0].introspect, None,
+        "unmatched: shown to nobody"
+    );
+    let refused = [
+        (r#""introspect":"https://c""#, "introspect"),
+        (r#""introspect":"https://idp""#, "introspect"),
+        (
+            r#""routes":[{"match":{"path_prefix":"/a"},"introspect":"https://z"}]"#,
+            "routes[0].introspect",
+        ),
+        (
+            r#""routes":[{"match":{"path_prefix":"/a"},"bypass":true,"introspect":"https://a"}]"#,
+            "routes[0]",
+        ),
+    ];
+    for (extra, key) in refused {
+        let e = loaded(extra).expect_err(extra);
+        assert_eq!(e.key, key, "{extra}");
+    }
+    let bad = |field: &str| {
+        let issuer = format!(
+            r#"{{"issuer":"https://a","introspection":{{"cluster":"p","authority":"p.example","path":"/i","client_id":"edge","client_secret":"s",{field}}}}}"#
+        );
+        err_key(&with(&format!(r#""trusted_issuers":[{issuer}]"#)))
+    };
+    let at = "trusted_issuers[0].introspection";
+    assert_eq!(bad(r#""timeout_ms":0"#), format!("{at}.timeout_ms"));
+    assert_eq!(bad(r#""cache_s":86401"#), format!("{at}.cache_s"));
+    assert_eq!(
+        bad(r#""client_auth":"private_key_jwt""#),
+        format!("{at}.client_secret")
+    );
+    assert_eq!(bad(r#""client_auth":"magic""#), format!("{at}.client_auth"));
+    assert_eq!(bad(r#""user":"x""#), format!("{at}.user"));
+    let no_secret = r#""trusted_issuers":[{"issuer":"https://a","introspection":{"cluster":"p","authority":"p","path":"/i","client_id":"edge"}}]"#;
+    assert!(err_key(&with(no_secret)).starts_with(at));
+    let no_path = r#""trusted_issuers":[{"issuer":"https://a","introspection":{"cluster":"p","authority":"p","path":"i","client_id":"e","client_secret":"s"}}]"#;
+    assert_eq!(err_key(&with(no_path)), format!("{at}.path"));
+    // Neither keys nor introspection: nothing could ever verify its tokens.
+    let nothing = r#""trusted_issuers":[{"issuer":"https://a","algorithms":["RS256"]}]"#;
+    assert_eq!(err_key(&with(nothing)), "trusted_issuers[0]");
+    let no_alg = r#""trusted_issuers":[{"issuer":"https://a","jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
+    assert_eq!(err_key(&with(no_alg)), "trusted_issuers[0].algorithms");
+}

@@ -4,6 +4,7 @@
 use super::ciba::validate_ciba;
 use super::credentials::{validate_credentials, Credentials};
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
+use super::introspection::{default_introspect, introspecting, validate_introspection};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
 use super::raw::*;
 use super::values::*;
@@ -18,7 +19,7 @@ pub(super) fn validate(
     let mut actor_headers = Vec::new();
     let mut trusted_issuers = Vec::with_capacity(raw.trusted_issuers.len());
     for (i, r) in raw.trusted_issuers.into_iter().enumerate() {
-        let issuer = validate_issuer(r, &format!("trusted_issuers[{i}]"))?;
+        let issuer = validate_issuer(r, &format!("trusted_issuers[{i}]"), env)?;
         if trusted_issuers
             .iter()
             .any(|t: &TrustedIssuer| t.issuer == issuer.issuer)
@@ -43,15 +44,21 @@ pub(super) fn validate(
     let mut policies = vec![validate_policy(raw.require.unwrap_or_default(), "require")?];
     let mut policy_keys = vec!["require".to_string()];
     let mut routes = Vec::with_capacity(raw.routes.len());
+    let named = raw.routes.iter().any(|r| r.introspect.is_some());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
         let matcher = validate_match(r.matcher, &key)?;
-        if r.bypass && (r.exchange.is_some() || r.require.is_some()) {
+        if r.bypass && (r.exchange.is_some() || r.require.is_some() || r.introspect.is_some()) {
             return Err(ConfigError::new(
                 key,
-                "a bypass rule has no exchange and no policy",
+                "a bypass rule has no exchange, policy or introspection",
             ));
         }
+        let introspect = r
+            .introspect
+            .as_deref()
+            .map(|n| introspecting(n, &trusted_issuers, &format!("{key}.introspect")))
+            .transpose()?;
         let policy = match r.require {
             Some(p) => {
                 let k = format!("{key}.require");
@@ -67,8 +74,9 @@ pub(super) fn validate(
                 &format!("{key}.exchange"),
                 &mut ctx,
             )?),
-            // A policy of its own needs an exchange profile of its own (the default's keys).
-            None if policy.is_some() => Some(exchanges[0].clone()),
+            // A policy or an introspecting issuer of its own needs an exchange profile of its
+            // own (the default's keys).
+            None if policy.is_some() || introspect.is_some() => Some(exchanges[0].clone()),
             None => None,
         };
         let action = match (r.bypass, exchange) {
@@ -76,11 +84,17 @@ pub(super) fn validate(
             (false, None) => RouteAction::Exchange(0),
             (false, Some(mut e)) => {
                 e.policy = policy.unwrap_or(0);
+                e.introspect = introspect;
                 exchanges.push(e);
                 RouteAction::Exchange(exchanges.len() - 1)
             }
         };
         routes.push(Route { matcher, action });
+    }
+    // Routes that name no introspecting issuer take the default one.
+    let default = default_introspect(raw.introspect.as_deref(), named, &trusted_issuers)?;
+    for e in exchanges.iter_mut().filter(|e| e.introspect.is_none()) {
+        e.introspect = default;
     }
     if policies.len() > MAX_POLICIES {
         return Err(ConfigError::new(
@@ -157,16 +171,7 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
             "must be a host[:port] without scheme or path",
         ));
     }
-    if !s.token_path.starts_with('/')
-        || s.token_path
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ConfigError::new(
-            "sts.token_path",
-            "must start with '/' and hold no whitespace",
-        ));
-    }
+    call_path(&s.token_path, "sts.token_path")?;
     let timeout_ms = s.timeout_ms.unwrap_or(2000);
     in_range(timeout_ms, 1..=60_000, "sts.timeout_ms")?;
 
@@ -191,7 +196,11 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
     })
 }
 
-fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError> {
+fn validate_issuer(
+    r: RawIssuer,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TrustedIssuer, ConfigError> {
     non_empty(&r.issuer, &format!("{key}.issuer"))?;
     // Compared byte for byte with a token's `iss`: white space would only ever fail to match.
     no_space_or_control(&r.issuer, &format!("{key}.issuer"))?;
@@ -199,14 +208,20 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
     for a in &audiences {
         non_empty(a, &format!("{key}.audiences"))?;
     }
-    if r.algorithms.is_empty() {
+    let introspection = r
+        .introspection
+        .map(|i| validate_introspection(i, &format!("{key}.introspection"), env))
+        .transpose()?;
+    let has_keys = r.jwks.is_some() || r.jwks_uri.is_some() || r.discovery.is_some();
+    let names = r.algorithms.unwrap_or_default();
+    if names.is_empty() && (has_keys || introspection.is_none()) {
         return Err(ConfigError::new(
             format!("{key}.algorithms"),
             "must list at least one algorithm",
         ));
     }
-    let mut algorithms = Vec::with_capacity(r.algorithms.len());
-    for name in &r.algorithms {
+    let mut algorithms = Vec::with_capacity(names.len());
+    for name in &names {
         let alg = JwsAlg::from_name(name).ok_or_else(|| {
             let why = if name.eq_ignore_ascii_case("none")
                 || name.to_ascii_uppercase().starts_with("HS")
@@ -244,10 +259,12 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
             let well_known = Some("/.well-known/openid-configuration");
             KeySource::Discovery(remote(d, well_known, &k)?)
         }
+        // Opaque tokens only: introspected, and a JWT naming this issuer is refused.
+        (None, None, None) if introspection.is_some() => KeySource::None,
         _ => {
             return Err(ConfigError::new(
                 key,
-                "give exactly one of jwks, jwks_uri and discovery",
+                "give exactly one of jwks, jwks_uri and discovery (or introspection alone)",
             ))
         }
     };
@@ -268,6 +285,7 @@ fn validate_issuer(r: RawIssuer, key: &str) -> Result<TrustedIssuer, ConfigError
         leeway_s,
         keys,
         forward,
+        introspection,
     })
 }
 

@@ -55,6 +55,17 @@ pub(super) fn no_space_or_control(v: &str, key: &str) -> Result<(), ConfigError>
     }
 }
 
+/// The path of an endpoint the filter calls: absolute, no white space or control characters.
+pub(super) fn call_path(v: &str, key: &str) -> Result<(), ConfigError> {
+    if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            key,
+            "must start with '/' and hold no whitespace",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn non_empty(v: &str, key: &str) -> Result<(), ConfigError> {
     if v.trim().is_empty() {
         Err(ConfigError::new(key, "must not be empty"))

@@ -2,6 +2,7 @@
 //! do, the calls the table wants sent, and what became of a consent.
 
 use crate::cache::CacheKey;
+use crate::policy::Facts;
 use crate::sts::{Minted, StsFailure};
 
 /// A request waiting for a consent.
@@ -11,6 +12,8 @@ pub struct ConsentWaiter {
     pub ctx: u32,
     /// Its subject token (for the output headers).
     pub subject: String,
+    /// What its verified claims tell (the claim headers).
+    pub facts: Option<Facts>,
     /// When it stops waiting (ms).
     pub deadline_ms: u64,
 }
@@ -59,6 +62,8 @@ pub struct Asking<'a> {
     pub profile: usize,
     /// Its subject token.
     pub subject: &'a str,
+    /// What its verified claims tell.
+    pub facts: Option<&'a Facts>,
     /// The subject's `exp` (s).
     pub subject_exp: Option<u64>,
     /// The `login_hint` (or hint token) the backchannel request sends.

@@ -109,6 +109,7 @@ impl Consents {
         let waiter = ConsentWaiter {
             ctx: a.ctx,
             subject: a.subject.to_string(),
+            facts: a.facts.cloned(),
             deadline_ms: now.saturating_add(self.wait_ms),
         };
         if let Some(c) = self.table.get_mut(&a.key) {

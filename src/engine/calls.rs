@@ -1,5 +1,5 @@
 //! The engine's one call table: every callout the filter makes (token exchange, actor token,
-//! CIBA backchannel request and poll, key fetch) is sent here, counted in its family, timed and
+//! CIBA backchannel request and poll, key fetch, introspection) is sent here, counted in its family, timed and
 //! logged the same way, and mapped to the part whose answer it is.
 
 use std::collections::HashMap;
@@ -18,6 +18,8 @@ pub(super) enum Owner {
     Consent(CacheKey),
     /// The key fetch of this trusted issuer.
     Keys(usize),
+    /// The introspection flight of this key.
+    Introspection(CacheKey),
 }
 
 impl Owner {
@@ -25,6 +27,7 @@ impl Owner {
     fn counters(self) -> (Metric, Metric) {
         match self {
             Owner::Keys(_) => (Metric::JwksFetches, Metric::JwksFetchFailures),
+            Owner::Introspection(_) => (Metric::Introspections, Metric::IntrospectionErrors),
             Owner::Flight(_) | Owner::Consent(_) => (Metric::StsCalls, Metric::StsErrors),
         }
     }

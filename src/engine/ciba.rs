@@ -9,9 +9,10 @@ use crate::consent::{Ask, Asking, ConsentEvent, Want};
 use crate::host::{Host, RequestHeaders};
 use crate::metrics::Metric;
 use crate::path;
+use crate::policy::Facts;
 use crate::reply::LocalReply;
 use crate::sts;
-use crate::token::{self, Extracted};
+use crate::token::{self, Extracted, Verified};
 use crate::verdict::{to_each, Verdict};
 
 /// Whose consent a ciba request needs, and how the STS is told.
@@ -57,11 +58,24 @@ impl Engine {
     /// The consent key, `login_hint` and client of a ciba request: with a claim as the hint,
     /// the user (issuer, `sub` and the claim's value: two subjects never share a consent) and
     /// everything that shapes the token; else the token itself.
-    pub(super) fn consent_key(&self, profile: usize, subject: &str) -> Option<ConsentFor> {
+    pub(super) fn consent_key(
+        &self,
+        profile: usize,
+        subject: &str,
+        verified: Option<&Verified>,
+    ) -> Option<ConsentFor> {
         let p = &self.client.profiles[profile];
+        let named = |name: &str| match verified.and_then(|v| Some((v, v.claims.as_deref()?))) {
+            // An introspected token: the answer's claims, its issuer when it names none.
+            Some((v, claims)) => {
+                let issuer = self.config.trusted_issuers.get(v.issuer);
+                token::named_user(claims, name, issuer.map(|t| t.issuer.as_str()))
+            }
+            None => token::claim_of(subject, name),
+        };
         match self.config.sts.ciba.as_ref().map(|c| &c.login_hint) {
             Some(LoginHint::Claim(name)) => {
-                let user = token::claim_of(subject, name)?;
+                let user = named(name)?;
                 let who = format!("{}\n{}", user.iss, user.sub);
                 let key = p.cache_key(&format!("{who}\n{}", user.value), None);
                 Some(ConsentFor {
@@ -71,8 +85,8 @@ impl Engine {
                 })
             }
             _ => {
-                let who = token::claim_of(subject, "sub")
-                    .map_or_else(String::new, |u| format!("{}\n{}", u.iss, u.sub));
+                let who =
+                    named("sub").map_or_else(String::new, |u| format!("{}\n{}", u.iss, u.sub));
                 Some(ConsentFor {
                     key: p.cache_key(subject, None),
                     hint: subject.to_string(),
@@ -90,6 +104,7 @@ impl Engine {
         subject: &str,
         ConsentFor { key, hint, client }: ConsentFor,
         subject_exp: Option<u64>,
+        facts: Option<&Facts>,
     ) -> Verdict {
         let Some(consents) = self.consents.as_mut() else {
             return self.outcomes.failure(host, &UNAVAILABLE);
@@ -100,6 +115,7 @@ impl Engine {
             ctx: at.ctx,
             profile: at.profile,
             subject,
+            facts,
             subject_exp,
             hint,
         };
@@ -177,13 +193,10 @@ impl Engine {
                 {
                     self.cache.put(host, &key, until, &v);
                 }
-                let verdict = |subject: &str| {
-                    let facts = self.facts_of(subject);
-                    self.outcomes.success(&token, subject, facts.as_ref())
-                };
+                let o = &self.outcomes;
                 waiters
                     .into_iter()
-                    .map(|w| (w.ctx, verdict(&w.subject)))
+                    .map(|w| (w.ctx, o.success(&token, &w.subject, w.facts.as_ref())))
                     .collect()
             }
             ConsentEvent::Refused {
@@ -210,8 +223,8 @@ impl Engine {
                     .map(|w| {
                         let v = match &entry {
                             Some((hit, _)) => {
-                                let facts = self.facts_of(&w.subject);
-                                self.outcomes.cached(host, hit, &w.subject, facts.as_ref())
+                                let facts = w.facts.as_ref();
+                                self.outcomes.cached(host, hit, &w.subject, facts)
                             }
                             None => Verdict::Respond(LocalReply::consent_pending(retry)),
                         };

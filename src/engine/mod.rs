@@ -15,6 +15,7 @@ use crate::consent::Consents;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Exchange, Flights, Job};
 use crate::host::{Host, HttpAnswer, LogLevel, RequestHeaders};
+use crate::introspection::Introspector;
 use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
@@ -29,6 +30,7 @@ use stages::Caller;
 
 mod calls;
 mod ciba;
+mod introspect;
 mod stages;
 mod trust;
 
@@ -43,6 +45,7 @@ pub struct Engine {
     cache: SharedCache,
     actors: Actors,
     keys: Keys,
+    introspection: Introspector,
     memo: Memo,
     flights: Flights,
     /// Every callout in the air, and whose answer it is.
@@ -60,6 +63,7 @@ impl Engine {
         let client = Client::compile(&config)?;
         let routes = Routes::compile(&config.routes)?;
         let keys = Keys::compile(&config.trusted_issuers)?;
+        let introspection = Introspector::compile(&config.trusted_issuers, &config.cache)?;
         let cap = config.cache.max_entries as usize;
         let consents = match &config.sts.ciba {
             Some(ciba) => {
@@ -87,6 +91,7 @@ impl Engine {
             client,
             routes,
             keys,
+            introspection,
         })
     }
 
@@ -156,7 +161,7 @@ impl Engine {
                 let event = consents.and_then(|c| c.on_answer(host, key, call, answer, now));
                 return event.map_or_else(Vec::new, |e| self.after_consent(host, e, now));
             }
-            Some(Owner::Flight(key)) => self.flights.land(&key, call),
+            Some(Owner::Flight(key) | Owner::Introspection(key)) => self.flights.land(&key, call),
             None => None,
         };
         let Some(landed) = landed else {
@@ -164,6 +169,10 @@ impl Engine {
         };
         let now = host.now_ms();
         match landed.job {
+            Job::Introspect { issuer, .. } => {
+                let w = landed.waiters;
+                self.after_introspection(host, receiver, &landed.key, w, issuer, answer)
+            }
             Job::Exchange(x) => {
                 let waiting = landed.waiters.len();
                 let v = self.on_exchange_answer(host, call, &landed.key, &x, waiting, answer, now);
@@ -220,9 +229,9 @@ impl Engine {
                     let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
                     host.log(LogLevel::Debug, &msg);
                 }
-                let facts = self.facts_of(&x.subject);
+                let facts = x.verified.as_ref().map(|v| &v.facts);
                 self.outcomes
-                    .success(&minted.access_token, &x.subject, facts.as_ref())
+                    .success(&minted.access_token, &x.subject, facts)
             }
             Err(failure) => self.outcomes.exchange_failed(host, call, &failure, waiting),
         }
@@ -233,7 +242,7 @@ impl Engine {
         self.cache.put(host, key, until, &value);
         if x.rememberable {
             let now = host.now_ms();
-            let verified = self.keys.verified(key, now);
+            let verified = x.verified.clone();
             self.memo
                 .put(x.profile, &x.subject, value, until, verified, now);
         }
@@ -262,8 +271,7 @@ impl Engine {
         let now = host.now_ms();
         let mut out = Vec::new();
         for (key, job) in self.flights.orphans() {
-            // Built anew: a fresh client assertion (jti, iat) and the current actor token.
-            let request = match &job {
+            let (owner, request) = match &job {
                 Job::Exchange(x) => {
                     let p = &self.client.profiles[x.profile];
                     let current = match p.actor.as_ref().map(|a| &a.source) {
@@ -274,23 +282,31 @@ impl Engine {
                         _ => None,
                     };
                     let actor = current.as_deref().or(x.actor_token.as_deref());
-                    p.request(&self.client.endpoint, &x.subject, actor, now / 1000)
+                    let endpoint = &self.client.endpoint;
+                    let r = p.request(endpoint, &x.subject, actor, now / 1000);
+                    (Owner::Flight(key), Ok(r))
                 }
                 Job::Actor { actor } => {
-                    self.client.actors[*actor].request(&self.client.endpoint, now / 1000)
+                    let r = self.client.actors[*actor].request(&self.client.endpoint, now / 1000);
+                    (Owner::Flight(key), Ok(r))
                 }
+                Job::Introspect { issuer, token } => (
+                    Owner::Introspection(key),
+                    self.introspection.request(*issuer, token, now),
+                ),
             };
-            match self
-                .calls
-                .send(host, Owner::Flight(key), "STS call sent again", request)
-            {
-                Ok(call) => self.flights.resent(&key, call),
-                Err(_) => {
-                    let v = self.outcomes.failure(host, &UNAVAILABLE);
-                    let waiters = self.flights.take(&key).map(|l| l.waiters);
-                    let ctxs = waiters.into_iter().flatten().map(|w| w.ctx);
-                    out.extend(to_each(ctxs, &v));
-                }
+            let sent = request.map(|r| self.calls.send(host, owner, "call sent again", r));
+            if let Ok(Ok(call)) = sent {
+                self.flights.resent(&key, call);
+                continue;
+            }
+            let waiters = self.flights.take(&key).map(|l| l.waiters);
+            let waiters = waiters.unwrap_or_default();
+            if let Job::Introspect { .. } = job {
+                out.extend(self.introspection_unsent(host, waiters));
+            } else {
+                let v = self.outcomes.failure(host, &UNAVAILABLE);
+                out.extend(to_each(waiters.iter().map(|w| w.ctx), &v));
             }
         }
         self.memo.sweep(now);

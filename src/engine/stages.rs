@@ -1,8 +1,10 @@
 //! The stages of a request after its route and credentials: `authorize` (the worker memo, then
 //! trust: the subject verified against the trusted issuers) and `exchange` (the shared cache, a
 //! consent, single flight, the actor token, the STS call). A request that must wait parks at
-//! its stage with what that stage needs, and resumes there: after keys at `trust`, after the
-//! filter's actor token at `exchange`.
+//! its stage with what that stage needs, and resumes there: after keys or an introspection at
+//! `trust`, after the filter's actor token at `exchange`.
+
+use std::borrow::Cow;
 
 use super::calls::Owner;
 use super::{Engine, Step, Wait, UNAVAILABLE};
@@ -13,6 +15,7 @@ use crate::config::Grant;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Exchange, Job, Parked, Waiter};
 use crate::host::{Host, HttpCall, LogLevel};
+use crate::introspection;
 use crate::metrics::Metric;
 use crate::token::{self, Verified};
 use crate::verdict::Verdict;
@@ -32,7 +35,7 @@ impl<'a> Caller<'a> {
     pub(super) fn resumed(parked: &'a Parked) -> Self {
         Caller {
             subject: &parked.subject,
-            header_actor: None,
+            header_actor: parked.header_actor.as_deref(),
             key: parked.key,
             verified: parked.verified.as_ref(),
         }
@@ -79,30 +82,46 @@ impl Engine {
         let p = &self.client.profiles[at.profile];
         // Both spellings of an ES256 token share one entry.
         let key = p.cache_key(&token::canonical(subject), header_actor);
-        let verified = if self.keys.enabled() {
-            match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
-                Ok(v) => Some(v),
-                Err(verdict) => return verdict,
+        let opaque = p
+            .introspect
+            .filter(|_| !introspection::is_jwt_shaped(subject));
+        let verified = match opaque {
+            Some(issuer) => {
+                match self.introspected(host, at, subject, header_actor, &key, issuer) {
+                    Ok(v) => Some(v),
+                    Err(verdict) => return verdict,
+                }
             }
-        } else {
-            None
+            None if self.keys.enabled() => {
+                match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
+                    Ok(v) => Some(v),
+                    Err(verdict) => return verdict,
+                }
+            }
+            None => None,
         };
-        let facts = verified.as_ref().map(|v| &v.facts);
-        let policy = self.client.profiles[at.profile].policy;
-        if !self.rules.permits(policy, facts) {
-            return self.deny(host, at.ctx, subject, policy);
-        }
-        if let Some(v) = verified.as_ref().filter(|v| self.keys.forwards(v.issuer)) {
-            // Already a token the services accept: no exchange.
-            token::log_debug(host, at.ctx, subject, "forwarded unchanged");
-            return self.outcomes.forward(host, subject, Some(&v.facts));
-        }
         let caller = Caller {
             subject,
             header_actor,
             key,
             verified: verified.as_ref(),
         };
+        self.admit(host, at, caller)
+    }
+
+    /// The authorize stage, for a subject the trust stage let through: the route's policy, then
+    /// a forwarded issuer's token passed on, or the exchange.
+    pub(super) fn admit<H: Host>(&mut self, host: &H, at: Step, caller: Caller<'_>) -> Verdict {
+        let facts = caller.verified.map(|v| &v.facts);
+        let policy = self.client.profiles[at.profile].policy;
+        if !self.rules.permits(policy, facts) {
+            return self.deny(host, at.ctx, caller, policy);
+        }
+        if let Some(v) = caller.verified.filter(|v| self.keys.forwards(v.issuer)) {
+            // Already a token the services accept: no exchange.
+            token::log_debug(host, at.ctx, caller.subject, "forwarded unchanged");
+            return self.outcomes.forward(host, caller.subject, Some(&v.facts));
+        }
         self.exchange(host, at, caller, None)
     }
 
@@ -124,7 +143,7 @@ impl Engine {
             ..
         } = caller;
         let consent = match self.client.profiles[profile].grant == Grant::Ciba {
-            true => match self.consent_key(profile, subject) {
+            true => match self.consent_key(profile, subject, verified) {
                 Some(k) => Some(k),
                 None => {
                     return self
@@ -152,7 +171,8 @@ impl Engine {
             .map(|v| v.exp)
             .or_else(|| token::unverified_exp(subject));
         if let Some(consent) = consent {
-            return self.ask_consent(host, at, subject, consent, subject_exp);
+            let facts = verified.map(|v| &v.facts);
+            return self.ask_consent(host, at, subject, consent, subject_exp, facts);
         }
         let waiter = Waiter { ctx, resume: None };
         if self.flights.join(&key, waiter).is_ok() {
@@ -193,6 +213,7 @@ impl Engine {
             actor_until_ms,
             actor_sub,
             rememberable: header_actor.is_none(),
+            verified: verified.cloned(),
         });
         let waiter = Waiter { ctx, resume: None };
         self.flights.start(key, call, at.carrier, waiter, job);
@@ -213,6 +234,7 @@ impl Engine {
         let parked = Parked {
             profile: at.profile,
             subject: caller.subject.to_string(),
+            header_actor: caller.header_actor.map(str::to_string),
             key: caller.key,
             verified: caller.verified.cloned(),
         };
@@ -240,13 +262,15 @@ impl Engine {
 
     /// A verified token that fails `policy`: 403, the reason in the debug log (scopes and
     /// claim names, never a value).
-    fn deny<H: Host>(&self, host: &H, ctx: u32, subject: &str, policy: usize) -> Verdict {
+    fn deny<H: Host>(&self, host: &H, ctx: u32, caller: Caller<'_>, policy: usize) -> Verdict {
         if host.debug_enabled() {
-            let why = token::claims(subject).map_or_else(
-                || "policy not met".to_string(),
-                |c| self.rules.reason(policy, &c),
-            );
-            token::log_debug(host, ctx, subject, &why);
+            let claims = caller.verified.and_then(|v| v.claims.as_deref());
+            let read = || token::claims(caller.subject);
+            let why = match claims.map(Cow::Borrowed).or_else(|| read().map(Cow::Owned)) {
+                Some(c) => self.rules.reason(policy, &c),
+                None => "policy not met".to_string(),
+            };
+            token::log_debug(host, ctx, caller.subject, &why);
         }
         let scope = self.rules.challenge_scope(policy);
         self.outcomes.policy_denied(host, scope.as_deref())

@@ -30,16 +30,8 @@ impl Engine {
         key: &CacheKey,
         may_wait: bool,
     ) -> Result<Verified, Verdict> {
+        self.check_header_actor(host, at, actor)?;
         let p = &self.client.profiles[at.profile];
-        if let (Some(actor), Some(_)) = (actor, p.actor_header()) {
-            match self.keys.check_actor(actor, at.now) {
-                ActorCheck::Verified | ActorCheck::NotTrusted => {}
-                ActorCheck::Refused(e) => {
-                    return Err(self.outcomes.refused_jwt(host, at.ctx, actor, e));
-                }
-                ActorCheck::NoKeys => return Err(self.outcomes.no_keys(false)),
-            }
-        }
         let client_id = self.client.endpoint.client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
         let rules = &self.rules;
@@ -84,12 +76,23 @@ impl Engine {
         }
     }
 
-    /// What a verified subject's claims allow and tell, read again from the token (an answer
-    /// that arrived for it); `None` when nothing reads claims.
-    pub(super) fn facts_of(&self, subject: &str) -> Option<Facts> {
-        self.rules
-            .reads_claims()
-            .then(|| judge(&self.rules, subject, &mut |_| {}))
+    /// A header actor token that is a JWT of a trusted issuer must verify (else 401, or 503
+    /// without keys); any other is the STS's to judge.
+    pub(super) fn check_header_actor<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        actor: Option<&str>,
+    ) -> Result<(), Verdict> {
+        let p = &self.client.profiles[at.profile];
+        let (Some(actor), Some(_)) = (actor, p.actor_header()) else {
+            return Ok(());
+        };
+        match self.keys.check_actor(actor, at.now) {
+            ActorCheck::Verified | ActorCheck::NotTrusted => Ok(()),
+            ActorCheck::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, actor, e)),
+            ActorCheck::NoKeys => Err(self.outcomes.no_keys(false)),
+        }
     }
 
     /// Requests whose wait for keys is over: checked again with the keys now at hand, or 503.

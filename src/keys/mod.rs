@@ -135,12 +135,25 @@ impl Keys {
         !self.issuers.is_empty()
     }
 
-    /// Whether a remembered verification still holds: same key set, `exp` not passed.
+    /// Whether a remembered verification still holds: same key set, `exp` not passed, an
+    /// introspection answer still trusted.
     pub fn still_valid(&self, v: &Verified, now_ms: u64) -> bool {
         let (Some(t), Some(s)) = (self.issuers.get(v.issuer), self.state.get(v.issuer)) else {
             return false;
         };
-        s.version == v.version && now_ms / 1000 < v.exp.saturating_add(t.leeway_s)
+        s.version == v.version
+            && now_ms / 1000 < v.exp.saturating_add(t.leeway_s)
+            && v.until_ms.is_none_or(|until| now_ms < until)
+    }
+
+    /// The version of `issuer`'s key set in use (its fetch time in ms; 0 for inline or none).
+    pub fn version(&self, issuer: usize) -> u64 {
+        self.state.get(issuer).map_or(0, |s| s.version)
+    }
+
+    /// Remembers a token verified another way (by introspection) under cache key `key`.
+    pub fn remember(&mut self, key: CacheKey, v: Verified) {
+        self.verified.remember(key, v);
     }
 
     /// The verification remembered for cache key `key`, if it still holds.
@@ -186,6 +199,8 @@ impl Keys {
                     exp,
                     may_act_ok: (judge.may_act)(&may_act),
                     facts: (judge.claims)(subject),
+                    until_ms: None,
+                    claims: None,
                 };
                 self.verified.remember(*key, v.clone());
                 Check::Valid(v)
@@ -232,6 +247,8 @@ impl Keys {
                         exp,
                         may_act_ok,
                         facts: Facts::default(),
+                        until_ms: None,
+                        claims: None,
                     },
                 );
                 ActorCheck::Verified
@@ -470,5 +487,6 @@ fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
             let remote = RemoteKeys::discovered(&t.issuer, uri);
             Ok(state(Some(remote), None))
         }
+        KeySource::None => Ok(state(None, None)),
     }
 }

@@ -57,6 +57,8 @@ mod tests {
             exp: 100,
             may_act_ok: true,
             facts: Facts::default(),
+            until_ms: None,
+            claims: None,
         }
     }
 

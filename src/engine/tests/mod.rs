@@ -1,6 +1,6 @@
 //! Engine stories through `FakeHost`, by theme: `exchange` (the cache, single flight, the
 //! error table, routes), `issuers` (trusted issuers and their keys), `policy` (the
-//! authorizer's `require` and claim headers), `delegation` (actor
+//! authorizer's `require` and claim headers), `introspection` (opaque tokens), `delegation` (actor
 //! tokens), `ciba` (consents) and `hostile` (what an attacker sends). The helpers here build an
 //! engine from a configuration and drive one exchange.
 
@@ -14,6 +14,7 @@ mod ciba;
 mod delegation;
 mod exchange;
 mod hostile;
+mod introspection;
 mod issuers;
 mod policy;
 

@@ -1,0 +1,86 @@
+//! The rules of RFC 7662 introspection: each issuer's endpoint and credentials, and which
+//! issuer judges the opaque tokens of each route (a token is never shown to another issuer).
+
+use super::credentials::{validate_credentials, Credentials};
+use super::raw::RawIntrospection;
+use super::values::*;
+use super::*;
+
+/// `trusted_issuers[i].introspection` (named `key`).
+pub(super) fn validate_introspection(
+    r: RawIntrospection,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<IntrospectionConfig, ConfigError> {
+    non_empty(&r.cluster, &format!("{key}.cluster"))?;
+    non_empty(&r.authority, &format!("{key}.authority"))?;
+    no_space_or_control(&r.authority, &format!("{key}.authority"))?;
+    call_path(&r.path, &format!("{key}.path"))?;
+    let timeout_ms = r.timeout_ms.unwrap_or(2000);
+    in_range(timeout_ms, 1..=60_000, format!("{key}.timeout_ms"))?;
+    let cache_s = r.cache_s.unwrap_or(60);
+    in_range(cache_s, 0..=86_400, format!("{key}.cache_s"))?;
+    let audience = format!("https://{}{}", r.authority, r.path);
+    let creds = Credentials {
+        method: r.client_auth,
+        client_id: r.client_id,
+        secret: r.client_secret,
+        secret_env: r.client_secret_env,
+        private_key: r.private_key,
+    };
+    let (client_id, client_auth) = validate_credentials(creds, key, audience, env)?;
+    Ok(IntrospectionConfig {
+        cluster: r.cluster,
+        authority: r.authority,
+        path: r.path,
+        timeout_ms,
+        cache_s,
+        client_id,
+        client_auth,
+    })
+}
+
+/// The introspecting issuer an `introspect` key (named `key`) names.
+pub(super) fn introspecting(
+    name: &str,
+    issuers: &[TrustedIssuer],
+    key: &str,
+) -> Result<usize, ConfigError> {
+    issuers
+        .iter()
+        .position(|t| t.issuer == name && t.introspection.is_some())
+        .ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!(
+                    "names no trusted issuer with introspection ({})",
+                    shown(name)
+                ),
+            )
+        })
+}
+
+/// The issuer judging opaque tokens where no route names one: the top-level `introspect`, or
+/// the only introspecting issuer. Several, and `introspect` nowhere: refused, since an opaque
+/// token does not say who issued it.
+pub(super) fn default_introspect(
+    top: Option<&str>,
+    routes_name_one: bool,
+    issuers: &[TrustedIssuer],
+) -> Result<Option<usize>, ConfigError> {
+    if let Some(name) = top {
+        return introspecting(name, issuers, "introspect").map(Some);
+    }
+    let all: Vec<usize> = (0..issuers.len())
+        .filter(|&i| issuers[i].introspection.is_some())
+        .collect();
+    match all.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ if routes_name_one => Ok(None),
+        _ => Err(ConfigError::new(
+            "introspect",
+            "several trusted issuers introspect: name the one for opaque tokens (top level or per route), a token must never reach an issuer that did not issue it",
+        )),
+    }
+}
