@@ -24,6 +24,15 @@ struct Idpy {
 
 impl Idpy {
     fn start(port: u16) -> Idpy {
+        Idpy::launch(port, &[])
+    }
+
+    /// idpyoidc issuing its own opaque access tokens, which only introspection can judge.
+    fn start_opaque(port: u16) -> Idpy {
+        Idpy::launch(port, &["opaque"])
+    }
+
+    fn launch(port: u16, args: &[&str]) -> Idpy {
         let dir = TempDir::new("idpyoidc");
         let out = dir.0.join("tokens.json");
         let python = support::repo().join(".venv/bin/python");
@@ -35,6 +44,7 @@ impl Idpy {
             .arg(support::repo().join("tests/interop/idpyoidc_sts.py"))
             .arg(port.to_string())
             .arg(&out)
+            .args(args)
             .stdout(Stdio::null())
             // Its log (an ERROR line for the token it is meant to refuse, among others) goes to
             // a file that a failing assertion shows, not to the test run's output.
@@ -247,6 +257,62 @@ fn idpyoidc_exchanges_what_the_filter_sends() {
     let idp = Idpy::start(port);
     let r = post.get_with_token("/orders", &idp.tokens[0]);
     assert_eq!(r.status, 200, "{}\n{}", r.body, post.log_text());
+}
+
+/// idpyoidc's RFC 7662 introspection endpoint judging its own opaque access tokens for the
+/// filter, then its token endpoint exchanging them.
+#[test]
+fn idpyoidc_introspects_its_opaque_tokens_for_the_filter() {
+    let port = support::free_port();
+    let idp = Idpy::start_opaque(port);
+    let config = |secret: &str| {
+        let introspection = json!({ "cluster": "idp", "authority": "127.0.0.1",
+            "path": "/introspection", "client_id": "edge-proxy", "client_secret": secret });
+        json!({
+            "sts": sts("client_secret_basic"),
+            "trusted_issuers": [{ "issuer": idp.issuer, "audiences": ["edge-proxy"],
+                                   "introspection": introspection }],
+            "exchange": { "audience": ["https://orders.example"] },
+            "output": { "claims_to_headers": [{ "claim": "client_id", "header": "x-client" },
+                                              { "claim": "sub", "header": "x-user" }] }
+        })
+    };
+    let envoy = envoy(port, config("edge-secret"));
+    let token = &idp.tokens[0];
+    assert!(!token.contains('.'), "an opaque token: {token}");
+    for _ in 0..3 {
+        let r = envoy.get_with_token("/orders", token);
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}\n{}",
+            r.body,
+            envoy.log_text(),
+            idp.log_text()
+        );
+        assert_ne!(
+            &minted(&r),
+            token,
+            "idpyoidc's exchanged token, not the caller's"
+        );
+        // Only the introspection answer knows which client the token was issued to.
+        assert_eq!(r.upstream_header("x-client"), Some(json!("webapp")));
+        assert!(r.upstream_header("x-user").is_some());
+    }
+    assert_eq!(envoy.counter("introspections"), 1, "cached");
+    assert_eq!(envoy.counter("sts_calls"), 1);
+
+    // A token idpyoidc never issued: active false → 401, and no exchange.
+    let r = envoy.get_with_token("/orders", "bm90LWlzc3VlZC1ieS1pZHB5b2lkYw==");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(envoy.counter("introspection_inactive"), 1);
+    assert_eq!(envoy.counter("sts_calls"), 1);
+
+    // The filter's credentials refused at the introspection endpoint → 502.
+    let wrong = self::envoy(port, config("not-the-secret"));
+    let r = wrong.get_with_token("/orders", &idp.tokens[1]);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(wrong.counter("introspection_errors"), 1);
 }
 
 /// Authlib serving its JWT bearer grant with `private_key_jwt` client authentication.

@@ -2,8 +2,11 @@
 """IdentityPython idpyoidc as IdP and STS on 127.0.0.1, for the interop tests. Glue only:
 configuration, clients and an HTTP binding; every OAuth decision is idpyoidc's.
 
-Usage: idpyoidc_sts.py PORT OUT_JSON. Serves POST /token (authorization code, token exchange,
-CIBA), POST /bc-authorize (CIBA backchannel authentication) and GET /jwks; mints subject tokens
+Usage: idpyoidc_sts.py PORT OUT_JSON [opaque]. Serves POST /token (authorization code, token
+exchange, CIBA), POST /bc-authorize (CIBA backchannel authentication), POST /introspection (RFC
+7662) and GET /jwks; with `opaque`, its access tokens are its own opaque ones (DefaultToken), not
+JWTs, and name the filter's client among their audiences (idpyoidc tells only a token's audience
+that it is active). It mints subject tokens
 through its own authorization-code flow and writes them, with the issuer, to OUT_JSON once it
 listens. For CIBA, POST /_device/approve {"user": …} stands in for the user's device: the user
 authenticates for the backchannel request pending for them, the way idpyoidc's own CIBA tests do;
@@ -21,11 +24,13 @@ from idpyoidc.server.authz import AuthzHandling
 from idpyoidc.server.client_authn import verify_client
 from idpyoidc.server.configure import ASConfiguration
 from idpyoidc.server.cookie_handler import CookieHandler
+from idpyoidc.server.exception import UnAuthorizedClient
 from idpyoidc.server.oidc.backchannel_authentication import CIBATokenHelper
 from idpyoidc.server.user_authn.authn_context import INTERNETPROTOCOLPASSWORD
 from idpyoidc.server.user_info import UserInfo
 
 PORT, OUT = int(sys.argv[1]), sys.argv[2]
+OPAQUE = sys.argv[3:] == ["opaque"]
 ISSUER = f"http://127.0.0.1:{PORT}/"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CIBA = "urn:openid:params:grant-type:ciba"
@@ -49,6 +54,8 @@ CONF = {
             "path": "bc-authorize",
             "class": "idpyoidc.server.oidc.backchannel_authentication.BackChannelAuthentication",
             "kwargs": {"client_authn_method": ["client_secret_basic"], "interval": 3, "expires_in": 60}},
+        "introspection": {"path": "introspection", "class": "idpyoidc.server.oauth2.introspection.Introspection",
+                          "kwargs": {"client_authn_method": ["client_secret_basic"]}},
     },
     "authentication": {"anon": {"acr": INTERNETPROTOCOLPASSWORD, "class": "idpyoidc.server.user_authn.user.NoAuthn",
                                 "kwargs": {"user": "diana"}}},
@@ -71,6 +78,9 @@ CONF = {
     },
 }
 
+if OPAQUE:
+    CONF["token_handler_args"]["token"] = {"class": "idpyoidc.server.token.DefaultToken",
+                                           "kwargs": {"lifetime": 3600, "crypt_conf": CRYPT}}
 workdir = tempfile.mkdtemp(prefix="idpyoidc-")
 server = Server(ASConfiguration(conf=CONF, base_path=workdir), cwd=workdir)
 context = server.context
@@ -88,6 +98,7 @@ for client_id, secret in CLIENTS.items():
     }
 token_endpoint = server.get_endpoint("token")
 backchannel_endpoint = server.get_endpoint("backchannel_authentication")
+introspection_endpoint = server.get_endpoint("introspection")
 # Which user a login_hint names: here, the subject identifier itself.
 USERS = {"diana", "erin"}
 
@@ -143,6 +154,8 @@ def subject_token(user="diana") -> str:
     manager = context.session_manager
     session_id = manager.create_session(create_authn_event(user), areq, user, client_id="webapp")
     grant = context.authz(session_id, areq)
+    if OPAQUE:
+        grant.resources = ["edge-proxy"]
     code = grant.mint_token(session_id=session_id, context=context, token_class="authorization_code",
                             token_handler=manager.token_handler["authorization_code"],
                             usage_rules=grant.usage_rules.get("authorization_code", {}))
@@ -179,11 +192,17 @@ class Handler(BaseHTTPRequestHandler):
             manager = context.session_manager
             manager.create_session(create_authn_event(user), PENDING.pop(user), user, client_id="edge-proxy")
             return self.reply(200, {})
-        endpoint = {"/token": token_endpoint, "/bc-authorize": backchannel_endpoint}.get(self.path)
+        endpoint = {"/token": token_endpoint, "/bc-authorize": backchannel_endpoint,
+                    "/introspection": introspection_endpoint}.get(self.path)
         if endpoint is None:
             return self.reply(404, {"error": "not_found"})
         http_info = {"headers": {"authorization": self.headers.get("authorization")}}
-        req = endpoint.parse_request(body, http_info=http_info)
+        try:
+            req = endpoint.parse_request(body, http_info=http_info)
+        except UnAuthorizedClient:
+            # Raised, not returned, by some endpoints (introspection): the binding answers it
+            # as RFC 6749 §5.2 says, 401 invalid_client.
+            return self.reply(401, {"error": "invalid_client"})
         if "error" in req:
             err = req.to_dict()
             return self.reply(401 if err["error"] == "invalid_client" else 400, err)

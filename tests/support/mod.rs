@@ -455,7 +455,44 @@ impl Envoy {
         Envoy::launch(dir, yaml, port, admin, 1, env)
     }
 
+    /// Starts Envoy with a filter configuration the filter must refuse: Envoy exits at load.
+    /// Its log.
+    pub fn refused(setup: EnvoySetup<'_>) -> String {
+        let dir = TempDir::new("refused");
+        let (port, admin) = (free_port(), free_port());
+        let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
+        let mut envoy = Envoy::spawn(dir, yaml, port, admin, 1, setup.env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = envoy.child.try_wait() {
+                return std::fs::read_to_string(&envoy.log).unwrap_or_default();
+            }
+            if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{admin}/ready")).call() {
+                assert_ne!(
+                    r.status(),
+                    200,
+                    "Envoy took a configuration the filter must refuse"
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("envoy neither refused nor started in 30 s");
+    }
+
     fn launch(
+        dir: TempDir,
+        yaml: String,
+        port: u16,
+        admin: u16,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> Envoy {
+        let mut envoy = Envoy::spawn(dir, yaml, port, admin, concurrency, env);
+        envoy.wait_ready();
+        envoy
+    }
+
+    fn spawn(
         dir: TempDir,
         yaml: String,
         port: u16,
@@ -487,15 +524,13 @@ impl Envoy {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy_binary().display()));
-        let mut envoy = Envoy {
+        Envoy {
             port,
             admin,
             child,
             log,
             _dir: dir,
-        };
-        envoy.wait_ready();
-        envoy
+        }
     }
 
     fn wait_ready(&mut self) {
