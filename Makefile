@@ -66,7 +66,7 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy
-	cargo test --test e2e --test ciba --test security
+	cargo test --test e2e --test ciba --test security --test introspection
 
 # Interop with servers nobody here wrote (IdentityPython idpyoidc, Authlib), pinned, in the venv.
 interop: build envoy ## interop tests against idpyoidc and Authlib (pinned, in .venv)
@@ -105,7 +105,7 @@ bench: build lean envoy reference ## CPU, throughput, footprint and module size 
 fleet: build envoy ## STS calls per second of a fleet of proxies against the model (about 3 minutes)
 	$(VENV)/bin/python bench/fleet.py
 
-FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy
+FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy introspection
 FUZZ_SECONDS ?= 60
 fuzz: ## each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz; not in CI)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -40,6 +40,8 @@ TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
 FRONT, FRONT_ADMIN, BACK_ADMIN = 18000, 18900, 19900
 UPSTREAM, AUTHZ, STS_OK, STS_REJECT, STS_SLOW, UPSTREAM_SLOW, STS_COALESCE = range(19001, 19008)
+INTROSPECT_OK, INTROSPECT_SLOW = 19008, 19009
+PARTNER = "https://partner.bench"
 STS_DELAY_MS, COALESCE_DELAY_MS = 5, 300
 ISSUER = "https://idp.bench"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
@@ -100,6 +102,8 @@ def backend_config():
     token = json.dumps({"access_token": "minted-by-bench-sts", "token_type": "Bearer",
                         "issued_token_type": ACCESS, "expires_in": 3600})
     reject = json.dumps({"error": "invalid_grant"})
+    active = json.dumps({"active": True, "iss": PARTNER, "aud": "api://bench", "sub": "bench-user",
+                         "scope": "bench:read", "exp": 4102444800})
     listeners = [
         listener("upstream", UPSTREAM, direct(200, "ok")),
         listener("authz", AUTHZ, direct(200, "", [("authorization", "Bearer minted-by-authorizer")])),
@@ -108,6 +112,8 @@ def backend_config():
         listener("sts_slow", STS_SLOW, direct(200, token), [delay(STS_DELAY_MS)]),
         listener("upstream_slow", UPSTREAM_SLOW, direct(200, "ok"), [delay(STS_DELAY_MS)]),
         listener("sts_coalesce", STS_COALESCE, direct(200, token), [delay(COALESCE_DELAY_MS)]),
+        listener("introspect_ok", INTROSPECT_OK, direct(200, active, [("content-type", "application/json")])),
+        listener("introspect_slow", INTROSPECT_SLOW, direct(200, active), [delay(STS_DELAY_MS)]),
     ]
     return {"admin": {"address": addr(BACK_ADMIN)}, "static_resources": {"listeners": listeners}}
 
@@ -120,6 +126,13 @@ def wasm_filter(config, module=WASM):
                    "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}}}}
 
 
+def introspecting(cluster):
+    """A trusted partner whose opaque tokens are introspected through `cluster`."""
+    return {"trusted_issuers": [{"issuer": PARTNER, "audiences": ["api://bench"], "introspection": {
+        "cluster": cluster, "authority": "partner.bench", "path": "/introspect", "client_id": "bench",
+        "client_secret": "bench-secret", "timeout_ms": 5000}}]}
+
+
 def filter_config(sts_cluster, extra=None):
     c = {"sts": {"cluster": sts_cluster, "authority": "sts.bench", "token_path": "/token", "client_id": "bench",
                  "client_secret": "bench-secret", "timeout_ms": 5000},
@@ -130,7 +143,8 @@ def filter_config(sts_cluster, extra=None):
 
 def front_config(filters, upstream_port=UPSTREAM, route_disables=None):
     clusters = [cluster("upstream", upstream_port), cluster("authz", AUTHZ), cluster("sts_ok", STS_OK),
-                cluster("sts_reject", STS_REJECT), cluster("sts_slow", STS_SLOW), cluster("sts_coalesce", STS_COALESCE)]
+                cluster("sts_reject", STS_REJECT), cluster("sts_slow", STS_SLOW), cluster("sts_coalesce", STS_COALESCE),
+                cluster("introspect_ok", INTROSPECT_OK), cluster("introspect_slow", INTROSPECT_SLOW)]
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
     if route_disables:
         # Envoy's own per-route switch: the filter is not called at all on this route.
@@ -274,6 +288,8 @@ def main():
         ("token-exchange + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers))], rs_token),
         ("token-exchange + trusted issuers, policy + claim headers, hit",
          [wasm_filter(filter_config("sts_ok", authorizer))], rs_token),
+        ("token-exchange + introspection, cache hit, introspected token",
+         [wasm_filter(filter_config("sts_ok", introspecting("introspect_ok")))], "opaque-bench-token"),
         ("ext_authz HTTP authorizer", [ext_authz()], "opaque-bench-token"),
         ("jwt_authn RS256, no cache", [jwt_authn(jwks, False)], rs_token),
         ("jwt_authn RS256, cache", [jwt_authn(jwks, True)], rs_token),
@@ -334,7 +350,8 @@ def print_table(results):
              ("token-exchange + trusted issuers, hit", "reference: minimal hit module", 1.04),
              ("token-exchange + trusted issuers, hit", "reference: minimal hit module, RS256 token", None),
              ("token-exchange + trusted issuers, policy + claim headers, hit",
-              "token-exchange + trusted issuers, hit", 1.05)]
+              "token-exchange + trusted issuers, hit", 1.05),
+             ("token-exchange + introspection, cache hit, introspected token", "token-exchange, cache hit", 1.05)]
     for ours, ref, goal in goals:
         if ours in results and ref in results:
             ratio = best(results[ours], "cpu_us") / best(results[ref], "cpu_us")
@@ -388,7 +405,9 @@ def extra_runs(backend):
         for name, filters, port, script in [
                 ("slow", [], UPSTREAM_SLOW, None),
                 ("fast", [], UPSTREAM, None),
-                ("miss", [wasm_filter(filter_config("sts_slow"))], UPSTREAM, UNIQUE_TOKENS % f"miss{connections}")]:
+                ("miss", [wasm_filter(filter_config("sts_slow"))], UPSTREAM, UNIQUE_TOKENS % f"miss{connections}"),
+                ("introspected", [wasm_filter(filter_config("sts_slow", introspecting("introspect_slow")))], UPSTREAM,
+                 UNIQUE_TOKENS % f"intro{connections}")]:
             envoy = Envoy(f"miss-{name}", front_config(filters, port), FRONT_ADMIN)
             try:
                 lat[name] = wrk([], script, connections=connections, threads=1)
@@ -399,6 +418,11 @@ def extra_runs(backend):
               f"p99 {lat['miss']['p99']:.2f} ms; plain Envoy to a {STS_DELAY_MS} ms upstream p50 {lat['slow']['p50']:.2f}, "
               f"p99 {lat['slow']['p99']:.2f}; to the direct upstream p50 {lat['fast']['p50']:.2f}, p99 {lat['fast']['p99']:.2f}; "
               f"added by the filter: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
+        more = {p: lat["introspected"][p] - lat["miss"][p] - lat["slow"][p] + lat["fast"][p] for p in ("p50", "p99")}
+        print(f"miss path with one introspection, -c{connections} (introspection delay {STS_DELAY_MS} ms too): "
+              f"p50 {lat['introspected']['p50']:.2f} ms, p99 {lat['introspected']['p99']:.2f} ms; "
+              f"over the miss without it, less the introspection's own {STS_DELAY_MS} ms hop: "
+              f"p50 {more['p50']:+.2f} ms, p99 {more['p99']:+.2f} ms")
 
     # Coalescing: 200 concurrent requests bearing one new token, two workers.
     calls0 = backend.stat("http.sts_coalesce.downstream_rq_total")
