@@ -66,7 +66,7 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy
-	cargo test --test e2e --test ciba --test security --test introspection
+	cargo test --test e2e --test ciba --test security --test introspection --test chains
 
 # Interop with servers nobody here wrote (IdentityPython idpyoidc, Authlib), pinned, in the venv.
 interop: build envoy ## interop tests against idpyoidc and Authlib (pinned, in .venv)

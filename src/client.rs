@@ -55,6 +55,10 @@ pub struct ExchangeProfile {
     pub policy: usize,
     /// The trusted issuer that introspects its opaque subject tokens.
     pub introspect: Option<usize>,
+    /// The token service called (an index into [`Client::endpoints`]).
+    pub service: usize,
+    /// A chain's second hop, sent this hop's token.
+    pub then: Option<Box<ExchangeProfile>>,
     /// The form without the subject and actor.
     form_prefix: String,
     /// SHA-256 state fed with every parameter that shapes the minted token except the subject
@@ -77,13 +81,16 @@ impl std::fmt::Debug for ExchangeProfile {
 
 impl ExchangeProfile {
     /// Prepares the form and key prefix of one exchange. `actor` comes with the cache key of a
-    /// client-credentials actor (its identity shapes the minted token).
+    /// client-credentials actor (its identity shapes the minted token). A second hop has no
+    /// `subject_token_type` of its own (the first hop's `issued_token_type` is sent); a first
+    /// hop's key includes its second hop's.
     pub fn new(
         endpoint: &Endpoint,
-        subject_token_type: &str,
+        subject_token_type: Option<&str>,
         spec: &ExchangeConfig,
         actor: Option<(Actor, Option<CacheKey>)>,
         ciba: Option<&CibaConfig>,
+        then: Option<ExchangeProfile>,
     ) -> Self {
         let grant = spec.grant;
         let (actor, actor_key) = match actor {
@@ -100,7 +107,9 @@ impl ExchangeProfile {
         match grant {
             Grant::TokenExchange => {
                 pair("grant_type", TOKEN_EXCHANGE_GRANT);
-                pair("subject_token_type", subject_token_type);
+                if let Some(t) = subject_token_type {
+                    pair("subject_token_type", t);
+                }
             }
             Grant::JwtBearer => pair("grant_type", JWT_BEARER_GRANT),
             // The backchannel authentication request carries no grant (see below).
@@ -159,6 +168,10 @@ impl ExchangeProfile {
             // A token minted where `act` was not checked must not serve a route that checks it.
             feed(&mut key, "expect_act");
         }
+        if let Some(t) = &then {
+            feed(&mut key, "then");
+            key.update(t.key_prefix.clone().finalize());
+        }
         feed(&mut key, "subject");
         ExchangeProfile {
             grant,
@@ -168,6 +181,8 @@ impl ExchangeProfile {
             enforce_may_act: spec.enforce_may_act,
             policy: spec.policy,
             introspect: spec.introspect,
+            service: spec.service,
+            then: then.map(Box::new),
             form_prefix: form.finish(),
             key_prefix: key,
             ciba,
@@ -202,6 +217,26 @@ impl ExchangeProfile {
             form.append_pair("actor_token", token);
             form.append_pair("actor_token_type", &a.token_type);
         }
+        endpoint.call(form.finish(), now_s)
+    }
+
+    /// A second hop's request: the first hop's `token` as the `assertion` (JWT bearer) or as
+    /// the `subject_token` of type `issued_type` (token exchange).
+    pub fn hop_request(
+        &self,
+        endpoint: &Endpoint,
+        token: &str,
+        issued_type: &str,
+        now_s: u64,
+    ) -> Result<HttpCall, NoRandomness> {
+        let mut form = form_urlencoded::Serializer::for_suffix(self.form_prefix.clone(), 0);
+        match self.grant {
+            Grant::TokenExchange => {
+                form.append_pair("subject_token", token);
+                form.append_pair("subject_token_type", issued_type)
+            }
+            Grant::JwtBearer | Grant::Ciba => form.append_pair("assertion", token),
+        };
         endpoint.call(form.finish(), now_s)
     }
 
@@ -315,6 +350,8 @@ impl ExchangeProfile {
 pub struct ActorProfile {
     /// Cache key of the actor token: the client, the endpoint, scope and audience.
     pub key: CacheKey,
+    /// The token service asked (an index into [`Client::endpoints`]).
+    pub service: usize,
     form: String,
 }
 
@@ -326,8 +363,13 @@ impl std::fmt::Debug for ActorProfile {
 }
 
 impl ActorProfile {
-    /// Prepares a client-credentials request with `scope` and `audience`.
-    pub fn new(endpoint: &Endpoint, scope: Option<&str>, audience: &[String]) -> Self {
+    /// Prepares a client-credentials request with `scope` and `audience` at `service`.
+    pub fn new(
+        endpoint: &Endpoint,
+        service: usize,
+        scope: Option<&str>,
+        audience: &[String],
+    ) -> Self {
         let mut form = form_urlencoded::Serializer::new(String::new());
         let mut key = Sha256::new();
         feed(&mut key, "client_credentials");
@@ -346,6 +388,7 @@ impl ActorProfile {
         endpoint.append_credentials(&mut form);
         ActorProfile {
             key: key.finalize().into(),
+            service,
             form: form.finish(),
         }
     }
@@ -356,70 +399,102 @@ impl ActorProfile {
     }
 }
 
-/// Everything the filter sends to the STS, compiled from the configuration.
+/// Everything the filter sends to its token services, compiled from the configuration.
 #[derive(Debug)]
 pub struct Client {
-    /// The token endpoint with the filter's client authentication.
-    pub endpoint: Endpoint,
+    /// The token endpoints with the filter's client authentication at each: 0 is `sts`, then
+    /// the `token_services` in order.
+    pub endpoints: Vec<Endpoint>,
     /// One profile per [`Config::exchanges`] entry, same index.
     pub profiles: Vec<ExchangeProfile>,
-    /// Client-credentials requests for the filter's own actor tokens (one per distinct scope and
-    /// audience).
+    /// Client-credentials requests for the filter's own actor tokens (one per distinct service,
+    /// scope and audience).
     pub actors: Vec<ActorProfile>,
 }
 
 impl Client {
-    /// Compiles the endpoint, client authentication (parsing a `private_key_jwt` key), every
+    /// Compiles the endpoints, client authentication (parsing `private_key_jwt` keys), every
     /// exchange's form and key prefix, and the distinct actor-token requests.
     pub fn compile(config: &Config) -> Result<Client, ConfigError> {
-        let s = &config.sts;
-        let auth = ClientAuth::compile(&s.client_auth, "sts.private_key")?;
-        let endpoint = Endpoint::new(
-            &s.cluster,
-            &s.authority,
-            &s.token_path,
-            s.timeout_ms,
-            s.client_id.clone(),
-            auth,
-        );
-        let mut actors: Vec<ActorProfile> = Vec::new();
-        let mut profiles = Vec::with_capacity(config.exchanges.len());
-        for e in &config.exchanges {
-            let actor = e.actor.as_ref().map(|a| {
-                let token_type = a.token_type.clone();
-                match &a.source {
-                    config::ActorSource::ClientCredentials { scope, audience } => {
-                        let p = ActorProfile::new(&endpoint, scope.as_deref(), audience);
-                        let key = p.key;
-                        let index = match actors.iter().position(|x| x.key == key) {
-                            Some(i) => i,
-                            None => {
-                                actors.push(p);
-                                actors.len() - 1
-                            }
-                        };
-                        let source = ActorSource::ClientCredentials(index);
-                        (Actor { source, token_type }, Some(key))
-                    }
-                    config::ActorSource::Header(h) => {
-                        let source = ActorSource::Header(h.clone());
-                        (Actor { source, token_type }, None)
-                    }
-                }
-            });
-            profiles.push(ExchangeProfile::new(
-                &endpoint,
-                &config.subject_token.token_type,
-                e,
-                actor,
-                s.ciba.as_ref(),
+        let mut endpoints = Vec::with_capacity(config.service_count());
+        for i in 0..config.service_count() {
+            let s = config.service(i);
+            let key = match i {
+                0 => "sts.private_key".to_string(),
+                _ => format!("token_services.{}.private_key", config.service_name(i)),
+            };
+            let auth = ClientAuth::compile(&s.client_auth, &key)?;
+            endpoints.push(Endpoint::new(
+                &s.cluster,
+                &s.authority,
+                &s.token_path,
+                s.timeout_ms,
+                s.client_id.clone(),
+                auth,
             ));
         }
-        Ok(Client {
-            endpoint,
-            profiles,
-            actors,
-        })
+        let mut client = Client {
+            endpoints,
+            profiles: Vec::with_capacity(config.exchanges.len()),
+            actors: Vec::new(),
+        };
+        for e in &config.exchanges {
+            let then = e
+                .then
+                .as_deref()
+                .map(|t| client.profile(config, t, None, true));
+            let first = client.profile(config, e, then, false);
+            client.profiles.push(first);
+        }
+        Ok(client)
+    }
+
+    /// The endpoint of token service `service`.
+    pub fn endpoint(&self, service: usize) -> &Endpoint {
+        self.endpoints.get(service).unwrap_or(&self.endpoints[0])
+    }
+
+    /// The profile of exchange `e` (with its compiled second hop `then`); a `second_hop` sends
+    /// the first hop's token type, not the configured subject's.
+    fn profile(
+        &mut self,
+        config: &Config,
+        e: &ExchangeConfig,
+        then: Option<ExchangeProfile>,
+        second_hop: bool,
+    ) -> ExchangeProfile {
+        let endpoint = self.endpoint(e.service).clone();
+        let actor = e.actor.as_ref().map(|a| {
+            let token_type = a.token_type.clone();
+            match &a.source {
+                config::ActorSource::ClientCredentials { scope, audience } => {
+                    let p = ActorProfile::new(&endpoint, e.service, scope.as_deref(), audience);
+                    let key = p.key;
+                    let index = match self.actors.iter().position(|x| x.key == key) {
+                        Some(i) => i,
+                        None => {
+                            self.actors.push(p);
+                            self.actors.len() - 1
+                        }
+                    };
+                    let source = ActorSource::ClientCredentials(index);
+                    (Actor { source, token_type }, Some(key))
+                }
+                config::ActorSource::Header(h) => {
+                    let source = ActorSource::Header(h.clone());
+                    (Actor { source, token_type }, None)
+                }
+            }
+        });
+        let subject_type = (!second_hop).then_some(config.subject_token.token_type.as_str());
+        ExchangeProfile::new(
+            &endpoint,
+            subject_type,
+            e,
+            actor,
+            config.sts.ciba.as_ref(),
+            then,
+        )
     }
 }
 
@@ -455,7 +530,7 @@ mod tests {
     fn impersonation_request_has_exactly_the_rfc8693_fields() {
         let c = config("");
         let r = c.profiles[0]
-            .request(&c.endpoint, "tok+en/=", None, 0)
+            .request(c.endpoint(0), "tok+en/=", None, 0)
             .unwrap();
         assert_eq!(
             form(&r.body),
@@ -485,7 +560,7 @@ mod tests {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_secret":"p w:+%","client_auth":"client_secret_post"},
                        "exchange":{"audience":["a 1","b"],"resource":["https://r/x"],"scope":"read write","requested_token_type":"urn:ietf:params:oauth:token-type:jwt","extra_params":{"tenant":"t&1"}}}"#;
         let c = compiled(json, &|_| None);
-        let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
+        let r = c.profiles[0].request(c.endpoint(0), "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         assert_eq!(
             form(&r.body),
@@ -515,7 +590,7 @@ mod tests {
     fn public_client_sends_its_id_and_no_secret() {
         let json = r#"{"sts":{"cluster":"sts","authority":"sts.local","token_path":"/token","client_id":"edge","client_auth":"none"}}"#;
         let c = compiled(json, &|_| None);
-        let r = c.profiles[0].request(&c.endpoint, "t", None, 0).unwrap();
+        let r = c.profiles[0].request(c.endpoint(0), "t", None, 0).unwrap();
         assert_eq!(header(&r, "authorization"), None);
         let f = form(&r.body);
         assert!(f.contains(&("client_id".into(), "edge".into())));
@@ -577,7 +652,7 @@ mod tests {
             &|_| None,
         ).unwrap()).unwrap();
         let r = c.profiles[0]
-            .request(&c.endpoint, "subj", Some("act"), 0)
+            .request(c.endpoint(0), "subj", Some("act"), 0)
             .unwrap();
         let f = form(&r.body);
         assert_eq!(
@@ -592,7 +667,9 @@ mod tests {
         );
         assert_eq!(f[3].1, "act");
         assert_eq!(f[4].1, "urn:ietf:params:oauth:token-type:jwt");
-        let r = c.profiles[0].request(&c.endpoint, "subj", None, 0).unwrap();
+        let r = c.profiles[0]
+            .request(c.endpoint(0), "subj", None, 0)
+            .unwrap();
         assert_eq!(
             names(&form(&r.body)),
             vec!["grant_type", "subject_token_type", "subject_token"]
@@ -612,7 +689,7 @@ mod tests {
             &|_| None,
         ).unwrap()).unwrap();
         let r = c.profiles[0]
-            .request(&c.endpoint, "a.b.c", None, 0)
+            .request(c.endpoint(0), "a.b.c", None, 0)
             .unwrap();
         assert_eq!(
             form(&r.body),
@@ -640,7 +717,7 @@ mod tests {
                  "exchange":{"actor":{"source":"client_credentials","scope":"act","audience":"sts"}}}"#,
             &|_| None,
         ).unwrap()).unwrap();
-        let r = c.actors[0].request(&c.endpoint, 0).unwrap();
+        let r = c.actors[0].request(c.endpoint(0), 0).unwrap();
         assert_eq!(
             form(&r.body),
             vec![
@@ -663,12 +740,12 @@ mod tests {
         ] {
             let (c, public) = pkj_config(exchange);
             let mut requests = vec![c.profiles[0]
-                .request(&c.endpoint, "s", Some("a"), 1_000)
+                .request(c.endpoint(0), "s", Some("a"), 1_000)
                 .unwrap()];
             requests.extend(
                 c.actors
                     .iter()
-                    .map(|a| a.request(&c.endpoint, 1_000).unwrap()),
+                    .map(|a| a.request(c.endpoint(0), 1_000).unwrap()),
             );
             for r in requests {
                 assert_eq!(

@@ -175,6 +175,8 @@ impl Endpoint {
     pub fn feed_identity(&self, key: &mut Sha256) {
         feed(key, "client");
         feed(key, self.client_id.as_deref().unwrap_or(""));
+        // Two token services behind one authority are still two services.
+        feed(key, &self.cluster);
         feed(key, &self.authority);
         feed(key, &self.token_path);
     }

@@ -50,8 +50,9 @@ struct ProxyHost {
 }
 
 impl ProxyHost {
-    fn new() -> Self {
-        let metric_ids = Metric::all()
+    /// Defines every metric, and the per-service counters of token services `services`.
+    fn new(services: &[String]) -> Self {
+        let mut metric_ids: Vec<Option<u32>> = Metric::all()
             .iter()
             .map(|m| {
                 let kind = match m.kind() {
@@ -61,9 +62,12 @@ impl ProxyHost {
                 abi::define_metric(kind, m.name()).ok()
             })
             .collect();
+        for (_, name) in Metric::per_service(services) {
+            metric_ids.push(abi::define_metric(0, &name).ok());
+        }
         // Trace is 0, debug 1.
         let debug = matches!(abi::log_level(), Ok(0 | 1));
-        let pending = RefCell::new(vec![0; Metric::all().len()]);
+        let pending = RefCell::new(vec![0; metric_ids.len()]);
         ProxyHost {
             metric_ids,
             pending,
@@ -216,9 +220,13 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let host = ProxyHost::new();
         let loaded = Config::parse(&bytes, &|name| std::env::var(name).ok())
             .and_then(|config| Ok((config.summary(), Engine::new(config)?)));
+        let services = match &loaded {
+            Ok((_, engine)) => engine.counted_services(),
+            Err(_) => Vec::new(),
+        };
+        let host = ProxyHost::new(&services);
         match loaded {
             Ok((summary, engine)) => {
                 engine.on_start(&host);

@@ -47,6 +47,19 @@ pub struct Exchange {
     pub rememberable: bool,
     /// The subject's verification, with trusted issuers: what its claims allow and tell.
     pub verified: Option<Verified>,
+    /// Set once a chain's first hop answered: the call in the air is the second hop.
+    pub first_hop: Option<Box<FirstHop>>,
+}
+
+/// A chain's first hop, done: what the second hop is sent, and how long its answer may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstHop {
+    /// The first hop's token (the second hop's `assertion` or `subject_token`).
+    pub token: String,
+    /// Its `issued_token_type` (the second hop's `subject_token_type`).
+    pub issued_type: String,
+    /// When it stops being good (ms): the chain's entry never outlives it.
+    pub until_ms: u64,
 }
 
 /// A request waiting on a call.
@@ -120,12 +133,24 @@ impl Flights {
         waiter: Waiter,
         job: Job,
     ) {
+        self.relaunch(key, call, carrier, vec![waiter], job);
+    }
+
+    /// The flight for `key` goes on as callout `call` (a chain's second hop) for `waiters`.
+    pub fn relaunch(
+        &mut self,
+        key: CacheKey,
+        call: u32,
+        carrier: Option<u32>,
+        waiters: Vec<Waiter>,
+        job: Job,
+    ) {
         self.flights.insert(
             key,
             Flight {
                 call: Some(call),
                 carrier,
-                waiters: vec![waiter],
+                waiters,
                 job,
             },
         );

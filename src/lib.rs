@@ -30,6 +30,7 @@ pub(crate) mod outcomes;
 pub mod path;
 pub mod policy;
 pub mod reply;
+pub mod resource;
 pub mod route;
 pub mod sts;
 pub mod token;

@@ -59,6 +59,11 @@ pub enum Metric {
     IntrospectionInactive,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
+    /// With `token_services`: calls dispatched to token service `n` (0 is `sts`).
+    ServiceCalls(u8),
+    /// With `token_services`: calls of token service `n` that failed as [`Metric::StsErrors`]
+    /// counts them.
+    ServiceErrors(u8),
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
@@ -123,9 +128,28 @@ impl Metric {
             .collect()
     }
 
-    /// The full stat name.
+    /// The per-service counters of token services `names` (in service order), with their
+    /// stat names, in [`Metric::index`] order after [`Metric::all`].
+    pub fn per_service(names: &[String]) -> Vec<(Metric, String)> {
+        let mut out = Vec::with_capacity(names.len() * 2);
+        for (i, name) in names.iter().enumerate() {
+            let n = u8::try_from(i).unwrap_or(u8::MAX);
+            out.push((
+                Metric::ServiceCalls(n),
+                format!("token_exchange.service.{name}.calls"),
+            ));
+            out.push((
+                Metric::ServiceErrors(n),
+                format!("token_exchange.service.{name}.errors"),
+            ));
+        }
+        out
+    }
+
+    /// The full stat name (per-service counters are named by [`Metric::per_service`]).
     pub fn name(self) -> &'static str {
         let named = match self {
+            Metric::ServiceCalls(_) | Metric::ServiceErrors(_) => None,
             Metric::InvalidToken(e) => REJECTED.iter().find(|(r, _)| *r == e).map(|(_, n)| *n),
             m => PLAIN.iter().find(|(p, _)| *p == m).map(|(_, n)| *n),
         };
@@ -142,7 +166,10 @@ impl Metric {
 
     /// Position in [`Metric::all`], for id tables.
     pub fn index(self) -> usize {
+        let fixed = PLAIN.len() + REJECTED.len();
         let at = match self {
+            Metric::ServiceCalls(n) => Some(fixed + 2 * usize::from(n)),
+            Metric::ServiceErrors(n) => Some(fixed + 2 * usize::from(n) + 1),
             Metric::InvalidToken(e) => REJECTED
                 .iter()
                 .position(|(r, _)| *r == e)
@@ -184,6 +211,12 @@ mod tests {
             assert_eq!(position(*e), i);
         }
         assert_eq!(REJECTED.len(), position(JwtError::Audience) + 1);
+        let services = Metric::per_service(&["sts".into(), "partner".into()]);
+        for (i, (m, name)) in services.iter().enumerate() {
+            assert_eq!(m.index(), all.len() + i);
+            assert!(name.starts_with("token_exchange.service."));
+        }
+        assert_eq!(services[3].1, "token_exchange.service.partner.errors");
         assert_eq!(Metric::StsLatencyMs.kind(), MetricKind::Histogram);
         assert_eq!(Metric::Requests.kind(), MetricKind::Counter);
     }

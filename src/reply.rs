@@ -92,6 +92,36 @@ impl LocalReply {
         }
     }
 
+    /// RFC 9728 protected resource metadata, answered by the filter.
+    pub fn metadata(document: &str) -> Self {
+        LocalReply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "max-age=300".into()),
+            ],
+            body: document.to_string(),
+        }
+    }
+
+    /// 405 for a method other than `GET` at the metadata path.
+    pub fn method_not_allowed() -> Self {
+        Self::new(405, "invalid_request", "only GET is answered here").with("allow", "GET".into())
+    }
+
+    /// A 401's challenge names the resource's metadata (RFC 9728 §5.1); other answers are
+    /// left as they are.
+    pub fn advertise(&mut self, metadata_url: &str) {
+        if self.status != 401 {
+            return;
+        }
+        for (name, value) in &mut self.headers {
+            if name == "www-authenticate" {
+                value.push_str(&format!(", resource_metadata=\"{metadata_url}\""));
+            }
+        }
+    }
+
     /// The value of a header, for tests and logs.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::cache::{self, Cached, Rejection};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, ACCESS_TOKEN_TYPE};
 use crate::host::HttpAnswer;
 
 /// A token the STS minted.
@@ -14,6 +14,8 @@ pub struct Minted {
     pub access_token: String,
     /// Lifetime in seconds, if the STS said.
     pub expires_in: Option<u64>,
+    /// `issued_token_type`, if the STS said (a chain's second hop sends it as the subject's).
+    pub issued_token_type: Option<String>,
 }
 
 /// Why an exchange produced no token; each variant is one row of the error table.
@@ -220,14 +222,16 @@ fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailu
         Some(serde_json::Value::String(t)) if is_header_safe(&t) => t,
         _ => return Err(StsFailure::BadAnswer("no usable access_token in answer")),
     };
+    let issued_token_type = r.issued_token_type.as_ref().and_then(|v| v.as_str());
+    // RFC 8693 §2.2.1: a token that is not an access token (a JWT grant, an ID-JAG, a
+    // transaction token) may come with `N_A`.
+    let not_access = matches!(issued, IssuedType::Required(Some(t)) if t != ACCESS_TOKEN_TYPE);
     match r.token_type.as_ref().and_then(|v| v.as_str()) {
         Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some("N_A") if not_access => {}
         _ => return Err(StsFailure::BadAnswer("token_type is not Bearer")),
     }
-    match (
-        r.issued_token_type.as_ref().and_then(|v| v.as_str()),
-        issued,
-    ) {
+    match (issued_token_type, issued) {
         (_, IssuedType::NotExpected) => {}
         // RFC 8693 §2.2.1 makes it required, but widely used servers omit it: with no type
         // asked for, the token is taken as an access token.
@@ -251,6 +255,7 @@ fn parse_success(body: &[u8], issued: IssuedType<'_>) -> Result<Minted, StsFailu
     Ok(Minted {
         access_token,
         expires_in,
+        issued_token_type: issued_token_type.map(str::to_string),
     })
 }
 
@@ -313,7 +318,8 @@ mod tests {
             m,
             Minted {
                 access_token: "new".into(),
-                expires_in: Some(60)
+                expires_in: Some(60),
+                issued_token_type: Some(ATT.into()),
             }
         );
         let m = parse_answer(
@@ -327,6 +333,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.expires_in, None);
+    }
+
+    #[test]
+    fn n_a_is_a_token_type_only_for_a_token_that_is_not_an_access_token() {
+        const TXN: &str = "urn:ietf:params:oauth:token-type:txn_token";
+        let body =
+            format!(r#"{{"access_token":"t","token_type":"N_A","issued_token_type":"{TXN}"}}"#);
+        let m = parse_answer(&answer(200, &body), IssuedType::Required(Some(TXN))).unwrap();
+        assert_eq!(m.access_token, "t");
+        assert_eq!(m.issued_token_type.as_deref(), Some(TXN));
+        let body =
+            format!(r#"{{"access_token":"t","token_type":"N_A","issued_token_type":"{ATT}"}}"#);
+        for asked in [None, Some(ATT)] {
+            assert_eq!(
+                parse_answer(&answer(200, &body), IssuedType::Required(asked)),
+                Err(StsFailure::BadAnswer("token_type is not Bearer")),
+                "an access token is a bearer token"
+            );
+        }
+        let body =
+            format!(r#"{{"access_token":"t","token_type":"n_a","issued_token_type":"{TXN}"}}"#);
+        assert!(parse_answer(&answer(200, &body), IssuedType::Required(Some(TXN))).is_err());
     }
 
     #[test]

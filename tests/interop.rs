@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use jwt_compact::AlgorithmExt;
 use serde_json::json;
-use support::{start_echo, Envoy, EnvoySetup, TempDir};
+use support::{start_echo, Envoy, EnvoySetup, StsReply, TempDir, TestSts};
 
 /// idpyoidc serving on a port, with the subject tokens its code flow minted.
 struct Idpy {
@@ -421,4 +421,77 @@ fn authlib_accepts_the_jwt_bearer_grant_and_client_assertions() {
     let other = jwt_bearer_envoy(port, &stranger);
     let r = other.get_with_token("/", &assertion("carol"));
     assert_eq!(r.status, 502, "{}", r.body);
+}
+
+/// A chain's second hop at Authlib: the home STS (the test's) mints a JWT grant for the
+/// subject; Authlib, as the partner's token service, redeems it with its RFC 7523 grant and
+/// `private_key_jwt`. The upstream gets Authlib's token; Authlib never sees the subject token.
+#[test]
+fn authlib_redeems_a_chains_first_hop_as_its_jwt_bearer_grant() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let port = support::free_port();
+    let idp = std::sync::Arc::new(support::Signer::new("idp-1"));
+    let client_key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let _authlib = Authlib::start(port, &idp, &client_key);
+    let signer = idp.clone();
+    let home = TestSts::start(0, move |_, call| {
+        let subject = call.field("subject_token").unwrap_or("");
+        let mut grant = signer.token(
+            &json!({ "iss": "https://idp.interop", "sub": format!("user-{subject}"),
+                     "aud": format!("http://127.0.0.1:{port}/token"),
+                     "exp": support::now_s() + 120, "iat": support::now_s() }),
+            None,
+        );
+        if subject == "tampered" {
+            grant.push('A');
+        }
+        StsReply::json(
+            200,
+            json!({ "access_token": grant, "token_type": "N_A", "expires_in": 120,
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:jwt" }),
+        )
+    });
+    let pem = client_key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.home.test", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "home-secret" },
+        "token_services": { "partner": {
+            "cluster": "authlib", "authority": format!("127.0.0.1:{port}"), "token_path": "/token",
+            "client_id": "edge-proxy", "client_auth": "private_key_jwt",
+            "private_key": { "pem_env": "CLIENT_KEY", "alg": "ES256",
+                             "audience": format!("http://127.0.0.1:{port}/token") } } },
+        "exchange": { "requested_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                      "audience": format!("http://127.0.0.1:{port}/token"),
+                      "then": { "sts": "partner", "grant": "jwt_bearer", "scope": "orders" } }
+    });
+    let envoy = Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port: home.port,
+        echo_port: start_echo(0),
+        env: &[("CLIENT_KEY", &pem)],
+        concurrency: 1,
+        clusters: &[("authlib", port)],
+        ..EnvoySetup::default()
+    });
+    let r = envoy.get_with_token("/", "alice");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, envoy.log_text());
+    let token = minted(&r);
+    let grant = home.calls()[0].field("subject_token").map(str::to_string);
+    assert_eq!(grant.as_deref(), Some("alice"));
+    assert!(
+        !token.is_empty() && !token.contains("alice"),
+        "Authlib's own token: {token}"
+    );
+    assert_ne!(
+        support::claims_of(&token).map(|c| c["iss"].clone()),
+        Some(json!("https://idp.interop"))
+    );
+    let again = envoy.get_with_token("/", "alice");
+    assert_eq!(minted(&again), token, "cached: one chain for both requests");
+    assert_eq!(home.count(), 1);
+    assert_eq!(envoy.counter("service.partner.calls"), 1);
+    // Authlib refuses a grant whose signature it cannot verify: invalid_grant → 401.
+    let r = envoy.get_with_token("/", "tampered");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(envoy.counter("service.partner.calls"), 2);
 }

@@ -28,6 +28,74 @@ pub(super) struct ExchangeContext<'a> {
     pub(super) ciba: bool,
     pub(super) subject: &'a SubjectTokenConfig,
     pub(super) actor_headers: &'a mut Vec<String>,
+    /// The names of `token_services`, in order (service `i + 1`).
+    pub(super) services: &'a [String],
+}
+
+/// The token service an exchange names (`sts`, the default, is 0).
+fn service(name: Option<&str>, key: &str, ctx: &ExchangeContext<'_>) -> Result<usize, ConfigError> {
+    match name {
+        None | Some("sts") => Ok(0),
+        Some(n) => match ctx.services.iter().position(|s| s == n) {
+            Some(i) => Ok(i + 1),
+            None => Err(ConfigError::new(
+                format!("{key}.sts"),
+                format!(
+                    "names no token service: {} is not sts or a key of token_services",
+                    shown(n)
+                ),
+            )),
+        },
+    }
+}
+
+/// The second hop of a chain: its own grant and service, inheriting nothing, and no third hop.
+fn validate_then(
+    t: &RawExchange,
+    first: &ExchangeConfig,
+    key: &str,
+    ctx: &mut ExchangeContext<'_>,
+) -> Result<ExchangeConfig, ConfigError> {
+    if first.grant == Grant::Ciba {
+        return Err(ConfigError::new(
+            key,
+            "a ciba exchange has no second hop (the consent's token is the last)",
+        ));
+    }
+    match t.grant.as_deref() {
+        Some("jwt_bearer" | "token_exchange") => {}
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{key}.grant"),
+                "a second hop's grant is jwt_bearer or token_exchange",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{key}.grant"),
+                "is required (jwt_bearer or token_exchange)",
+            ))
+        }
+    }
+    if t.sts.is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.sts"),
+            "is required (the token service of the second hop)",
+        ));
+    }
+    let refused = [
+        ("then", t.then.is_some(), "at most two hops"),
+        ("actor", t.actor.is_some(), "a second hop has no actor"),
+        (
+            "expect_act",
+            t.expect_act.is_some(),
+            "a second hop has no actor",
+        ),
+    ];
+    if let Some((name, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err(ConfigError::new(format!("{key}.{name}"), *why));
+    }
+    validate_exchange(t, key, ctx)
 }
 
 pub(super) fn validate_exchange(
@@ -133,7 +201,14 @@ pub(super) fn validate_exchange(
         None => None,
         Some(a) => Some(validate_actor(a, &format!("{key}.actor"), ctx)?),
     };
-    Ok(ExchangeConfig {
+    let service = service(e.sts.as_deref(), key, ctx)?;
+    if grant == Grant::Ciba && service != 0 {
+        return Err(ConfigError::new(
+            format!("{key}.sts"),
+            "the ciba grant is configured on sts only (sts.ciba)",
+        ));
+    }
+    let mut exchange = ExchangeConfig {
         grant,
         audience,
         resource,
@@ -145,7 +220,14 @@ pub(super) fn validate_exchange(
         enforce_may_act: e.enforce_may_act.unwrap_or(true),
         policy: 0,
         introspect: None,
-    })
+        service,
+        then: None,
+    };
+    if let Some(t) = e.then.as_ref().and_then(|t| t.as_deref()) {
+        let then = validate_then(t, &exchange, &format!("{key}.then"), ctx)?;
+        exchange.then = Some(Box::new(then));
+    }
+    Ok(exchange)
 }
 
 fn validate_actor(

@@ -381,6 +381,10 @@ pub struct ExchangeConfig {
     pub policy: usize,
     /// The trusted issuer whose introspection endpoint judges an opaque token on these routes.
     pub introspect: Option<usize>,
+    /// The token service called: 0 is `sts`, `i` is [`Config::token_services`]`[i - 1]`.
+    pub service: usize,
+    /// A second hop, sent the first hop's token (identity chaining, ID-JAG).
+    pub then: Option<Box<ExchangeConfig>>,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -492,11 +496,36 @@ pub struct TrustedIssuer {
     pub introspection: Option<IntrospectionConfig>,
 }
 
+/// A further named token service (`token_services.<name>`), beside `sts`.
+#[derive(Debug, Clone)]
+pub struct TokenService {
+    /// Its name, as exchanges and the per-service counters spell it.
+    pub name: String,
+    /// Its endpoint and the filter's credentials there.
+    pub sts: StsConfig,
+}
+
+/// RFC 9728 protected resource metadata, answered by the filter at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedResource {
+    /// Path answered (`GET` only), never routed.
+    pub path: String,
+    /// The metadata document, serialized once.
+    pub document: String,
+    /// `https://` and the authority of `resource`: named in challenges when the request's own
+    /// authority cannot be.
+    pub origin: String,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// STS endpoint and credentials.
+    /// STS endpoint and credentials: the default token service.
     pub sts: StsConfig,
+    /// Further named token services.
+    pub token_services: Vec<TokenService>,
+    /// The protected resource metadata the filter answers, if any.
+    pub protected_resource: Option<ProtectedResource>,
     /// Headers carrying callers' actor tokens: never forwarded upstream.
     pub actor_headers: Vec<String>,
     /// Subject token extraction.
@@ -530,14 +559,36 @@ impl Config {
         validate::validate(raw, env)
     }
 
+    /// Token service `i`: 0 is `sts`, the others are [`Config::token_services`] in order.
+    pub fn service(&self, i: usize) -> &StsConfig {
+        match i.checked_sub(1).and_then(|n| self.token_services.get(n)) {
+            Some(t) => &t.sts,
+            None => &self.sts,
+        }
+    }
+
+    /// The name of token service `i` (`sts` for the default).
+    pub fn service_name(&self, i: usize) -> &str {
+        match i.checked_sub(1).and_then(|n| self.token_services.get(n)) {
+            Some(t) => &t.name,
+            None => "sts",
+        }
+    }
+
+    /// How many token services there are, `sts` included.
+    pub fn service_count(&self) -> usize {
+        self.token_services.len() + 1
+    }
+
     /// A one-line summary for the start-up log; it names no secret.
     pub fn summary(&self) -> String {
         format!(
-            "sts={}{} via cluster {} auth={} routes={} cache.max_entries={} on_missing_token={:?} on_sts_unavailable={:?}",
+            "sts={}{} via cluster {} auth={} token_services={} routes={} cache.max_entries={} on_missing_token={:?} on_sts_unavailable={:?}",
             self.sts.authority,
             self.sts.token_path,
             self.sts.cluster,
             self.sts.client_auth.name(),
+            self.token_services.len(),
             self.routes.len(),
             self.cache.max_entries,
             self.on_missing_token,

@@ -12,6 +12,10 @@ use super::{json_path, ConfigError, OnMissingToken, OnStsUnavailable};
 pub(super) struct RawConfig {
     pub(super) sts: RawSts,
     #[serde(default)]
+    pub(super) token_services: BTreeMap<String, RawSts>,
+    #[serde(default)]
+    pub(super) protected_resource: Option<RawProtectedResource>,
+    #[serde(default)]
     pub(super) subject_token: RawSubjectToken,
     #[serde(default)]
     pub(super) trusted_issuers: Vec<RawIssuer>,
@@ -173,6 +177,21 @@ pub(super) struct RawExchange {
     pub(super) expect_act: Option<bool>,
     pub(super) enforce_may_act: Option<bool>,
     pub(super) extra_params: Option<BTreeMap<String, String>>,
+    pub(super) sts: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) then: Option<Option<Box<RawExchange>>>,
+}
+
+/// RFC 9728 protected resource metadata, answered by the filter itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProtectedResource {
+    pub(super) path: Option<String>,
+    pub(super) resource: String,
+    pub(super) authorization_servers: Option<Vec<String>>,
+    pub(super) scopes_supported: Option<Vec<String>>,
+    pub(super) resource_name: Option<String>,
+    pub(super) resource_documentation: Option<String>,
 }
 
 impl RawExchange {
@@ -196,6 +215,8 @@ impl RawExchange {
             grant,
             enforce_may_act: o.enforce_may_act.or(self.enforce_may_act),
             extra_params: o.extra_params.clone().or_else(|| self.extra_params.clone()),
+            sts: o.sts.clone().or_else(|| self.sts.clone()),
+            then: o.then.clone().or_else(|| self.then.clone()),
         }
     }
 }

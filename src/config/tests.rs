@@ -49,12 +49,12 @@ fn minimal_config_gets_the_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(
         c.client.profiles[0]
-            .request(&c.client.endpoint, "t", None, 0)
+            .request(c.client.endpoint(0), "t", None, 0)
             .unwrap()
             .timeout_ms,
         2000
     );
-    assert_eq!(c.client.endpoint.auth().name(), "client_secret_basic");
+    assert_eq!(c.client.endpoint(0).auth().name(), "client_secret_basic");
     assert_eq!(c.subject_token.header, "authorization");
     assert_eq!(c.subject_token.prefix, "Bearer ");
     assert_eq!(c.subject_token.token_type, ACCESS_TOKEN_TYPE);
@@ -108,7 +108,7 @@ fn full_documented_example_is_accepted() {
         Some("x-original-token")
     );
     assert_eq!(c.on_sts_unavailable, OnStsUnavailable::Allow);
-    assert_eq!(c.client.endpoint.auth().name(), "client_secret_post");
+    assert_eq!(c.client.endpoint(0).auth().name(), "client_secret_post");
 }
 
 #[test]
@@ -495,7 +495,7 @@ fn private_key_jwt_is_validated() {
     let parse_env = |json: &str| load(json, &env);
     let ok = r#"{"sts":{"cluster":"s","authority":"sts.local","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
     let c = parse_env(ok).unwrap();
-    let ClientAuth::PrivateKeyJwt(signer) = c.client.endpoint.auth() else {
+    let ClientAuth::PrivateKeyJwt(signer) = c.client.endpoint(0).auth() else {
         panic!()
     };
     assert_eq!(
@@ -641,7 +641,7 @@ fn secret_comes_from_the_vm_environment() {
     let env = |k: &str| (k == "STS_SECRET").then(|| "from-env".to_string());
     let c = load(json, &env).unwrap();
     assert_eq!(
-        c.client.endpoint.auth(),
+        c.client.endpoint(0).auth(),
         &ClientAuth::basic("c", "from-env")
     );
     let e = parse(json).unwrap_err();
@@ -780,7 +780,7 @@ fn route_overrides_replace_only_the_keys_they_set() {
     .unwrap();
     let form = |i: usize| {
         let body = c.client.profiles[i]
-            .request(&c.client.endpoint, "t", None, 0)
+            .request(c.client.endpoint(0), "t", None, 0)
             .unwrap()
             .body;
         form_urlencoded::parse(body.as_bytes())
@@ -1109,4 +1109,112 @@ fn introspection_goes_only_to_the_issuer_a_route_names() {
     assert_eq!(err_key(&with(nothing)), "trusted_issuers[0]");
     let no_alg = r#""trusted_issuers":[{"issuer":"https://a","jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
     assert_eq!(err_key(&with(no_alg)), "trusted_issuers[0].algorithms");
+}
+
+const PARTNER: &str = r#""token_services":{"partner":{"cluster":"partner","authority":"as.partner.example","token_path":"/token","client_id":"edge","client_secret_env":"PARTNER_SECRET"}}"#;
+
+#[test]
+fn token_services_chains_and_metadata_are_validated() {
+    let env = |name: &str| (name == "PARTNER_SECRET").then(|| "pw".to_string());
+    let ok = |extra: &str| load(&with(&format!("{PARTNER},{extra}")), &env);
+    let refused = |extra: &str| ok(extra).expect_err("must be refused").key;
+    let c =
+        ok(r#""routes":[{"match":{"path_prefix":"/p"},"exchange":{"sts":"partner"}}]"#).unwrap();
+    assert_eq!(c.exchanges[1].service, 1);
+    assert_eq!(
+        (c.service_name(1), c.service(1).cluster.as_str()),
+        ("partner", "partner")
+    );
+    assert_eq!(c.exchanges[0].service, 0);
+    assert_eq!(
+        refused(r#""exchange":{"sts":"nobody"}"#),
+        "exchange.sts",
+        "an exchange names a service that exists"
+    );
+    assert_eq!(
+        load(&with(PARTNER), &no_env).unwrap_err().key,
+        "token_services.partner.client_secret_env",
+        "a service's keys are named under it"
+    );
+    for name in ["sts", "Partner", "a.b", ""] {
+        let json = with(&format!(
+            r#""token_services":{{"{name}":{{"cluster":"p","authority":"p","token_path":"/t","client_auth":"none"}}}}"#
+        ));
+        assert_eq!(err_key(&json), "token_services", "{name}");
+    }
+    assert_eq!(
+        refused(r#""exchange":{"then":{"grant":"jwt_bearer"}}"#),
+        "exchange.then.sts"
+    );
+    assert_eq!(
+        refused(r#""exchange":{"then":{"sts":"partner"}}"#),
+        "exchange.then.grant"
+    );
+    assert_eq!(
+        refused(r#""exchange":{"then":{"sts":"partner","grant":"ciba","scope":"openid"}}"#),
+        "exchange.then.grant"
+    );
+    assert_eq!(
+        refused(
+            r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer","then":{"sts":"sts","grant":"jwt_bearer"}}}"#
+        ),
+        "exchange.then.then",
+        "at most two hops"
+    );
+    assert_eq!(
+        refused(r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer","audience":"x"}}"#),
+        "exchange.then.audience",
+        "a jwt_bearer hop takes the keys of its grant"
+    );
+    assert_eq!(
+        refused(
+            r#""exchange":{"then":{"sts":"partner","grant":"token_exchange","actor":{"source":"client_credentials"}}}"#
+        ),
+        "exchange.then.actor"
+    );
+    let chain = ok(r#""exchange":{"requested_token_type":"urn:ietf:params:oauth:token-type:jwt","then":{"sts":"partner","grant":"jwt_bearer","scope":"read"}}"#).unwrap();
+    let then = chain.exchanges[0].then.as_deref().unwrap();
+    assert_eq!(
+        (then.service, then.grant, then.scope.as_deref()),
+        (1, Grant::JwtBearer, Some("read"))
+    );
+    assert!(then.audience.is_empty(), "a second hop inherits nothing");
+    // A route's own exchange keeps the default's chain unless it says otherwise.
+    let routed = ok(r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer"}},"routes":[{"match":{"path_prefix":"/a"},"exchange":{"scope":"x"}},{"match":{"path_prefix":"/b"},"exchange":{"then":null}}]"#).unwrap();
+    assert!(routed.exchanges[1].then.is_some());
+    assert!(routed.exchanges[2].then.is_none());
+    let ciba = r#""token_services":{"partner":{"cluster":"p","authority":"p","token_path":"/t","client_auth":"none","ciba":{"path":"/bc"}}}"#;
+    assert_eq!(err_key(&with(ciba)), "token_services.partner.ciba");
+
+    let metadata = |pr: &str| parse(&with(&format!(r#""protected_resource":{pr}"#)));
+    let m = metadata(r#"{"resource":"https://mcp.example.com/tools"}"#).unwrap();
+    let pr = m.protected_resource.as_ref().unwrap();
+    assert_eq!(
+        pr.path, "/.well-known/oauth-protected-resource/tools",
+        "RFC 9728 §3.1"
+    );
+    assert_eq!(pr.origin, "https://mcp.example.com");
+    for bad in [
+        r#"{"resource":"http://mcp.example.com"}"#,
+        r#"{"resource":"https://mcp.example.com#x"}"#,
+        r#"{"resource":"https://"}"#,
+    ] {
+        assert_eq!(
+            metadata(bad).unwrap_err().key,
+            "protected_resource.resource",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        metadata(r#"{"resource":"https://m","path":"no-slash"}"#)
+            .unwrap_err()
+            .key,
+        "protected_resource.path"
+    );
+    assert_eq!(
+        metadata(r#"{"resource":"https://m","authorization_servers":["not a uri"]}"#)
+            .unwrap_err()
+            .key,
+        "protected_resource.authorization_servers"
+    );
 }

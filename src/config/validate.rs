@@ -14,7 +14,38 @@ pub(super) fn validate(
     mut raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let sts = validate_sts(raw.sts, env)?;
+    let sts = validate_sts(raw.sts, "sts", env)?;
+    if raw.token_services.len() > 15 {
+        return Err(ConfigError::new("token_services", "at most 15 services"));
+    }
+    let mut token_services = Vec::with_capacity(raw.token_services.len());
+    for (name, r) in std::mem::take(&mut raw.token_services) {
+        let key = format!("token_services.{name}");
+        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+        if name.is_empty() || name.len() > 32 || !name.bytes().all(valid) || name == "sts" {
+            return Err(ConfigError::new(
+                "token_services",
+                format!(
+                    "{} is not a service name: 1 to 32 of a-z, 0-9, _ and -, and not sts",
+                    shown(&name)
+                ),
+            ));
+        }
+        if r.ciba.is_some() {
+            return Err(ConfigError::new(
+                format!("{key}.ciba"),
+                "CIBA is configured on sts only",
+            ));
+        }
+        let service = validate_sts(r, &key, env)?;
+        token_services.push(TokenService { name, sts: service });
+    }
+    let service_names: Vec<String> = token_services.iter().map(|t| t.name.clone()).collect();
+    let protected_resource = raw
+        .protected_resource
+        .take()
+        .map(validate_protected_resource)
+        .transpose()?;
     let subject_token = validate_subject(raw.subject_token)?;
     let mut actor_headers = Vec::new();
     let mut trusted_issuers = Vec::with_capacity(raw.trusted_issuers.len());
@@ -39,6 +70,7 @@ pub(super) fn validate(
         ciba: sts.ciba.is_some(),
         subject: &subject_token,
         actor_headers: &mut actor_headers,
+        services: &service_names,
     };
     let mut exchanges = vec![validate_exchange(&raw.exchange, "exchange", &mut ctx)?];
     let mut policies = vec![validate_policy(raw.require.unwrap_or_default(), "require")?];
@@ -148,6 +180,8 @@ pub(super) fn validate(
 
     Ok(Config {
         sts,
+        token_services,
+        protected_resource,
         actor_headers,
         subject_token,
         trusted_issuers,
@@ -162,18 +196,22 @@ pub(super) fn validate(
     })
 }
 
-fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsConfig, ConfigError> {
-    non_empty(&s.cluster, "sts.cluster")?;
-    non_empty(&s.authority, "sts.authority")?;
+fn validate_sts(
+    s: RawSts,
+    k: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StsConfig, ConfigError> {
+    non_empty(&s.cluster, &format!("{k}.cluster"))?;
+    non_empty(&s.authority, &format!("{k}.authority"))?;
     if s.authority.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err(ConfigError::new(
-            "sts.authority",
+            format!("{k}.authority"),
             "must be a host[:port] without scheme or path",
         ));
     }
-    call_path(&s.token_path, "sts.token_path")?;
+    call_path(&s.token_path, &format!("{k}.token_path"))?;
     let timeout_ms = s.timeout_ms.unwrap_or(2000);
-    in_range(timeout_ms, 1..=60_000, "sts.timeout_ms")?;
+    in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
 
     let audience = format!("https://{}{}", s.authority, s.token_path);
     let creds = Credentials {
@@ -183,7 +221,7 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         secret_env: s.client_secret_env,
         private_key: s.private_key,
     };
-    let (client_id, client_auth) = validate_credentials(creds, "sts", audience, env)?;
+    let (client_id, client_auth) = validate_credentials(creds, k, audience, env)?;
     let ciba = s.ciba.map(validate_ciba).transpose()?;
     Ok(StsConfig {
         cluster: s.cluster,
@@ -193,6 +231,58 @@ fn validate_sts(s: RawSts, env: &dyn Fn(&str) -> Option<String>) -> Result<StsCo
         client_id,
         client_auth,
         ciba,
+    })
+}
+
+/// RFC 9728 metadata: `resource` an https URL without fragment; the path defaults to the
+/// well-known one of that resource (§3.1); the document is written once.
+fn validate_protected_resource(p: RawProtectedResource) -> Result<ProtectedResource, ConfigError> {
+    let k = "protected_resource";
+    uri(&p.resource, &format!("{k}.resource"))?;
+    let rest = p.resource.strip_prefix("https://").unwrap_or_default();
+    let (authority, resource_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (authority, resource_path) = (authority.to_string(), resource_path.to_string());
+    if authority.is_empty() || p.resource.contains('#') || p.resource.contains('?') {
+        return Err(ConfigError::new(
+            format!("{k}.resource"),
+            "must be an https URL without query or fragment",
+        ));
+    }
+    let path = p.path.unwrap_or_else(|| {
+        let tail = resource_path.trim_end_matches('/');
+        format!("/.well-known/oauth-protected-resource{tail}")
+    });
+    call_path(&path, &format!("{k}.path"))?;
+    let servers = p.authorization_servers.unwrap_or_default();
+    for s in &servers {
+        uri(s, &format!("{k}.authorization_servers"))?;
+    }
+    let scopes = p.scopes_supported.unwrap_or_default();
+    for s in &scopes {
+        scope_tokens(s, &format!("{k}.scopes_supported"))?;
+    }
+    let mut doc = serde_json::Map::new();
+    doc.insert("resource".into(), p.resource.into());
+    if !servers.is_empty() {
+        doc.insert("authorization_servers".into(), servers.into());
+    }
+    if !scopes.is_empty() {
+        doc.insert("scopes_supported".into(), scopes.into());
+    }
+    doc.insert("bearer_methods_supported".into(), vec!["header"].into());
+    if let Some(n) = p.resource_name {
+        printable(&n, &format!("{k}.resource_name"))?;
+        doc.insert("resource_name".into(), n.into());
+    }
+    if let Some(d) = p.resource_documentation {
+        uri(&d, &format!("{k}.resource_documentation"))?;
+        doc.insert("resource_documentation".into(), d.into());
+    }
+    let origin = format!("https://{authority}");
+    Ok(ProtectedResource {
+        origin,
+        path,
+        document: serde_json::Value::Object(doc).to_string(),
     })
 }
 

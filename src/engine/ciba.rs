@@ -139,7 +139,7 @@ impl Engine {
             let Some(p) = self.client.profiles.get(w.profile) else {
                 continue;
             };
-            let endpoint = &self.client.endpoint;
+            let endpoint = self.client.endpoint(p.service);
             let (request, metric, what) = match &w.call {
                 Want::Backchannel {
                     hint,

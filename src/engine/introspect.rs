@@ -137,7 +137,7 @@ impl Engine {
         found: &Found,
     ) -> Result<Verified, Verdict> {
         let p = &self.client.profiles[at.profile];
-        let client_id = self.client.endpoint.client_id();
+        let client_id = self.client.endpoint(p.service).client_id();
         let may_act = MayAct::from_claim(found.claims.get("may_act"));
         let may_act_ok = p.may_act_permits(&may_act, header_actor, client_id);
         let facts = match self.rules.reads_claims() {

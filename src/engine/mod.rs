@@ -7,29 +7,32 @@
 use std::collections::HashMap;
 
 use crate::actor::Actors;
-use crate::cache::{CacheKey, Cached, SharedCache};
+use crate::cache::{CacheKey, SharedCache};
 use crate::caller;
 use crate::client::{ActorSource, Client};
 use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
 use crate::endpoint::NoRandomness;
-use crate::flights::{Exchange, Flights, Job};
-use crate::host::{Host, HttpAnswer, LogLevel, RequestHeaders};
+use crate::flights::{Flights, Job};
+use crate::host::{Host, HttpAnswer, RequestHeaders};
 use crate::introspection::Introspector;
 use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
 use crate::policy::Rules;
+use crate::resource::ResourceMetadata;
 use crate::route::Routes;
-use crate::sts::{self, StsFailure};
-use crate::token;
+use crate::sts::StsFailure;
 use crate::verdict::{to_each, Verdict};
 use calls::{Calls, Owner};
+use exchanged::Hop;
 use stages::Caller;
 
+mod advertise;
 mod calls;
 mod ciba;
+mod exchanged;
 mod introspect;
 mod stages;
 mod trust;
@@ -54,6 +57,10 @@ pub struct Engine {
     waits: HashMap<u32, Wait>,
     /// CIBA consents, when `sts.ciba` is configured.
     consents: Option<Consents>,
+    /// RFC 9728 metadata, when `protected_resource` is configured.
+    metadata: Option<ResourceMetadata>,
+    /// With `metadata`: the metadata URL of each parked request, for the 401 it may get.
+    advertised: HashMap<u32, String>,
 }
 
 impl Engine {
@@ -79,6 +86,11 @@ impl Engine {
         };
         Ok(Engine {
             consents,
+            metadata: config
+                .protected_resource
+                .as_ref()
+                .map(ResourceMetadata::new),
+            advertised: HashMap::new(),
             memo: Memo::new(client.profiles.len(), cap, keys.enabled()),
             cache: SharedCache::new(config.cache.max_entries),
             actors: Actors::new(config.cache),
@@ -93,6 +105,18 @@ impl Engine {
             keys,
             introspection,
         })
+    }
+
+    /// The token services the per-service counters are kept for: none without
+    /// `token_services`, else `sts` and each named one, in service order.
+    pub fn counted_services(&self) -> Vec<String> {
+        if self.config.token_services.is_empty() {
+            return Vec::new();
+        }
+        let n = self.config.service_count();
+        (0..n)
+            .map(|i| self.config.service_name(i).to_string())
+            .collect()
     }
 
     /// Work at start, on the root context before any request: the consents' claim slots exist
@@ -113,6 +137,22 @@ impl Engine {
         if let Some(v) = self.notification(host, req) {
             return v;
         }
+        if let Some(m) = &self.metadata {
+            if let Some(reply) = m.answer(req) {
+                return Verdict::Respond(reply);
+            }
+            let v = self.route(host, ctx, req);
+            return self.advertise_at_start(ctx, req, v);
+        }
+        self.route(host, ctx, req)
+    }
+
+    /// The route and credential stages of a request, then [`Engine::authorize`].
+    fn route<H, R>(&mut self, host: &H, ctx: u32, req: &R) -> Verdict
+    where
+        H: Host,
+        R: RequestHeaders + ?Sized,
+    {
         let profile = match self.routes.select(req) {
             RouteAction::Bypass => {
                 host.metric(Metric::Bypassed, 1);
@@ -150,6 +190,17 @@ impl Engine {
         call: u32,
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
+        let out = self.answered(host, receiver, call, answer);
+        self.advertise(out)
+    }
+
+    fn answered<H: Host>(
+        &mut self,
+        host: &H,
+        receiver: Option<u32>,
+        call: u32,
+        answer: &HttpAnswer,
+    ) -> Vec<(u32, Verdict)> {
         let landed = match self.calls.land(host, call) {
             Some(Owner::Keys(issuer)) => {
                 let event = self.keys.on_answer(host, issuer, answer);
@@ -174,9 +225,15 @@ impl Engine {
                 self.after_introspection(host, receiver, &landed.key, w, issuer, answer)
             }
             Job::Exchange(x) => {
-                let waiting = landed.waiters.len();
-                let v = self.on_exchange_answer(host, call, &landed.key, &x, waiting, answer, now);
-                to_each(landed.waiters.iter().map(|w| w.ctx), &v)
+                let (key, mut waiters) = (landed.key, landed.waiters);
+                let judged = self.judge_hop(&x, answer);
+                let at = (receiver, key, now);
+                let judged = match self.next_hop(host, at, &x, judged, &mut waiters) {
+                    Hop::Sent => return Vec::new(),
+                    Hop::Done(judged) => judged,
+                };
+                let v = self.on_exchange_answer(host, call, &key, &x, waiters.len(), judged, now);
+                to_each(waiters.iter().map(|w| w.ctx), &v)
             }
             Job::Actor { actor } => {
                 let a = &self.client.actors[actor];
@@ -202,55 +259,10 @@ impl Engine {
         }
     }
 
-    /// Decides on an exchange's answer: cache it (token or remembered rejection) and say what
-    /// its `waiting` requests get.
-    #[allow(clippy::too_many_arguments)]
-    fn on_exchange_answer<H: Host>(
-        &mut self,
-        host: &H,
-        call: u32,
-        key: &CacheKey,
-        x: &Exchange,
-        waiting: usize,
-        answer: &HttpAnswer,
-        now: u64,
-    ) -> Verdict {
-        let judged = self.client.profiles[x.profile].judge(answer, x.actor_sub.as_deref());
-        let rules = &self.config.cache;
-        let entry = sts::cache_entry(rules, &judged, x.subject_exp, x.actor_until_ms, now);
-        let life = entry.as_ref().map_or(0, |(_, until)| until - now);
-        if let Some((value, until)) = entry {
-            self.keep(host, key, x, value, until);
-        }
-        match judged {
-            Ok(minted) => {
-                if host.debug_enabled() {
-                    let fp = token::fingerprint(&x.subject);
-                    let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
-                    host.log(LogLevel::Debug, &msg);
-                }
-                let facts = x.verified.as_ref().map(|v| &v.facts);
-                self.outcomes
-                    .success(&minted.access_token, &x.subject, facts)
-            }
-            Err(failure) => self.outcomes.exchange_failed(host, call, &failure, waiting),
-        }
-    }
-
-    /// Writes an answer to the shared cache and, where it may, to the worker memo.
-    fn keep<H: Host>(&mut self, host: &H, key: &CacheKey, x: &Exchange, value: Cached, until: u64) {
-        self.cache.put(host, key, until, &value);
-        if x.rememberable {
-            let now = host.now_ms();
-            let verified = x.verified.clone();
-            self.memo
-                .put(x.profile, &x.subject, value, until, verified, now);
-        }
-    }
-
     /// Forgets a request that ended (answered, or the client went away). If its context carried
     /// an STS call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
+        self.advertised.remove(&ctx);
         match self.waits.remove(&ctx) {
             Some(Wait::Keys(issuer)) => self.keys.leave(ctx, issuer),
             Some(Wait::Flight(key)) => self.flights.leave(ctx, &key),
@@ -268,10 +280,18 @@ impl Engine {
     /// Periodic work on the root context: sends again the STS calls whose carrier went away,
     /// and looks after the issuers' keys. Returns verdicts for requests that were waiting.
     pub fn on_tick<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
+        let out = self.ticked(host);
+        self.advertise(out)
+    }
+
+    fn ticked<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
         let now = host.now_ms();
         let mut out = Vec::new();
         for (key, job) in self.flights.orphans() {
             let (owner, request) = match &job {
+                Job::Exchange(x) if x.first_hop.is_some() => {
+                    (Owner::Flight(key), Ok(self.second_hop_request(x, now)))
+                }
                 Job::Exchange(x) => {
                     let p = &self.client.profiles[x.profile];
                     let current = match p.actor.as_ref().map(|a| &a.source) {
@@ -282,12 +302,13 @@ impl Engine {
                         _ => None,
                     };
                     let actor = current.as_deref().or(x.actor_token.as_deref());
-                    let endpoint = &self.client.endpoint;
+                    let endpoint = self.client.endpoint(p.service);
                     let r = p.request(endpoint, &x.subject, actor, now / 1000);
                     (Owner::Flight(key), Ok(r))
                 }
                 Job::Actor { actor } => {
-                    let r = self.client.actors[*actor].request(&self.client.endpoint, now / 1000);
+                    let a = &self.client.actors[*actor];
+                    let r = a.request(self.client.endpoint(a.service), now / 1000);
                     (Owner::Flight(key), Ok(r))
                 }
                 Job::Introspect { issuer, token } => (

@@ -196,11 +196,10 @@ impl Engine {
                 }
             }
         };
-        let client_id = self.client.endpoint.client_id();
-        let actor_sub = p.actor_sub(actor_token.as_deref(), client_id);
-        let endpoint = &self.client.endpoint;
+        let endpoint = self.client.endpoint(p.service);
+        let actor_sub = p.actor_sub(actor_token.as_deref(), endpoint.client_id());
         let request = p.request(endpoint, subject, actor_token.as_deref(), now / 1000);
-        let call = match self.send(host, ctx, key, "STS call", request) {
+        let call = match self.send(host, (ctx, p.service), key, "STS call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
@@ -214,6 +213,7 @@ impl Engine {
             actor_sub,
             rememberable: header_actor.is_none(),
             verified: verified.cloned(),
+            first_hop: None,
         });
         let waiter = Waiter { ctx, resume: None };
         self.flights.start(key, call, at.carrier, waiter, job);
@@ -246,8 +246,10 @@ impl Engine {
         let Err(waiter) = self.flights.join(&key, waiter) else {
             return Verdict::Pause;
         };
-        let request = self.client.actors[actor].request(&self.client.endpoint, at.now / 1000);
-        let call = match self.send(host, at.ctx, key, "actor token call", request) {
+        let a = &self.client.actors[actor];
+        let request = a.request(self.client.endpoint(a.service), at.now / 1000);
+        let to = (at.ctx, a.service);
+        let call = match self.send(host, to, key, "actor token call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
@@ -276,19 +278,31 @@ impl Engine {
         self.outcomes.policy_denied(host, scope.as_deref())
     }
 
-    /// Sends a freshly built call of the flight for `key`; when it cannot be sent, the
-    /// request's verdict is the outage answer.
+    /// Sends a freshly built call of the flight for `key` from request `ctx` to token service
+    /// `service`; when it cannot be sent, the request's verdict is the outage answer.
     fn send<H: Host>(
         &mut self,
         host: &H,
-        ctx: u32,
+        (ctx, service): (u32, usize),
         key: CacheKey,
         what: &str,
         request: Result<HttpCall, NoRandomness>,
     ) -> Result<u32, Verdict> {
         let what = format!("ctx={ctx} {what}");
-        self.calls
-            .send(host, Owner::Flight(key), &what, request)
-            .map_err(|_| self.outcomes.failure(host, &UNAVAILABLE))
+        let sent = self.calls.send(host, Owner::Flight(key), &what, request);
+        self.count_service(host, service, sent.is_ok());
+        sent.map_err(|_| self.outcomes.failure(host, &UNAVAILABLE))
+    }
+
+    /// With `token_services`: one call to `service`, sent or failed.
+    pub(super) fn count_service<H: Host>(&self, host: &H, service: usize, sent: bool) {
+        if self.config.token_services.is_empty() {
+            return;
+        }
+        let n = u8::try_from(service).unwrap_or(u8::MAX);
+        host.metric(Metric::ServiceCalls(n), u64::from(sent));
+        if !sent {
+            host.metric(Metric::ServiceErrors(n), 1);
+        }
     }
 }

@@ -32,7 +32,7 @@ impl Engine {
     ) -> Result<Verified, Verdict> {
         self.check_header_actor(host, at, actor)?;
         let p = &self.client.profiles[at.profile];
-        let client_id = self.client.endpoint.client_id();
+        let client_id = self.client.endpoint(p.service).client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
         let rules = &self.rules;
         let claims = |t: &str| {

@@ -12,19 +12,6 @@ fn jwt(claims: serde_json::Value) -> String {
     )
 }
 
-fn form_of(call: &HttpCall) -> Vec<(String, String)> {
-    form_urlencoded::parse(call.body.as_bytes())
-        .into_owned()
-        .collect()
-}
-
-fn field(call: &HttpCall, name: &str) -> Option<String> {
-    form_of(call)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
 fn plain(token: &str, expires_in: u64) -> HttpAnswer {
     HttpAnswer {
         status: Some(200),

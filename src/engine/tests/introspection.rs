@@ -64,12 +64,6 @@ fn mint(e: &mut Engine, h: &FakeHost, minted: &str) -> Vec<(u32, Verdict)> {
     e.on_http_answer(h, None, call, &ok(minted, 3600))
 }
 
-fn form_of(call: &HttpCall) -> Vec<(String, String)> {
-    form_urlencoded::parse(call.body.as_bytes())
-        .into_owned()
-        .collect()
-}
-
 #[test]
 fn an_active_opaque_token_is_introspected_once_then_exchanged_and_shared() {
     let h = FakeHost::at(NOW);

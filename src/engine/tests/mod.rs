@@ -7,6 +7,7 @@
 use super::*;
 use crate::host::{FakeHost, HttpCall};
 use crate::jwt_error::JwtError;
+use crate::token;
 use crate::verdict::HeaderOp;
 use serde_json::json;
 
@@ -17,6 +18,7 @@ mod hostile;
 mod introspection;
 mod issuers;
 mod policy;
+mod services;
 
 pub(super) const NOW: u64 = 1_700_000_000_000;
 const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -105,4 +107,19 @@ pub(super) fn no_answer() -> HttpAnswer {
         body: Vec::new(),
         too_large: false,
     }
+}
+
+/// The form fields of a call, in order.
+pub(super) fn form_of(call: &HttpCall) -> Vec<(String, String)> {
+    form_urlencoded::parse(call.body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// One form field of a call.
+pub(super) fn field(call: &HttpCall, name: &str) -> Option<String> {
+    form_of(call)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
