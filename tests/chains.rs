@@ -18,14 +18,6 @@ const TXN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
 const PARTNER_SECRET: &str = "partner secret";
 
 fn start(home: &TestSts, partner: &TestSts, config: serde_json::Value, concurrency: u32) -> Envoy {
-    support::require(
-        &support::wasm_module(),
-        "run `make build` (or `make test`) first",
-    );
-    support::require(
-        &support::envoy_binary(),
-        "run `make envoy` (or `make test`) first",
-    );
     Envoy::start(EnvoySetup {
         filter_config: config,
         sts_port: home.port,

@@ -44,14 +44,6 @@ fn envoy_with(
     concurrency: u32,
     clusters: &[(&str, u16)],
 ) -> Envoy {
-    support::require(
-        &support::wasm_module(),
-        "run `make build` (or `make test`) first",
-    );
-    support::require(
-        &support::envoy_binary(),
-        "run `make envoy` (or `make test`) first",
-    );
     Envoy::start(EnvoySetup {
         filter_config: config,
         sts_port,
@@ -863,7 +855,6 @@ fn jwt_bearer_grant_with_private_key_jwt_client_auth() {
         "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token", "client_id": "edge proxy",
         "client_auth": "private_key_jwt", "private_key": { "pem_env": "CLIENT_KEY", "alg": "ES256", "kid": "edge-1" }
     });
-    support::require(&support::wasm_module(), "run `make build` first");
     let envoy = Envoy::start(EnvoySetup {
         filter_config: config,
         sts_port: sts.port,

@@ -103,7 +103,6 @@ impl Drop for Idpy {
 }
 
 fn envoy(port: u16, config: serde_json::Value) -> Envoy {
-    support::require(&support::wasm_module(), "run `make build` first");
     Envoy::start(EnvoySetup {
         filter_config: config,
         sts_port: port,

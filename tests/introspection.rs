@@ -57,14 +57,6 @@ fn start(
     concurrency: u32,
     clusters: &[(&str, u16)],
 ) -> Envoy {
-    support::require(
-        &support::wasm_module(),
-        "run `make build` (or `make test`) first",
-    );
-    support::require(
-        &support::envoy_binary(),
-        "run `make envoy` (or `make test`) first",
-    );
     Envoy::start(EnvoySetup {
         filter_config: config,
         sts_port: sts.port,

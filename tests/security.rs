@@ -37,8 +37,6 @@ fn start(
     fail_open: bool,
     virtual_hosts: &[(&str, &str)],
 ) -> Envoy {
-    support::require(&support::wasm_module(), "run `make build` first");
-    support::require(&support::envoy_binary(), "run `make envoy` first");
     Envoy::start(EnvoySetup {
         filter_config,
         sts_port,

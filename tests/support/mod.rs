@@ -500,6 +500,8 @@ impl Envoy {
         concurrency: u32,
         env: &[(&str, &str)],
     ) -> Envoy {
+        require(&wasm_module(), "run `make build` (or `make test`) first");
+        require(&envoy_binary(), "run `make envoy` (or `make test`) first");
         let config_path = dir.0.join("envoy.yaml");
         std::fs::write(&config_path, yaml).expect("write envoy config");
         let log = dir.0.join("envoy.log");

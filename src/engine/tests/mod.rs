@@ -1,7 +1,8 @@
 //! Engine stories through `FakeHost`, by theme: `exchange` (the cache, single flight, the
 //! error table, routes), `issuers` (trusted issuers and their keys), `policy` (the
 //! authorizer's `require` and claim headers), `introspection` (opaque tokens), `delegation` (actor
-//! tokens), `ciba` (consents) and `hostile` (what an attacker sends). The helpers here build an
+//! tokens), `ciba` (consents), `services` (token services, chains, RFC 9728, Txn-Tokens) and
+//! `hostile` (what an attacker sends). The helpers here build an
 //! engine from a configuration and drive one exchange.
 
 use super::*;
