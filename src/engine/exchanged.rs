@@ -86,6 +86,13 @@ impl Engine {
         Hop::Sent
     }
 
+    /// The token service of the hop of `x` that is in the air.
+    pub(super) fn hop_service(&self, x: &Exchange) -> usize {
+        let p = &self.client.profiles[x.profile];
+        let hop = p.then.as_deref().filter(|_| x.first_hop.is_some());
+        hop.unwrap_or(p).service
+    }
+
     /// The second hop's request of a chain whose first hop answered.
     pub(super) fn second_hop_request(
         &self,
@@ -145,10 +152,7 @@ impl Engine {
             }
             Err(failure) => {
                 if failure.rejection().is_none() && !self.config.token_services.is_empty() {
-                    let p = &self.client.profiles[x.profile];
-                    let hop = p.then.as_deref().filter(|_| x.first_hop.is_some());
-                    let service = hop.unwrap_or(p).service;
-                    let n = u8::try_from(service).unwrap_or(u8::MAX);
+                    let n = u8::try_from(self.hop_service(x)).unwrap_or(u8::MAX);
                     host.metric(Metric::ServiceErrors(n), 1);
                 }
                 self.outcomes.exchange_failed(host, call, &failure, waiting)

@@ -317,6 +317,14 @@ impl Engine {
                 ),
             };
             let sent = request.map(|r| self.calls.send(host, owner, "call sent again", r));
+            let service = match &job {
+                Job::Exchange(x) => Some(self.hop_service(x)),
+                Job::Actor { actor } => Some(self.client.actors[*actor].service),
+                Job::Introspect { .. } => None,
+            };
+            if let Some(s) = service {
+                self.count_service(host, s, matches!(sent, Ok(Ok(_))));
+            }
             if let Ok(Ok(call)) = sent {
                 self.flights.resent(&key, call);
                 continue;

@@ -266,6 +266,12 @@ fn a_second_hop_lost_with_its_carrier_is_sent_again_with_the_first_hops_token() 
     let again = h.calls_to("partner");
     assert_eq!(again.len(), 2, "sent again by the root");
     assert_eq!(
+        h.metric_value(Metric::ServiceCalls(1)),
+        2,
+        "each send of the second hop"
+    );
+    assert_eq!(h.metric_value(Metric::ServiceCalls(0)), 1);
+    assert_eq!(
         field(&again[1].1, "assertion").as_deref(),
         Some("grant-jwt")
     );
