@@ -148,14 +148,8 @@ fn two_routes_at_two_services_use_their_own_credentials_and_never_share_a_token(
 fn a_chain_sends_the_second_hop_only_the_first_hops_token_once_for_sixteen_requests() {
     let (home_sts, partner_sts) = (TestSts::start(0, home), TestSts::start(0, partner));
     let envoy = Arc::new(start(&home_sts, &partner_sts, config(json!({})), 1));
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let envoy = envoy.clone();
-            thread::spawn(move || upstream_token(&envoy.get_with_token("/foreign/tools", "bob")))
-        })
-        .collect();
-    for w in workers {
-        assert_eq!(w.join().unwrap(), "Bearer partner-1-from-grant-1-for-bob");
+    for r in envoy.concurrent_gets(16, "/foreign/tools", "bob") {
+        assert_eq!(upstream_token(&r), "Bearer partner-1-from-grant-1-for-bob");
     }
     assert_eq!(home_sts.count(), 1, "one first hop");
     assert_eq!(partner_sts.count(), 1, "one second hop");

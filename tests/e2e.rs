@@ -495,14 +495,7 @@ fn fail_open_passes_the_request_on_without_any_token() {
 fn concurrent_requests_with_one_new_token_make_one_sts_call() {
     let sts = TestSts::start(0, |n, call| mint(n, call).after(Duration::from_millis(400)));
     let envoy = std::sync::Arc::new(envoy(sts.port, sts_config(json!({})), 1));
-    let workers: Vec<_> = (0..20)
-        .map(|_| {
-            let envoy = envoy.clone();
-            thread::spawn(move || envoy.get_with_token("/", "erin"))
-        })
-        .collect();
-    for w in workers {
-        let r = w.join().expect("request thread");
+    for r in envoy.concurrent_gets(20, "/", "erin") {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(
             r.upstream_header("authorization"),

@@ -6,7 +6,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -87,14 +86,7 @@ fn sixteen_concurrent_requests_make_one_introspection_and_one_exchange() {
     let idp = TestSts::start(0, |_, call| partner(call).after(Duration::from_millis(300)));
     let c = config(json!([partner_issuer(PARTNER, "partner")]), json!({}));
     let envoy = Arc::new(start(&sts, c, 1, &[("partner", idp.port)]));
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let envoy = envoy.clone();
-            thread::spawn(move || envoy.get_with_token("/", "hot"))
-        })
-        .collect();
-    for w in workers {
-        let r = w.join().unwrap();
+    for r in envoy.concurrent_gets(16, "/", "hot") {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(
             r.upstream_header("authorization"),

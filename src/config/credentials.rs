@@ -2,7 +2,7 @@
 //! endpoint): one method, its credentials in one place.
 
 use super::raw::RawPrivateKey;
-use super::values::shown;
+use super::values::{in_range, shown};
 use super::{ClientAuthConfig, ConfigError, PrivateKeyConfig};
 
 /// The credential keys of one server, as written.
@@ -14,9 +14,26 @@ pub(super) struct Credentials {
     pub(super) private_key: Option<RawPrivateKey>,
 }
 
+/// A server's call timeout (default 2000 ms, 1–60000) and the filter's credentials there; a
+/// `private_key_jwt` assertion's `aud` defaults to `https://<authority><path>`. Keys are named
+/// under `prefix`.
+pub(super) fn validate_server(
+    timeout_ms: Option<u64>,
+    c: Credentials,
+    (authority, path): (&str, &str),
+    prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(u64, Option<String>, ClientAuthConfig), ConfigError> {
+    let timeout_ms = timeout_ms.unwrap_or(2000);
+    in_range(timeout_ms, 1..=60_000, format!("{prefix}.timeout_ms"))?;
+    let audience = format!("https://{authority}{path}");
+    let (client_id, client_auth) = validate_credentials(c, prefix, audience, env)?;
+    Ok((timeout_ms, client_id, client_auth))
+}
+
 /// The client id and authentication method of `c` (keys named under `prefix`); a
 /// `private_key_jwt` assertion's `aud` defaults to `default_audience`.
-pub(super) fn validate_credentials(
+fn validate_credentials(
     c: Credentials,
     prefix: &str,
     default_audience: String,

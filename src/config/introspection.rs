@@ -1,7 +1,7 @@
 //! The rules of RFC 7662 introspection: each issuer's endpoint and credentials, and which
 //! issuer judges the opaque tokens of each route (a token is never shown to another issuer).
 
-use super::credentials::{validate_credentials, Credentials};
+use super::credentials::{validate_server, Credentials};
 use super::raw::RawIntrospection;
 use super::values::*;
 use super::*;
@@ -16,11 +16,8 @@ pub(super) fn validate_introspection(
     non_empty(&r.authority, &format!("{key}.authority"))?;
     no_space_or_control(&r.authority, &format!("{key}.authority"))?;
     call_path(&r.path, &format!("{key}.path"))?;
-    let timeout_ms = r.timeout_ms.unwrap_or(2000);
-    in_range(timeout_ms, 1..=60_000, format!("{key}.timeout_ms"))?;
     let cache_s = r.cache_s.unwrap_or(60);
     in_range(cache_s, 0..=86_400, format!("{key}.cache_s"))?;
-    let audience = format!("https://{}{}", r.authority, r.path);
     let creds = Credentials {
         method: r.client_auth,
         client_id: r.client_id,
@@ -28,7 +25,8 @@ pub(super) fn validate_introspection(
         secret_env: r.client_secret_env,
         private_key: r.private_key,
     };
-    let (client_id, client_auth) = validate_credentials(creds, key, audience, env)?;
+    let at = (r.authority.as_str(), r.path.as_str());
+    let (timeout_ms, client_id, client_auth) = validate_server(r.timeout_ms, creds, at, key, env)?;
     Ok(IntrospectionConfig {
         cluster: r.cluster,
         authority: r.authority,

@@ -2,7 +2,7 @@
 //! error naming the key at fault (never echoing a value that could be a secret).
 
 use super::ciba::validate_ciba;
-use super::credentials::{validate_credentials, Credentials};
+use super::credentials::{validate_server, Credentials};
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::introspection::{default_introspect, introspecting, validate_introspection};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
@@ -210,10 +210,6 @@ fn validate_sts(
         ));
     }
     call_path(&s.token_path, &format!("{k}.token_path"))?;
-    let timeout_ms = s.timeout_ms.unwrap_or(2000);
-    in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
-
-    let audience = format!("https://{}{}", s.authority, s.token_path);
     let creds = Credentials {
         method: s.client_auth,
         client_id: s.client_id,
@@ -221,7 +217,8 @@ fn validate_sts(
         secret_env: s.client_secret_env,
         private_key: s.private_key,
     };
-    let (client_id, client_auth) = validate_credentials(creds, k, audience, env)?;
+    let at = (s.authority.as_str(), s.token_path.as_str());
+    let (timeout_ms, client_id, client_auth) = validate_server(s.timeout_ms, creds, at, k, env)?;
     let ciba = s.ciba.map(validate_ciba).transpose()?;
     Ok(StsConfig {
         cluster: s.cluster,

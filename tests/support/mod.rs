@@ -602,6 +602,20 @@ impl Envoy {
         Reply::from(response)
     }
 
+    /// `n` GETs with `Authorization: Bearer <token>`, all in the air at once; their replies.
+    pub fn concurrent_gets(self: &Arc<Self>, n: usize, path: &str, token: &str) -> Vec<Reply> {
+        let workers: Vec<_> = (0..n)
+            .map(|_| {
+                let (envoy, path, token) = (self.clone(), path.to_string(), token.to_string());
+                thread::spawn(move || envoy.get_with_token(&path, &token))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("request thread"))
+            .collect()
+    }
+
     /// A GET with `Authorization: Bearer <token>`.
     pub fn get_with_token(&self, path: &str, token: &str) -> Reply {
         self.get(path, &[("authorization", &format!("Bearer {token}"))])
