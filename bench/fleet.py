@@ -11,6 +11,11 @@ fetched once, then served from that proxy's shared cache for T = lifetime - expi
 fetched again at its next request. So each proxy makes m / (1 + m T) calls per second for it, and
 the fleet N * sum over keys of m / (1 + m T), with m = (rate of the key) / N.
 
+With affinity (the last row), an edge Envoy in front of the largest fleet hashes each request's
+`authorization` header onto a ring of the proxies (`ring_hash`), so each user's requests reach one
+proxy: the fleet then makes the calls of a single proxy, sum over keys of m / (1 + m T) with m the
+key's whole rate.
+
 Prints measured and predicted STS calls per second per fleet size and writes an SVG chart.
 """
 import json
@@ -38,6 +43,7 @@ SIZES = [int(n) for n in os.environ.get("FLEET_SIZES", "1,2,4").split(",")]
 CHART = os.environ.get("FLEET_CHART", os.path.join(ROOT, "bench/fleet.svg"))
 ROUTES = [("/orders", 0.7), ("/billing", 0.3)]
 BASE_PORT, ADMIN_BASE, STS_PORT = 18100, 18200, 18099
+EDGE_PORT, EDGE_ADMIN = 18098, 18097
 TMP = tempfile.mkdtemp(prefix="txw-fleet-")
 
 
@@ -92,11 +98,31 @@ def envoy_config(port, admin):
             "cluster_name": "sts", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(STS_PORT)}}]}]}}]}}
 
 
-def start_envoy(i):
-    port, admin = BASE_PORT + i, ADMIN_BASE + i
+def edge_config(front_ports):
+    """An Envoy without the filter that sends each request to the proxy its `authorization`
+    header hashes to on a ring of the `front_ports` (user affinity)."""
+    addr = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    route = {"match": {"prefix": "/"}, "route": {
+        "cluster": "fleet", "hash_policy": [{"header": {"header_name": "authorization"}}]}}
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "edge",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [router]}}
+    endpoints = [{"endpoint": {"address": addr(p)}} for p in front_ports]
+    return {"admin": {"address": addr(EDGE_ADMIN)}, "static_resources": {
+        "listeners": [{"name": "edge", "address": addr(EDGE_PORT), "filter_chains": [{"filters": [hcm]}]}],
+        "clusters": [{"name": "fleet", "type": "STATIC", "connect_timeout": "1s", "lb_policy": "RING_HASH",
+                      "load_assignment": {"cluster_name": "fleet", "endpoints": [{"lb_endpoints": endpoints}]}}]}}
+
+
+def start_envoy(i, config=None, port=None, admin=None):
+    port, admin = port or BASE_PORT + i, admin or ADMIN_BASE + i
     path = os.path.join(TMP, f"envoy-{i}.json")
     with open(path, "w") as f:
-        json.dump(envoy_config(port, admin), f)
+        json.dump(config or envoy_config(port, admin), f)
     log = os.path.join(TMP, f"envoy-{i}.log")
     proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", "2", "--disable-hot-restart", "-l", "warn",
                              "--log-path", log],
@@ -120,14 +146,15 @@ def zipf_weights():
     return [x / total for x in w]
 
 
-def predicted(n_proxies, weights):
-    """Fleet STS calls per second by the model."""
+def predicted(n_proxies, weights, affinity=False):
+    """Fleet STS calls per second by the model; with affinity each key reaches one proxy."""
     t = LIFETIME_S - SKEW_S
+    spread = 1 if affinity else n_proxies
     calls = 0.0
     for q in weights:
         for _, share in ROUTES:
-            m = RATE * q * share / n_proxies
-            calls += n_proxies * m / (1 + m * t)
+            m = RATE * q * share / spread
+            calls += spread * m / (1 + m * t)
     return calls
 
 
@@ -171,7 +198,7 @@ def load(ports, weights, seconds, errors):
 
 def chart(rows):
     """Measured against predicted STS calls per second, one pair of bars per fleet size."""
-    width, height, pad = 560, 300, 50
+    width, height, pad = 700, 300, 50
     top = max(max(m, p) for _, m, p in rows) * 1.3 or 1
     bar, gap = 46, 34
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -184,13 +211,13 @@ def chart(rows):
         y = height - pad - (height - pad - 30) * i / 4
         out.append(f'<text x="{pad - 6}" y="{y + 4:.0f}" text-anchor="end">{v:.1f}</text>')
         out.append(f'<line x1="{pad}" y1="{y:.0f}" x2="{width - 20}" y2="{y:.0f}" stroke="#ddd"/>')
-    for i, (n, measured, model) in enumerate(rows):
+    for i, (label, measured, model) in enumerate(rows):
         x = pad + gap + i * (2 * bar + gap * 2)
         for j, (v, color) in enumerate(((measured, "#3b75af"), (model, "#ef8636"))):
             h = (height - pad - 30) * v / top
             out.append(f'<rect x="{x + j * bar}" y="{height - pad - h:.1f}" width="{bar - 4}" height="{h:.1f}" fill="{color}"/>')
             out.append(f'<text x="{x + j * bar + bar / 2 - 2}" y="{height - pad - h - 4:.1f}" text-anchor="middle">{v:.2f}</text>')
-        out.append(f'<text x="{x + bar}" y="{height - pad + 18}" text-anchor="middle">{n} prox{"y" if n == 1 else "ies"}</text>')
+        out.append(f'<text x="{x + bar}" y="{height - pad + 18}" text-anchor="middle">{label}</text>')
     lx = pad + 12
     out.append(f'<rect x="{lx}" y="36" width="12" height="12" fill="#3b75af"/><text x="{lx + 18}" y="46">measured</text>')
     out.append(f'<rect x="{lx}" y="54" width="12" height="12" fill="#ef8636"/><text x="{lx + 18}" y="64">model</text>')
@@ -209,22 +236,27 @@ def main():
     weights = zipf_weights()
     warm = LIFETIME_S - SKEW_S
     rows = []
+    runs = [(n, False) for n in SIZES] + [(max(SIZES), True)]
     try:
-        for n in SIZES:
+        for n, affinity in runs:
             envoys = [start_envoy(i) for i in range(n)]
+            fronts = [port for _, port in envoys]
+            if affinity:
+                envoys.append(start_envoy(n, edge_config(fronts), EDGE_PORT, EDGE_ADMIN))
+            label = f"{n} prox{'y' if n == 1 else 'ies'}" + (", ring_hash" if affinity else "")
             try:
                 Sts.calls.clear()
                 errors = []
                 begin = time.time()
-                load([port for _, port in envoys], weights, SECONDS, errors)
+                load([EDGE_PORT] if affinity else fronts, weights, SECONDS, errors)
                 end = time.time()
                 if errors:
-                    sys.exit(f"{len(errors)} failed requests with {n} proxies: {errors[:5]}")
+                    sys.exit(f"{len(errors)} failed requests with {label}: {errors[:5]}")
                 window = [t for t in Sts.calls if t >= begin + warm]
                 measured = len(window) / (end - begin - warm)
-                model = predicted(n, weights)
-                rows.append((n, measured, model))
-                print(f"{n} proxies x 2 workers: measured {measured:.2f} STS calls/s, model {model:.2f} "
+                model = predicted(n, weights, affinity)
+                rows.append((label, measured, model))
+                print(f"{label} (x 2 workers): measured {measured:.2f} STS calls/s, model {model:.2f} "
                       f"({measured / model:.2f}x)", flush=True)
             finally:
                 for proc, _ in envoys:
@@ -235,9 +267,13 @@ def main():
     chart(rows)
     print(f"\nchart: {os.path.relpath(CHART, ROOT)}")
     print("| proxies (x 2 workers) | measured STS calls/s | model | measured / model |")
-    print("|---:|---:|---:|---:|")
-    for n, measured, model in rows:
-        print(f"| {n} | {measured:.2f} | {model:.2f} | {measured / model:.2f} |")
+    print("|---|---:|---:|---:|")
+    for label, measured, model in rows:
+        print(f"| {label} | {measured:.2f} | {model:.2f} | {measured / model:.2f} |")
+    spread = next(r[1] for r, (n, a) in zip(rows, runs) if n == max(SIZES) and not a)
+    hashed = rows[-1][1]
+    print(f"\naffinity: {spread:.2f} -> {hashed:.2f} STS calls/s with {max(SIZES)} proxies "
+          f"({1 - hashed / spread:.0%} fewer)")
 
 
 if __name__ == "__main__":

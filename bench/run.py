@@ -40,9 +40,9 @@ TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
 FRONT, FRONT_ADMIN, BACK_ADMIN = 18000, 18900, 19900
 UPSTREAM, AUTHZ, STS_OK, STS_REJECT, STS_SLOW, UPSTREAM_SLOW, STS_COALESCE = range(19001, 19008)
-INTROSPECT_OK, INTROSPECT_SLOW = 19008, 19009
+INTROSPECT_OK, INTROSPECT_SLOW, STS_SHORT = 19008, 19009, 19010
 PARTNER = "https://partner.bench"
-STS_DELAY_MS, COALESCE_DELAY_MS = 5, 300
+STS_DELAY_MS, COALESCE_DELAY_MS, STALL_DELAY_MS = 5, 300, 100
 ISSUER = "https://idp.bench"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 
@@ -101,6 +101,8 @@ def delay(ms):
 def backend_config():
     token = json.dumps({"access_token": "minted-by-bench-sts", "token_type": "Bearer",
                         "issued_token_type": ACCESS, "expires_in": 3600})
+    short = json.dumps({"access_token": "short-lived", "token_type": "Bearer", "issued_token_type": ACCESS,
+                        "expires_in": 3})
     reject = json.dumps({"error": "invalid_grant"})
     active = json.dumps({"active": True, "iss": PARTNER, "aud": "api://bench", "sub": "bench-user",
                          "scope": "bench:read", "exp": 4102444800})
@@ -114,6 +116,7 @@ def backend_config():
         listener("sts_coalesce", STS_COALESCE, direct(200, token), [delay(COALESCE_DELAY_MS)]),
         listener("introspect_ok", INTROSPECT_OK, direct(200, active, [("content-type", "application/json")])),
         listener("introspect_slow", INTROSPECT_SLOW, direct(200, active), [delay(STS_DELAY_MS)]),
+        listener("sts_short", STS_SHORT, direct(200, short), [delay(STALL_DELAY_MS)]),
     ]
     return {"admin": {"address": addr(BACK_ADMIN)}, "static_resources": {"listeners": listeners}}
 
@@ -144,7 +147,8 @@ def filter_config(sts_cluster, extra=None):
 def front_config(filters, upstream_port=UPSTREAM, route_disables=None):
     clusters = [cluster("upstream", upstream_port), cluster("authz", AUTHZ), cluster("sts_ok", STS_OK),
                 cluster("sts_reject", STS_REJECT), cluster("sts_slow", STS_SLOW), cluster("sts_coalesce", STS_COALESCE),
-                cluster("introspect_ok", INTROSPECT_OK), cluster("introspect_slow", INTROSPECT_SLOW)]
+                cluster("introspect_ok", INTROSPECT_OK), cluster("introspect_slow", INTROSPECT_SLOW),
+                cluster("sts_short", STS_SHORT)]
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
     if route_disables:
         # Envoy's own per-route switch: the filter is not called at all on this route.
@@ -231,7 +235,9 @@ def wrk(args, script=None, duration=SECONDS, connections=32, threads=2):
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = {p: parse_ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
-    return {"rps": rps, "total": total, "p50": lat["50"], "p99": lat["99"], "errors": int(non2xx.group(1)) if non2xx else 0}
+    most = parse_ms(re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+\w+)", out).group(1))
+    return {"rps": rps, "total": total, "p50": lat["50"], "p99": lat["99"], "max": most,
+            "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
 def parse_ms(text):
@@ -320,9 +326,12 @@ def main():
                 results[name].append(r)
                 print(f"round {rnd + 1}: {name}: {r['rps']:.0f} req/s", file=sys.stderr)
         print_table(results)
-        if os.environ.get("BENCH_EXTRAS", "1") == "1":
+        extras = os.environ.get("BENCH_EXTRAS", "1")
+        if extras == "1":
             footprint(issuers, rs_token)
             extra_runs(backend)
+        if extras in ("1", "expiry"):
+            expiry_runs()
     finally:
         backend.stop()
 
@@ -463,6 +472,27 @@ def extra_runs(backend):
     print(f"memory: {exchanged} distinct tokens exchanged ({(exchanged - first) / (time.time() - start):.0f}/s); "
           f"RSS after {first}: {rss_10k:.1f} MiB, after all: {rss_end:.1f} MiB ({(rss_end / rss_10k - 1) * 100:+.1f}%); "
           f"shared data bounded by max_entries = 4096 slots")
+
+
+def expiry_runs():
+    # A hot token across its expiry: the STS mints 3-s tokens (expiry_skew_s 0) after
+    # STALL_DELAY_MS; after a first exchange, 12 s of load on one token span four lifetimes. Without refresh-ahead, each
+    # expiry makes the requests in flight wait for the STS; with it, the entry is replaced in its
+    # last second while it still serves.
+    for name, extra in (("without refresh-ahead", {}), ("refresh_ahead_s 1", {"refresh_ahead_s": 1})):
+        config = filter_config("sts_short", {"cache": dict({"expiry_skew_s": 0}, **extra)})
+        front = Envoy("expiry", front_config([wasm_filter(config)]), FRONT_ADMIN)
+        try:
+            hot = ["-H", "authorization: Bearer hot-token"]
+            wrk(hot, duration=1, connections=1, threads=1)  # the first exchange, outside the run
+            calls0 = front.stat("wasmcustom.token_exchange.sts_calls")
+            r = wrk(hot, duration=12, connections=8, threads=1)
+            time.sleep(0.3)
+            calls = front.stat("wasmcustom.token_exchange.sts_calls") - calls0
+        finally:
+            front.stop()
+        print(f"hot token across its expiry, {name} (3-s tokens, STS delay {STALL_DELAY_MS} ms, 12 s at -c8): "
+              f"p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, {r['rps']:.0f} req/s, {calls} STS calls")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ const NOT_FOUND: u32 = 1;
 
 /// The request headers of the effective context.
 pub const REQUEST_HEADERS: u32 = 0;
+/// The response headers of the effective context.
+pub const RESPONSE_HEADERS: u32 = 2;
 /// The headers of a callout's answer.
 pub const CALL_RESPONSE_HEADERS: u32 = 6;
 /// The body of a callout's answer.

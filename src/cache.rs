@@ -70,6 +70,12 @@ impl SharedCache {
         let (kind, payload) = kind_of(value);
         self.table.put(host, key, expires_at_ms, kind, payload);
     }
+
+    /// Drops the entry for `key` if the slot still holds the one that expires at
+    /// `expires_at_ms` (not a newer one); whether it did.
+    pub fn evict<H: Host>(&self, host: &H, key: &CacheKey, expires_at_ms: u64) -> bool {
+        self.table.evict(host, key, expires_at_ms)
+    }
 }
 
 /// A bounded table of entries in shared data: `slots` names under `prefix`, each holding one
@@ -113,6 +119,22 @@ impl SlotTable {
         if let Err(e) = host.shared_set(&self.name(key), &bytes, None) {
             host.log(LogLevel::Warn, &format!("cache write failed: {}", e.0));
         }
+    }
+
+    /// Drops the entry for `key` that expires at `expires_at_ms`, by compare-and-swap (so an
+    /// entry written meanwhile stays); whether it did. Shared data has no delete: the slot
+    /// keeps an entry that is never alive.
+    pub fn evict<H: Host>(&self, host: &H, key: &CacheKey, expires_at_ms: u64) -> bool {
+        let name = self.name(key);
+        let Some((slot, cas)) = host.shared_get(&name) else {
+            return false;
+        };
+        let now = host.now_ms();
+        if lookup_raw(&slot, key, now).is_none_or(|(_, at)| at != expires_at_ms) {
+            return false;
+        }
+        let dead = encode_raw(key, 0, KIND_TOKEN, &[]);
+        host.shared_set(&name, &dead, Some(cas)).is_ok()
     }
 
     fn name(&self, key: &CacheKey) -> String {
@@ -246,6 +268,8 @@ mod tests {
         expiry_skew_s: 30,
         default_ttl_s: 300,
         negative_ttl_s: 5,
+        refresh_ahead_s: 0,
+        evict_on_upstream_401: true,
     };
 
     fn key(b: u8) -> CacheKey {

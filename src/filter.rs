@@ -1,7 +1,8 @@
 //! The proxy-wasm glue, the only file that imports `proxy_wasm`: a root context that reads the
 //! configuration and owns the per-worker [`Engine`], and HTTP contexts that feed it request
-//! headers and STS answers and carry out its verdicts. Host calls go through [`crate::abi`],
-//! which hands back every status and reads bytes: nothing here can panic on a host's answer.
+//! headers, STS answers and the upstream's status, and carry out its verdicts. Host calls go
+//! through [`crate::abi`], which hands back every status and reads bytes: nothing here can panic
+//! on a host's answer.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -358,6 +359,20 @@ impl Context for Request {
 }
 
 impl HttpContext for Request {
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some(w) = self.shared.borrow_mut().as_mut() {
+            // Only a request that carried a minted token reads its status.
+            if w.engine.watches(self.id) {
+                let status = abi::header(abi::RESPONSE_HEADERS, ":status")
+                    .ok()
+                    .flatten()
+                    .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+                w.engine.on_response(&w.host, self.id, status);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let verdict = match self.shared.borrow_mut().as_mut() {
             Some(w) => w.engine.on_request(&w.host, self.id, &HostHeaders),

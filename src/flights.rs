@@ -49,6 +49,9 @@ pub struct Exchange {
     pub verified: Option<Verified>,
     /// Set once a chain's first hop answered: the call in the air is the second hop.
     pub first_hop: Option<Box<FirstHop>>,
+    /// A refresh ahead: started by a hit, it replaces a live entry; its failure leaves that
+    /// entry as it was.
+    pub refresh: bool,
 }
 
 /// A chain's first hop, done: what the second hop is sent, and how long its answer may live.
@@ -122,6 +125,23 @@ impl Flights {
         };
         flight.waiters.push(waiter);
         Ok(())
+    }
+
+    /// Whether a flight for `key` is in the air (or waits to be sent).
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.flights.contains_key(key)
+    }
+
+    /// A flight for `key` that nobody waits for yet, for the root to send (a refresh ahead):
+    /// it is one of [`Flights::orphans`] until sent.
+    pub fn queue(&mut self, key: CacheKey, job: Job) {
+        let flight = Flight {
+            call: None,
+            carrier: None,
+            waiters: Vec::new(),
+            job,
+        };
+        self.flights.entry(key).or_insert(flight);
     }
 
     /// A new flight for `key`: callout `call` carried by `carrier` (`None`: the root).
@@ -286,6 +306,19 @@ mod tests {
         f.carrier_gone(3);
         assert!(f.orphans().is_empty());
         assert!(f.join(&K, waiter(4)).is_err());
+    }
+
+    #[test]
+    fn a_queued_flight_waits_for_the_root_and_takes_waiters_meanwhile() {
+        let mut f = Flights::default();
+        f.queue(K, JOB);
+        assert!(f.contains(&K));
+        assert_eq!(f.orphans(), vec![(K, JOB)]);
+        f.join(&K, waiter(1)).unwrap();
+        f.resent(&K, 20);
+        f.carrier_gone(1);
+        assert_eq!(f.land(&K, 20).unwrap().waiters, vec![waiter(1)]);
+        assert!(!f.contains(&K));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub(crate) mod consent;
 pub(crate) mod endpoint;
 pub mod engine;
 pub(crate) mod flights;
+pub(crate) mod freshness;
 pub mod host;
 pub mod introspection;
 pub mod jwks;

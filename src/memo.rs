@@ -1,33 +1,40 @@
 //! The worker memo: this worker's memory of recent answers per exchange profile, keyed by the
-//! subject token itself, consulted before any hashing or host call. An entry keeps its
-//! shared-data expiry and, with trusted issuers, the verification it rests on. The memo is
+//! subject token itself, consulted before any hashing or host call. An entry keeps its cache key,
+//! its shared-data expiry and, with trusted issuers, the verification it rests on. The memo is
 //! bounded across profiles, in entries and in bytes (a flood of large junk tokens cannot pin
 //! memory): a full memo first drops what has expired, then empties. Expired entries are also
 //! swept at most once a second from the tick.
 
 use std::collections::HashMap;
 
-use crate::cache::Cached;
+use crate::cache::{CacheKey, Cached};
 use crate::token::Verified;
 
 /// The most bytes of tokens and answers one worker's memo holds.
 pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-struct Entry {
-    value: Cached,
-    expires_at_ms: u64,
-    verified: Option<Verified>,
+/// One remembered answer.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    /// The token or rejection.
+    pub value: Cached,
+    /// The shared cache's key of the same answer.
+    pub key: CacheKey,
+    /// When it stops being served (ms): the shared entry's expiry.
+    pub expires_at_ms: u64,
+    /// With trusted issuers: the subject's verification.
+    pub verified: Option<Verified>,
 }
 
-impl Entry {
+impl Remembered {
     fn bytes(&self, subject: &str) -> usize {
-        subject.len() + self.value.bytes() + std::mem::size_of::<Entry>()
+        subject.len() + self.value.bytes() + std::mem::size_of::<Remembered>()
     }
 }
 
 /// The memo of one worker.
 pub struct Memo {
-    maps: Vec<HashMap<Box<str>, Entry>>,
+    maps: Vec<HashMap<Box<str>, Remembered>>,
     cap: usize,
     bytes: usize,
     entries: usize,
@@ -59,7 +66,7 @@ impl Memo {
         subject: &str,
         now_ms: u64,
         still_holds: impl Fn(&Verified) -> bool,
-    ) -> Option<(&Cached, Option<&Verified>)> {
+    ) -> Option<&Remembered> {
         let e = self.maps.get(profile)?.get(subject)?;
         if now_ms >= e.expires_at_ms {
             return None;
@@ -67,27 +74,14 @@ impl Memo {
         if self.needs_verification && !e.verified.as_ref().is_some_and(still_holds) {
             return None;
         }
-        Some((&e.value, e.verified.as_ref()))
+        Some(e)
     }
 
-    /// Remembers an answer until `expires_at_ms`.
-    pub fn put(
-        &mut self,
-        profile: usize,
-        subject: &str,
-        value: Cached,
-        expires_at_ms: u64,
-        verified: Option<Verified>,
-        now_ms: u64,
-    ) {
-        if (self.needs_verification && verified.is_none()) || profile >= self.maps.len() {
+    /// Remembers an answer for `subject` on `profile` until its expiry.
+    pub fn put(&mut self, profile: usize, subject: &str, entry: Remembered, now_ms: u64) {
+        if (self.needs_verification && entry.verified.is_none()) || profile >= self.maps.len() {
             return;
         }
-        let entry = Entry {
-            value,
-            expires_at_ms,
-            verified,
-        };
         let size = entry.bytes(subject);
         if size > MAX_BYTES / 16 {
             return;
@@ -97,8 +91,7 @@ impl Memo {
             self.sweep(now_ms);
         }
         if self.entries >= self.cap || self.bytes + size > MAX_BYTES {
-            self.maps.iter_mut().for_each(HashMap::clear);
-            (self.entries, self.bytes) = (0, 0);
+            self.clear();
         }
         if let Some(map) = self.maps.get_mut(profile) {
             map.insert(subject.into(), entry);
@@ -125,6 +118,34 @@ impl Memo {
             });
         }
         (self.entries, self.bytes) = (entries, bytes);
+    }
+
+    /// Drops every entry of cache key `key` that expires by `expires_at_ms` (the one an
+    /// upstream refused, and older copies; a newer answer stays).
+    pub fn evict(&mut self, key: &CacheKey, expires_at_ms: u64) {
+        let (mut entries, mut bytes) = (0, 0);
+        for map in &mut self.maps {
+            map.retain(|subject, e| {
+                let keep = e.key != *key || e.expires_at_ms > expires_at_ms;
+                if keep {
+                    entries += 1;
+                    bytes += e.bytes(subject);
+                }
+                keep
+            });
+        }
+        (self.entries, self.bytes) = (entries, bytes);
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Forgets everything (evictions were missed).
+    pub fn clear(&mut self) {
+        self.maps.iter_mut().for_each(HashMap::clear);
+        (self.entries, self.bytes) = (0, 0);
     }
 
     /// How many bytes the memo holds, as it counts them.
@@ -170,14 +191,47 @@ mod tests {
         Cached::Token(t.into())
     }
 
+    fn e(value: Cached, expires_at_ms: u64, verified: Option<Verified>) -> Remembered {
+        Remembered {
+            value,
+            key: [0; 32],
+            expires_at_ms,
+            verified,
+        }
+    }
+
+    #[test]
+    fn an_eviction_drops_every_copy_of_that_answer_and_older_but_not_a_newer_one() {
+        let mut m = Memo::new(2, 10, false);
+        let keyed = |k: u8, until: u64| Remembered {
+            key: [k; 32],
+            ..e(tok("t"), until, None)
+        };
+        m.put(0, "a", keyed(1, 1_000), 0);
+        m.put(1, "a", keyed(1, 900), 0);
+        m.put(0, "b", keyed(1, 2_000), 0);
+        m.put(0, "c", keyed(2, 1_000), 0);
+        m.evict(&[1; 32], 1_000);
+        assert!(m.get(0, "a", 0, |_| true).is_none());
+        assert!(m.get(1, "a", 0, |_| true).is_none(), "every profile's copy");
+        assert!(m.get(0, "b", 0, |_| true).is_some(), "a newer answer stays");
+        assert!(m.get(0, "c", 0, |_| true).is_some(), "another key stays");
+        let kept = m.bytes();
+        m.clear();
+        assert!(kept > 0 && m.bytes() == 0 && m.len(0) == 0);
+    }
+
     #[test]
     fn an_entry_serves_until_its_expiry_and_never_after() {
         let mut m = Memo::new(2, 10, false);
-        m.put(1, "s", tok("t"), 1_000, None, 0);
-        assert_eq!(m.get(1, "s", 999, |_| true).map(|h| h.0), Some(&tok("t")));
-        assert_eq!(m.get(1, "s", 1_000, |_| true).map(|h| h.0), None);
+        m.put(1, "s", e(tok("t"), 1_000, None), 0);
         assert_eq!(
-            m.get(0, "s", 0, |_| true).map(|h| h.0),
+            m.get(1, "s", 999, |_| true).map(|h| &h.value),
+            Some(&tok("t"))
+        );
+        assert_eq!(m.get(1, "s", 1_000, |_| true).map(|h| &h.value), None);
+        assert_eq!(
+            m.get(0, "s", 0, |_| true).map(|h| &h.value),
             None,
             "profiles do not share"
         );
@@ -186,15 +240,15 @@ mod tests {
     #[test]
     fn with_trusted_issuers_only_a_verification_that_still_holds_serves() {
         let mut m = Memo::new(1, 10, true);
-        m.put(0, "unverified", tok("t"), 1_000, None, 0);
-        assert_eq!(m.get(0, "unverified", 0, |_| true).map(|h| h.0), None);
-        m.put(0, "s", tok("t"), 1_000, Some(v()), 0);
+        m.put(0, "unverified", e(tok("t"), 1_000, None), 0);
+        assert_eq!(m.get(0, "unverified", 0, |_| true).map(|h| &h.value), None);
+        m.put(0, "s", e(tok("t"), 1_000, Some(v())), 0);
         assert_eq!(
-            m.get(0, "s", 0, |v| v.version == 1).map(|h| h.0),
+            m.get(0, "s", 0, |v| v.version == 1).map(|h| &h.value),
             Some(&tok("t"))
         );
         assert_eq!(
-            m.get(0, "s", 0, |v| v.version == 2).map(|h| h.0),
+            m.get(0, "s", 0, |v| v.version == 2).map(|h| &h.value),
             None,
             "keys changed"
         );
@@ -207,7 +261,7 @@ mod tests {
         let junk = Cached::Rejected(crate::cache::Rejection::Subject("invalid_grant".into()));
         for i in 0..8_184usize {
             let token = format!("{i:07}{}", "x".repeat(7 * 1024));
-            m.put(i % 8, &token, junk.clone(), 5_000, None, 0);
+            m.put(i % 8, &token, e(junk.clone(), 5_000, None), 0);
             assert!(m.bytes() <= MAX_BYTES, "{} bytes after {i}", m.bytes());
         }
         assert!(m.bytes() > 0);
@@ -216,30 +270,33 @@ mod tests {
         assert_eq!((m.bytes(), (0..8).map(|p| m.len(p)).sum::<usize>()), (0, 0));
         // A full memo drops what expired before it empties: the live entry survives.
         let mut m = Memo::new(2, 3, false);
-        m.put(0, "old", tok("o"), 10, None, 0);
-        m.put(1, "live", tok("l"), 10_000, None, 0);
-        m.put(0, "old2", tok("o"), 10, None, 0);
-        m.put(1, "new", tok("n"), 10_000, None, 2_000);
+        m.put(0, "old", e(tok("o"), 10, None), 0);
+        m.put(1, "live", e(tok("l"), 10_000, None), 0);
+        m.put(0, "old2", e(tok("o"), 10, None), 0);
+        m.put(1, "new", e(tok("n"), 10_000, None), 2_000);
         assert_eq!(
-            m.get(1, "live", 2_000, |_| true).map(|h| h.0),
+            m.get(1, "live", 2_000, |_| true).map(|h| &h.value),
             Some(&tok("l"))
         );
         assert_eq!(
-            m.get(1, "new", 2_000, |_| true).map(|h| h.0),
+            m.get(1, "new", 2_000, |_| true).map(|h| &h.value),
             Some(&tok("n"))
         );
         // A token too large to be worth holding is not held.
-        m.put(0, &"y".repeat(MAX_BYTES), tok("t"), 10_000, None, 2_000);
+        m.put(0, &"y".repeat(MAX_BYTES), e(tok("t"), 10_000, None), 2_000);
         assert!(m.bytes() < 1024);
     }
 
     #[test]
     fn a_full_table_is_emptied_so_memory_stays_bounded() {
         let mut m = Memo::new(1, 2, false);
-        m.put(0, "a", tok("a"), 10, None, 0);
-        m.put(0, "b", tok("b"), 10, None, 0);
-        m.put(0, "c", tok("c"), 10, None, 0);
-        assert_eq!(m.get(0, "a", 0, |_| true).map(|h| h.0), None);
-        assert_eq!(m.get(0, "c", 0, |_| true).map(|h| h.0), Some(&tok("c")));
+        m.put(0, "a", e(tok("a"), 10, None), 0);
+        m.put(0, "b", e(tok("b"), 10, None), 0);
+        m.put(0, "c", e(tok("c"), 10, None), 0);
+        assert_eq!(m.get(0, "a", 0, |_| true).map(|h| &h.value), None);
+        assert_eq!(
+            m.get(0, "c", 0, |_| true).map(|h| &h.value),
+            Some(&tok("c"))
+        );
     }
 }

@@ -57,6 +57,10 @@ pub enum Metric {
     IntrospectionErrors,
     /// Introspections that called the token inactive.
     IntrospectionInactive,
+    /// Refreshes ahead that replaced a live entry.
+    RefreshedAhead,
+    /// Minted tokens dropped because the upstream answered 401 to them.
+    EvictedOn401,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
     /// With `token_services`: calls dispatched to token service `n` (0 is `sts`).
@@ -67,7 +71,7 @@ pub enum Metric {
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 21] = [
+const PLAIN: [(Metric, &str); 23] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -98,6 +102,8 @@ const PLAIN: [(Metric, &str); 21] = [
         Metric::IntrospectionInactive,
         "token_exchange.introspection_inactive",
     ),
+    (Metric::RefreshedAhead, "token_exchange.refreshed_ahead"),
+    (Metric::EvictedOn401, "token_exchange.evicted_on_401"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

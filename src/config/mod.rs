@@ -139,6 +139,11 @@ pub struct CacheConfig {
     pub default_ttl_s: u64,
     /// How long an STS rejection of a subject token is remembered; 0 disables it.
     pub negative_ttl_s: u64,
+    /// A hit on an entry expiring within this many seconds starts a background exchange that
+    /// replaces it; 0 disables refresh-ahead.
+    pub refresh_ahead_s: u64,
+    /// An upstream 401 to a request that carried a minted token drops that token's entry.
+    pub evict_on_upstream_401: bool,
 }
 
 /// The STS endpoint and the filter's credentials.
@@ -583,7 +588,7 @@ impl Config {
     /// A one-line summary for the start-up log; it names no secret.
     pub fn summary(&self) -> String {
         format!(
-            "sts={}{} via cluster {} auth={} token_services={} routes={} cache.max_entries={} on_missing_token={:?} on_sts_unavailable={:?}",
+            "sts={}{} via cluster {} auth={} token_services={} routes={} cache.max_entries={} cache.refresh_ahead_s={} cache.evict_on_upstream_401={} on_missing_token={:?} on_sts_unavailable={:?}",
             self.sts.authority,
             self.sts.token_path,
             self.sts.cluster,
@@ -591,6 +596,8 @@ impl Config {
             self.token_services.len(),
             self.routes.len(),
             self.cache.max_entries,
+            self.cache.refresh_ahead_s,
+            self.cache.evict_on_upstream_401,
             self.on_missing_token,
             self.on_sts_unavailable,
         )

@@ -276,6 +276,8 @@ pub(super) struct RawCache {
     pub(super) expiry_skew_s: Option<u64>,
     pub(super) default_ttl_s: Option<u64>,
     pub(super) negative_ttl_s: Option<u64>,
+    pub(super) refresh_ahead_s: Option<u64>,
+    pub(super) evict_on_upstream_401: Option<bool>,
 }
 
 /// Names the key serde complained about (its dotted path, e.g. `sts.timeout_ms`, found from the

@@ -68,7 +68,9 @@ fn minimal_config_gets_the_documented_defaults() {
             max_entries: 4096,
             expiry_skew_s: 30,
             default_ttl_s: 300,
-            negative_ttl_s: 5
+            negative_ttl_s: 5,
+            refresh_ahead_s: 0,
+            evict_on_upstream_401: true,
         }
     );
     assert_eq!(c.on_missing_token, OnMissingToken::Reject);

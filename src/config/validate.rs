@@ -476,5 +476,7 @@ fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
         expiry_skew_s: check(c.expiry_skew_s.unwrap_or(30), "cache.expiry_skew_s")?,
         default_ttl_s: check(c.default_ttl_s.unwrap_or(300), "cache.default_ttl_s")?,
         negative_ttl_s: check(c.negative_ttl_s.unwrap_or(5), "cache.negative_ttl_s")?,
+        refresh_ahead_s: check(c.refresh_ahead_s.unwrap_or(0), "cache.refresh_ahead_s")?,
+        evict_on_upstream_401: c.evict_on_upstream_401.unwrap_or(true),
     })
 }

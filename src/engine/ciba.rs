@@ -6,6 +6,7 @@ use super::{Engine, Step, Wait, UNAVAILABLE};
 use crate::cache::CacheKey;
 use crate::config::{CibaMode, LoginHint};
 use crate::consent::{Ask, Asking, ConsentEvent, Want};
+use crate::freshness::Served;
 use crate::host::{Host, RequestHeaders};
 use crate::metrics::Metric;
 use crate::path;
@@ -192,6 +193,13 @@ impl Engine {
                 if let Some((v, until)) = sts::cache_entry(rules, &outcome, subject_exp, None, now)
                 {
                     self.cache.put(host, &key, until, &v);
+                    let served = Served {
+                        key,
+                        expires_at_ms: until,
+                    };
+                    for w in &waiters {
+                        self.freshness.served(w.ctx, &v, served);
+                    }
                 }
                 let o = &self.outcomes;
                 waiters
@@ -222,7 +230,12 @@ impl Engine {
                     .into_iter()
                     .map(|w| {
                         let v = match &entry {
-                            Some((hit, _)) => {
+                            Some((hit, until)) => {
+                                let served = Served {
+                                    key,
+                                    expires_at_ms: *until,
+                                };
+                                self.freshness.served(w.ctx, hit, served);
                                 let facts = w.facts.as_ref();
                                 self.outcomes.cached(host, hit, &w.subject, facts)
                             }

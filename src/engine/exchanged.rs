@@ -8,7 +8,9 @@ use crate::cache::{self, CacheKey, Cached};
 use crate::config::ACCESS_TOKEN_TYPE;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Exchange, FirstHop, Job, Waiter};
+use crate::freshness::Served;
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
+use crate::memo::Remembered;
 use crate::metrics::Metric;
 use crate::sts::{self, Minted, StsFailure};
 use crate::token;
@@ -116,7 +118,8 @@ impl Engine {
     }
 
     /// Decides on an exchange's judged answer (a chain's last): cache it (token or remembered
-    /// rejection, never outliving a first hop's token) and say what its `waiting` requests get.
+    /// rejection, never outliving a first hop's token) and say what its `waiters` get. A
+    /// refresh ahead that failed caches nothing: the entry it would replace stays.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_exchange_answer<H: Host>(
         &mut self,
@@ -124,7 +127,7 @@ impl Engine {
         call: u32,
         key: &CacheKey,
         x: &Exchange,
-        waiting: usize,
+        waiters: &[Waiter],
         judged: Result<Minted, StsFailure>,
         now: u64,
     ) -> Verdict {
@@ -134,9 +137,33 @@ impl Engine {
             (Some(a), Some(f)) => Some(a.min(f)),
             (a, f) => a.or(f),
         };
-        let entry = sts::cache_entry(rules, &judged, x.subject_exp, cap, now);
+        let entry = match (&judged, x.refresh) {
+            (Err(failure), true) => {
+                self.refresh_failed(host, key, &format!("STS call {call}: {failure:?}"));
+                None
+            }
+            _ => sts::cache_entry(rules, &judged, x.subject_exp, cap, now),
+        };
         let life = entry.as_ref().map_or(0, |(_, until)| until - now);
         if let Some((value, until)) = entry {
+            if x.refresh {
+                host.metric(Metric::RefreshedAhead, 1);
+                // The next refresh is the new entry's; one already inside the window (a token
+                // shorter-lived than the window) is left to expire.
+                let next = if self.freshness.due(until, now) {
+                    until
+                } else {
+                    now
+                };
+                self.freshness.retry_at(host, key, next);
+            }
+            let served = Served {
+                key: *key,
+                expires_at_ms: until,
+            };
+            for w in waiters {
+                self.freshness.served(w.ctx, &value, served);
+            }
             self.keep(host, key, x, value, until);
         }
         match judged {
@@ -155,7 +182,14 @@ impl Engine {
                     let n = u8::try_from(self.hop_service(x)).unwrap_or(u8::MAX);
                     host.metric(Metric::ServiceErrors(n), 1);
                 }
-                self.outcomes.exchange_failed(host, call, &failure, waiting)
+                if x.refresh && waiters.is_empty() {
+                    // Nobody to answer: counted and logged as a failed call.
+                    let outage = failure.rejection().is_none();
+                    host.metric(Metric::StsErrors, u64::from(outage));
+                    return Verdict::Pause;
+                }
+                self.outcomes
+                    .exchange_failed(host, call, &failure, waiters.len())
             }
         }
     }
@@ -165,9 +199,13 @@ impl Engine {
         self.cache.put(host, key, until, &value);
         if x.rememberable {
             let now = host.now_ms();
-            let verified = x.verified.clone();
-            self.memo
-                .put(x.profile, &x.subject, value, until, verified, now);
+            let remembered = Remembered {
+                value,
+                key: *key,
+                expires_at_ms: until,
+                verified: x.verified.clone(),
+            };
+            self.memo.put(x.profile, &x.subject, remembered, now);
         }
     }
 }

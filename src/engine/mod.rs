@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Flights, Job};
+use crate::freshness::Freshness;
 use crate::host::{Host, HttpAnswer, RequestHeaders};
 use crate::introspection::Introspector;
 use crate::keys::{KeyTick, Keys};
@@ -33,6 +34,7 @@ mod advertise;
 mod calls;
 mod ciba;
 mod exchanged;
+mod fresh;
 mod introspect;
 mod stages;
 mod trust;
@@ -50,6 +52,8 @@ pub struct Engine {
     keys: Keys,
     introspection: Introspector,
     memo: Memo,
+    /// Refresh-ahead claims, served minted tokens, evictions.
+    freshness: Freshness,
     flights: Flights,
     /// Every callout in the air, and whose answer it is.
     calls: Calls,
@@ -92,6 +96,7 @@ impl Engine {
                 .map(ResourceMetadata::new),
             advertised: HashMap::new(),
             memo: Memo::new(client.profiles.len(), cap, keys.enabled()),
+            freshness: Freshness::new(&config.cache, refresh_hold_ms(&config)),
             cache: SharedCache::new(config.cache.max_entries),
             actors: Actors::new(config.cache),
             outcomes: Outcomes::new(&config),
@@ -232,7 +237,7 @@ impl Engine {
                     Hop::Sent => return Vec::new(),
                     Hop::Done(judged) => judged,
                 };
-                let v = self.on_exchange_answer(host, call, &key, &x, waiters.len(), judged, now);
+                let v = self.on_exchange_answer(host, call, &key, &x, &waiters, judged, now);
                 to_each(waiters.iter().map(|w| w.ctx), &v)
             }
             Job::Actor { actor } => {
@@ -263,6 +268,7 @@ impl Engine {
     /// an STS call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
         self.advertised.remove(&ctx);
+        self.freshness.take(ctx);
         match self.waits.remove(&ctx) {
             Some(Wait::Keys(issuer)) => self.keys.leave(ctx, issuer),
             Some(Wait::Flight(key)) => self.flights.leave(ctx, &key),
@@ -316,7 +322,11 @@ impl Engine {
                     self.introspection.request(*issuer, token, now),
                 ),
             };
-            let sent = request.map(|r| self.calls.send(host, owner, "call sent again", r));
+            let what = match &job {
+                Job::Exchange(x) if x.refresh && x.first_hop.is_none() => "refresh ahead",
+                _ => "call sent again",
+            };
+            let sent = request.map(|r| self.calls.send(host, owner, what, r));
             let service = match &job {
                 Job::Exchange(x) => Some(self.hop_service(x)),
                 Job::Actor { actor } => Some(self.client.actors[*actor].service),
@@ -331,6 +341,14 @@ impl Engine {
             }
             let waiters = self.flights.take(&key).map(|l| l.waiters);
             let waiters = waiters.unwrap_or_default();
+            if waiters.is_empty() {
+                if let Job::Exchange(x) = &job {
+                    if x.refresh {
+                        self.refresh_failed(host, &key, "its call could not be sent");
+                    }
+                }
+                continue;
+            }
             if let Job::Introspect { .. } = job {
                 out.extend(self.introspection_unsent(host, waiters));
             } else {
@@ -339,6 +357,7 @@ impl Engine {
             }
         }
         self.memo.sweep(now);
+        self.apply_evictions(host);
         for tick in self.keys.tick(host, now) {
             let event = match tick {
                 KeyTick::Event(event) => event,
@@ -393,6 +412,16 @@ enum Wait {
     Flight(CacheKey),
     /// For the consent of this key.
     Consent(CacheKey),
+}
+
+/// How long a refresh-ahead claim holds: both hops of a chain at the slowest token service,
+/// and a tick to send it.
+fn refresh_hold_ms(config: &Config) -> u64 {
+    let slowest = (0..config.service_count())
+        .map(|i| config.service(i).timeout_ms)
+        .max()
+        .unwrap_or(0);
+    slowest.saturating_mul(2).saturating_add(1_000)
 }
 
 /// The most CIBA claim slots (the table is `cache.max_entries` slots up to this).

@@ -7,15 +7,18 @@
 use std::borrow::Cow;
 
 use super::calls::Owner;
+use super::fresh::{served, Hot};
 use super::{Engine, Step, Wait, UNAVAILABLE};
 use crate::actor;
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, Cached};
 use crate::client::ActorSource;
 use crate::config::Grant;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Exchange, Job, Parked, Waiter};
+use crate::freshness::Served;
 use crate::host::{Host, HttpCall, LogLevel};
 use crate::introspection;
+use crate::memo::Remembered;
 use crate::metrics::Metric;
 use crate::token::{self, Verified};
 use crate::verdict::Verdict;
@@ -55,14 +58,21 @@ impl Engine {
     ) -> Verdict {
         if header_actor.is_none() {
             let (keys, now) = (&self.keys, at.now);
-            if let Some((hit, verified)) = self
+            if let Some(hit) = self
                 .memo
                 .get(at.profile, subject, now, |v| keys.still_valid(v, now))
             {
                 host.metric(Metric::CacheHits, 1);
                 token::log_debug(host, at.ctx, subject, "cache hit (worker)");
-                let facts = verified.map(|v| &v.facts);
-                return self.outcomes.cached(host, hit, subject, facts);
+                let minted = matches!(hit.value, Cached::Token(_));
+                if minted && self.freshness.due(hit.expires_at_ms, now) {
+                    let hit = hit.clone();
+                    return self.hot_memo_hit(host, at, subject, hit);
+                }
+                let facts = hit.verified.as_ref().map(|v| &v.facts);
+                let verdict = self.outcomes.cached(host, &hit.value, subject, facts);
+                self.freshness.served(at.ctx, &hit.value, served(hit));
+                return verdict;
             }
         }
         self.trust(host, at, subject, header_actor, true)
@@ -160,9 +170,28 @@ impl Engine {
             let verdict = self
                 .outcomes
                 .cached(host, &hit, subject, verified.map(|v| &v.facts));
+            let entry = Served {
+                key,
+                expires_at_ms: expires_at,
+            };
+            self.freshness.served(ctx, &hit, entry);
+            if matches!(hit, Cached::Token(_)) && self.freshness.due(expires_at, now) {
+                let hot = Hot {
+                    subject,
+                    header_actor,
+                    entry,
+                    verified,
+                };
+                self.refresh_ahead(host, at, hot);
+            }
             if header_actor.is_none() {
-                self.memo
-                    .put(profile, subject, hit, expires_at, verified.cloned(), now);
+                let remembered = Remembered {
+                    value: hit,
+                    key,
+                    expires_at_ms: expires_at,
+                    verified: verified.cloned(),
+                };
+                self.memo.put(profile, subject, remembered, now);
             }
             return verdict;
         }
@@ -214,6 +243,7 @@ impl Engine {
             rememberable: header_actor.is_none(),
             verified: verified.cloned(),
             first_hop: None,
+            refresh: false,
         });
         let waiter = Waiter { ctx, resume: None };
         self.flights.start(key, call, at.carrier, waiter, job);

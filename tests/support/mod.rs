@@ -297,7 +297,8 @@ pub fn now_s() -> u64 {
         .unwrap_or_default()
 }
 
-/// Starts an upstream that answers every request with `{"path": …, "headers": {name: value}}`.
+/// Starts an upstream that answers every request with `{"path": …, "headers": {name: value}}`,
+/// with the status a request's `x-echo-status` header names (200 without one).
 pub fn start_echo(port: u16) -> u16 {
     let server = Server::http(("127.0.0.1", port)).expect("echo binds");
     let port = server.server_addr().to_ip().expect("ip listener").port();
@@ -318,9 +319,15 @@ pub fn start_echo(port: u16) -> u16 {
                     }
                 }
             }
+            let status = headers
+                .get("x-echo-status")
+                .and_then(|s| s.as_str()?.parse::<u16>().ok())
+                .unwrap_or(200);
             let body = serde_json::json!({ "path": request.url(), "headers": headers }).to_string();
             let _ = request.respond(
-                Response::from_string(body).with_header(header("content-type", "application/json")),
+                Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(header("content-type", "application/json")),
             );
         }
     });

@@ -1,9 +1,9 @@
 //! Engine stories through `FakeHost`, by theme: `exchange` (the cache, single flight, the
 //! error table, routes), `issuers` (trusted issuers and their keys), `policy` (the
 //! authorizer's `require` and claim headers), `introspection` (opaque tokens), `delegation` (actor
-//! tokens), `ciba` (consents), `services` (token services, chains, RFC 9728, Txn-Tokens) and
-//! `hostile` (what an attacker sends). The helpers here build an
-//! engine from a configuration and drive one exchange.
+//! tokens), `ciba` (consents), `services` (token services, chains, RFC 9728, Txn-Tokens),
+//! `freshness` (refresh-ahead, eviction on the upstream's 401) and `hostile` (what an attacker
+//! sends). The helpers here build an engine from a configuration and drive one exchange.
 
 use super::*;
 use crate::host::{FakeHost, HttpCall};
@@ -15,6 +15,7 @@ use serde_json::json;
 mod ciba;
 mod delegation;
 mod exchange;
+mod freshness;
 mod hostile;
 mod introspection;
 mod issuers;

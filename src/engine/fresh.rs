@@ -1,0 +1,180 @@
+//! Keeping minted tokens fresh: a hit inside the refresh window queues one background exchange
+//! (claimed across workers) that replaces the entry before it expires, and an upstream 401 to a
+//! request that carried a minted token evicts that token, here and in every worker's memo.
+
+use super::{Engine, Step};
+use crate::actor;
+use crate::cache::CacheKey;
+use crate::client::ActorSource;
+use crate::config::Grant;
+use crate::flights::{Exchange, Job};
+use crate::freshness::{News, Served};
+use crate::host::{Host, LogLevel};
+use crate::memo::Remembered;
+use crate::metrics::Metric;
+use crate::token::{self, Verified};
+use crate::verdict::Verdict;
+
+/// A live entry inside the refresh window, with what a refresh of it needs.
+pub(super) struct Hot<'a> {
+    /// The subject token.
+    pub subject: &'a str,
+    /// A header actor token the request came with.
+    pub header_actor: Option<&'a str>,
+    /// The entry's key and expiry.
+    pub entry: Served,
+    /// The subject's verification, with trusted issuers.
+    pub verified: Option<&'a Verified>,
+}
+
+impl Engine {
+    /// A worker-memo hit inside the refresh window: another worker may have refreshed the
+    /// shared entry already (then this memo takes it); else this worker may start the refresh.
+    /// Either way the request is served at once.
+    pub(super) fn hot_memo_hit<H: Host>(
+        &mut self,
+        host: &H,
+        at: Step,
+        subject: &str,
+        mut hit: Remembered,
+    ) -> Verdict {
+        let newer = self.cache.get(host, &hit.key, at.now);
+        match newer.filter(|(_, until)| *until > hit.expires_at_ms) {
+            Some((value, until)) => {
+                (hit.value, hit.expires_at_ms) = (value, until);
+                self.memo.put(at.profile, subject, hit.clone(), at.now);
+            }
+            None => {
+                let hot = Hot {
+                    subject,
+                    header_actor: None,
+                    entry: served(&hit),
+                    verified: hit.verified.as_ref(),
+                };
+                self.refresh_ahead(host, at, hot);
+            }
+        }
+        let facts = hit.verified.as_ref().map(|v| &v.facts);
+        let verdict = self.outcomes.cached(host, &hit.value, subject, facts);
+        self.freshness.served(at.ctx, &hit.value, served(&hit));
+        verdict
+    }
+
+    /// Starts the refresh of a hot entry (of a minted token) unless it cannot outlive the entry
+    /// (a consent, a subject or actor expiring first), one is in the air, or another worker
+    /// claimed it. The root sends it on its next tick.
+    pub(super) fn refresh_ahead<H: Host>(&mut self, host: &H, at: Step, hot: Hot) {
+        let p = &self.client.profiles[at.profile];
+        let key = hot.entry.key;
+        if p.grant == Grant::Ciba || self.flights.contains(&key) {
+            return;
+        }
+        let skew_ms = self.config.cache.expiry_skew_s.saturating_mul(1000);
+        let subject_exp = hot
+            .verified
+            .map(|v| v.exp)
+            .or_else(|| token::unverified_exp(hot.subject));
+        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
+            None => (None, None),
+            Some(ActorSource::Header(_)) => (
+                hot.header_actor.map(str::to_string),
+                actor::header_actor_until(hot.header_actor, self.config.cache.expiry_skew_s),
+            ),
+            Some(ActorSource::ClientCredentials(ai)) => {
+                let a = &self.client.actors[*ai];
+                match self.actors.current(host, a, at.now) {
+                    Some((t, until)) => (Some(t), Some(until)),
+                    // The actor's own token is not at hand: the entry expires as usual.
+                    None => return,
+                }
+            }
+        };
+        let subject_cap = subject_exp.map(|e| e.saturating_mul(1000).saturating_sub(skew_ms));
+        let cap = match (subject_cap, actor_until_ms) {
+            (Some(s), Some(a)) => Some(s.min(a)),
+            (s, a) => s.or(a),
+        };
+        if cap.is_some_and(|c| c <= hot.entry.expires_at_ms) {
+            // Already as long as the subject or actor allows: a refresh could not extend it.
+            return;
+        }
+        if !self.freshness.claim(host, &key, at.now) {
+            return;
+        }
+        let client_id = self.client.endpoint(p.service).client_id();
+        let job = Job::Exchange(Exchange {
+            profile: at.profile,
+            subject: hot.subject.to_string(),
+            subject_exp,
+            actor_sub: p.actor_sub(actor_token.as_deref(), client_id),
+            actor_token,
+            actor_until_ms,
+            rememberable: hot.header_actor.is_none(),
+            verified: hot.verified.cloned(),
+            first_hop: None,
+            refresh: true,
+        });
+        self.flights.queue(key, job);
+        token::log_debug(host, at.ctx, hot.subject, "refresh ahead queued");
+    }
+
+    /// A refresh that produced no token: the entry stays until its own expiry, and no worker
+    /// tries again for a second.
+    pub(super) fn refresh_failed<H: Host>(&self, host: &H, key: &CacheKey, why: &str) {
+        let now = host.now_ms();
+        self.freshness
+            .retry_at(host, key, now.saturating_add(crate::freshness::RETRY_MS));
+        let msg = format!("refresh ahead failed, the entry serves until it expires: {why}");
+        host.log(LogLevel::Warn, &msg);
+    }
+
+    /// Whether request `ctx` carries a minted token, so that its answer's status matters.
+    pub fn watches(&self, ctx: u32) -> bool {
+        self.freshness.watches(ctx)
+    }
+
+    /// The upstream answered request `ctx` with `status`: a 401 to a minted token evicts it
+    /// from the shared cache and from every worker's memo, so the next request exchanges anew.
+    pub fn on_response<H: Host>(&mut self, host: &H, ctx: u32, status: Option<u16>) {
+        let Some(served) = self.freshness.take(ctx) else {
+            return;
+        };
+        if status != Some(401) {
+            return;
+        }
+        self.cache.evict(host, &served.key, served.expires_at_ms);
+        self.memo.evict(&served.key, served.expires_at_ms);
+        if self.freshness.publish(host, served) {
+            host.metric(Metric::EvictedOn401, 1);
+            if host.debug_enabled() {
+                let msg = format!("ctx={ctx} upstream answered 401: minted token evicted");
+                host.log(LogLevel::Debug, &msg);
+            }
+        }
+    }
+
+    /// On the tick: drops the memo's copies of tokens other workers evicted. An empty memo has
+    /// none to drop and reads nothing (it starts over from the log's next read).
+    pub(super) fn apply_evictions<H: Host>(&mut self, host: &H) {
+        if self.memo.is_empty() {
+            self.freshness.restart_log();
+            return;
+        }
+        match self.freshness.news(host) {
+            News::Evicted(list) => {
+                for e in list {
+                    self.memo.evict(&e.key, e.expires_at_ms);
+                }
+            }
+            News::Missed => self.memo.clear(),
+        }
+    }
+}
+
+/// The entry a memo hit serves.
+pub(super) fn served(hit: &Remembered) -> Served {
+    Served {
+        key: hit.key,
+        expires_at_ms: hit.expires_at_ms,
+    }
+}
