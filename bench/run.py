@@ -336,6 +336,10 @@ def main():
         backend.stop()
 
 
+def sts_calls(n):
+    return f"{n} STS call" if n == 1 else f"{n} STS calls"
+
+
 def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
@@ -345,9 +349,10 @@ def best(rows, key):
 
 
 def print_table(results):
-    print(f"\nmedians of {ROUNDS} interleaved rounds (best round for CPU), wrk -t2 -c32 -d{SECONDS}s, "
-          f"front Envoy --concurrency 1\n")
-    print("| front Envoy | req/s | p50 ms | p99 ms | ratio to plain | CPU µs/req (best) | CPU µs/req over plain | RSS MiB |")
+    print(f"\nmedians of {ROUNDS} interleaved rounds, wrk -t2 -c32 -d{SECONDS}s, front Envoy "
+          f"--concurrency 1; CPU per request: the best round, and the median of each round's "
+          f"difference to plain Envoy of that round\n")
+    print("| front Envoy | req/s | p50 ms | p99 ms | ratio to plain | CPU µs/req, best round | CPU µs/req over plain, median | RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
         print(f"| {name} | {med(rows, 'rps'):.0f} | {med(rows, 'p50'):.2f} | {med(rows, 'p99'):.2f} | "
@@ -441,7 +446,7 @@ def extra_runs(backend):
     finally:
         front.stop()
     print(f"coalescing: 200 concurrent requests with one new token, --concurrency 2: "
-          f"{backend.stat('http.sts_coalesce.downstream_rq_total') - calls0} STS calls")
+          f"{sts_calls(backend.stat('http.sts_coalesce.downstream_rq_total') - calls0)}")
 
     # Negative cache: a flood with one token the STS rejects, shorter than negative_ttl_s.
     calls0 = backend.stat("http.sts_reject.downstream_rq_total")
@@ -451,7 +456,7 @@ def extra_runs(backend):
     finally:
         front.stop()
     print(f"negative cache: {stats} requests in 2 s with one rejected token (negative_ttl_s 5): "
-          f"{backend.stat('http.sts_reject.downstream_rq_total') - calls0} STS calls")
+          f"{sts_calls(backend.stat('http.sts_reject.downstream_rq_total') - calls0)}")
 
     # Bounded memory: distinct tokens streamed through, RSS after 10,000 and after all. Each wrk
     # chunk uses its own token prefix, so every request is a new token (a miss and an STS call).
@@ -492,7 +497,7 @@ def expiry_runs():
         finally:
             front.stop()
         print(f"hot token across its expiry, {name} (3-s tokens, STS delay {STALL_DELAY_MS} ms, 12 s at -c8): "
-              f"p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, {r['rps']:.0f} req/s, {calls} STS calls")
+              f"p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, {r['rps']:.0f} req/s, {sts_calls(calls)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make oci`: packages the release module as an OCI image layout that Istio's WasmPlugin pulls.
+"""`make oci`: packages the release module and the lean one as an OCI image layout that Istio's
+WasmPlugin pulls: tag `<version>` is the default build, `<version>-lean` the `make lean` one.
 
 Istio accepts a Wasm module as an image with a single layer holding `plugin.wasm` (the "compat"
 Docker/OCI variant). This writes that image as an OCI image layout directory
@@ -11,11 +12,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/token_exchange_wasm.wasm")
+LEAN_WASM = os.path.join(ROOT, "target/lean/wasm32-wasip1/release/token_exchange_wasm.wasm")
 OUT = os.path.join(ROOT, "target/oci")
 
 
@@ -27,9 +30,9 @@ def blob(data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def main(tag: str) -> None:
-    module = open(WASM, "rb").read()
-    os.makedirs(os.path.join(OUT, "blobs", "sha256"), exist_ok=True)
+def image(path: str, tag: str) -> dict:
+    """Writes the blobs of one image holding the module at `path`; its index entry."""
+    module = open(path, "rb").read()
     tar_bytes = io.BytesIO()
     with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo("plugin.wasm")
@@ -44,13 +47,21 @@ def main(tag: str) -> None:
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]}
     m = blob(json.dumps(manifest).encode())
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
-                                                "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    print(f"  tag {tag}: manifest {m['digest']}, {len(module)} byte module")
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
+            "annotations": {"org.opencontainers.image.ref.name": tag}}
+
+
+def main(version: str) -> None:
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(os.path.join(OUT, "blobs", "sha256"))
+    print(f"OCI image layout at {os.path.relpath(OUT, ROOT)}; pin a tag by its manifest digest "
+          f"(url: oci://<registry>/token-exchange-wasm@sha256:…):")
+    manifests = [image(WASM, version), image(LEAN_WASM, f"{version}-lean")]
     with open(os.path.join(OUT, "index.json"), "w") as f:
-        json.dump(index, f)
+        json.dump({"schemaVersion": 2, "manifests": manifests}, f)
     with open(os.path.join(OUT, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
-    print(f"OCI image layout at {os.path.relpath(OUT, ROOT)} (tag {tag}, manifest {m['digest']}, {len(module)} byte module)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,24 @@ use std::ptr::{null, null_mut};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u32);
 
+impl std::fmt::Display for Status {
+    /// The ABI's name for the status, for a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            NOT_FOUND => "not found",
+            2 => "bad argument",
+            3 => "serialization failure",
+            4 => "parse failure",
+            7 => "empty",
+            8 => "changed meanwhile (CAS mismatch)",
+            10 => "internal failure",
+            12 => "unimplemented",
+            other => return write!(f, "status {other}"),
+        };
+        f.write_str(name)
+    }
+}
+
 /// `Status::Ok` of the ABI.
 const OK: u32 = 0;
 /// `Status::NotFound` of the ABI.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel as WasmLogLevel, Status};
 
 use crate::abi;
 use crate::config::Config;
@@ -101,7 +101,7 @@ impl Host for ProxyHost {
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
         abi::set_shared_data(key, value, cas.unwrap_or(0))
-            .map_err(|s| HostError(format!("set_shared_data: status {}", s.0)))
+            .map_err(|s| HostError(format!("Envoy refused to store shared data: {s}")))
     }
 
     fn dispatch(&self, request: &HttpCall) -> Result<u32, HostError> {
@@ -118,10 +118,18 @@ impl Host for ProxyHost {
             Duration::from_millis(request.timeout_ms),
         )
         .map_err(|s| {
-            HostError(format!(
-                "dispatch_http_call to cluster {}: {s:?}",
-                request.cluster
-            ))
+            let cluster = &request.cluster;
+            HostError(match s {
+                // Envoy's only bad argument for a call with its pseudo-headers set.
+                Status::BadArgument => format!(
+                    "Envoy has no cluster named {cluster} (add it to the bootstrap's clusters, \
+                     in Istio a ServiceEntry)"
+                ),
+                other => format!(
+                    "Envoy refused the call to cluster {cluster}: {}",
+                    abi::Status(other as u32)
+                ),
+            })
         })
     }
 

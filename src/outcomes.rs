@@ -183,7 +183,7 @@ impl Outcomes {
             host.metric(Metric::StsErrors, 1);
             host.log(
                 LogLevel::Warn,
-                &format!("STS call {call} failed: {failure:?}"),
+                &format!("STS call {call} failed: {failure}"),
             );
         }
         let v = self.failure(host, failure);
@@ -199,7 +199,7 @@ impl Outcomes {
     /// The filter's own actor-token call failed: an outage by the usual policy, else 502.
     pub fn actor_failed<H: Host>(&self, host: &H, call: u32, failure: &StsFailure) -> Verdict {
         host.metric(Metric::StsErrors, 1);
-        let msg = format!("actor token call {call} failed: {failure:?}");
+        let msg = format!("actor token call {call} failed: {failure}");
         host.log(LogLevel::Warn, &msg);
         match failure {
             StsFailure::Unavailable(_) => self.failure(host, failure),

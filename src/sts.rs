@@ -45,6 +45,27 @@ impl StsFailure {
     }
 }
 
+/// In the README's words, for the log: the OAuth error code the STS sent, never a token.
+impl std::fmt::Display for StsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StsFailure::SubjectRejected(code) => {
+                write!(f, "the token service rejected the caller's token ({code})")
+            }
+            StsFailure::Forbidden(code) => {
+                write!(f, "the token service refused the exchange ({code})")
+            }
+            StsFailure::InvalidClient => f.write_str(
+                "the token service rejected the filter's own client credentials (invalid_client)",
+            ),
+            StsFailure::BadAnswer(why) => {
+                write!(f, "the token service's answer is unusable: {why}")
+            }
+            StsFailure::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
 impl From<Rejection> for StsFailure {
     fn from(r: Rejection) -> Self {
         match r {

@@ -1130,3 +1130,38 @@ fn a_policy_refuses_before_the_sts_and_verified_claims_reach_headers() {
         "nothing upstream for a 403"
     );
 }
+
+#[test]
+fn refusals_and_failures_are_logged_in_the_readme_words() {
+    let sts = TestSts::start(0, mint);
+    let mut wrong = sts_config(json!({}));
+    wrong["sts"]["timeout_ms"] = json!("2000");
+    let log = Envoy::refused(EnvoySetup {
+        filter_config: wrong,
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        env: &[("STS_SECRET", SECRET)],
+        concurrency: 1,
+        ..EnvoySetup::default()
+    });
+    assert!(
+        log.contains(
+            "invalid configuration: sts.timeout_ms: must be a whole number from 1 to 60000"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("u64"), "{log}");
+
+    let mut lost = sts_config(json!({}));
+    lost["sts"]["cluster"] = json!("nowhere");
+    let envoy = envoy(sts.port, lost, 1);
+    let r = envoy.get_with_token("/", "some-token");
+    assert_eq!(r.status, 503, "{}", r.body);
+    let log = envoy.log_text();
+    assert!(log.contains("Envoy has no cluster named nowhere"), "{log}");
+    assert!(
+        log.contains("on_missing_token=reject on_sts_unavailable=deny"),
+        "{log}"
+    );
+    assert!(!log.contains("some-token"), "{log}");
+}

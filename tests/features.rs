@@ -73,3 +73,23 @@ fn private_key_jwt_loads_only_with_its_feature() {
     let built_in = cfg!(feature = "private-key-jwt");
     expect_feature(&json, built_in, "private-key-jwt", "sts.private_key");
 }
+
+#[test]
+fn ciba_without_trusted_issuers_takes_the_subject_token_as_its_hint() {
+    // Every build: the subject token itself as `login_hint_token` or `id_token_hint`.
+    for hint in ["login_hint_token", "id_token_hint"] {
+        let json = format!(
+            r#"{{"sts": {{"cluster": "sts", "authority": "sts.example.com", "token_path": "/token", "client_id": "edge",
+                "client_secret": "x", "ciba": {{"path": "/bc", "login_hint": "{hint}"}}}},
+                "exchange": {{"grant": "ciba", "scope": "openid orders"}}}}"#
+        );
+        load(&json).unwrap();
+    }
+    // The default hint, a verified claim (`sub`), needs trusted issuers, which a lean build lacks.
+    let json = r#"{"sts": {"cluster": "sts", "authority": "sts.example.com", "token_path": "/token", "client_id": "edge",
+        "client_secret": "x", "ciba": {"path": "/bc"}}, "exchange": {"grant": "ciba", "scope": "openid orders"}}"#;
+    let Err(e) = load(json) else {
+        panic!("a claim as login_hint loaded without trusted issuers")
+    };
+    assert_eq!(e.key, "sts.ciba.login_hint", "{e}");
+}

@@ -65,18 +65,23 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
     if let Some(a) = &c.acr_values {
         scope_tokens(a, "sts.ciba.acr_values")?;
     }
-    if let Some(e) = c.requested_expiry_s {
-        in_range(e, 1..=86_400, "sts.ciba.requested_expiry_s")?;
-    }
-    let wait_s = c.wait_s.unwrap_or(30);
-    in_range(wait_s, 1..=300, "sts.ciba.wait_s")?;
+    let requested_expiry_s = match c.requested_expiry_s {
+        Some(e) => Some(whole(
+            Some(e),
+            0,
+            1..=86_400,
+            "sts.ciba.requested_expiry_s",
+        )?),
+        None => None,
+    };
+    let wait_s = whole(c.wait_s, 30, 1..=300, "sts.ciba.wait_s")?;
     Ok(CibaConfig {
         path: c.path,
         mode,
         login_hint,
         binding_message: c.binding_message,
         acr_values: c.acr_values,
-        requested_expiry_s: c.requested_expiry_s,
+        requested_expiry_s,
         wait_s,
     })
 }

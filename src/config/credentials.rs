@@ -2,7 +2,8 @@
 //! endpoint): one method, its credentials in one place.
 
 use super::raw::RawPrivateKey;
-use super::values::{in_range, shown};
+use super::raw::Whole;
+use super::values::{shown, whole};
 use super::{ClientAuthConfig, ConfigError, PrivateKeyConfig};
 
 /// The credential keys of one server, as written.
@@ -18,14 +19,13 @@ pub(super) struct Credentials {
 /// `private_key_jwt` assertion's `aud` defaults to `https://<authority><path>`. Keys are named
 /// under `prefix`.
 pub(super) fn validate_server(
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<Whole>,
     c: Credentials,
     (authority, path): (&str, &str),
     prefix: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(u64, Option<String>, ClientAuthConfig), ConfigError> {
-    let timeout_ms = timeout_ms.unwrap_or(2000);
-    in_range(timeout_ms, 1..=60_000, format!("{prefix}.timeout_ms"))?;
+    let timeout_ms = whole(timeout_ms, 2000, 1..=60_000, format!("{prefix}.timeout_ms"))?;
     let audience = format!("https://{authority}{path}");
     let (client_id, client_auth) = validate_credentials(c, prefix, audience, env)?;
     Ok((timeout_ms, client_id, client_auth))

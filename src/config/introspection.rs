@@ -16,8 +16,7 @@ pub(super) fn validate_introspection(
     non_empty(&r.authority, &format!("{key}.authority"))?;
     no_space_or_control(&r.authority, &format!("{key}.authority"))?;
     call_path(&r.path, &format!("{key}.path"))?;
-    let cache_s = r.cache_s.unwrap_or(60);
-    in_range(cache_s, 0..=86_400, format!("{key}.cache_s"))?;
+    let cache_s = whole(r.cache_s, 60, 0..=86_400, format!("{key}.cache_s"))?;
     let creds = Credentials {
         method: r.client_auth,
         client_id: r.client_id,

@@ -87,6 +87,40 @@ fn string_end(text: &[u8], from: usize) -> usize {
     text.len()
 }
 
+/// The text around `offset` as a refusal may quote it: up to 24 bytes before and 8 after, in
+/// quotes, white space folded, and every string that is a value (a secret may be one) shown as
+/// `"…"`; keys are shown as written.
+pub(super) fn near(json: &[u8], offset: usize) -> String {
+    let offset = offset.min(json.len());
+    let (from, to) = (offset.saturating_sub(24), (offset + 8).min(json.len()));
+    let mut out: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < to {
+        if json[i] == b'"' {
+            let end = string_end(json, i + 1);
+            let after = json.get(end + 1..).unwrap_or_default();
+            let is_key = after.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
+            if end >= from {
+                if is_key {
+                    out.extend_from_slice(&json[i.max(from)..(end + 1).min(to)]);
+                } else {
+                    out.extend_from_slice("\"…\"".as_bytes());
+                }
+            }
+            i = end + 1;
+            continue;
+        }
+        if i >= from {
+            let folded = json[i].is_ascii_whitespace();
+            if !(folded && out.last() == Some(&b' ')) {
+                out.push(if folded { b' ' } else { json[i] });
+            }
+        }
+        i += 1;
+    }
+    format!("`{}`", String::from_utf8_lossy(&out).trim())
+}
+
 /// The byte offset of serde_json's 1-based `line` and `column` (columns count bytes).
 pub(super) fn offset_of(json: &[u8], line: usize, column: usize) -> usize {
     let line_start = match line.checked_sub(2) {
@@ -154,6 +188,17 @@ mod tests {
     fn nothing_read_is_the_document() {
         assert_eq!(at_marker("|not json"), "");
         assert_eq!(path_at(b"{\"a\":", 99, false), "a");
+    }
+
+    #[test]
+    fn the_text_near_an_error_shows_keys_and_hides_values() {
+        let json = br#"{"sts": {"client_secret": "s3cret",
+           }}"#;
+        let at = json.iter().rposition(|b| *b == b'}').unwrap_or(0) - 1;
+        let shown = near(json, at);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.ends_with(r#"": "…", }}`"#), "{shown}");
+        assert_eq!(near(b"[1,,]", 3), "`[1,,]`");
     }
 
     #[test]

@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
-
 mod ciba;
 mod credentials;
 mod exchange;
@@ -26,7 +24,7 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// Why a configuration was refused: the key at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// Dotted path of the offending key, e.g. `sts.timeout_ms`.
+    /// Dotted path of the offending key, e.g. `sts.timeout_ms`; empty for the whole document.
     pub key: String,
     /// What is wrong, without echoing any secret value.
     pub reason: String,
@@ -44,15 +42,18 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}: {}", self.key, self.reason)
+        if self.key.is_empty() {
+            write!(f, "invalid configuration: {}", self.reason)
+        } else {
+            write!(f, "invalid configuration: {}: {}", self.key, self.reason)
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 /// What to do with a request that carries no subject token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnMissingToken {
     /// Answer 401 with a `WWW-Authenticate` challenge.
     #[default]
@@ -62,14 +63,33 @@ pub enum OnMissingToken {
 }
 
 /// What to do when the STS cannot be reached, times out or answers 5xx.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStsUnavailable {
     /// Answer 503 (fail closed).
     #[default]
     Deny,
     /// Strip the caller's token and pass the request on (fail open).
     Allow,
+}
+
+impl OnMissingToken {
+    /// The contract's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnMissingToken::Reject => "reject",
+            OnMissingToken::Allow => "allow",
+        }
+    }
+}
+
+impl OnStsUnavailable {
+    /// The contract's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnStsUnavailable::Deny => "deny",
+            OnStsUnavailable::Allow => "allow",
+        }
+    }
 }
 
 /// Where the subject token is read from.
@@ -588,7 +608,7 @@ impl Config {
     /// A one-line summary for the start-up log; it names no secret.
     pub fn summary(&self) -> String {
         format!(
-            "sts={}{} via cluster {} auth={} token_services={} routes={} cache.max_entries={} cache.refresh_ahead_s={} cache.evict_on_upstream_401={} on_missing_token={:?} on_sts_unavailable={:?}",
+            "sts={}{} via cluster {} auth={} token_services={} routes={} cache.max_entries={} cache.refresh_ahead_s={} cache.evict_on_upstream_401={} on_missing_token={} on_sts_unavailable={}",
             self.sts.authority,
             self.sts.token_path,
             self.sts.cluster,
@@ -598,8 +618,8 @@ impl Config {
             self.cache.max_entries,
             self.cache.refresh_ahead_s,
             self.cache.evict_on_upstream_401,
-            self.on_missing_token,
-            self.on_sts_unavailable,
+            self.on_missing_token.name(),
+            self.on_sts_unavailable.name(),
         )
     }
 }

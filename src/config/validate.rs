@@ -324,13 +324,7 @@ fn validate_issuer(
         })?;
         algorithms.push(alg);
     }
-    let leeway_s = r.leeway_s.unwrap_or(30);
-    if leeway_s > 300 {
-        return Err(ConfigError::new(
-            format!("{key}.leeway_s"),
-            "must be at most 300",
-        ));
-    }
+    let leeway_s = whole(r.leeway_s, 30, 0..=300, format!("{key}.leeway_s"))?;
     let keys = match (r.jwks, r.jwks_uri, r.discovery) {
         (Some(jwks), None, None) => {
             let value = match jwks {
@@ -395,10 +389,8 @@ fn remote(r: RawRemote, default_path: Option<&str>, k: &str) -> Result<JwksUri, 
         return Err(ConfigError::new(format!("{k}.path"), "must start with '/'"));
     }
     no_space_or_control(&path, &format!("{k}.path"))?;
-    let refresh_s = refresh_s.unwrap_or(300);
-    in_range(refresh_s, 10..=86_400, format!("{k}.refresh_s"))?;
-    let timeout_ms = timeout_ms.unwrap_or(2000);
-    in_range(timeout_ms, 1..=60_000, format!("{k}.timeout_ms"))?;
+    let refresh_s = whole(refresh_s, 300, 10..=86_400, format!("{k}.refresh_s"))?;
+    let timeout_ms = whole(timeout_ms, 2000, 1..=60_000, format!("{k}.timeout_ms"))?;
     Ok(JwksUri {
         cluster,
         authority,
@@ -419,8 +411,9 @@ fn validate_subject(s: RawSubjectToken) -> Result<SubjectTokenConfig, ConfigErro
         .token_type
         .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_string());
     uri(&token_type, "subject_token.token_type")?;
-    let max_bytes = s.max_bytes.unwrap_or(8192);
-    in_range(max_bytes, 16..=65_536, "subject_token.max_bytes")?;
+    let max_bytes = whole(s.max_bytes, 8192, 16..=65_536, "subject_token.max_bytes")?;
+    // At most 65536: it fits any usize.
+    let max_bytes = usize::try_from(max_bytes).unwrap_or(65_536);
     Ok(SubjectTokenConfig {
         header,
         prefix,
@@ -461,22 +454,16 @@ fn validate_output(
 }
 
 fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
-    let max_entries = c.max_entries.unwrap_or(4096);
-    in_range(max_entries, 1..=1_000_000, "cache.max_entries")?;
-    let day = 86_400;
-    let check = |v: u64, key: &str| {
-        if v > day {
-            Err(ConfigError::new(key, "must be at most 86400 seconds"))
-        } else {
-            Ok(v)
-        }
-    };
+    let max_entries = whole(c.max_entries, 4096, 1..=1_000_000, "cache.max_entries")?;
+    // At most 1000000: it fits a u32.
+    let max_entries = u32::try_from(max_entries).unwrap_or(1_000_000);
+    let check = |v: Option<Whole>, default: u64, key: &str| whole(v, default, 0..=86_400, key);
     Ok(CacheConfig {
         max_entries,
-        expiry_skew_s: check(c.expiry_skew_s.unwrap_or(30), "cache.expiry_skew_s")?,
-        default_ttl_s: check(c.default_ttl_s.unwrap_or(300), "cache.default_ttl_s")?,
-        negative_ttl_s: check(c.negative_ttl_s.unwrap_or(5), "cache.negative_ttl_s")?,
-        refresh_ahead_s: check(c.refresh_ahead_s.unwrap_or(0), "cache.refresh_ahead_s")?,
+        expiry_skew_s: check(c.expiry_skew_s, 30, "cache.expiry_skew_s")?,
+        default_ttl_s: check(c.default_ttl_s, 300, "cache.default_ttl_s")?,
+        negative_ttl_s: check(c.negative_ttl_s, 5, "cache.negative_ttl_s")?,
+        refresh_ahead_s: check(c.refresh_ahead_s, 0, "cache.refresh_ahead_s")?,
         evict_on_upstream_401: c.evict_on_upstream_401.unwrap_or(true),
     })
 }

@@ -1,5 +1,6 @@
 //! Rules for single values: header names, URIs, printable text, and how an error may show a value.
 
+use super::raw::Whole;
 use super::ConfigError;
 
 /// A config value as an error line may show it: only a short word that cannot be a secret or
@@ -129,19 +130,23 @@ pub(super) fn scope_tokens(scope: &str, key: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// A number within `range`, else an error naming `key` and the bounds.
-pub(super) fn in_range<T>(
-    v: T,
-    range: std::ops::RangeInclusive<T>,
+/// A whole number of `range` (`default` when the key is absent), else an error naming `key`
+/// and the bounds: one message whatever was written (a string, a fraction, a negative or too
+/// large number).
+pub(super) fn whole(
+    v: Option<Whole>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
     key: impl Into<String>,
-) -> Result<(), ConfigError>
-where
-    T: PartialOrd + std::fmt::Display,
-{
-    if range.contains(&v) {
-        Ok(())
-    } else {
-        let why = format!("must be between {} and {}", range.start(), range.end());
-        Err(ConfigError::new(key, why))
+) -> Result<u64, ConfigError> {
+    match v.map_or(Some(default), |w| w.0) {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => {
+            let (lo, hi) = (range.start(), range.end());
+            Err(ConfigError::new(
+                key,
+                format!("must be a whole number from {lo} to {hi}"),
+            ))
+        }
     }
 }

@@ -459,7 +459,7 @@ impl Consents {
                 host.metric(Metric::CibaApproved, 1);
                 log(host, &key, "consent approved");
             }
-            Err(failure) => log(host, &key, &format!("consent ended: {failure:?}")),
+            Err(failure) => log(host, &key, &format!("consent ended: {failure}")),
         }
         let c = self.take(&key);
         if let Some(c) = &c {

@@ -139,7 +139,7 @@ impl Engine {
         };
         let entry = match (&judged, x.refresh) {
             (Err(failure), true) => {
-                self.refresh_failed(host, key, &format!("STS call {call}: {failure:?}"));
+                self.refresh_failed(host, key, &format!("STS call {call}: {failure}"));
                 None
             }
             _ => sts::cache_entry(rules, &judged, x.subject_exp, cap, now),

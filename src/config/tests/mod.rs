@@ -4,6 +4,8 @@ use super::*;
 use crate::client::{ActorSource as CompiledActor, Client};
 use crate::endpoint::ClientAuth;
 
+mod wording;
+
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -176,7 +178,11 @@ fn missing_required_keys_are_refused() {
         err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c"}}"#),
         "sts.client_secret"
     );
-    assert_eq!(err_key("not json"), "(document)");
+    assert_eq!(
+        err_key("not json"),
+        "",
+        "a document that is no JSON is the whole at fault"
+    );
 }
 
 #[test]
@@ -657,7 +663,7 @@ fn errors_never_echo_the_secret() {
         .unwrap_err()
         .to_string();
     assert!(!typed.contains("987654321"), "{typed}");
-    assert!(typed.contains("expected a string"), "{typed}");
+    assert!(typed.contains("must be a string"), "{typed}");
     let e = err_key(&with(r#""bogus":1"#));
     assert_eq!(e, "bogus");
     let msg = parse(&with(r#""bogus":1"#)).unwrap_err().to_string();
