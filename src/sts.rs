@@ -658,4 +658,24 @@ mod tests {
         assert_eq!(StsFailure::Unavailable("x").rejection(), None);
         assert_eq!(StsFailure::BadAnswer("x").rejection(), None);
     }
+
+    #[test]
+    fn a_failure_reads_in_the_readme_words_for_the_log() {
+        let all = [
+            StsFailure::SubjectRejected("invalid_grant".into()),
+            StsFailure::Forbidden("invalid_target".into()),
+            StsFailure::InvalidClient,
+            StsFailure::BadAnswer("token_type is not Bearer"),
+            StsFailure::Unavailable("token service unavailable"),
+        ];
+        let said: Vec<String> = all.iter().map(|f| f.to_string()).collect();
+        for (failure, text) in all.iter().zip(&said) {
+            let rust = format!("{failure:?}");
+            let variant = rust.split('(').next().unwrap_or("");
+            assert!(!text.contains(variant), "{text} names {variant}");
+            assert!(!text.contains('"'), "{text}");
+        }
+        assert!(said[0].contains("invalid_grant") && said[2].contains("invalid_client"));
+        assert_eq!(said[4], "token service unavailable");
+    }
 }

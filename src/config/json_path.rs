@@ -88,35 +88,54 @@ fn string_end(text: &[u8], from: usize) -> usize {
 }
 
 /// The text around `offset` as a refusal may quote it: up to 24 bytes before and 8 after, in
-/// quotes, white space folded, and every string that is a value (a secret may be one) shown as
-/// `"…"`; keys are shown as written.
+/// backticks, white space folded. Keys are shown as written; a string value, or a bare word that
+/// is not `true`, `false`, `null` or a short number (an unquoted secret may be one), is shown
+/// as `…`.
 pub(super) fn near(json: &[u8], offset: usize) -> String {
     let offset = offset.min(json.len());
     let (from, to) = (offset.saturating_sub(24), (offset + 8).min(json.len()));
     let mut out: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < to {
-        if json[i] == b'"' {
-            let end = string_end(json, i + 1);
-            let after = json.get(end + 1..).unwrap_or_default();
-            let is_key = after.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
-            if end >= from {
+        let b = json[i];
+        let end = if b == b'"' {
+            string_end(json, i + 1) + 1
+        } else if b"{}[],:".contains(&b) || b.is_ascii_whitespace() {
+            i + 1
+        } else {
+            let run = json[i..]
+                .iter()
+                .position(|c| b"{}[],:\"".contains(c) || c.is_ascii_whitespace());
+            i + run.unwrap_or(json.len() - i)
+        };
+        if end > from {
+            let token = &json[i..end.min(json.len())];
+            let shown: &[u8] = if b == b'"' {
+                let after = json.get(end..).unwrap_or_default();
+                let is_key = after.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':');
                 if is_key {
-                    out.extend_from_slice(&json[i.max(from)..(end + 1).min(to)]);
+                    &json[i.max(from)..end.min(to)]
                 } else {
-                    out.extend_from_slice("\"…\"".as_bytes());
+                    "\"…\"".as_bytes()
                 }
+            } else if b.is_ascii_whitespace() {
+                b" "
+            } else if matches!(token, b"true" | b"false" | b"null")
+                || token.len() <= 6
+                    && token
+                        .iter()
+                        .all(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+                || token.len() == 1
+            {
+                token
+            } else {
+                "…".as_bytes()
+            };
+            if !(shown == b" " && out.last() == Some(&b' ')) {
+                out.extend_from_slice(shown);
             }
-            i = end + 1;
-            continue;
         }
-        if i >= from {
-            let folded = json[i].is_ascii_whitespace();
-            if !(folded && out.last() == Some(&b' ')) {
-                out.push(if folded { b' ' } else { json[i] });
-            }
-        }
-        i += 1;
+        i = end;
     }
     format!("`{}`", String::from_utf8_lossy(&out).trim())
 }
@@ -199,6 +218,8 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.ends_with(r#"": "…", }}`"#), "{shown}");
         assert_eq!(near(b"[1,,]", 3), "`[1,,]`");
+        let bare = near(br#"{"client_secret": hunter2}"#, 18);
+        assert_eq!(bare, r#"`{"client_secret": …}`"#);
     }
 
     #[test]
