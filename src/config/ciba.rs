@@ -65,15 +65,8 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
     if let Some(a) = &c.acr_values {
         scope_tokens(a, "sts.ciba.acr_values")?;
     }
-    let requested_expiry_s = match c.requested_expiry_s {
-        Some(e) => Some(whole(
-            Some(e),
-            0,
-            1..=86_400,
-            "sts.ciba.requested_expiry_s",
-        )?),
-        None => None,
-    };
+    let expiry = |e| whole(Some(e), 0, 1..=86_400, "sts.ciba.requested_expiry_s");
+    let requested_expiry_s = c.requested_expiry_s.map(expiry).transpose()?;
     let wait_s = whole(c.wait_s, 30, 1..=300, "sts.ciba.wait_s")?;
     Ok(CibaConfig {
         path: c.path,
