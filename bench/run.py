@@ -311,7 +311,8 @@ def main():
              "opaque-bench-token"),
         ]
     if only:
-        configs = [c for c in configs if c[0] == "plain Envoy" or only in c[0]]
+        wanted = only.split("|")
+        configs = [c for c in configs if c[0] == "plain Envoy" or any(w in c[0] for w in wanted)]
     backend = Envoy("backend", backend_config(), BACK_ADMIN)
     results = {name: [] for name, _, _ in configs}
     try:

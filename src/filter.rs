@@ -199,6 +199,20 @@ fn apply_ops(ops: &[HeaderOp]) {
     }
 }
 
+/// Every `WWW-Authenticate` value of the upstream's answer (bytes that are not text are read
+/// lossily: such a challenge never parses as one about the token).
+fn response_challenges() -> Vec<String> {
+    let Ok(bytes) = abi::header_pairs(abi::RESPONSE_HEADERS) else {
+        return Vec::new();
+    };
+    host::parse_map(&bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"www-authenticate"))
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        .collect()
+}
+
 fn respond(reply: &LocalReply) {
     let headers: Vec<(&str, &str)> = reply
         .headers
@@ -375,7 +389,8 @@ impl HttpContext for Request {
                     .ok()
                     .flatten()
                     .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-                w.engine.on_response(&w.host, self.id, status);
+                w.engine
+                    .on_response(&w.host, self.id, status, response_challenges);
             }
         }
         Action::Continue

@@ -41,6 +41,9 @@ pub struct Freshness {
 
 /// How long a failed refresh waits before another worker may try again (ms).
 pub const RETRY_MS: u64 = 1_000;
+/// A key is evicted on the upstream's 401 at most once in this long (ms), across workers: an
+/// upstream that refuses every token costs the STS one more call per key a minute at most.
+pub const EVICT_EVERY_MS: u64 = 60_000;
 /// The most evictions the log keeps.
 const LOG_LEN: usize = 32;
 const LOG_NAME: &str = "token_exchange.evictions";
@@ -69,23 +72,26 @@ impl Freshness {
     /// slot still holds (its call is in the air, or its refresh failed less than a second ago).
     pub fn claim<H: Host>(&self, host: &H, key: &CacheKey, now_ms: u64) -> bool {
         let name = self.claim_name(key);
-        // Shared data has no "create if absent": a slot never written gets an empty value
-        // first, so that the claim itself is always a compare-and-swap.
-        let (bytes, cas) = match host.shared_get(&name) {
-            Some(found) => found,
-            None => {
-                let _ = host.shared_set(&name, &[], None);
-                match host.shared_get(&name) {
-                    Some(found) => found,
-                    None => return false,
-                }
-            }
-        };
-        if read_claim(&bytes).is_some_and(|(_, until)| until > now_ms) {
-            return false;
-        }
-        let claim = write_claim(key, now_ms.saturating_add(self.hold_ms));
-        host.shared_set(&name, &claim, Some(cas)).is_ok()
+        let until = now_ms.saturating_add(self.hold_ms);
+        swap_slot(host, &name, |held| {
+            let free = held.is_none_or(|(_, until)| until <= now_ms);
+            free.then(|| write_claim(key, until))
+        })
+    }
+
+    /// Whether `key` may be evicted at `now_ms`: no worker evicted it in the last
+    /// [`EVICT_EVERY_MS`]. When it may, the eviction is marked across workers (a slot in shared
+    /// data, compare-and-swap), so that of two workers hearing 401s at once only one evicts.
+    pub fn may_evict<H: Host>(&self, host: &H, key: &CacheKey, now_ms: u64) -> bool {
+        let name = format!(
+            "token_exchange.evicted.{}",
+            slot_index(key, self.claim_slots)
+        );
+        swap_slot(host, &name, |last| {
+            let recent = last
+                .is_some_and(|(k, at)| k == *key && at <= now_ms && now_ms - at < EVICT_EVERY_MS);
+            (!recent).then(|| write_claim(key, now_ms))
+        })
     }
 
     /// The refresh of `key` ended: no worker starts another before `retry_at_ms`.
@@ -167,6 +173,32 @@ impl Freshness {
     }
 }
 
+/// Replaces slot `name` with what `decide` makes of its record (a key and a time), by
+/// compare-and-swap; `false` when `decide` keeps it or another worker wrote first.
+fn swap_slot<H: Host>(
+    host: &H,
+    name: &str,
+    decide: impl FnOnce(Option<(CacheKey, u64)>) -> Option<Vec<u8>>,
+) -> bool {
+    // Shared data has no "create if absent": a slot never written gets an empty value first,
+    // so that the swap itself is always a compare-and-swap.
+    let (bytes, cas) = match host.shared_get(name) {
+        Some(found) => found,
+        None => {
+            let _ = host.shared_set(name, &[], None);
+            match host.shared_get(name) {
+                Some(found) => found,
+                None => return false,
+            }
+        }
+    };
+    match decide(read_claim(&bytes)) {
+        Some(next) => host.shared_set(name, &next, Some(cas)).is_ok(),
+        None => false,
+    }
+}
+
+/// A key and a time (ms): a refresh claim's end, or an eviction's moment.
 fn write_claim(key: &CacheKey, until_ms: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(CLAIM_LEN);
     out.extend_from_slice(key);

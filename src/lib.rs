@@ -13,6 +13,7 @@ pub(crate) mod actor;
 pub(crate) mod assertion;
 pub(crate) mod cache;
 pub mod caller;
+pub mod challenge;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod consent;

@@ -27,14 +27,23 @@ pub struct Remembered {
 }
 
 impl Remembered {
+    /// What keeping it for `subject` costs: the subject, the answer, and the verification it
+    /// rests on (an introspection answer's claims, the claim headers' values).
     fn bytes(&self, subject: &str) -> usize {
-        subject.len() + self.value.bytes() + std::mem::size_of::<Remembered>()
+        let verified = self.verified.as_ref().map_or(0, Verified::bytes);
+        subject.len() + self.value.bytes() + verified + std::mem::size_of::<Kept>()
     }
+}
+
+/// An entry and what it costs, counted once when it is put.
+struct Kept {
+    entry: Remembered,
+    bytes: usize,
 }
 
 /// The memo of one worker.
 pub struct Memo {
-    maps: Vec<HashMap<Box<str>, Remembered>>,
+    maps: Vec<HashMap<Box<str>, Kept>>,
     cap: usize,
     bytes: usize,
     entries: usize,
@@ -67,7 +76,7 @@ impl Memo {
         now_ms: u64,
         still_holds: impl Fn(&Verified) -> bool,
     ) -> Option<&Remembered> {
-        let e = self.maps.get(profile)?.get(subject)?;
+        let e = &self.maps.get(profile)?.get(subject)?.entry;
         if now_ms >= e.expires_at_ms {
             return None;
         }
@@ -94,7 +103,7 @@ impl Memo {
             self.clear();
         }
         if let Some(map) = self.maps.get_mut(profile) {
-            map.insert(subject.into(), entry);
+            map.insert(subject.into(), Kept { entry, bytes: size });
             self.entries += 1;
             self.bytes += size;
         }
@@ -108,11 +117,11 @@ impl Memo {
         self.swept_ms = now_ms;
         let (mut entries, mut bytes) = (0, 0);
         for map in &mut self.maps {
-            map.retain(|subject, e| {
-                let keep = e.expires_at_ms > now_ms;
+            map.retain(|_, k| {
+                let keep = k.entry.expires_at_ms > now_ms;
                 if keep {
                     entries += 1;
-                    bytes += e.bytes(subject);
+                    bytes += k.bytes;
                 }
                 keep
             });
@@ -125,11 +134,11 @@ impl Memo {
     pub fn evict(&mut self, key: &CacheKey, expires_at_ms: u64) {
         let (mut entries, mut bytes) = (0, 0);
         for map in &mut self.maps {
-            map.retain(|subject, e| {
-                let keep = e.key != *key || e.expires_at_ms > expires_at_ms;
+            map.retain(|_, k| {
+                let keep = k.entry.key != *key || k.entry.expires_at_ms > expires_at_ms;
                 if keep {
                     entries += 1;
-                    bytes += e.bytes(subject);
+                    bytes += k.bytes;
                 }
                 keep
             });
@@ -157,7 +166,7 @@ impl Memo {
     fn forget(&mut self, profile: usize, subject: &str) {
         if let Some(old) = self.maps.get_mut(profile).and_then(|m| m.remove(subject)) {
             self.entries -= 1;
-            self.bytes -= old.bytes(subject);
+            self.bytes -= old.bytes;
         }
     }
 }
@@ -285,6 +294,44 @@ mod tests {
         // A token too large to be worth holding is not held.
         m.put(0, &"y".repeat(MAX_BYTES), e(tok("t"), 10_000, None), 2_000);
         assert!(m.bytes() < 1024);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_the_verification_an_entry_keeps() {
+        // Round 5, D6: 300 introspected tokens whose answers hold 60 KiB of claims each are
+        // about 18 MiB; the memo must count them, and hold at most its bound.
+        let mut m = Memo::new(1, 4_096, true);
+        let mut claims = crate::policy::Claims::new();
+        claims.insert(
+            "blob".into(),
+            serde_json::Value::String("z".repeat(60 * 1024)),
+        );
+        let claims = std::sync::Arc::new(claims);
+        let mut held = 0;
+        for i in 0..300 {
+            let verified = Verified {
+                claims: Some(std::sync::Arc::new((*claims).clone())),
+                until_ms: Some(10_000),
+                ..v()
+            };
+            m.put(
+                0,
+                &format!("opaque-{i}"),
+                e(tok("t"), 10_000, Some(verified)),
+                0,
+            );
+            held = m.len(0);
+            assert!(m.bytes() <= MAX_BYTES, "{} bytes after {i}", m.bytes());
+        }
+        assert!(
+            held * 60 * 1024 <= MAX_BYTES,
+            "{held} answers of 60 KiB held"
+        );
+        assert!(
+            m.bytes() >= held * 60 * 1024,
+            "{} bytes counted for {held}",
+            m.bytes()
+        );
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum Metric {
     RefreshedAhead,
     /// Minted tokens dropped because the upstream answered 401 to them.
     EvictedOn401,
+    /// Upstream 401s about a minted token that evicted nothing: its key was evicted less than
+    /// a minute before.
+    EvictionHeld,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
     /// With `token_services`: calls dispatched to token service `n` (0 is `sts`).
@@ -71,7 +74,7 @@ pub enum Metric {
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 23] = [
+const PLAIN: [(Metric, &str); 24] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -104,6 +107,7 @@ const PLAIN: [(Metric, &str); 23] = [
     ),
     (Metric::RefreshedAhead, "token_exchange.refreshed_ahead"),
     (Metric::EvictedOn401, "token_exchange.evicted_on_401"),
+    (Metric::EvictionHeld, "token_exchange.eviction_held"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

@@ -24,6 +24,9 @@ pub struct Outcomes {
     strip: Vec<HeaderOp>,
     /// `strip` and the claim headers: what a request that goes on without verified claims loses.
     pass: Vec<HeaderOp>,
+    /// The claim headers' other spellings (`x_tenant` for `x-tenant`): removed from every
+    /// request that goes on, since CGI-style upstreams read them as the claim header.
+    aliases: Vec<HeaderOp>,
     /// `pass` plus the subject header: what a request that goes on without any token loses.
     strip_all: Vec<HeaderOp>,
     /// `output.claims_to_headers`' headers, in order: set from verified claims, else removed.
@@ -59,14 +62,21 @@ impl Outcomes {
             .iter()
             .map(|c| c.header.clone())
             .collect();
+        let aliases: Vec<HeaderOp> = out
+            .claims_to_headers
+            .iter()
+            .flat_map(|c| c.aliases.iter().map(|a| HeaderOp::Remove(a.clone())))
+            .collect();
         let mut pass = strip.clone();
         pass.extend(claim_headers.iter().map(|h| HeaderOp::Remove(h.clone())));
+        pass.extend(aliases.iter().cloned());
         let mut strip_all = vec![HeaderOp::Remove(subject_header.clone())];
         strip_all.extend(pass.iter().cloned());
         Outcomes {
             realm: config.realm.clone(),
             strip,
             pass,
+            aliases,
             strip_all,
             claim_headers,
             subject_header,
@@ -86,7 +96,8 @@ impl Outcomes {
     /// The request goes on with the minted token in the output header, and the claim headers
     /// from the subject's verified `facts`.
     pub fn success(&self, minted: &str, subject: &str, facts: Option<&Facts>) -> Verdict {
-        let mut ops = Vec::with_capacity(self.strip.len() + self.claim_headers.len() + 3);
+        let claims = self.claim_headers.len() + self.aliases.len();
+        let mut ops = Vec::with_capacity(self.strip.len() + claims + 3);
         // Setting the output header replaces every copy of it; the subject header needs its
         // own removal only when it is another header.
         if self.output_header != self.subject_header {
@@ -100,6 +111,7 @@ impl Outcomes {
         if let Some(h) = &self.original_token_header {
             ops.push(HeaderOp::Set(h.clone(), subject.to_string()));
         }
+        ops.extend(self.aliases.iter().cloned());
         for (i, h) in self.claim_headers.iter().enumerate() {
             ops.push(match facts.and_then(|f| f.header_value(i)) {
                 Some(v) => HeaderOp::Set(h.clone(), v.to_string()),
@@ -125,6 +137,16 @@ impl Outcomes {
             "the token does not meet this route's access policy",
             scope,
         ))
+    }
+
+    /// A path whose readings fall under different route rules: 400, counted as rejected.
+    pub fn ambiguous_path<H: Host>(&self, host: &H, ctx: u32) -> Verdict {
+        host.metric(Metric::Rejected, 1);
+        if host.debug_enabled() {
+            let msg = format!("ctx={ctx} refused: the path reads as more than one route");
+            host.log(LogLevel::Debug, &msg);
+        }
+        Verdict::Respond(LocalReply::ambiguous_path())
     }
 
     /// The error table for STS failures, including the fail-open policy.
@@ -241,10 +263,11 @@ impl Outcomes {
     }
 
     /// A request without a usable subject token: passed on or challenged as
-    /// `on_missing_token` says when there is none, 401 when it is malformed.
-    pub fn no_token<H: Host>(&self, host: &H, ctx: u32, why: NoToken) -> Verdict {
+    /// `on_missing_token` says when there is none and its route's policy is `open` (asks for
+    /// nothing), challenged when the policy asks for something, 401 when it is malformed.
+    pub fn no_token<H: Host>(&self, host: &H, ctx: u32, why: NoToken, open: bool) -> Verdict {
         match why {
-            NoToken::Missing if self.allow_missing => self.pass(),
+            NoToken::Missing if self.allow_missing && open => self.pass(),
             NoToken::Missing => {
                 host.metric(Metric::Rejected, 1);
                 Verdict::Respond(LocalReply::missing_token(&self.realm))

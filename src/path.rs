@@ -78,6 +78,56 @@ pub fn normalize(raw: &str) -> NormalPath<'_> {
     }
 }
 
+/// The other ways a server may read a path that is not plain, each resolved as
+/// [`normalize`] resolves (dot segments removed, slashes merged): with `;` path parameters
+/// dropped (servlet containers), with every percent-encoding decoded (repeatedly, as a server
+/// that decodes twice would) and backslashes read as slashes, and with both. A rule that
+/// restricts must meet the path under every one of them.
+pub fn readings(raw: &str) -> [String; 3] {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let path = &raw[..end];
+    let decoded = decode_all(path);
+    [
+        resolve(&without_parameters(path)),
+        resolve(&decoded),
+        resolve(&without_parameters(&decoded)),
+    ]
+}
+
+/// `path` with each segment's `;` parameters dropped (`/a;x/b` → `/a/b`).
+fn without_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|seg| seg.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `path` with every percent-encoding decoded until none is left (at most four rounds), and
+/// backslashes as slashes.
+fn decode_all(path: &str) -> String {
+    let mut text = path.replace('\\', "/");
+    for _ in 0..4 {
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(&text).collect();
+        let next = String::from_utf8_lossy(&bytes).replace('\\', "/");
+        if next == text {
+            break;
+        }
+        text = next;
+    }
+    text
+}
+
+/// A path as a server resolves it: absolute, slashes merged (before dot segments go, as
+/// Envoy's `merge_slashes` does; [`normalize`] reads them the other way round), dot segments
+/// removed.
+fn resolve(path: &str) -> String {
+    let mut merged = format!("/{path}");
+    while merged.contains("//") {
+        merged = merged.replace("//", "/");
+    }
+    remove_dot_segments(&merged)
+}
+
 /// Whether `path` matches `prefix` on whole segments: `/orders` matches `/orders` and
 /// `/orders/…`, never `/orders-admin`. A prefix ending in `/` matches what starts with it.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -230,6 +280,26 @@ mod tests {
             let once = n(raw).0;
             assert_eq!(n(&once), (once.clone(), true), "{raw}");
         }
+    }
+
+    #[test]
+    fn a_path_that_is_not_plain_is_read_every_way_a_server_may_read_it() {
+        assert_eq!(readings("/admin;x/users")[0], "/admin/users");
+        assert_eq!(readings("/admin%2Fusers?q=1")[1], "/admin/users");
+        assert_eq!(
+            readings("/admin%252fusers")[1],
+            "/admin/users",
+            "decoded twice"
+        );
+        assert_eq!(readings("/a\\..\\admin")[1], "/admin");
+        assert_eq!(readings("/public/..;/admin")[0], "/admin");
+        assert_eq!(readings("/public%3bx/..%2Fadmin")[2], "/admin");
+        assert_eq!(
+            readings("/a//../admin")[0],
+            "/admin",
+            "slashes merged first"
+        );
+        assert_eq!(readings("/a/b")[2], "/a/b");
     }
 
     #[test]

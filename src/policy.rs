@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::config::{ClaimHeader, ClaimRule, Config, Policy, Requirement};
+use crate::host::{Host, LogLevel};
 
 /// The claims of a token, as a JSON object.
 pub type Claims = Map<String, Value>;
@@ -26,6 +27,32 @@ impl Facts {
     pub fn header_value(&self, i: usize) -> Option<&str> {
         self.values.as_ref()?.get(i)?.as_deref()
     }
+
+    /// About the bytes the claim headers' values hold.
+    pub fn bytes(&self) -> usize {
+        self.values.as_ref().map_or(0, |v| {
+            v.iter()
+                .map(|s| {
+                    s.as_ref().map_or(0, |s| s.len()) + std::mem::size_of::<Option<Box<str>>>()
+                })
+                .sum()
+        })
+    }
+}
+
+/// About the bytes a set of claims holds in memory (its JSON text's length, and a little per
+/// value): what keeping it costs, as a memory bound counts it.
+pub fn claims_bytes(claims: &Claims) -> usize {
+    fn value(v: &Value) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        SLOT + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(value).sum(),
+            Value::Object(o) => o.iter().map(|(k, v)| SLOT + k.len() + value(v)).sum(),
+            _ => 0,
+        }
+    }
+    claims.iter().map(|(k, v)| k.len() + value(v)).sum()
 }
 
 /// The policies and claim headers of one configuration.
@@ -50,8 +77,8 @@ impl Rules {
     }
 
     /// Judges `claims` against every policy and reads the claim headers' values. `unwritable`
-    /// hears the name of each claim whose value cannot go into a header (CR, LF, NUL or
-    /// another control character but tab).
+    /// hears the name of each claim whose value cannot go into a header as it is (see
+    /// [`log_unwritable`]).
     pub fn judge(&self, claims: &Claims, unwritable: &mut dyn FnMut(&str)) -> Facts {
         let mut holds = 0u64;
         for (i, p) in self.policies.iter().enumerate().take(64) {
@@ -162,18 +189,39 @@ fn lookup<'c>(claims: &'c Claims, name: &str) -> Option<&'c Value> {
 }
 
 /// A claim as a header value: a string as it is, a list joined with `,`, anything else as
-/// JSON; `None` when the text holds a control character other than tab.
+/// JSON. `None` when an upstream would read the text as another value: a control character
+/// other than tab (CR, LF, NUL), white space at either end of the value or of a list element
+/// (every HTTP recipient trims it), or a list element that is empty or holds a comma (it would
+/// read as two elements, or none).
 fn header_text(v: &Value) -> Option<Box<str>> {
     let piece = |v: &Value| match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    let padded = |t: &str| t.starts_with([' ', '\t']) || t.ends_with([' ', '\t']);
     let text = match v {
-        Value::Array(a) => a.iter().map(piece).collect::<Vec<_>>().join(","),
+        Value::Array(a) => {
+            let pieces: Vec<String> = a.iter().map(piece).collect();
+            let ambiguous = |p: &String| p.is_empty() || p.contains(',') || padded(p);
+            if pieces.iter().any(ambiguous) {
+                return None;
+            }
+            pieces.join(",")
+        }
         other => piece(other),
     };
-    let writable = !text.chars().any(|c| c.is_control() && c != '\t');
+    let writable = !padded(&text) && !text.chars().any(|c| c.is_control() && c != '\t');
     writable.then(|| text.into_boxed_str())
+}
+
+/// Logs that claim `name` was not written to its header (its name only, never its value).
+pub fn log_unwritable<H: Host>(host: &H, name: &str) {
+    let msg = format!(
+        "claim {name} not written to its header: an upstream would read its value as another \
+         (a control character, white space at an end, or a list element that is empty or holds \
+         a comma)"
+    );
+    host.log(LogLevel::Info, &msg);
 }
 
 #[cfg(test)]
@@ -219,6 +267,7 @@ mod tests {
                 .map(|h| ClaimHeader {
                     claim: h[0].as_str().unwrap().into(),
                     header: h[1].as_str().unwrap().into(),
+                    aliases: Vec::new(),
                 })
                 .collect(),
         }

@@ -62,6 +62,15 @@ impl LocalReply {
         )
     }
 
+    /// 400 for a request the filter cannot place: its path reads as two different routes.
+    pub fn ambiguous_path() -> Self {
+        Self::new(
+            400,
+            "invalid_request",
+            "the request path can be read as more than one route",
+        )
+    }
+
     /// 502 when the STS rejects the filter's own credentials or answers nonsense.
     pub fn bad_gateway(description: &str) -> Self {
         Self::new(502, "bad_gateway", description)

@@ -1,10 +1,17 @@
 //! Route rules: the first rule whose authority, path prefix (on whole segments of the
 //! normalized path, see [`crate::path`]) and method match picks the exchange or a bypass. A bypass
-//! rule matches only a plain path.
+//! rule matches only a plain path; a path that is not plain is matched under every reading a
+//! server may make of it, and refused when two readings pick different rules (a stricter
+//! route's policy is never escaped by a spelling).
 
 use crate::config::{ConfigError, Route, RouteAction};
 use crate::host::RequestHeaders;
-use crate::path::{is_normal_prefix, normalize, prefix_matches};
+use crate::path::{is_normal_prefix, normalize, prefix_matches, readings};
+
+/// A path whose readings (see [`readings`]) fall under different route rules: refused, since
+/// the filter cannot tell which rule's policy the server behind it will serve it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
 
 /// The route rules of a configuration, checked and ready to match.
 #[derive(Debug, Clone)]
@@ -35,31 +42,59 @@ impl Routes {
     }
 
     /// The action of the first rule the request meets; the default exchange when none.
-    pub fn select<R: RequestHeaders + ?Sized>(&self, req: &R) -> RouteAction {
+    /// `Err` for a path that is not plain and whose readings fall under different rules.
+    pub fn select<R: RequestHeaders + ?Sized>(&self, req: &R) -> Result<RouteAction, Ambiguous> {
         if self.rules.is_empty() {
-            return RouteAction::Exchange(0);
+            return Ok(RouteAction::Exchange(0));
         }
         let raw = if self.needs_path {
             req.header(":path")
         } else {
             None
         };
-        select(&self.rules, raw.as_deref(), req)
+        let mut seen = Seen::default();
+        let Some(raw) = raw else {
+            return Ok(select(&self.rules, None, true, req, &mut seen));
+        };
+        let path = normalize(&raw);
+        let action = select(&self.rules, Some(&path.path), path.plain, req, &mut seen);
+        if path.plain {
+            return Ok(action);
+        }
+        for reading in readings(&raw) {
+            if select(&self.rules, Some(&reading), false, req, &mut seen) != action {
+                return Err(Ambiguous);
+            }
+        }
+        Ok(action)
     }
 }
 
-fn select<R: RequestHeaders + ?Sized>(routes: &[Route], raw: Option<&str>, req: &R) -> RouteAction {
-    let path = raw.map(normalize);
-    let mut authority: Option<Option<String>> = None;
-    let mut method: Option<Option<String>> = None;
+/// The request's authority and method, read once when a rule first asks.
+#[derive(Default)]
+struct Seen {
+    authority: Option<Option<String>>,
+    method: Option<Option<String>>,
+}
+
+/// The first rule that `path` (normalized; `plain` when a bypass may match it) and the request
+/// meet.
+fn select<R: RequestHeaders + ?Sized>(
+    routes: &[Route],
+    path: Option<&str>,
+    plain: bool,
+    req: &R,
+    seen: &mut Seen,
+) -> RouteAction {
+    let Seen { authority, method } = seen;
     for route in routes {
         let m = &route.matcher;
         if let Some(prefix) = &m.path_prefix {
-            let Some(p) = &path else { continue };
-            if !prefix_matches(prefix, &p.path) {
+            let Some(p) = path else { continue };
+            if !prefix_matches(prefix, p) {
                 continue;
             }
-            if route.action == RouteAction::Bypass && !p.plain {
+            if route.action == RouteAction::Bypass && !plain {
                 continue;
             }
         }
@@ -106,6 +141,42 @@ mod tests {
         for bad in ["/a/../b", "/a/%2fb", "/a//b"] {
             let e = Routes::compile(&[rule("/ok"), rule(bad)]).unwrap_err();
             assert_eq!(e.key, "routes[1].match.path_prefix", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_path_whose_readings_pick_different_rules_is_ambiguous() {
+        let rule = |p: &str, action| Route {
+            matcher: RouteMatch {
+                path_prefix: Some(p.into()),
+                ..RouteMatch::default()
+            },
+            action,
+        };
+        let routes = Routes::compile(&[
+            rule("/health", RouteAction::Bypass),
+            rule("/admin", RouteAction::Exchange(1)),
+            rule("/public", RouteAction::Exchange(2)),
+        ])
+        .unwrap();
+        let select = |path: &str| routes.select(&[(":path", path)][..]);
+        assert_eq!(select("/admin/x"), Ok(RouteAction::Exchange(1)));
+        assert_eq!(select("/admin/x;v=1"), Ok(RouteAction::Exchange(1)));
+        assert_eq!(select("/public/a%20b"), Ok(RouteAction::Exchange(2)));
+        assert_eq!(select("/health"), Ok(RouteAction::Bypass));
+        assert_eq!(
+            select("/health;/x"),
+            Ok(RouteAction::Exchange(0)),
+            "never a bypass"
+        );
+        for path in [
+            "/admin;x/users",
+            "/admin%2Fusers",
+            "/public/..%2Fadmin",
+            "/health/..;/admin",
+            "/x%2f..%2fadmin",
+        ] {
+            assert_eq!(select(path), Err(Ambiguous), "{path}");
         }
     }
 

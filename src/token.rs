@@ -25,7 +25,7 @@ use crate::config::{KeySource, TrustedIssuer};
 use crate::host::{Host, LogLevel};
 use crate::jwks::{KeySet, Lookup, PublicKey};
 use crate::jwt_error::JwtError;
-use crate::policy::{Claims as ClaimSet, Facts};
+use crate::policy::{claims_bytes, Claims as ClaimSet, Facts};
 
 /// What the subject header held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +288,13 @@ pub struct Verified {
     pub until_ms: Option<u64>,
     /// For an introspected token: the answer's claims (a JWT's are read from the token).
     pub claims: Option<Arc<ClaimSet>>,
+}
+
+impl Verified {
+    /// About the bytes it keeps: its claim headers' values and an introspection answer's claims.
+    pub fn bytes(&self) -> usize {
+        self.facts.bytes() + self.claims.as_deref().map_or(0, claims_bytes)
+    }
 }
 
 /// The outcome of checking a subject JWT against the trusted issuers.

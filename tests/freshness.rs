@@ -257,3 +257,92 @@ fn an_upstream_401_evicts_the_minted_token_on_both_workers() {
     );
     assert_eq!(sts.count(), 2);
 }
+
+#[test]
+fn an_upstream_that_refuses_every_token_evicts_once_a_minute_on_both_workers() {
+    let sts = TestSts::start(0, |n, _call: &StsCall| {
+        StsReply::token(&format!("m-{n}"), 600)
+    });
+    let envoy = Arc::new(start(&sts, json!({})));
+    let refused = [
+        ("authorization", "Bearer erin"),
+        ("x-echo-status", "401"),
+        ("x-echo-www-authenticate", "Bearer realm=\"api\""),
+    ];
+    // Ninety requests, fifteen at a time over both workers, every one refused upstream. Single
+    // flight is per worker: each worker may exchange once at first and once after the eviction.
+    let mut after_two = 0;
+    for batch_no in 0..6 {
+        let batch: Vec<_> = (0..15)
+            .map(|_| {
+                let envoy = envoy.clone();
+                thread::spawn(move || envoy.get("/", &refused))
+            })
+            .collect();
+        for r in batch {
+            let r = r.join().unwrap();
+            assert_eq!(r.status, 401, "the upstream's answer reaches the client");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"api\""));
+        }
+        thread::sleep(Duration::from_millis(200));
+        if batch_no == 1 {
+            after_two = sts.count();
+        }
+    }
+    assert!(sts.count() <= 4, "{} STS calls for one key", sts.count());
+    assert_eq!(
+        sts.count(),
+        after_two,
+        "no exchange after the first minute's eviction"
+    );
+    assert_eq!(envoy.counter("evicted_on_401"), 1);
+    assert!(
+        envoy.counter("eviction_held") >= 80,
+        "{}",
+        envoy.counter("eviction_held")
+    );
+}
+
+#[test]
+fn a_401_that_asks_for_more_than_a_new_token_evicts_nothing_and_invalid_token_evicts_once() {
+    let sts = TestSts::start(0, |n, _call: &StsCall| {
+        StsReply::token(&format!("m-{n}"), 600)
+    });
+    let envoy = start(&sts, json!({}));
+    let minted = |r: &support::Reply| r.upstream_header("authorization").unwrap();
+    assert_eq!(minted(&envoy.get_with_token("/", "fay")), "Bearer m-1");
+    for challenge in [
+        "Bearer error=\"insufficient_user_authentication\", acr_values=\"phr\"",
+        "Bearer error=\"insufficient_scope\", scope=\"orders:write\"",
+        "Bearer error=\"insufficient_claims\", claims=\"eyJhY2Nlc3NfdG9rZW4iOnt9fQ==\"",
+    ] {
+        let r = envoy.get(
+            "/",
+            &[
+                ("authorization", "Bearer fay"),
+                ("x-echo-status", "401"),
+                ("x-echo-www-authenticate", challenge),
+            ],
+        );
+        assert_eq!(
+            (r.status, r.header("www-authenticate")),
+            (401, Some(challenge))
+        );
+        assert_eq!(minted(&r), "Bearer m-1");
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(minted(&envoy.get_with_token("/", "fay")), "Bearer m-1");
+    assert_eq!((sts.count(), envoy.counter("evicted_on_401")), (1, 0));
+    let revoked = "Bearer error=\"invalid_token\", error_description=\"revoked\"";
+    envoy.get(
+        "/",
+        &[
+            ("authorization", "Bearer fay"),
+            ("x-echo-status", "401"),
+            ("x-echo-www-authenticate", revoked),
+        ],
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(minted(&envoy.get_with_token("/", "fay")), "Bearer m-2");
+    assert_eq!((sts.count(), envoy.counter("evicted_on_401")), (2, 1));
+}

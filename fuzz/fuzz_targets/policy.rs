@@ -1,5 +1,6 @@
 //! Any JWT payload judged against policies and claim headers: no panic, a header value never
-//! holds a line break or other control character but tab, and the reason agrees with the verdict.
+//! holds a line break or other control character but tab nor white space at an end, a list
+//! claim's value reads back as exactly its elements, and the reason agrees with the verdict.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -39,7 +40,14 @@ fuzz_target!(|data: &[u8]| {
     for i in 0..4 {
         if let Some(v) = facts.header_value(i) {
             assert!(!v.chars().any(|c| c.is_control() && c != '\t'), "{v:?}");
+            assert_eq!(v, v.trim_matches([' ', '\t']), "read as another value upstream");
         }
+    }
+    // A list is written so that splitting at commas gives back exactly its elements.
+    if let (Some(serde_json::Value::Array(list)), Some(v)) = (claims.get("groups"), facts.header_value(1)) {
+        // An empty list is an empty value (no element may be empty, so it reads as no other).
+        let read: Vec<&str> = v.split(',').filter(|_| !v.is_empty()).collect();
+        assert_eq!(read.len(), list.len(), "{v:?} from {list:?}");
     }
     for policy in 0..2 {
         let permits = rules().permits(policy, Some(&facts));

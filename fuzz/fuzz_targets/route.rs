@@ -1,7 +1,8 @@
-//! Any request path through normalization and route selection: no panic, and a bypass only ever
+//! Any request path through normalization and route selection: no panic, a bypass only ever
 //! for a path that every reading a server might take (all percent-encodings decoded, backslashes
 //! as slashes, `;` parameters dropped, slashes merged, dot segments removed) puts under the
-//! bypassed prefix.
+//! bypassed prefix, and a path the most lenient server serves under the restricted prefix
+//! always meets that rule (or is refused).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -87,12 +88,22 @@ fuzz_target!(|data: &[u8]| {
         let again = normalize(&n.path);
         assert!(again.plain && again.path == n.path, "not idempotent: {raw:?}");
     }
-    if routes.select(&OnePath(raw)) == RouteAction::Bypass {
-        assert!(n.plain, "bypass of a path that is not plain: {raw:?}");
-        let seen = lenient(raw);
-        assert!(
-            seen == "/healthz" || seen.starts_with("/healthz/"),
-            "bypass of {raw:?}, which a server may read as {seen:?}"
-        );
+    let seen = lenient(raw);
+    match routes.select(&OnePath(raw)) {
+        Ok(RouteAction::Bypass) => {
+            assert!(n.plain, "bypass of a path that is not plain: {raw:?}");
+            assert!(
+                seen == "/healthz" || seen.starts_with("/healthz/"),
+                "bypass of {raw:?}, which a server may read as {seen:?}"
+            );
+        }
+        Ok(action) => {
+            let restricted = seen == "/orders" || seen.starts_with("/orders/");
+            assert!(
+                !restricted || action == RouteAction::Exchange(1),
+                "{raw:?} escaped the /orders rule, though a server may read it as {seen:?}"
+            );
+        }
+        Err(_) => assert!(!n.plain, "a plain path refused: {raw:?}"),
     }
 });

@@ -39,7 +39,10 @@ pub(super) fn validate_ciba(c: RawCiba) -> Result<CibaConfig, ConfigError> {
         (other, _) => {
             return Err(ConfigError::new(
                 "sts.ciba.mode",
-                format!("unknown mode {}; use poll or ping", shown(other)),
+                format!(
+                    "unknown mode {}; use poll or ping",
+                    shown(other, &["poll", "ping"])
+                ),
             ))
         }
     };

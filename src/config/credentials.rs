@@ -3,7 +3,7 @@
 
 use super::raw::RawPrivateKey;
 use super::raw::Whole;
-use super::values::{shown, whole};
+use super::values::{shown, shown_env_name, whole};
 use super::{ClientAuthConfig, ConfigError, PrivateKeyConfig};
 
 /// The credential keys of one server, as written.
@@ -53,7 +53,10 @@ fn validate_credentials(
             _ => {
                 return Err(ConfigError::new(
                     format!("{prefix}.client_secret_env"),
-                    format!("environment variable {} is not set in the VM", shown(&var)),
+                    format!(
+                        "environment variable {} is not set in the VM",
+                        shown_env_name(&var)
+                    ),
                 ))
             }
         },
@@ -110,7 +113,10 @@ fn validate_credentials(
                 (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
                     ConfigError::new(
                         format!("{prefix}.private_key.pem_env"),
-                        format!("environment variable {} is not set in the VM", shown(&var)),
+                        format!(
+                        "environment variable {} is not set in the VM",
+                        shown_env_name(&var)
+                    ),
                     )
                 })?,
                 _ => {
@@ -144,10 +150,18 @@ fn validate_credentials(
                 format!("{prefix}.client_auth"),
                 format!(
                     "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt or none",
-                    shown(other)
+                    shown(other, &METHODS)
                 ),
             ))
         }
     };
     Ok((client_id, client_auth))
 }
+
+/// The client authentication methods a server's `client_auth` may name.
+const METHODS: [&str; 4] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "none",
+];

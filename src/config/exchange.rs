@@ -42,7 +42,10 @@ fn service(name: Option<&str>, key: &str, ctx: &ExchangeContext<'_>) -> Result<u
                 format!("{key}.sts"),
                 format!(
                     "names no token service: {} is not sts or a key of token_services",
-                    shown(n)
+                    shown(
+                        n,
+                        &ctx.services.iter().map(String::as_str).collect::<Vec<_>>()
+                    )
                 ),
             )),
         },
@@ -112,7 +115,7 @@ pub(super) fn validate_exchange(
                 format!("{key}.grant"),
                 format!(
                     "unknown grant {}; use token_exchange, jwt_bearer or ciba",
-                    shown(other)
+                    shown(other, &["token_exchange", "jwt_bearer", "ciba"])
                 ),
             ))
         }
@@ -288,7 +291,7 @@ fn validate_actor(
             format!("{key}.source"),
             format!(
                 "unknown source {}; use client_credentials or header",
-                shown(other)
+                shown(other, &["client_credentials", "header"])
             ),
         )),
     }

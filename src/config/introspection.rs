@@ -51,7 +51,13 @@ pub(super) fn introspecting(
                 key,
                 format!(
                     "names no trusted issuer with introspection ({})",
-                    shown(name)
+                    shown(
+                        name,
+                        &issuers
+                            .iter()
+                            .map(|t| t.issuer.as_str())
+                            .collect::<Vec<_>>()
+                    )
                 ),
             )
         })

@@ -95,9 +95,15 @@ pub(super) fn near(json: &[u8], offset: usize) -> String {
     let offset = offset.min(json.len());
     let (from, to) = (offset.saturating_sub(24), (offset + 8).min(json.len()));
     let mut out: Vec<u8> = Vec::new();
+    // What encloses the text read so far, and the last byte that was not white space: a string
+    // is a key only where an object entry opens (after `{` or `,` inside an object) and a `:`
+    // follows it; a string value followed by a stray `:` is still a value.
+    let mut nesting: Vec<u8> = Vec::new();
+    let mut last = 0u8;
     let mut i = 0;
     while i < to {
         let b = json[i];
+        let opens_entry = nesting.last() == Some(&b'{') && matches!(last, b'{' | b',');
         let end = if b == b'"' {
             string_end(json, i + 1) + 1
         } else if b"{}[],:".contains(&b) || b.is_ascii_whitespace() {
@@ -112,7 +118,8 @@ pub(super) fn near(json: &[u8], offset: usize) -> String {
             let token = &json[i..end.min(json.len())];
             let shown: &[u8] = if b == b'"' {
                 let after = json.get(end..).unwrap_or_default();
-                let is_key = after.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':');
+                let is_key =
+                    opens_entry && after.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':');
                 if is_key {
                     &json[i.max(from)..end.min(to)]
                 } else {
@@ -134,6 +141,16 @@ pub(super) fn near(json: &[u8], offset: usize) -> String {
             if !(shown == b" " && out.last() == Some(&b' ')) {
                 out.extend_from_slice(shown);
             }
+        }
+        match b {
+            b'{' | b'[' => nesting.push(b),
+            b'}' | b']' => {
+                nesting.pop();
+            }
+            _ => {}
+        }
+        if !b.is_ascii_whitespace() {
+            last = b;
         }
         i = end;
     }

@@ -13,6 +13,7 @@ mod introspection;
 mod json_path;
 mod policy;
 mod raw;
+mod unique;
 mod validate;
 mod values;
 
@@ -125,6 +126,9 @@ pub struct ClaimHeader {
     pub claim: String,
     /// Lower-case header name.
     pub header: String,
+    /// Its other spellings with `-` and `_` swapped, which CGI-style upstreams read as the same
+    /// header (`x_tenant` as `x-tenant`): removed from every request the filter lets through.
+    pub aliases: Vec<String>,
 }
 
 /// One alternative of an access policy: every condition in it must hold.
@@ -317,6 +321,11 @@ pub enum JwsAlg {
 }
 
 impl JwsAlg {
+    /// The JWS names of every supported algorithm.
+    pub const NAMES: [&'static str; 8] = [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "EdDSA",
+    ];
+
     /// The algorithm named by a JWS `alg` value, if supported.
     pub fn from_name(name: &str) -> Option<JwsAlg> {
         Some(match name {

@@ -66,18 +66,61 @@ pub(super) fn validate_claim_headers(
         let key = format!("output.claims_to_headers[{i}]");
         claim_name(&r.claim, &format!("{key}.claim"))?;
         let header = settable_header(&r.header, &format!("{key}.header"))?;
-        if taken.contains(&header.as_str()) || out.iter().any(|c| c.header == header) {
+        let same = |other: &str| folded(other) == folded(&header);
+        if taken.iter().any(|t| same(t)) || out.iter().any(|c| same(&c.header)) {
             return Err(ConfigError::new(
                 format!("{key}.header"),
-                "must differ from every other header the filter reads or writes",
+                "must differ from every other header the filter reads or writes, also when \
+                 '-' and '_' are read alike",
+            ));
+        }
+        let separators = header.bytes().filter(|b| matches!(b, b'-' | b'_')).count();
+        if separators > MAX_SEPARATORS {
+            return Err(ConfigError::new(
+                format!("{key}.header"),
+                format!(
+                    "may hold at most {MAX_SEPARATORS} '-' or '_' (each spelling an upstream may \
+                     read as this header is removed from every request)"
+                ),
             ));
         }
         out.push(ClaimHeader {
             claim: r.claim,
+            aliases: aliases(&header),
             header,
         });
     }
     Ok(out)
+}
+
+/// The most `-` and `_` a claim header may hold: 2^n spellings are removed from each request.
+const MAX_SEPARATORS: usize = 4;
+
+/// A header name as CGI-style servers read it (`HTTP_X_TENANT`): `_` and `-` alike.
+fn folded(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// Every other spelling of `header` with each `-` or `_` written either way.
+fn aliases(header: &str) -> Vec<String> {
+    let at: Vec<usize> = header
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'-' | b'_'))
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = Vec::new();
+    for mask in 0u32..(1 << at.len()) {
+        let mut bytes = header.as_bytes().to_vec();
+        for (bit, i) in at.iter().enumerate() {
+            bytes[*i] = if mask & (1 << bit) != 0 { b'_' } else { b'-' };
+        }
+        let spelling = String::from_utf8_lossy(&bytes).into_owned();
+        if spelling != header {
+            out.push(spelling);
+        }
+    }
+    out
 }
 
 /// A claim name: printable ASCII without spaces (a URI claim name is fine).

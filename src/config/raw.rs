@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::unique::{unique, unique_or_none};
 use super::{json_path, ConfigError, OnMissingToken, OnStsUnavailable};
 
 /// Implements `Deserialize` for each contract object so that it is read from a JSON object only:
@@ -55,7 +56,7 @@ objects_only!(
 #[serde(deny_unknown_fields, remote = "Self")]
 pub(super) struct RawConfig {
     pub(super) sts: RawSts,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique")]
     pub(super) token_services: BTreeMap<String, RawSts>,
     #[serde(default)]
     pub(super) protected_resource: Option<RawProtectedResource>,
@@ -307,6 +308,7 @@ pub(super) struct RawExchange {
     pub(super) actor: Option<Option<RawActor>>,
     pub(super) expect_act: Option<bool>,
     pub(super) enforce_may_act: Option<bool>,
+    #[serde(default, deserialize_with = "unique_or_none")]
     pub(super) extra_params: Option<BTreeMap<String, String>>,
     pub(super) sts: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -372,6 +374,7 @@ pub(super) struct RawRoute {
 #[serde(deny_unknown_fields, remote = "Self")]
 pub(super) struct RawRequirement {
     pub(super) scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "unique_or_none")]
     pub(super) claims: Option<BTreeMap<String, OneOrMany>>,
 }
 

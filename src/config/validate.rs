@@ -27,7 +27,7 @@ pub(super) fn validate(
                 "token_services",
                 format!(
                     "{} is not a service name: 1 to 32 of a-z, 0-9, _ and -, and not sts",
-                    shown(&name)
+                    shown_key(&name)
                 ),
             ));
         }
@@ -313,11 +313,14 @@ fn validate_issuer(
             let why = if name.eq_ignore_ascii_case("none")
                 || name.to_ascii_uppercase().starts_with("HS")
             {
-                format!("{} is never accepted for subject tokens", shown(name))
+                format!(
+                    "{} is never accepted for subject tokens",
+                    shown(name, &["none", "HS256", "HS384", "HS512"])
+                )
             } else {
                 format!(
                     "{} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA",
-                    shown(name)
+                    shown(name, &JwsAlg::NAMES)
                 )
             };
             ConfigError::new(format!("{key}.algorithms"), why)
@@ -355,7 +358,10 @@ fn validate_issuer(
         Some(other) => {
             return Err(ConfigError::new(
                 format!("{key}.action"),
-                format!("unknown action {}; use exchange or forward", shown(other)),
+                format!(
+                    "unknown action {}; use exchange or forward",
+                    shown(other, &["exchange", "forward"])
+                ),
             ))
         }
     };

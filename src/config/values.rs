@@ -3,16 +3,51 @@
 use super::raw::Whole;
 use super::ConfigError;
 
-/// A config value as an error line may show it: only a short word that cannot be a secret or
-/// key material; anything else by its length alone.
-pub(super) fn shown(v: &str) -> String {
-    let word = v.len() <= 24
+/// A written value as a refusal may quote it: only a near miss of one of the `accepted` words
+/// (at most two edits from one, as a typo is), which a secret written under the wrong key never
+/// is; anything else by its length alone.
+pub(super) fn shown(v: &str, accepted: &[&str]) -> String {
+    let near_miss = v.len() <= 64
+        && v.bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        && accepted.iter().any(|a| strsim::levenshtein(v, a) <= 2);
+    if near_miss {
+        format!("{v:?}")
+    } else {
+        format!("(a value of {} bytes, not shown)", v.len())
+    }
+}
+
+/// An environment variable's name as a refusal may quote it: only in the shape such names have
+/// (`STS_CLIENT_SECRET`: upper-case words joined by `_`), which a secret written there by
+/// mistake does not; anything else by its length alone.
+pub(super) fn shown_env_name(v: &str) -> String {
+    let words = v.split('_').collect::<Vec<_>>();
+    let shaped = v.len() <= 64
+        && words.len() >= 2
+        && words.iter().all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        })
+        && v.starts_with(|c: char| c.is_ascii_uppercase());
+    if shaped {
+        format!("{v:?}")
+    } else {
+        format!("(a name of {} bytes, not shown)", v.len())
+    }
+}
+
+/// A key the operator named (a token service's name) as a refusal may quote it: a short word;
+/// anything else by its length alone.
+pub(super) fn shown_key(v: &str) -> String {
+    let word = v.len() <= 32
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
     if word {
         format!("{v:?}")
     } else {
-        format!("(a value of {} bytes)", v.len())
+        format!("(a key of {} bytes)", v.len())
     }
 }
 

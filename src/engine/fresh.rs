@@ -5,6 +5,7 @@
 use super::{Engine, Step};
 use crate::actor;
 use crate::cache::CacheKey;
+use crate::challenge;
 use crate::client::ActorSource;
 use crate::config::Grant;
 use crate::flights::{Exchange, Job};
@@ -133,13 +134,28 @@ impl Engine {
         self.freshness.watches(ctx)
     }
 
-    /// The upstream answered request `ctx` with `status`: a 401 to a minted token evicts it
-    /// from the shared cache and from every worker's memo, so the next request exchanges anew.
-    pub fn on_response<H: Host>(&mut self, host: &H, ctx: u32, status: Option<u16>) {
+    /// The upstream answered request `ctx` with `status` (`challenges`: its `WWW-Authenticate`
+    /// values, read only for a 401). A 401 about a minted token (no error code, or
+    /// `invalid_token`) evicts it from the shared cache and from every worker's memo, so the
+    /// next request exchanges anew; a challenge asking for more evicts nothing, and a key is
+    /// evicted at most once a minute across workers (the 401s still reach the client as sent).
+    pub fn on_response<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        status: Option<u16>,
+        challenges: impl FnOnce() -> Vec<String>,
+    ) {
         let Some(served) = self.freshness.take(ctx) else {
             return;
         };
-        if status != Some(401) {
+        if status != Some(401)
+            || !challenge::about_the_token(challenges().iter().map(String::as_str))
+        {
+            return;
+        }
+        if !self.freshness.may_evict(host, &served.key, host.now_ms()) {
+            host.metric(Metric::EvictionHeld, 1);
             return;
         }
         self.cache.evict(host, &served.key, served.expires_at_ms);

@@ -7,8 +7,9 @@ use super::stages::Caller;
 use super::{Engine, Step, Wait};
 use crate::cache::CacheKey;
 use crate::flights::{Job, Parked, Waiter};
-use crate::host::{Host, HttpAnswer, LogLevel};
+use crate::host::{Host, HttpAnswer};
 use crate::introspection::{Failure, Found};
+use crate::policy;
 use crate::token::{self, MayAct, Verified};
 use crate::verdict::Verdict;
 
@@ -26,7 +27,7 @@ impl Engine {
         issuer: usize,
     ) -> Result<Verified, Verdict> {
         self.check_header_actor(host, at, header_actor)?;
-        if let Some(v) = self.keys.verified(key, at.now) {
+        if let Some(v) = self.keys.introspected(key, issuer, at.now) {
             return self.acting(host, at, v);
         }
         let ikey = self.introspection.key(issuer, subject);
@@ -142,10 +143,7 @@ impl Engine {
         let may_act_ok = p.may_act_permits(&may_act, header_actor, client_id);
         let facts = match self.rules.reads_claims() {
             true => self.rules.judge(&found.claims, &mut |name| {
-                let msg = format!(
-                    "claim {name} not written to its header: its value holds a control character"
-                );
-                host.log(LogLevel::Info, &msg);
+                policy::log_unwritable(host, name)
             }),
             false => Default::default(),
         };
@@ -159,7 +157,7 @@ impl Engine {
             until_ms: Some(found.until_ms),
             claims: Some(found.claims.clone()),
         };
-        self.keys.remember(key, v.clone());
+        self.keys.remember_introspected(&key, v.clone());
         self.acting(host, at, v)
     }
 

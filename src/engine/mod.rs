@@ -23,7 +23,7 @@ use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
 use crate::policy::Rules;
 use crate::resource::ResourceMetadata;
-use crate::route::Routes;
+use crate::route::{Ambiguous, Routes};
 use crate::sts::StsFailure;
 use crate::verdict::{to_each, Verdict};
 use calls::{Calls, Owner};
@@ -159,16 +159,22 @@ impl Engine {
         R: RequestHeaders + ?Sized,
     {
         let profile = match self.routes.select(req) {
-            RouteAction::Bypass => {
+            Ok(RouteAction::Bypass) => {
                 host.metric(Metric::Bypassed, 1);
                 return self.outcomes.pass();
             }
-            RouteAction::Exchange(p) => p,
+            Ok(RouteAction::Exchange(p)) => p,
+            Err(Ambiguous) => return self.outcomes.ambiguous_path(host, ctx),
         };
         let rules = &self.config.subject_token;
         let subject = match caller::subject(req, rules) {
             Ok(s) => s,
-            Err(why) => return self.outcomes.no_token(host, ctx, why),
+            Err(why) => {
+                // A route whose policy asks for anything never passes a request without a token.
+                let policy = self.client.profiles[profile].policy;
+                let open = self.rules.permits(policy, None);
+                return self.outcomes.no_token(host, ctx, why, open);
+            }
         };
         let actor = match self.client.profiles[profile].actor_header() {
             Some(name) => match caller::actor(req, name, rules.max_bytes) {

@@ -5,7 +5,7 @@ use super::{Engine, Step, Wait};
 use crate::cache::CacheKey;
 use crate::host::{Host, LogLevel};
 use crate::keys::{ActorCheck, Check, Judge, KeyEvent, KeyWaiter};
-use crate::policy::{Facts, Rules};
+use crate::policy::{self, Facts, Rules};
 use crate::token::{self, MayAct, Verified};
 use crate::verdict::{to_each, Verdict};
 
@@ -35,14 +35,7 @@ impl Engine {
         let client_id = self.client.endpoint(p.service).client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
         let rules = &self.rules;
-        let claims = |t: &str| {
-            judge(rules, t, &mut |name| {
-                let msg = format!(
-                    "claim {name} not written to its header: its value holds a control character"
-                );
-                host.log(LogLevel::Info, &msg);
-            })
-        };
+        let claims = |t: &str| judge(rules, t, &mut |name| policy::log_unwritable(host, name));
         let judge = Judge {
             may_act: &permits,
             claims: &claims,

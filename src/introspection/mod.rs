@@ -107,19 +107,20 @@ impl Introspector {
         key: &CacheKey,
         now_ms: u64,
     ) -> Option<Result<Found, Failure>> {
-        self.sites.get(issuer)?.as_ref()?;
+        let site = self.sites.get(issuer)?.as_ref()?;
         let (kind, payload, until_ms) = self.table.get(host, key, now_ms)?;
         match kind {
-            KIND_ACTIVE => {
-                let claims: Claims = serde_json::from_slice(&payload).ok()?;
-                let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
-                let claims = Arc::new(claims);
-                Some(Ok(Found {
-                    claims,
+            // Judged again by this configuration's rules: another listener, or the
+            // configuration before a reload, may have judged it by others.
+            KIND_ACTIVE => match judge_body(&payload, &site.issuer, now_ms / 1000) {
+                Ok(Active { claims, exp }) => Some(Ok(Found {
+                    claims: Arc::new(claims),
                     exp,
                     until_ms,
-                }))
-            }
+                })),
+                Err(refused @ Failure::Refused(_)) => Some(Err(refused)),
+                Err(_) => None,
+            },
             KIND_INACTIVE => Some(Err(Failure::Inactive)),
             KIND_REFUSED => {
                 let r = Refusal::ALL.get(usize::from(*payload.first()?))?;
@@ -205,12 +206,19 @@ impl Introspector {
                 Err(Failure::Refused(r))
             }
             Err(failure) => {
-                site.failures = site.failures.saturating_add(1);
-                let pause = backoff_ms(site.failures, MAX_BACKOFF_MS, now_ms);
-                site.resume_at_ms = now_ms.saturating_add(pause);
                 host.metric(Metric::IntrospectionErrors, 1);
+                // An answer about this one token that the filter cannot use is that token's
+                // failure (502), never an outage for everyone else's tokens.
+                let then = if let Failure::Nonsense(_) = failure {
+                    "about one token; the endpoint stays in use".to_string()
+                } else {
+                    site.failures = site.failures.saturating_add(1);
+                    let pause = backoff_ms(site.failures, MAX_BACKOFF_MS, now_ms);
+                    site.resume_at_ms = now_ms.saturating_add(pause);
+                    format!("next call in {pause} ms at the earliest")
+                };
                 let msg = format!(
-                    "introspection at {} failed ({}); next call in {pause} ms at the earliest",
+                    "introspection at {} failed ({}); {then}",
                     site.issuer.issuer,
                     failure.description()
                 );

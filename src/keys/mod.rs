@@ -15,7 +15,7 @@ mod fetch;
 mod verified;
 
 use fetch::{encode_attempt, in_progress, read_attempt, split_stamp, RemoteKeys};
-use verified::{actor_key, VerifiedTokens};
+use verified::{actor_key, introspected_key, VerifiedTokens};
 
 /// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,14 +151,26 @@ impl Keys {
         self.state.get(issuer).map_or(0, |s| s.version)
     }
 
-    /// Remembers a token verified another way (by introspection) under cache key `key`.
-    pub fn remember(&mut self, key: CacheKey, v: Verified) {
-        self.verified.remember(key, v);
+    /// Remembers a token that issuer `v.issuer` called active (by introspection) for cache key
+    /// `key`: under a record key of that issuer's own, so that only a request whose route
+    /// introspects at that issuer finds it.
+    pub fn remember_introspected(&mut self, key: &CacheKey, v: Verified) {
+        self.verified.remember(introspected_key(key, v.issuer), v);
     }
 
-    /// The verification remembered for cache key `key`, if it still holds.
-    pub fn verified(&self, key: &CacheKey, now_ms: u64) -> Option<Verified> {
-        self.verified.get(key, |v| self.still_valid(v, now_ms))
+    /// The verification `issuer`'s introspection gave for cache key `key`, if it still holds.
+    pub fn introspected(&self, key: &CacheKey, issuer: usize, now_ms: u64) -> Option<Verified> {
+        let record = introspected_key(key, issuer);
+        self.verified.get(&record, |v| {
+            v.issuer == issuer && v.until_ms.is_some() && self.still_valid(v, now_ms)
+        })
+    }
+
+    /// The signature verification remembered for cache key `key`, if it still holds (an
+    /// introspection answer never serves here).
+    fn verified(&self, key: &CacheKey, now_ms: u64) -> Option<Verified> {
+        self.verified
+            .get(key, |v| v.until_ms.is_none() && self.still_valid(v, now_ms))
     }
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
@@ -315,7 +327,10 @@ impl Keys {
                         let msg = format!("discovery of issuer {name}: keys at {path}");
                         host.log(LogLevel::Info, &msg);
                         d.jwks_path = Some(path);
-                        let next = encode_attempt(0, false, 0);
+                        // The key set is fetched at the next tick; only a good key set ends a
+                        // run of failures, so the backoff keeps doubling while it fails.
+                        let failures = read_attempt(host, &remote.attempt_slot).failures;
+                        let next = encode_attempt(0, false, failures);
                         let _ = host.shared_set(&remote.attempt_slot, &next, None);
                         return KeyEvent::Resume(Vec::new());
                     }

@@ -36,6 +36,17 @@ impl VerifiedTokens {
     }
 }
 
+/// The record's key for what issuer `issuer`'s introspection said about the token of cache key
+/// `key`: trust is kept under the issuer that established it, apart from a signature's.
+pub(super) fn introspected_key(key: &CacheKey, issuer: usize) -> CacheKey {
+    Sha256::new()
+        .chain_update(b"introspected\n")
+        .chain_update((issuer as u64).to_be_bytes())
+        .chain_update(key)
+        .finalize()
+        .into()
+}
+
 /// The record's key for a header actor token (apart from every exchange's cache key).
 pub(super) fn actor_key(actor: &str) -> CacheKey {
     Sha256::new()
@@ -83,5 +94,13 @@ mod tests {
     fn an_actor_token_has_a_key_of_its_own() {
         assert_ne!(actor_key("a"), actor_key("b"));
         assert_eq!(actor_key("a"), actor_key("a"));
+    }
+
+    #[test]
+    fn an_introspection_is_kept_under_its_issuer_apart_from_the_exchange_key() {
+        let key = [7; 32];
+        assert_ne!(introspected_key(&key, 0), key);
+        assert_ne!(introspected_key(&key, 0), introspected_key(&key, 1));
+        assert_eq!(introspected_key(&key, 1), introspected_key(&key, 1));
     }
 }

@@ -298,7 +298,8 @@ pub fn now_s() -> u64 {
 }
 
 /// Starts an upstream that answers every request with `{"path": …, "headers": {name: value}}`,
-/// with the status a request's `x-echo-status` header names (200 without one).
+/// with the status a request's `x-echo-status` header names (200 without one) and the
+/// `WWW-Authenticate` its `x-echo-www-authenticate` header holds (none without one).
 pub fn start_echo(port: u16) -> u16 {
     let server = Server::http(("127.0.0.1", port)).expect("echo binds");
     let port = server.server_addr().to_ip().expect("ip listener").port();
@@ -323,12 +324,17 @@ pub fn start_echo(port: u16) -> u16 {
                 .get("x-echo-status")
                 .and_then(|s| s.as_str()?.parse::<u16>().ok())
                 .unwrap_or(200);
+            let challenge = headers
+                .get("x-echo-www-authenticate")
+                .and_then(|c| c.as_str().map(str::to_string));
             let body = serde_json::json!({ "path": request.url(), "headers": headers }).to_string();
-            let _ = request.respond(
-                Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(header("content-type", "application/json")),
-            );
+            let mut response = Response::from_string(body)
+                .with_status_code(status)
+                .with_header(header("content-type", "application/json"));
+            if let Some(c) = challenge {
+                response = response.with_header(header("www-authenticate", &c));
+            }
+            let _ = request.respond(response);
         }
     });
     port
@@ -405,7 +411,8 @@ impl Drop for TempDir {
 /// What an Envoy under test is made of.
 #[derive(Default)]
 pub struct EnvoySetup<'a> {
-    /// The filter's JSON configuration.
+    /// The filter's JSON configuration (a JSON string is taken as the configuration's text,
+    /// for documents a JSON value cannot hold, such as a key written twice).
     pub filter_config: serde_json::Value,
     /// Port of the STS cluster.
     pub sts_port: u16,
@@ -742,7 +749,10 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
                                     "failure_policy": failure_policy,
                                     "configuration": {
                                         "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                        "value": setup.filter_config.to_string()
+                                        "value": match &setup.filter_config {
+                                            serde_json::Value::String(text) => text.clone(),
+                                            other => other.to_string(),
+                                        }
                                     },
                                     "vm_config": {
                                         "runtime": "envoy.wasm.runtime.v8",

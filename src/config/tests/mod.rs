@@ -4,6 +4,7 @@ use super::*;
 use crate::client::{ActorSource as CompiledActor, Client};
 use crate::endpoint::ClientAuth;
 
+mod refusals;
 mod wording;
 
 fn no_env(_: &str) -> Option<String> {

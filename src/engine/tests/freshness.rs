@@ -195,10 +195,10 @@ fn an_upstream_401_evicts_the_token_on_every_worker_and_the_next_request_exchang
     request(&mut a, &h, 3, "alice");
     request(&mut b, &h, 4, "alice");
     assert!(a.watches(3) && b.watches(4));
-    a.on_response(&h, 3, Some(401));
+    a.on_response(&h, 3, Some(401), Vec::new);
     assert_eq!(h.metric_value(Metric::EvictedOn401), 1);
     // The other 401 to the same token is no second eviction.
-    b.on_response(&h, 4, Some(401));
+    b.on_response(&h, 4, Some(401), Vec::new);
     assert_eq!(h.metric_value(Metric::EvictedOn401), 1);
     // Worker b drops its memo's copy on its tick; both exchange anew.
     b.on_tick(&h);
@@ -213,9 +213,9 @@ fn an_upstream_401_evicts_the_token_on_every_worker_and_the_next_request_exchang
     assert_eq!(sts_calls(&h), 2);
     // A late 401 to the old token does not evict the new one; a 200 evicts nothing.
     request(&mut a, &h, 7, "alice");
-    a.on_response(&h, 7, Some(200));
+    a.on_response(&h, 7, Some(200), Vec::new);
     assert!(!a.watches(7));
-    a.on_response(&h, 3, Some(401));
+    a.on_response(&h, 3, Some(401), Vec::new);
     assert_eq!(served(&mut b, &h, 8, "alice"), "Bearer m2");
     assert_eq!(h.metric_value(Metric::EvictedOn401), 1);
 }
@@ -254,7 +254,7 @@ fn bypassed_rejected_and_forwarded_requests_and_a_disabled_eviction_evict_nothin
     exchange(&mut off, &h, 4, "alice", &ok("m1", 600));
     request(&mut off, &h, 5, "alice");
     assert!(!off.watches(4) && !off.watches(5));
-    off.on_response(&h, 5, Some(401));
+    off.on_response(&h, 5, Some(401), Vec::new);
     assert_eq!(served(&mut off, &h, 6, "alice"), "Bearer m1");
     assert_eq!(h.metric_value(Metric::EvictedOn401), 0);
 }
@@ -276,4 +276,94 @@ fn a_refresh_that_cannot_be_sent_is_tried_again_a_second_later() {
     assert_eq!(served(&mut e, &h, 4, "alice"), "Bearer m1");
     e.on_tick(&h);
     assert_eq!(sts_calls(&h), 2, "a second later");
+}
+
+/// A request on `e` served a minted token (the STS mints `m2` if it is asked), then answered
+/// by the upstream with `status` and these `WWW-Authenticate` values.
+fn answered(e: &mut Engine, h: &FakeHost, ctx: u32, status: u16, challenges: &[&str]) -> Verdict {
+    let mut v = request(e, h, ctx, "alice");
+    if v == Verdict::Pause {
+        let mut out = e.on_http_answer(h, None, h.last_call(), &ok("m2", 3_600));
+        v = out.remove(0).1;
+    }
+    let owned: Vec<String> = challenges.iter().map(|c| c.to_string()).collect();
+    e.on_response(h, ctx, Some(status), move || owned);
+    e.on_request_done(ctx);
+    v
+}
+
+#[test]
+fn an_upstream_that_rejects_every_token_costs_the_sts_one_call_per_key_a_minute() {
+    let h = FakeHost::at(NOW);
+    let (mut a, mut b) = (fresh(json!({})), fresh(json!({})));
+    exchange(&mut a, &h, 1, "alice", &ok("m1", 3_600));
+    a.on_request_done(1);
+    let mut ctx = 10;
+    // Thirty requests over thirty seconds on two workers, every one refused upstream.
+    for i in 0..30u32 {
+        ctx += 1;
+        let e = if i % 2 == 0 { &mut a } else { &mut b };
+        let v = answered(e, &h, ctx, 401, &["Bearer realm=\"api\""]);
+        assert!(set_value(&v, "authorization").is_some(), "{v:?}");
+        a.on_tick(&h);
+        b.on_tick(&h);
+        h.advance_ms(1_000);
+    }
+    assert_eq!(
+        sts_calls(&h),
+        2,
+        "one eviction in the minute, one more exchange"
+    );
+    assert_eq!(h.metric_value(Metric::EvictedOn401), 1);
+    assert_eq!(h.metric_value(Metric::EvictionHeld), 29);
+    // A minute after the eviction, the next 401 evicts again.
+    h.advance_ms(31_000);
+    answered(&mut b, &h, 100, 401, &["Bearer error=\"invalid_token\""]);
+    assert_eq!(h.metric_value(Metric::EvictedOn401), 2);
+    b.on_tick(&h);
+    assert_eq!(request(&mut b, &h, 101, "alice"), Verdict::Pause);
+    assert_eq!(sts_calls(&h), 3);
+}
+
+#[test]
+fn a_401_that_asks_for_more_than_a_new_token_evicts_nothing() {
+    let h = FakeHost::at(NOW);
+    let mut e = fresh(json!({}));
+    exchange(&mut e, &h, 1, "alice", &ok("m1", 3_600));
+    e.on_request_done(1);
+    let asks_more = [
+        "Bearer error=\"insufficient_user_authentication\", acr_values=\"phr\"",
+        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"orders:write\"",
+        "Bearer error=\"insufficient_claims\", claims=\"eyJhY2Nlc3NfdG9rZW4iOnt9fQ==\"",
+        "Bearer error_description=\"error=invalid_token\", error=\"insufficient_scope\"",
+    ];
+    for (i, c) in asks_more.iter().enumerate() {
+        let v = answered(&mut e, &h, 10 + i as u32, 401, &[c]);
+        assert_eq!(
+            set_value(&v, "authorization").as_deref(),
+            Some("Bearer m1"),
+            "{c}"
+        );
+    }
+    // Two values, one asking for more: that one decides.
+    answered(
+        &mut e,
+        &h,
+        20,
+        401,
+        &["Bearer error=\"invalid_token\"", asks_more[1]],
+    );
+    assert_eq!(sts_calls(&h), 1);
+    assert_eq!(h.metric_value(Metric::EvictedOn401), 0);
+    assert_eq!(h.metric_value(Metric::EvictionHeld), 0);
+    // The plain case still evicts, once.
+    answered(
+        &mut e,
+        &h,
+        30,
+        401,
+        &["Bearer error=\"invalid_token\", error_description=\"revoked\""],
+    );
+    assert_eq!(h.metric_value(Metric::EvictedOn401), 1);
+    assert_eq!(request(&mut e, &h, 31, "alice"), Verdict::Pause);
 }

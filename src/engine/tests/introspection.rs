@@ -272,23 +272,32 @@ fn the_answer_is_trusted_for_cache_s_then_asked_again() {
     assert_eq!(h.calls_to("sts").len(), 1);
 }
 
-#[test]
-fn with_two_introspecting_issuers_a_token_goes_only_to_the_one_its_route_names() {
-    let h = FakeHost::at(NOW);
-    let mut e = engine(json!({
+/// A request on `path` with `token`.
+fn on_path(e: &mut Engine, h: &FakeHost, ctx: u32, path: &str, token: &str) -> Verdict {
+    let auth = bearer(token);
+    e.on_request(
+        h,
+        ctx,
+        &[(":path", path), ("authorization", auth.as_str())][..],
+    )
+}
+
+/// The partner introspecting on `/a`, another issuer at cluster `b` on `/b`.
+fn two_issuers() -> Engine {
+    engine(json!({
         "trusted_issuers": [partner(PARTNER, "partner"), partner("https://b.example", "b")],
         "routes": [
             { "match": { "path_prefix": "/a" }, "introspect": PARTNER },
             { "match": { "path_prefix": "/b" }, "introspect": "https://b.example" }
         ]
-    }));
-    let at = |e: &mut Engine, ctx: u32, path: &str| {
-        e.on_request(
-            &h,
-            ctx,
-            &[(":path", path), ("authorization", "Bearer tok")][..],
-        )
-    };
+    }))
+}
+
+#[test]
+fn with_two_introspecting_issuers_a_token_goes_only_to_the_one_its_route_names() {
+    let h = FakeHost::at(NOW);
+    let mut e = two_issuers();
+    let at = |e: &mut Engine, ctx: u32, path: &str| on_path(e, &h, ctx, path, "tok");
     assert_eq!(at(&mut e, 1, "/a/x"), Verdict::Pause);
     assert_eq!(at(&mut e, 2, "/b/x"), Verdict::Pause);
     assert_eq!(h.calls_to("partner").len(), 1);
@@ -405,4 +414,108 @@ fn cibas_login_hint_comes_from_the_answer() {
         field(&calls[0].1, "login_hint").as_deref(),
         Some("dora@example.com")
     );
+}
+
+#[test]
+fn trust_one_issuer_gave_serves_only_routes_that_introspect_there() {
+    // Round 5, D1: issuer A's token, introspected and exchanged on A's route, must not ride
+    // the shared cache key onto B's route (B is asked, and says inactive) nor onto a route that
+    // names no introspecting issuer (401, shown to nobody).
+    let h = FakeHost::at(NOW);
+    let mut e = two_issuers();
+    let at = |e: &mut Engine, ctx: u32, path: &str| on_path(e, &h, ctx, path, "a-token");
+    assert_eq!(at(&mut e, 1, "/a/x"), Verdict::Pause);
+    assert_eq!(
+        introspect(&mut e, &h, &active(json!({}))),
+        vec![(1, Verdict::Pause)]
+    );
+    let out = mint(&mut e, &h, "minted-for-a");
+    assert_eq!(
+        set_value(&out[0].1, "authorization"),
+        Some(bearer("minted-for-a"))
+    );
+    e.on_request_done(1);
+    assert_eq!(at(&mut e, 2, "/b/x"), Verdict::Pause, "b is asked");
+    let call = h.calls_to("b").last().expect("introspected at b").0;
+    let out = e.on_http_answer(&h, None, call, &inactive());
+    assert_eq!(status(&out[0].1), 401);
+    assert_eq!(status(&at(&mut e, 3, "/elsewhere")), 401, "shown to nobody");
+    assert_eq!(h.calls_to("sts").len(), 1);
+    // A's route still serves from what A said.
+    let v = at(&mut e, 4, "/a/y");
+    assert_eq!(set_value(&v, "authorization"), Some(bearer("minted-for-a")));
+}
+
+#[test]
+fn a_shared_answer_is_judged_by_the_configuration_that_reads_it() {
+    // Round 5, D2: a listener without `audiences` shares an answer for another audience; a
+    // listener (or the configuration after a reload) that requires its audience refuses it.
+    let h = FakeHost::at(NOW);
+    let mut lax = engine(json!({ "trusted_issuers": [
+        { "issuer": PARTNER, "introspection": { "cluster": "partner", "authority": "partner.example",
+          "path": "/introspect", "client_id": "edge", "client_secret": "pw2", "cache_s": 60 } }
+    ] }));
+    ask(&mut lax, &h, 1, "tok");
+    let out = introspect(&mut lax, &h, &active(json!({ "aud": "api://other" })));
+    assert_eq!(
+        out,
+        vec![(1, Verdict::Pause)],
+        "trusted where no audience is required"
+    );
+    let mut strict = introspecting(json!({}));
+    let v = ask(&mut strict, &h, 2, "tok");
+    assert_eq!(status(&v), 401);
+    assert!(
+        challenge(&v).contains("not meant for this audience"),
+        "{}",
+        challenge(&v)
+    );
+    assert_eq!(
+        h.calls_to("partner").len(),
+        1,
+        "judged from the shared answer"
+    );
+}
+
+#[test]
+fn an_unusable_answer_about_one_token_fails_that_token_and_no_other() {
+    // Round 5, D7: one token whose answer the filter cannot use is that token's 502; the
+    // endpoint is not backed off, so every other token is still introspected.
+    let unusable = [
+        HttpAnswer {
+            status: Some(200),
+            body: Vec::new(),
+            too_large: true,
+        },
+        HttpAnswer {
+            status: Some(200),
+            body: br#"{"active":"true","iss":"https://partner.example"}"#.to_vec(),
+            too_large: false,
+        },
+        err(400, "invalid_request"),
+        err(404, "not_found"),
+    ];
+    for (i, answer) in unusable.iter().enumerate() {
+        let h = FakeHost::at(NOW);
+        let mut e = introspecting(json!({}));
+        for round in 0..3u32 {
+            ask(&mut e, &h, 10 * round + 1, "poison");
+            let out = introspect(&mut e, &h, answer);
+            assert_eq!(status(&out[0].1), 502, "case {i}, round {round}");
+            let fine = format!("fine-{round}");
+            assert_eq!(
+                ask(&mut e, &h, 10 * round + 2, &fine),
+                Verdict::Pause,
+                "case {i}"
+            );
+            let out = introspect(&mut e, &h, &active(json!({})));
+            assert_eq!(
+                out[0].1,
+                Verdict::Pause,
+                "case {i}: the other token is trusted"
+            );
+            e.on_request_done(10 * round + 2);
+        }
+        assert_eq!(h.metric_value(Metric::IntrospectionErrors), 3, "case {i}");
+    }
 }

@@ -558,14 +558,16 @@ fn a_forward_issuers_verified_tokens_pass_on_unchanged_and_others_are_exchanged(
     assert_eq!(h.metric_value(Metric::Forwarded), 3);
 }
 
+/// An engine that finds the inline issuer's keys through its discovery document at `idp`.
+fn discovering() -> Engine {
+    engine(
+        json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["RS256"],
+        "discovery": { "cluster": "idp", "authority": "idp.local" } }] }),
+    )
+}
+
 #[test]
 fn discovery_finds_the_key_set_and_refuses_a_foreign_issuer_or_authority() {
-    let discovering = || {
-        engine(
-            json!({ "trusted_issuers": [{ "issuer": ISS, "algorithms": ["RS256"],
-            "discovery": { "cluster": "idp", "authority": "idp.local" } }] }),
-        )
-    };
     let path_of = |h: &FakeHost, i: usize| {
         let call = &h.calls_to("idp")[i].1;
         call.headers
@@ -641,4 +643,45 @@ fn discovery_finds_the_key_set_and_refuses_a_foreign_issuer_or_authority() {
     h.advance_ms(1_000);
     e.on_tick(&h);
     assert_eq!(path_of(&h, 1), "/.well-known/openid-configuration");
+}
+
+#[test]
+fn a_failing_key_set_backs_off_though_its_discovery_document_answers() {
+    // Round 5, D10: each failed key set is discovered again; the document's success must not
+    // end the run of failures, or the backoff never grows past a second.
+    let h = FakeHost::at(NOW);
+    let (mut a, mut b) = (discovering(), discovering());
+    let doc = json!({ "issuer": ISS, "jwks_uri": "https://idp.local/oauth2/keys" });
+    let mut key_set_fetches = Vec::new();
+    // Thirty seconds of ticks on two workers; the document answers, the key set never does.
+    for _ in 0..300 {
+        for e in [&mut a, &mut b] {
+            let before = h.calls_to("idp").len();
+            e.on_tick(&h);
+            if h.calls_to("idp").len() > before {
+                let call = h.calls_to("idp").last().cloned().unwrap();
+                let to_keys = call
+                    .1
+                    .headers
+                    .iter()
+                    .any(|(n, v)| n == ":path" && v == "/oauth2/keys");
+                let answer = if to_keys {
+                    key_set_fetches.push(h.now.get());
+                    no_answer()
+                } else {
+                    jwks_answer(doc.clone())
+                };
+                e.on_http_answer(&h, None, call.0, &answer);
+            }
+        }
+        h.advance_ms(100);
+    }
+    let gaps: Vec<u64> = key_set_fetches.windows(2).map(|w| w[1] - w[0]).collect();
+    // 1 + 2 + 4 + 8 + 16 s, less jitter: about five key-set fetches in 30 s, not thirty.
+    assert!(
+        key_set_fetches.len() <= 7,
+        "{} fetches: {gaps:?}",
+        key_set_fetches.len()
+    );
+    assert!(gaps.last().is_some_and(|g| *g >= 6_000), "{gaps:?}");
 }

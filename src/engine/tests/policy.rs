@@ -249,3 +249,167 @@ fn a_missing_token_allowed_through_carries_no_client_claim_header() {
     let v = e.on_request(&h, 1, &[(":path", "/"), ("x-user", "root")][..]);
     assert!(removed(&v, "x-user"));
 }
+
+#[test]
+fn a_route_with_a_policy_never_passes_a_request_without_a_token() {
+    // Round 5, D3: `on_missing_token: allow` is one global setting; the admins' route must
+    // still refuse a request with no token at all, while the public route lets it through.
+    let h = FakeHost::at(NOW);
+    let mut e = trusting(json!({
+        "on_missing_token": "allow",
+        "routes": [
+            { "match": { "path_prefix": "/admin" }, "require": [{ "claims": { "groups": ["admins"] } }] },
+            { "match": { "path_prefix": "/public" }, "require": [] }
+        ]
+    }));
+    let bare = |e: &mut Engine, ctx: u32, path: &str| {
+        e.on_request(&h, ctx, &[(":path", path), ("x-user", "spoofed")][..])
+    };
+    let v = bare(&mut e, 1, "/admin/users");
+    assert_eq!(status(&v), 401);
+    assert_eq!(
+        challenge(&v),
+        "Bearer realm=\"token-exchange\"",
+        "a bare challenge"
+    );
+    let v = bare(&mut e, 2, "/admin;x/users");
+    assert!(matches!(status(&v), 400 | 401), "nor by another spelling");
+    let v = bare(&mut e, 3, "/public/page");
+    assert!(matches!(v, Verdict::Continue(_)), "{v:?}");
+    assert!(h.calls.borrow().is_empty());
+    // A default policy closes every route that does not open itself.
+    let mut e = trusting(json!({
+        "on_missing_token": "allow",
+        "require": [{ "scopes": ["read"] }],
+        "routes": [{ "match": { "path_prefix": "/public" }, "require": [] }]
+    }));
+    assert_eq!(status(&bare(&mut e, 4, "/orders")), 401);
+    assert!(matches!(bare(&mut e, 5, "/public"), Verdict::Continue(_)));
+}
+
+#[test]
+fn every_spelling_an_upstream_reads_as_a_claim_header_is_removed() {
+    // Round 5, D4: CGI-style upstreams read `x_tenant` as `x-tenant`; a client copy under
+    // either spelling never reaches them, whatever path the request takes.
+    let h = FakeHost::at(NOW);
+    let mut e = trusting(json!({
+        "on_missing_token": "allow",
+        "routes": [{ "match": { "path_prefix": "/health" }, "bypass": true }],
+        "output": { "claims_to_headers": [{ "claim": "tenant", "header": "x-tenant" },
+                                          { "claim": "sub", "header": "x-user-id_no" }] }
+    }));
+    let spellings = [
+        "x-tenant",
+        "x_tenant",
+        "x-user-id_no",
+        "x_user_id_no",
+        "x-user-id-no",
+        "x_user-id_no",
+        "x_user_id-no",
+    ];
+    let alice = token_with(json!({ "tenant": "acme" }));
+    let exchanged = exchange(&mut e, &h, 1, &alice, &ok("m", 600));
+    let memo = ask(&mut e, &h, 2, &alice);
+    let bypassed = at(&mut e, &h, 3, "/health", &alice);
+    let no_token = e.on_request(&h, 4, &[(":path", "/x")][..]);
+    for v in [&exchanged, &memo, &bypassed, &no_token] {
+        let Verdict::Continue(ops) = v else {
+            panic!("{v:?}")
+        };
+        for s in spellings {
+            let touched = ops.iter().any(|op| match op {
+                HeaderOp::Set(n, _) | HeaderOp::Remove(n) => n == s,
+            });
+            assert!(touched, "{s} left as the client sent it: {ops:?}");
+        }
+    }
+    assert_eq!(set_value(&exchanged, "x-tenant").as_deref(), Some("acme"));
+    assert!(removed(&exchanged, "x_tenant"));
+    assert_eq!(set_value(&memo, "x-user-id_no").as_deref(), Some("alice"));
+}
+
+#[test]
+fn a_claim_value_an_upstream_would_read_as_another_is_not_written() {
+    // Round 5, D5: `["users,admins"]` would read as two groups, `"admin\t"` as `admin`.
+    let h = FakeHost::at(NOW);
+    let mut e = trusting(json!({
+        "output": { "claims_to_headers": [{ "claim": "groups", "header": "x-groups" }] }
+    }));
+    let cases = [
+        (json!(["users,admins"]), None),
+        (json!("admin\t"), None),
+        (json!(" admin"), None),
+        (json!(["users", " admins"]), None),
+        (json!(["users", ""]), None),
+        (json!([{ "a": 1, "b": 2 }]), None),
+        (json!(["users", "admins"]), Some("users,admins")),
+        (json!("a b\tc"), Some("a b\tc")),
+        (json!("users,admins"), Some("users,admins")),
+    ];
+    for (i, (groups, written)) in cases.into_iter().enumerate() {
+        let t = token_with(json!({ "groups": groups, "jti": i }));
+        let v = exchange(&mut e, &h, 10 + i as u32, &t, &ok("m", 600));
+        assert_eq!(set_value(&v, "x-groups").as_deref(), written, "case {i}");
+        if written.is_none() {
+            assert!(removed(&v, "x-groups"), "case {i}");
+        }
+    }
+    let logs = h.logs.borrow();
+    assert!(logs
+        .iter()
+        .any(|(_, l)| l.contains("claim groups not written")));
+    assert!(
+        !logs.iter().any(|(_, l)| l.contains("admins")),
+        "never a value"
+    );
+}
+
+#[test]
+fn a_path_spelling_never_escapes_a_stricter_routes_policy() {
+    // Round 5, D9: servlet containers serve `;` parameters and many servers decode `%2F`, so
+    // these reach `/admin/users` upstream: they meet the admins' policy or are refused.
+    let h = FakeHost::at(NOW);
+    let mut e = trusting(json!({
+        "routes": [
+            { "match": { "path_prefix": "/admin" }, "require": [{ "claims": { "groups": ["admins"] } }] },
+            { "match": { "path_prefix": "/public" }, "require": [] }
+        ]
+    }));
+    let user = token_with(json!({ "groups": ["users"] }));
+    for (i, path) in [
+        "/admin;x/users",
+        "/admin;/users",
+        "/admin%2fusers",
+        "/admin%2Fusers",
+        "/admin%252Fusers",
+        "/admin%5cusers",
+        "/admin\\users",
+        "/public/..%2Fadmin/users",
+        "/public;/../admin/users",
+        "/public/..;/admin/users",
+        "//public/..//admin/users",
+        "/ADMIN/../admin;v=1/users",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v = at(&mut e, &h, i as u32 + 1, path, &user);
+        assert!(matches!(status(&v), 400 | 403), "{path}: {v:?}");
+    }
+    assert!(h.calls.borrow().is_empty(), "no spelling reached the STS");
+    // Spellings every reading puts under one rule still serve.
+    let admin = token_with(json!({ "groups": ["admins"] }));
+    assert_eq!(
+        at(&mut e, &h, 50, "/admin/users;jsessionid=1", &admin),
+        Verdict::Pause
+    );
+    assert_eq!(status(&at(&mut e, &h, 51, "/admin/a%2Fb", &user)), 403);
+    assert_eq!(at(&mut e, &h, 52, "/public/a%20b", &user), Verdict::Pause);
+    let v = at(&mut e, &h, 53, "/admin;x/users", &admin);
+    assert_eq!(
+        status(&v),
+        400,
+        "the readings disagree: refused for everyone"
+    );
+    assert_eq!(h.metric_value(Metric::Rejected), 14);
+}
