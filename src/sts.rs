@@ -45,7 +45,7 @@ impl StsFailure {
     }
 }
 
-/// In the README's words, for the log: the OAuth error code the STS sent, never a token.
+/// In the words of the error table (docs/errors.md), for the log: the OAuth error code the STS sent, never a token.
 impl std::fmt::Display for StsFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1,5 +1,6 @@
-//! Every configuration example in the repository (README, `envoy.yaml`, `deploy/`) parses with
-//! the filter's own parser, so no example can rot.
+//! Every configuration example in the repository (README, `docs/`, `envoy.yaml`, `deploy/`)
+//! parses with the filter's own parser, and every relative link of the documents names a file
+//! that exists, so no example or link can rot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -72,11 +73,42 @@ fn istio_wasmplugin_config_parses() {
     }
 }
 
+/// The project's documents: the README, `ARCHITECTURE.md` and every file under `docs/`.
+fn documents() -> Vec<String> {
+    let mut out = vec!["README.md".to_string(), "ARCHITECTURE.md".to_string()];
+    let mut dirs = vec![support::repo().join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("docs/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                let rel = path
+                    .strip_prefix(support::repo())
+                    .expect("under the repository");
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
-fn readme_examples_parse() {
-    let readme = read("README.md");
+fn every_documented_configuration_example_parses() {
     let mut checked = 0;
-    let mut lines = readme.lines();
+    for doc in documents() {
+        checked += examples_in(&doc);
+    }
+    assert!(checked >= 15, "only {checked} configuration examples found");
+}
+
+/// Parses each JSON configuration block and each WasmPlugin's `pluginConfig` of document
+/// `name` with the filter's own parser; how many it checked.
+fn examples_in(name: &str) -> usize {
+    let text = read(name);
+    let mut checked = 0;
+    let mut lines = text.lines();
     while let Some(line) = lines.next() {
         let lang = match line.trim() {
             "```json" => "json",
@@ -87,7 +119,7 @@ fn readme_examples_parse() {
         let text = block.join("\n");
         if lang == "yaml" {
             for c in plugin_configs(&text) {
-                check("README (WasmPlugin)", c.to_string().as_bytes());
+                check(&format!("{name} (WasmPlugin)"), c.to_string().as_bytes());
                 checked += 1;
             }
             continue;
@@ -100,10 +132,33 @@ fn readme_examples_parse() {
         } else {
             format!("{{{BASE_STS}, {trimmed}}}")
         };
-        check("README", json.as_bytes());
+        check(name, json.as_bytes());
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} README examples found");
+    checked
+}
+
+#[test]
+fn every_relative_link_in_the_documents_names_a_file_that_exists() {
+    for doc in documents() {
+        let text = read(&doc);
+        let base = support::repo().join(&doc);
+        let dir = base.parent().expect("a folder");
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http")
+                || target.starts_with('#')
+                || target.starts_with("mailto:")
+            {
+                continue;
+            }
+            let file = target.split('#').next().unwrap_or_default();
+            assert!(
+                dir.join(file).exists(),
+                "{doc} links to {target}, which is not there"
+            );
+        }
+    }
 }
 
 fn yaml_docs(yaml: &str) -> Vec<serde_yaml::Value> {

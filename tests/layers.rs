@@ -181,3 +181,31 @@ fn the_check_finds_a_cycle_when_there_is_one() {
     let mut path = vec!["a".to_string()];
     assert!(cycle_from(&g, "a", "a", &mut path, &mut BTreeSet::new()).is_none());
 }
+
+/// `ARCHITECTURE.md`'s code map stays true to the code: every path it names exists, and every
+/// file and folder directly under `src/` is named in it.
+#[test]
+fn the_code_map_names_every_part_and_only_parts_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let named: BTreeSet<String> = map
+        .split('`')
+        .filter(|w| w.starts_with("src/"))
+        .map(|w| w.trim_end_matches('/').to_string())
+        .collect();
+    for path in &named {
+        assert!(
+            root.join(path).exists(),
+            "ARCHITECTURE.md names {path}, which is not there"
+        );
+    }
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name == "lib.rs" {
+            continue;
+        }
+        let path = format!("src/{}", name.trim_end_matches('/'));
+        let mentioned = named.contains(&path) || map.contains(&format!("`{path}`"));
+        assert!(mentioned, "ARCHITECTURE.md's code map does not name {path}");
+    }
+}

@@ -423,7 +423,7 @@ pub(super) fn serde_error(json: &[u8], e: &serde_json::Error) -> ConfigError {
         return ConfigError::new(
             "",
             "the configuration is empty: give the plugin a JSON object with at least \"sts\" \
-             (the README's Configuration section lists every key)",
+             (docs/configuration.md lists every key)",
         );
     }
     let offset = json_path::offset_of(json, e.line(), e.column());

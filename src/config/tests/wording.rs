@@ -339,7 +339,7 @@ fn the_common_mistakes_read_as_the_contract_says() {
         (r#"{"sts":{"cluster":"s"}}"#.to_string(),
             "invalid configuration: sts.authority: is required"),
         (String::new(),
-            r#"invalid configuration: the configuration is empty: give the plugin a JSON object with at least "sts" (the README's Configuration section lists every key)"#),
+            r#"invalid configuration: the configuration is empty: give the plugin a JSON object with at least "sts" (docs/configuration.md lists every key)"#),
         ("[]".to_string(), "invalid configuration: the configuration must be an object"),
     ];
     for (json, want) in cases {
