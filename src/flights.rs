@@ -65,31 +65,6 @@ pub struct FirstHop {
     pub until_ms: u64,
 }
 
-/// A request waiting on a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Waiter {
-    /// Its context.
-    pub ctx: u32,
-    /// For an actor call or an introspection: where the request goes on.
-    pub resume: Option<Box<Parked>>,
-}
-
-/// A request parked until a call answers: at the exchange stage for the filter's actor token
-/// (verified), or at the trust stage for an introspection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parked {
-    /// Its exchange profile.
-    pub profile: usize,
-    /// Its subject token.
-    pub subject: String,
-    /// A header actor token it came with.
-    pub header_actor: Option<String>,
-    /// The exchange's cache key.
-    pub key: CacheKey,
-    /// The subject's verification, with trusted issuers.
-    pub verified: Option<Verified>,
-}
-
 /// A call that answered (or is given up): its key, job, waiters and start time.
 #[derive(Debug)]
 pub struct Landed {
@@ -97,8 +72,8 @@ pub struct Landed {
     pub key: CacheKey,
     /// What the call was for.
     pub job: Job,
-    /// Who waited, in arrival order.
-    pub waiters: Vec<Waiter>,
+    /// The contexts of the requests that waited, in arrival order.
+    pub waiters: Vec<u32>,
 }
 
 struct Flight {
@@ -106,7 +81,7 @@ struct Flight {
     call: Option<u32>,
     /// The context whose callout it is; `None` for the root.
     carrier: Option<u32>,
-    waiters: Vec<Waiter>,
+    waiters: Vec<u32>,
     job: Job,
 }
 
@@ -118,13 +93,13 @@ pub struct Flights {
 }
 
 impl Flights {
-    /// Adds `waiter` to the flight for `key` if one is in the air; hands it back otherwise.
-    pub fn join(&mut self, key: &CacheKey, waiter: Waiter) -> Result<(), Waiter> {
+    /// Adds request `ctx` to the waiters of the flight for `key`, if one is in the air.
+    pub fn join(&mut self, key: &CacheKey, ctx: u32) -> bool {
         let Some(flight) = self.flights.get_mut(key) else {
-            return Err(waiter);
+            return false;
         };
-        flight.waiters.push(waiter);
-        Ok(())
+        flight.waiters.push(ctx);
+        true
     }
 
     /// Whether a flight for `key` is in the air (or waits to be sent).
@@ -144,16 +119,10 @@ impl Flights {
         self.flights.entry(key).or_insert(flight);
     }
 
-    /// A new flight for `key`: callout `call` carried by `carrier` (`None`: the root).
-    pub fn start(
-        &mut self,
-        key: CacheKey,
-        call: u32,
-        carrier: Option<u32>,
-        waiter: Waiter,
-        job: Job,
-    ) {
-        self.relaunch(key, call, carrier, vec![waiter], job);
+    /// A new flight for `key`: callout `call` carried by `carrier` (`None`: the root), request
+    /// `ctx` its first waiter.
+    pub fn start(&mut self, key: CacheKey, call: u32, carrier: Option<u32>, ctx: u32, job: Job) {
+        self.relaunch(key, call, carrier, vec![ctx], job);
     }
 
     /// The flight for `key` goes on as callout `call` (a chain's second hop) for `waiters`.
@@ -162,7 +131,7 @@ impl Flights {
         key: CacheKey,
         call: u32,
         carrier: Option<u32>,
-        waiters: Vec<Waiter>,
+        waiters: Vec<u32>,
         job: Job,
     ) {
         self.flights.insert(
@@ -201,7 +170,7 @@ impl Flights {
     /// Forgets request `ctx`, which waited on the flight for `key` and ended.
     pub fn leave(&mut self, ctx: u32, key: &CacheKey) {
         if let Some(flight) = self.flights.get_mut(key) {
-            flight.waiters.retain(|w| w.ctx != ctx);
+            flight.waiters.retain(|w| *w != ctx);
             if flight.call.is_none() && flight.waiters.is_empty() {
                 self.flights.remove(key);
             }
@@ -249,8 +218,8 @@ impl Flights {
 mod tests {
     use super::*;
 
-    fn waiter(ctx: u32) -> Waiter {
-        Waiter { ctx, resume: None }
+    fn waiter(ctx: u32) -> u32 {
+        ctx
     }
 
     const K: CacheKey = [7; 32];
@@ -259,21 +228,21 @@ mod tests {
     #[test]
     fn waiters_join_one_call_and_land_together() {
         let mut f = Flights::default();
-        assert!(f.join(&K, waiter(1)).is_err());
+        assert!(!f.join(&K, waiter(1)));
         f.start(K, 10, Some(1), waiter(1), JOB);
-        assert!(f.join(&K, waiter(2)).is_ok());
+        assert!(f.join(&K, waiter(2)));
         assert!(f.land(&K, 99).is_none());
         let landed = f.land(&K, 10).unwrap();
         assert_eq!(landed.waiters, vec![waiter(1), waiter(2)]);
         assert!(f.land(&K, 10).is_none(), "a flight lands once");
-        assert!(f.join(&K, waiter(3)).is_err(), "and is gone");
+        assert!(!f.join(&K, waiter(3)), "and is gone");
     }
 
     #[test]
     fn a_lost_carrier_leaves_an_orphan_for_whoever_still_waits() {
         let mut f = Flights::default();
         f.start(K, 10, Some(1), waiter(1), JOB);
-        f.join(&K, waiter(2)).unwrap();
+        assert!(f.join(&K, waiter(2)));
         f.leave(1, &K);
         assert_eq!(
             f.carrier_gone(1),
@@ -294,7 +263,7 @@ mod tests {
     fn an_orphan_nobody_waits_for_is_dropped() {
         let mut f = Flights::default();
         f.start(K, 10, Some(1), waiter(1), JOB);
-        f.join(&K, waiter(2)).unwrap();
+        assert!(f.join(&K, waiter(2)));
         f.leave(1, &K);
         f.carrier_gone(1);
         f.leave(2, &K);
@@ -305,7 +274,7 @@ mod tests {
         f.leave(3, &K);
         f.carrier_gone(3);
         assert!(f.orphans().is_empty());
-        assert!(f.join(&K, waiter(4)).is_err());
+        assert!(!f.join(&K, waiter(4)));
     }
 
     #[test]
@@ -314,7 +283,7 @@ mod tests {
         f.queue(K, JOB);
         assert!(f.contains(&K));
         assert_eq!(f.orphans(), vec![(K, JOB)]);
-        f.join(&K, waiter(1)).unwrap();
+        assert!(f.join(&K, waiter(1)));
         f.resent(&K, 20);
         f.carrier_gone(1);
         assert_eq!(f.land(&K, 20).unwrap().waiters, vec![waiter(1)]);
@@ -325,7 +294,7 @@ mod tests {
     fn a_waiter_that_leaves_gets_nothing() {
         let mut f = Flights::default();
         f.start(K, 10, None, waiter(1), JOB);
-        f.join(&K, waiter(2)).unwrap();
+        assert!(f.join(&K, waiter(2)));
         f.leave(2, &K);
         f.carrier_gone(2);
         assert_eq!(f.land(&K, 10).unwrap().waiters, vec![waiter(1)]);

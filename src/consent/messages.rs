@@ -2,7 +2,6 @@
 //! do, the calls the table wants sent, and what became of a consent.
 
 use crate::cache::CacheKey;
-use crate::policy::Facts;
 use crate::sts::{Minted, StsFailure};
 
 /// A request waiting for a consent.
@@ -10,10 +9,6 @@ use crate::sts::{Minted, StsFailure};
 pub struct ConsentWaiter {
     /// Its context.
     pub ctx: u32,
-    /// Its subject token (for the output headers).
-    pub subject: String,
-    /// What its verified claims tell (the claim headers).
-    pub facts: Option<Facts>,
     /// When it stops waiting (ms).
     pub deadline_ms: u64,
 }
@@ -51,7 +46,7 @@ pub enum ConsentEvent {
 
 /// A request that needs the user's consent.
 #[derive(Debug, Clone)]
-pub struct Asking<'a> {
+pub struct Asking {
     /// The consent's key: the user (or the hint token) and everything that shapes the token.
     pub key: CacheKey,
     /// Who holds the consent for the share rule: a hash of the subject (issuer and `sub`).
@@ -60,10 +55,6 @@ pub struct Asking<'a> {
     pub ctx: u32,
     /// Its exchange profile.
     pub profile: usize,
-    /// Its subject token.
-    pub subject: &'a str,
-    /// What its verified claims tell.
-    pub facts: Option<&'a Facts>,
     /// The subject's `exp` (s).
     pub subject_exp: Option<u64>,
     /// The `login_hint` (or hint token) the backchannel request sends.

@@ -105,11 +105,9 @@ impl Consents {
 
     /// A request needs the user's consent: it joins the consent for its key (here or in
     /// another worker), or claims a slot for it; the tick then wants the backchannel request.
-    pub fn ask<H: Host>(&mut self, host: &H, a: Asking<'_>, now: u64) -> Ask {
+    pub fn ask<H: Host>(&mut self, host: &H, a: Asking, now: u64) -> Ask {
         let waiter = ConsentWaiter {
             ctx: a.ctx,
-            subject: a.subject.to_string(),
-            facts: a.facts.cloned(),
             deadline_ms: now.saturating_add(self.wait_ms),
         };
         if let Some(c) = self.table.get_mut(&a.key) {
@@ -168,7 +166,7 @@ impl Consents {
     fn claim<H: Host>(
         &self,
         host: &H,
-        a: &Asking<'_>,
+        a: &Asking,
         slot: u32,
         cas: Option<u32>,
         now: u64,

@@ -2,10 +2,11 @@
 //! STS's ping is answered, and a consent's end becomes verdicts for the requests that waited.
 
 use super::calls::Owner;
-use super::{Engine, Step, Wait, UNAVAILABLE};
+use super::request::{At, Request, Wait};
+use super::{Engine, UNAVAILABLE};
 use crate::cache::CacheKey;
 use crate::config::{CibaMode, LoginHint};
-use crate::consent::{Ask, Asking, ConsentEvent, Want};
+use crate::consent::{Ask, Asking, ConsentEvent, ConsentWaiter, Want};
 use crate::freshness::Served;
 use crate::host::{Host, RequestHeaders};
 use crate::metrics::Metric;
@@ -24,6 +25,16 @@ pub(super) struct ConsentFor {
     hint: String,
     /// A hash of the subject (issuer and `sub`), for the share of slots it may hold.
     client: [u8; 32],
+}
+
+/// The contexts of the requests that waited for a consent.
+fn contexts(waiters: &[ConsentWaiter]) -> Vec<u32> {
+    waiters.iter().map(|w| w.ctx).collect()
+}
+
+/// What a request's verified claims tell (the claim headers).
+fn facts_of(req: &Request) -> Option<&Facts> {
+    req.verified.as_ref().map(|v| &v.facts)
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -101,11 +112,10 @@ impl Engine {
     pub(super) fn ask_consent<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        subject: &str,
+        at: At,
+        req: Request,
         ConsentFor { key, hint, client }: ConsentFor,
         subject_exp: Option<u64>,
-        facts: Option<&Facts>,
     ) -> Verdict {
         let Some(consents) = self.consents.as_mut() else {
             return self.outcomes.failure(host, &UNAVAILABLE);
@@ -113,18 +123,13 @@ impl Engine {
         let asking = Asking {
             key,
             client,
-            ctx: at.ctx,
-            profile: at.profile,
-            subject,
-            facts,
+            ctx: req.ctx,
+            profile: req.profile,
             subject_exp,
             hint,
         };
         match consents.ask(host, asking, at.now) {
-            Ask::Waiting => {
-                self.waits.insert(at.ctx, Wait::Consent(key));
-                Verdict::Pause
-            }
+            Ask::Waiting => self.park(req, Wait::Consent(key), at.now),
             Ask::Busy => Verdict::Respond(LocalReply::consent_pending(consents.retry_after_s())),
         }
     }
@@ -201,10 +206,11 @@ impl Engine {
                         self.freshness.served(w.ctx, &v, served);
                     }
                 }
+                let requests = self.resume(&contexts(&waiters));
                 let o = &self.outcomes;
-                waiters
-                    .into_iter()
-                    .map(|w| (w.ctx, o.success(&token, &w.subject, w.facts.as_ref())))
+                requests
+                    .iter()
+                    .map(|r| (r.ctx, o.success(&token, r.token(), facts_of(r))))
                     .collect()
             }
             ConsentEvent::Refused {
@@ -218,6 +224,7 @@ impl Engine {
                 {
                     self.cache.put(host, &key, until, &v);
                 }
+                self.resume(&contexts(&waiters));
                 let o = &self.outcomes;
                 waiters
                     .into_iter()
@@ -226,26 +233,27 @@ impl Engine {
             }
             ConsentEvent::Settled { key, waiters } => {
                 let entry = self.cache.get(host, &key, now);
-                waiters
-                    .into_iter()
-                    .map(|w| {
+                let requests = self.resume(&contexts(&waiters));
+                requests
+                    .iter()
+                    .map(|r| {
                         let v = match &entry {
                             Some((hit, until)) => {
                                 let served = Served {
                                     key,
                                     expires_at_ms: *until,
                                 };
-                                self.freshness.served(w.ctx, hit, served);
-                                let facts = w.facts.as_ref();
-                                self.outcomes.cached(host, hit, &w.subject, facts)
+                                self.freshness.served(r.ctx, hit, served);
+                                self.outcomes.cached(host, hit, r.token(), facts_of(r))
                             }
                             None => Verdict::Respond(LocalReply::consent_pending(retry)),
                         };
-                        (w.ctx, v)
+                        (r.ctx, v)
                     })
                     .collect()
             }
             ConsentEvent::TimedOut(waiters) => {
+                self.resume(&contexts(&waiters));
                 let v = Verdict::Respond(LocalReply::consent_pending(retry));
                 to_each(waiters.iter().map(|w| w.ctx), &v)
             }

@@ -7,7 +7,7 @@ use super::{Engine, Owner, UNAVAILABLE};
 use crate::cache::{self, CacheKey, Cached};
 use crate::config::ACCESS_TOKEN_TYPE;
 use crate::endpoint::NoRandomness;
-use crate::flights::{Exchange, FirstHop, Job, Waiter};
+use crate::flights::{Exchange, FirstHop, Job};
 use crate::freshness::Served;
 use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
 use crate::memo::Remembered;
@@ -46,7 +46,7 @@ impl Engine {
         (receiver, key, now): (Option<u32>, CacheKey, u64),
         x: &Exchange,
         judged: Result<Minted, StsFailure>,
-        waiters: &mut Vec<Waiter>,
+        waiters: &mut Vec<u32>,
     ) -> Hop {
         let first = x.first_hop.is_none() && self.client.profiles[x.profile].then.is_some();
         let minted = match judged {
@@ -127,7 +127,7 @@ impl Engine {
         call: u32,
         key: &CacheKey,
         x: &Exchange,
-        waiters: &[Waiter],
+        waiters: &[u32],
         judged: Result<Minted, StsFailure>,
         now: u64,
     ) -> Verdict {
@@ -162,7 +162,7 @@ impl Engine {
                 expires_at_ms: until,
             };
             for w in waiters {
-                self.freshness.served(w.ctx, &value, served);
+                self.freshness.served(*w, &value, served);
             }
             self.keep(host, key, x, value, until);
         }

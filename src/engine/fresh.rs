@@ -2,9 +2,11 @@
 //! (claimed across workers) that replaces the entry before it expires, and an upstream 401 to a
 //! request that carried a minted token evicts that token, here and in every worker's memo.
 
-use super::{Engine, Step};
+use super::request::{At, Request};
+use super::Engine;
 use crate::actor;
 use crate::cache::CacheKey;
+use crate::caller::Subject;
 use crate::challenge;
 use crate::client::ActorSource;
 use crate::config::Grant;
@@ -13,20 +15,8 @@ use crate::freshness::{News, Served};
 use crate::host::{Host, LogLevel};
 use crate::memo::Remembered;
 use crate::metrics::Metric;
-use crate::token::{self, Verified};
+use crate::token;
 use crate::verdict::Verdict;
-
-/// A live entry inside the refresh window, with what a refresh of it needs.
-pub(super) struct Hot<'a> {
-    /// The subject token.
-    pub subject: &'a str,
-    /// A header actor token the request came with.
-    pub header_actor: Option<&'a str>,
-    /// The entry's key and expiry.
-    pub entry: Served,
-    /// The subject's verification, with trusted issuers.
-    pub verified: Option<&'a Verified>,
-}
 
 impl Engine {
     /// A worker-memo hit inside the refresh window: another worker may have refreshed the
@@ -35,51 +25,67 @@ impl Engine {
     pub(super) fn hot_memo_hit<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        subject: &str,
+        at: At,
+        (ctx, profile): (u32, usize),
+        subject: Subject,
         mut hit: Remembered,
     ) -> Verdict {
         let newer = self.cache.get(host, &hit.key, at.now);
         match newer.filter(|(_, until)| *until > hit.expires_at_ms) {
             Some((value, until)) => {
                 (hit.value, hit.expires_at_ms) = (value, until);
-                self.memo.put(at.profile, subject, hit.clone(), at.now);
+                self.memo.put(profile, subject.token(), hit.clone(), at.now);
             }
             None => {
-                let hot = Hot {
+                let req = Request {
+                    ctx,
+                    profile,
                     subject,
                     header_actor: None,
-                    entry: served(&hit),
-                    verified: hit.verified.as_ref(),
+                    key: hit.key,
+                    verified: hit.verified.clone(),
                 };
-                self.refresh_ahead(host, at, hot);
+                self.refresh_ahead(host, at, &req, served(&hit));
+                let facts = hit.verified.as_ref().map(|v| &v.facts);
+                let verdict = self.outcomes.cached(host, &hit.value, req.token(), facts);
+                self.freshness.served(ctx, &hit.value, served(&hit));
+                return verdict;
             }
         }
         let facts = hit.verified.as_ref().map(|v| &v.facts);
-        let verdict = self.outcomes.cached(host, &hit.value, subject, facts);
-        self.freshness.served(at.ctx, &hit.value, served(&hit));
+        let verdict = self
+            .outcomes
+            .cached(host, &hit.value, subject.token(), facts);
+        self.freshness.served(ctx, &hit.value, served(&hit));
         verdict
     }
 
-    /// Starts the refresh of a hot entry (of a minted token) unless it cannot outlive the entry
-    /// (a consent, a subject or actor expiring first), one is in the air, or another worker
-    /// claimed it. The root sends it on its next tick.
-    pub(super) fn refresh_ahead<H: Host>(&mut self, host: &H, at: Step, hot: Hot) {
-        let p = &self.client.profiles[at.profile];
-        let key = hot.entry.key;
+    /// Starts the refresh of `entry`, the hot entry (of a minted token) `req` was served,
+    /// unless it cannot outlive the entry (a consent, a subject or actor expiring first), one is
+    /// in the air, or another worker claimed it. The root sends it on its next tick.
+    pub(super) fn refresh_ahead<H: Host>(
+        &mut self,
+        host: &H,
+        at: At,
+        req: &Request,
+        entry: Served,
+    ) {
+        let p = &self.client.profiles[req.profile];
+        let key = entry.key;
         if p.grant == Grant::Ciba || self.flights.contains(&key) {
             return;
         }
         let skew_ms = self.config.cache.expiry_skew_s.saturating_mul(1000);
-        let subject_exp = hot
+        let subject_exp = req
             .verified
+            .as_ref()
             .map(|v| v.exp)
-            .or_else(|| token::unverified_exp(hot.subject));
+            .or_else(|| token::unverified_exp(req.token()));
         let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
             None => (None, None),
             Some(ActorSource::Header(_)) => (
-                hot.header_actor.map(str::to_string),
-                actor::header_actor_until(hot.header_actor, self.config.cache.expiry_skew_s),
+                req.header_actor.clone(),
+                actor::header_actor_until(req.actor(), self.config.cache.expiry_skew_s),
             ),
             Some(ActorSource::ClientCredentials(ai)) => {
                 let a = &self.client.actors[*ai];
@@ -95,7 +101,7 @@ impl Engine {
             (Some(s), Some(a)) => Some(s.min(a)),
             (s, a) => s.or(a),
         };
-        if cap.is_some_and(|c| c <= hot.entry.expires_at_ms) {
+        if cap.is_some_and(|c| c <= entry.expires_at_ms) {
             // Already as long as the subject or actor allows: a refresh could not extend it.
             return;
         }
@@ -104,19 +110,19 @@ impl Engine {
         }
         let client_id = self.client.endpoint(p.service).client_id();
         let job = Job::Exchange(Exchange {
-            profile: at.profile,
-            subject: hot.subject.to_string(),
+            profile: req.profile,
+            subject: req.token().to_string(),
             subject_exp,
             actor_sub: p.actor_sub(actor_token.as_deref(), client_id),
             actor_token,
             actor_until_ms,
-            rememberable: hot.header_actor.is_none(),
-            verified: hot.verified.cloned(),
+            rememberable: req.header_actor.is_none(),
+            verified: req.verified.clone(),
             first_hop: None,
             refresh: true,
         });
         self.flights.queue(key, job);
-        token::log_debug(host, at.ctx, hot.subject, "refresh ahead queued");
+        token::log_debug(host, req.ctx, req.token(), "refresh ahead queued");
     }
 
     /// A refresh that produced no token: the entry stays until its own expiry, and no worker

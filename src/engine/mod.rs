@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::actor::Actors;
-use crate::cache::{CacheKey, SharedCache};
+use crate::cache::SharedCache;
 use crate::caller;
 use crate::client::{ActorSource, Client};
 use crate::config::{Config, ConfigError, RouteAction};
@@ -28,7 +28,7 @@ use crate::sts::StsFailure;
 use crate::verdict::{to_each, Verdict};
 use calls::{Calls, Owner};
 use exchanged::Hop;
-use stages::Caller;
+use request::{At, Parked, Request, Wait};
 
 mod advertise;
 mod calls;
@@ -36,6 +36,7 @@ mod ciba;
 mod exchanged;
 mod fresh;
 mod introspect;
+mod request;
 mod stages;
 mod trust;
 
@@ -57,8 +58,8 @@ pub struct Engine {
     flights: Flights,
     /// Every callout in the air, and whose answer it is.
     calls: Calls,
-    /// Where each parked request waits.
-    waits: HashMap<u32, Wait>,
+    /// Each parked request, and where it waits.
+    parked: HashMap<u32, Parked>,
     /// CIBA consents, when `sts.ciba` is configured.
     consents: Option<Consents>,
     /// RFC 9728 metadata, when `protected_resource` is configured.
@@ -103,7 +104,7 @@ impl Engine {
             rules: Rules::new(&config),
             flights: Flights::default(),
             calls: Calls::default(),
-            waits: HashMap::new(),
+            parked: HashMap::new(),
             config,
             client,
             routes,
@@ -187,9 +188,11 @@ impl Engine {
             },
             None => None,
         };
-        let now = host.now_ms();
-        let at = Step::new(ctx, Some(ctx), profile, now);
-        self.authorize(host, at, subject.token(), actor.as_deref())
+        let at = At {
+            carrier: Some(ctx),
+            now: host.now_ms(),
+        };
+        self.authorize(host, at, (ctx, profile), subject, actor)
     }
 
     /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
@@ -243,27 +246,29 @@ impl Engine {
                     Hop::Sent => return Vec::new(),
                     Hop::Done(judged) => judged,
                 };
+                self.resume(&waiters);
                 let v = self.on_exchange_answer(host, call, &key, &x, &waiters, judged, now);
-                to_each(waiters.iter().map(|w| w.ctx), &v)
+                to_each(waiters.iter().copied(), &v)
             }
             Job::Actor { actor } => {
+                let requests = self.resume(&landed.waiters);
                 let a = &self.client.actors[actor];
                 match self.actors.on_answer(host, a, call, answer, now) {
                     Ok(token) => {
-                        let mut out = Vec::with_capacity(landed.waiters.len());
-                        for w in landed.waiters {
-                            let Some(parked) = w.resume else {
-                                continue;
-                            };
-                            let at = Step::new(w.ctx, receiver, parked.profile, now);
-                            let v = self.exchange(host, at, Caller::resumed(&parked), Some(&token));
-                            out.push((w.ctx, v));
+                        let at = At {
+                            carrier: receiver,
+                            now,
+                        };
+                        let mut out = Vec::with_capacity(requests.len());
+                        for req in requests {
+                            let ctx = req.ctx;
+                            out.push((ctx, self.exchange(host, at, req, Some(&token))));
                         }
                         out
                     }
                     Err(failure) => {
                         let v = self.outcomes.actor_failed(host, call, &failure);
-                        to_each(landed.waiters.iter().map(|w| w.ctx), &v)
+                        to_each(requests.iter().map(|r| r.ctx), &v)
                     }
                 }
             }
@@ -275,9 +280,11 @@ impl Engine {
     pub fn on_request_done(&mut self, ctx: u32) {
         self.advertised.remove(&ctx);
         self.freshness.take(ctx);
-        match self.waits.remove(&ctx) {
+        match self.parked.remove(&ctx).map(|p| p.wait) {
             Some(Wait::Keys(issuer)) => self.keys.leave(ctx, issuer),
-            Some(Wait::Flight(key)) => self.flights.leave(ctx, &key),
+            Some(Wait::Flight(key) | Wait::Actor(key) | Wait::Introspection(key)) => {
+                self.flights.leave(ctx, &key)
+            }
             Some(Wait::Consent(key)) => {
                 if let Some(c) = self.consents.as_mut() {
                     c.leave(ctx, &key);
@@ -347,6 +354,7 @@ impl Engine {
             }
             let waiters = self.flights.take(&key).map(|l| l.waiters);
             let waiters = waiters.unwrap_or_default();
+            self.resume(&waiters);
             if waiters.is_empty() {
                 if let Job::Exchange(x) = &job {
                     if x.refresh {
@@ -355,12 +363,11 @@ impl Engine {
                 }
                 continue;
             }
-            if let Job::Introspect { .. } = job {
-                out.extend(self.introspection_unsent(host, waiters));
-            } else {
-                let v = self.outcomes.failure(host, &UNAVAILABLE);
-                out.extend(to_each(waiters.iter().map(|w| w.ctx), &v));
-            }
+            let v = match job {
+                Job::Introspect { .. } => self.outcomes.untrusted(host, introspect::NOT_SENT),
+                _ => self.outcomes.failure(host, &UNAVAILABLE),
+            };
+            out.extend(to_each(waiters.iter().copied(), &v));
         }
         self.memo.sweep(now);
         self.apply_evictions(host);
@@ -388,36 +395,26 @@ impl Engine {
     }
 }
 
-/// Where a request stands: its context, the context that would carry a call it starts
-/// (`None`: the root), its exchange profile, and the time.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    ctx: u32,
-    carrier: Option<u32>,
-    profile: usize,
-    now: u64,
-}
-
-impl Step {
-    fn new(ctx: u32, carrier: Option<u32>, profile: usize, now: u64) -> Self {
-        Step {
-            ctx,
-            carrier,
-            profile,
-            now,
-        }
+impl Engine {
+    /// Parks `req` where it waits: it resumes from this record alone.
+    fn park(&mut self, req: Request, wait: Wait, now: u64) -> Verdict {
+        let parked = Parked {
+            request: req,
+            wait,
+            since_ms: now,
+        };
+        self.parked.insert(parked.request.ctx, parked);
+        Verdict::Pause
     }
-}
 
-/// Where a parked request waits, so that its end reaches that part alone.
-#[derive(Debug, Clone, Copy)]
-enum Wait {
-    /// For the keys of this trusted issuer.
-    Keys(usize),
-    /// On the flight of this key (an exchange, or the filter's actor token).
-    Flight(CacheKey),
-    /// For the consent of this key.
-    Consent(CacheKey),
+    /// The records of the parked requests `ctxs` whose wait is over, in order (a request that
+    /// ended meanwhile has none).
+    fn resume(&mut self, ctxs: &[u32]) -> Vec<Request> {
+        ctxs.iter()
+            .filter_map(|ctx| self.parked.remove(ctx))
+            .map(|p| p.request)
+            .collect()
+    }
 }
 
 /// How long a refresh-ahead claim holds: both hops of a chain at the slowest token service,

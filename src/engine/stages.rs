@@ -7,132 +7,118 @@
 use std::borrow::Cow;
 
 use super::calls::Owner;
-use super::fresh::{served, Hot};
-use super::{Engine, Step, Wait, UNAVAILABLE};
+use super::fresh::served;
+use super::request::{At, Next, Request, Wait};
+use super::{Engine, UNAVAILABLE};
 use crate::actor;
 use crate::cache::{CacheKey, Cached};
+use crate::caller::Subject;
 use crate::client::ActorSource;
 use crate::config::Grant;
 use crate::endpoint::NoRandomness;
-use crate::flights::{Exchange, Job, Parked, Waiter};
+use crate::flights::{Exchange, Job};
 use crate::freshness::Served;
 use crate::host::{Host, HttpCall, LogLevel};
 use crate::introspection;
 use crate::memo::Remembered;
 use crate::metrics::Metric;
-use crate::token::{self, Verified};
+use crate::token;
 use crate::verdict::Verdict;
-
-/// What a request brings to the exchange stage: its subject, a header actor token, and what
-/// the trust stage found (the cache key, the verification).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Caller<'a> {
-    subject: &'a str,
-    header_actor: Option<&'a str>,
-    key: CacheKey,
-    verified: Option<&'a Verified>,
-}
-
-impl<'a> Caller<'a> {
-    /// A request parked for the filter's actor token, as it resumes.
-    pub(super) fn resumed(parked: &'a Parked) -> Self {
-        Caller {
-            subject: &parked.subject,
-            header_actor: parked.header_actor.as_deref(),
-            key: parked.key,
-            verified: parked.verified.as_ref(),
-        }
-    }
-}
 
 impl Engine {
     /// The memo and trust stages: a hot token is answered from the worker memo; otherwise the
-    /// subject is verified (with trusted issuers; it may park for keys) and goes on to the
-    /// exchange stage.
+    /// request's record is made (its cache key) and the subject is verified (with trusted
+    /// issuers; it may park for keys or an introspection) on the way to the exchange stage.
     pub(super) fn authorize<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        subject: &str,
-        header_actor: Option<&str>,
+        at: At,
+        (ctx, profile): (u32, usize),
+        subject: Subject,
+        header_actor: Option<String>,
     ) -> Verdict {
         if header_actor.is_none() {
             let (keys, now) = (&self.keys, at.now);
             if let Some(hit) = self
                 .memo
-                .get(at.profile, subject, now, |v| keys.still_valid(v, now))
+                .get(profile, subject.token(), now, |v| keys.still_valid(v, now))
             {
                 host.metric(Metric::CacheHits, 1);
-                token::log_debug(host, at.ctx, subject, "cache hit (worker)");
+                token::log_debug(host, ctx, subject.token(), "cache hit (worker)");
                 let minted = matches!(hit.value, Cached::Token(_));
                 if minted && self.freshness.due(hit.expires_at_ms, now) {
                     let hit = hit.clone();
-                    return self.hot_memo_hit(host, at, subject, hit);
+                    return self.hot_memo_hit(host, at, (ctx, profile), subject, hit);
                 }
                 let facts = hit.verified.as_ref().map(|v| &v.facts);
-                let verdict = self.outcomes.cached(host, &hit.value, subject, facts);
-                self.freshness.served(at.ctx, &hit.value, served(hit));
+                let verdict = self
+                    .outcomes
+                    .cached(host, &hit.value, subject.token(), facts);
+                self.freshness.served(ctx, &hit.value, served(hit));
                 return verdict;
             }
         }
-        self.trust(host, at, subject, header_actor, true)
+        let p = &self.client.profiles[profile];
+        // Both spellings of an ES256 token share one entry.
+        let key = p.cache_key(&token::canonical(subject.token()), header_actor.as_deref());
+        let req = Request {
+            ctx,
+            profile,
+            subject,
+            header_actor,
+            key,
+            verified: None,
+        };
+        self.trust(host, at, req, true)
     }
 
-    /// The trust stage: verifies the subject (once per token and key set), then the exchange.
+    /// The trust stage: verifies the subject (once per token and key set), then admits it.
     /// With `may_wait`, a token naming an unknown key parks here for a fetch of the issuer's
     /// keys; a request resuming from that wait is refused instead of parking again.
     pub(super) fn trust<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        subject: &str,
-        header_actor: Option<&str>,
+        at: At,
+        mut req: Request,
         may_wait: bool,
     ) -> Verdict {
-        let p = &self.client.profiles[at.profile];
-        // Both spellings of an ES256 token share one entry.
-        let key = p.cache_key(&token::canonical(subject), header_actor);
+        let p = &self.client.profiles[req.profile];
         let opaque = p
             .introspect
-            .filter(|_| !introspection::is_jwt_shaped(subject));
-        let verified = match opaque {
-            Some(issuer) => {
-                match self.introspected(host, at, subject, header_actor, &key, issuer) {
-                    Ok(v) => Some(v),
-                    Err(verdict) => return verdict,
-                }
-            }
-            None if self.keys.enabled() => {
-                match self.check_subject(host, at, subject, header_actor, &key, may_wait) {
-                    Ok(v) => Some(v),
-                    Err(verdict) => return verdict,
-                }
-            }
-            None => None,
+            .filter(|_| !introspection::is_jwt_shaped(req.token()));
+        let found = match opaque {
+            Some(issuer) => self.introspected(host, at, &req, issuer),
+            None if self.keys.enabled() => self.check_subject(host, at, &req, may_wait),
+            None => Next::Go(None),
         };
-        let caller = Caller {
-            subject,
-            header_actor,
-            key,
-            verified: verified.as_ref(),
-        };
-        self.admit(host, at, caller)
+        match found {
+            Next::Go(verified) => {
+                req.verified = verified;
+                self.admit(host, at, req)
+            }
+            Next::Stop(verdict) => verdict,
+            Next::Park(wait) => self.park(req, wait, at.now),
+        }
     }
 
     /// The authorize stage, for a subject the trust stage let through: the route's policy, then
     /// a forwarded issuer's token passed on, or the exchange.
-    pub(super) fn admit<H: Host>(&mut self, host: &H, at: Step, caller: Caller<'_>) -> Verdict {
-        let facts = caller.verified.map(|v| &v.facts);
-        let policy = self.client.profiles[at.profile].policy;
+    pub(super) fn admit<H: Host>(&mut self, host: &H, at: At, req: Request) -> Verdict {
+        let facts = req.verified.as_ref().map(|v| &v.facts);
+        let policy = self.client.profiles[req.profile].policy;
         if !self.rules.permits(policy, facts) {
-            return self.deny(host, at.ctx, caller, policy);
+            return self.deny(host, &req, policy);
         }
-        if let Some(v) = caller.verified.filter(|v| self.keys.forwards(v.issuer)) {
+        if let Some(v) = req
+            .verified
+            .as_ref()
+            .filter(|v| self.keys.forwards(v.issuer))
+        {
             // Already a token the services accept: no exchange.
-            token::log_debug(host, at.ctx, caller.subject, "forwarded unchanged");
-            return self.outcomes.forward(host, caller.subject, Some(&v.facts));
+            token::log_debug(host, req.ctx, req.token(), "forwarded unchanged");
+            return self.outcomes.forward(host, req.token(), Some(&v.facts));
         }
-        self.exchange(host, at, caller, None)
+        self.exchange(host, at, req, None)
     }
 
     /// The exchange stage: the shared cache, then the user's consent (CIBA) or one STS call per
@@ -141,19 +127,13 @@ impl Engine {
     pub(super) fn exchange<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        caller: Caller<'_>,
+        at: At,
+        req: Request,
         fetched_actor: Option<&str>,
     ) -> Verdict {
-        let (ctx, profile, now) = (at.ctx, at.profile, at.now);
-        let Caller {
-            subject,
-            header_actor,
-            verified,
-            ..
-        } = caller;
+        let (ctx, profile, now) = (req.ctx, req.profile, at.now);
         let consent = match self.client.profiles[profile].grant == Grant::Ciba {
-            true => match self.consent_key(profile, subject, verified) {
+            true => match self.consent_key(profile, req.token(), req.verified.as_ref()) {
                 Some(k) => Some(k),
                 None => {
                     return self
@@ -163,146 +143,124 @@ impl Engine {
             },
             false => None,
         };
-        let key = consent.as_ref().map_or(caller.key, |c| c.key);
+        let key = consent.as_ref().map_or(req.key, |c| c.key);
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
-            token::log_debug(host, ctx, subject, "cache hit");
-            let verdict = self
-                .outcomes
-                .cached(host, &hit, subject, verified.map(|v| &v.facts));
+            token::log_debug(host, ctx, req.token(), "cache hit");
+            let facts = req.verified.as_ref().map(|v| &v.facts);
+            let verdict = self.outcomes.cached(host, &hit, req.token(), facts);
             let entry = Served {
                 key,
                 expires_at_ms: expires_at,
             };
             self.freshness.served(ctx, &hit, entry);
             if matches!(hit, Cached::Token(_)) && self.freshness.due(expires_at, now) {
-                let hot = Hot {
-                    subject,
-                    header_actor,
-                    entry,
-                    verified,
-                };
-                self.refresh_ahead(host, at, hot);
+                self.refresh_ahead(host, at, &req, entry);
             }
-            if header_actor.is_none() {
+            if req.header_actor.is_none() {
                 let remembered = Remembered {
                     value: hit,
                     key,
                     expires_at_ms: expires_at,
-                    verified: verified.cloned(),
+                    verified: req.verified.clone(),
                 };
-                self.memo.put(profile, subject, remembered, now);
+                self.memo.put(profile, req.token(), remembered, now);
             }
             return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
-        let subject_exp = verified
+        let subject_exp = req
+            .verified
+            .as_ref()
             .map(|v| v.exp)
-            .or_else(|| token::unverified_exp(subject));
+            .or_else(|| token::unverified_exp(req.token()));
         if let Some(consent) = consent {
-            let facts = verified.map(|v| &v.facts);
-            return self.ask_consent(host, at, subject, consent, subject_exp, facts);
+            return self.ask_consent(host, at, req, consent, subject_exp);
         }
-        let waiter = Waiter { ctx, resume: None };
-        if self.flights.join(&key, waiter).is_ok() {
-            self.waits.insert(ctx, Wait::Flight(key));
+        if self.flights.join(&key, ctx) {
             host.metric(Metric::Coalesced, 1);
-            token::log_debug(host, ctx, subject, "waits on the STS call in flight");
-            return Verdict::Pause;
+            token::log_debug(host, ctx, req.token(), "waits on the STS call in flight");
+            return self.park(req, Wait::Flight(key), now);
         }
         let p = &self.client.profiles[profile];
         let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
             None => (None, None),
             Some(ActorSource::Header(_)) => (
-                header_actor.map(str::to_string),
-                actor::header_actor_until(header_actor, self.config.cache.expiry_skew_s),
+                req.header_actor.clone(),
+                actor::header_actor_until(req.actor(), self.config.cache.expiry_skew_s),
             ),
             Some(ActorSource::ClientCredentials(ai)) => {
                 let a = &self.client.actors[*ai];
                 match self.actors.token_for(host, a, fetched_actor, now) {
                     Some((t, until)) => (Some(t), Some(until)),
-                    None => return self.park_for_actor(host, at, caller, *ai),
+                    None => return self.park_for_actor(host, at, req, *ai),
                 }
             }
         };
         let endpoint = self.client.endpoint(p.service);
         let actor_sub = p.actor_sub(actor_token.as_deref(), endpoint.client_id());
-        let request = p.request(endpoint, subject, actor_token.as_deref(), now / 1000);
+        let request = p.request(endpoint, req.token(), actor_token.as_deref(), now / 1000);
         let call = match self.send(host, (ctx, p.service), key, "STS call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
-        token::log_debug(host, ctx, subject, &format!("cache miss, STS call {call}"));
+        token::log_debug(
+            host,
+            ctx,
+            req.token(),
+            &format!("cache miss, STS call {call}"),
+        );
         let job = Job::Exchange(Exchange {
             profile,
-            subject: subject.to_string(),
+            subject: req.token().to_string(),
             subject_exp,
             actor_token,
             actor_until_ms,
             actor_sub,
-            rememberable: header_actor.is_none(),
-            verified: verified.cloned(),
+            rememberable: req.header_actor.is_none(),
+            verified: req.verified.clone(),
             first_hop: None,
             refresh: false,
         });
-        let waiter = Waiter { ctx, resume: None };
-        self.flights.start(key, call, at.carrier, waiter, job);
-        self.waits.insert(ctx, Wait::Flight(key));
-        Verdict::Pause
+        self.flights.start(key, call, at.carrier, ctx, job);
+        self.park(req, Wait::Flight(key), now)
     }
 
-    /// Parks a request at the exchange stage until the filter's actor token arrives; one call
-    /// per actor at a time.
-    fn park_for_actor<H: Host>(
-        &mut self,
-        host: &H,
-        at: Step,
-        caller: Caller<'_>,
-        actor: usize,
-    ) -> Verdict {
+    /// Parks a request at the exchange stage until the filter's actor token arrives;
+    /// one call per actor at a time.
+    fn park_for_actor<H: Host>(&mut self, host: &H, at: At, req: Request, actor: usize) -> Verdict {
         let key = self.client.actors[actor].key;
-        let parked = Parked {
-            profile: at.profile,
-            subject: caller.subject.to_string(),
-            header_actor: caller.header_actor.map(str::to_string),
-            key: caller.key,
-            verified: caller.verified.cloned(),
-        };
-        let waiter = Waiter {
-            ctx: at.ctx,
-            resume: Some(Box::new(parked)),
-        };
-        self.waits.insert(at.ctx, Wait::Flight(key));
-        let Err(waiter) = self.flights.join(&key, waiter) else {
-            return Verdict::Pause;
-        };
+        let ctx = req.ctx;
+        if self.flights.join(&key, ctx) {
+            return self.park(req, Wait::Actor(key), at.now);
+        }
         let a = &self.client.actors[actor];
         let request = a.request(self.client.endpoint(a.service), at.now / 1000);
-        let to = (at.ctx, a.service);
+        let to = (ctx, a.service);
         let call = match self.send(host, to, key, "actor token call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
         };
         if host.debug_enabled() {
-            let msg = format!("ctx={} fetches the actor token, STS call {call}", at.ctx);
+            let msg = format!("ctx={ctx} fetches the actor token, STS call {call}");
             host.log(LogLevel::Debug, &msg);
         }
         let job = Job::Actor { actor };
-        self.flights.start(key, call, at.carrier, waiter, job);
-        Verdict::Pause
+        self.flights.start(key, call, at.carrier, ctx, job);
+        self.park(req, Wait::Actor(key), at.now)
     }
 
     /// A verified token that fails `policy`: 403, the reason in the debug log (scopes and
     /// claim names, never a value).
-    fn deny<H: Host>(&self, host: &H, ctx: u32, caller: Caller<'_>, policy: usize) -> Verdict {
+    fn deny<H: Host>(&self, host: &H, req: &Request, policy: usize) -> Verdict {
         if host.debug_enabled() {
-            let claims = caller.verified.and_then(|v| v.claims.as_deref());
-            let read = || token::claims(caller.subject);
+            let claims = req.verified.as_ref().and_then(|v| v.claims.as_deref());
+            let read = || token::claims(req.token());
             let why = match claims.map(Cow::Borrowed).or_else(|| read().map(Cow::Owned)) {
                 Some(c) => self.rules.reason(policy, &c),
                 None => "policy not met".to_string(),
             };
-            token::log_debug(host, ctx, caller.subject, &why);
+            token::log_debug(host, req.ctx, req.token(), &why);
         }
         let scope = self.rules.challenge_scope(policy);
         self.outcomes.policy_denied(host, scope.as_deref())

@@ -1,10 +1,10 @@
 //! The engine's trusted-issuer paths: verifying the subject (once per token and key set) with
 //! `may_act`, and the requests that waited for an issuer's keys.
 
-use super::{Engine, Step, Wait};
-use crate::cache::CacheKey;
+use super::request::{At, Next, Request, Wait};
+use super::Engine;
 use crate::host::{Host, LogLevel};
-use crate::keys::{ActorCheck, Check, Judge, KeyEvent, KeyWaiter};
+use crate::keys::{ActorCheck, Check, Judge, KeyEvent};
 use crate::policy::{self, Facts, Rules};
 use crate::token::{self, MayAct, Verified};
 use crate::verdict::{to_each, Verdict};
@@ -19,21 +19,21 @@ fn judge(rules: &Rules, subject: &str, unwritable: &mut dyn FnMut(&str)) -> Fact
 }
 
 impl Engine {
-    /// Verifies the subject JWT (once per token and key set) and applies `may_act`. `Err` is the
-    /// verdict: a refusal, 503, or a pause while the issuer's keys are fetched again.
+    /// Verifies the subject JWT of `req` (once per token and key set) and applies `may_act`:
+    /// a refusal, 503, or a wait while the issuer's keys are fetched again.
     pub(super) fn check_subject<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        subject: &str,
-        actor: Option<&str>,
-        key: &CacheKey,
+        at: At,
+        req: &Request,
         may_wait: bool,
-    ) -> Result<Verified, Verdict> {
-        self.check_header_actor(host, at, actor)?;
-        let p = &self.client.profiles[at.profile];
+    ) -> Next<Option<Verified>> {
+        if let Err(verdict) = self.check_header_actor(host, at, req) {
+            return Next::Stop(verdict);
+        }
+        let p = &self.client.profiles[req.profile];
         let client_id = self.client.endpoint(p.service).client_id();
-        let permits = |m: &MayAct| p.may_act_permits(m, actor, client_id);
+        let permits = |m: &MayAct| p.may_act_permits(m, req.actor(), client_id);
         let rules = &self.rules;
         let claims = |t: &str| judge(rules, t, &mut |name| policy::log_unwritable(host, name));
         let judge = Judge {
@@ -41,31 +41,18 @@ impl Engine {
             claims: &claims,
         };
         let enforce = p.enforce_may_act && p.actor.is_some();
-        let waiter = || KeyWaiter {
-            ctx: at.ctx,
-            profile: at.profile,
-            subject: subject.to_string(),
-            actor: actor.map(str::to_string),
-            since_ms: at.now,
-        };
-        match self.keys.check(
-            host,
-            at.ctx,
-            subject,
-            key,
-            &judge,
-            at.now,
-            may_wait.then_some(waiter),
-        ) {
-            Check::Valid(v) if v.may_act_ok || !enforce => Ok(v),
-            Check::Valid(_) => Err(self.outcomes.actor_not_allowed(host, at.ctx)),
-            Check::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, subject, e)),
+        let waiter = may_wait.then_some(req.ctx);
+        let subject = req.token();
+        match self
+            .keys
+            .check(host, req.ctx, subject, &req.key, &judge, at.now, waiter)
+        {
+            Check::Valid(v) if v.may_act_ok || !enforce => Next::Go(Some(v)),
+            Check::Valid(_) => Next::Stop(self.outcomes.actor_not_allowed(host, req.ctx)),
+            Check::Refused(e) => Next::Stop(self.outcomes.refused_jwt(host, req.ctx, subject, e)),
             // Fetches run every second until the first keys arrive.
-            Check::NoKeys => Err(self.outcomes.no_keys(false)),
-            Check::Wait(issuer) => {
-                self.waits.insert(at.ctx, Wait::Keys(issuer));
-                Err(Verdict::Pause)
-            }
+            Check::NoKeys => Next::Stop(self.outcomes.no_keys(false)),
+            Check::Wait(issuer) => Next::Park(Wait::Keys(issuer)),
         }
     }
 
@@ -74,16 +61,16 @@ impl Engine {
     pub(super) fn check_header_actor<H: Host>(
         &mut self,
         host: &H,
-        at: Step,
-        actor: Option<&str>,
+        at: At,
+        req: &Request,
     ) -> Result<(), Verdict> {
-        let p = &self.client.profiles[at.profile];
-        let (Some(actor), Some(_)) = (actor, p.actor_header()) else {
+        let p = &self.client.profiles[req.profile];
+        let (Some(actor), Some(_)) = (req.actor(), p.actor_header()) else {
             return Ok(());
         };
         match self.keys.check_actor(actor, at.now) {
             ActorCheck::Verified | ActorCheck::NotTrusted => Ok(()),
-            ActorCheck::Refused(e) => Err(self.outcomes.refused_jwt(host, at.ctx, actor, e)),
+            ActorCheck::Refused(e) => Err(self.outcomes.refused_jwt(host, req.ctx, actor, e)),
             ActorCheck::NoKeys => Err(self.outcomes.no_keys(false)),
         }
     }
@@ -97,23 +84,25 @@ impl Engine {
     ) -> Vec<(u32, Verdict)> {
         match event {
             KeyEvent::Failed(waiters) => {
+                self.resume(&waiters);
                 let v = self.outcomes.no_keys(true);
-                to_each(waiters.iter().map(|w| w.ctx), &v)
+                to_each(waiters.iter().copied(), &v)
             }
             KeyEvent::Resume(waiters) => {
                 let mut out = Vec::with_capacity(waiters.len());
-                for w in waiters {
+                for ctx in waiters {
+                    let Some(parked) = self.parked.remove(&ctx) else {
+                        continue;
+                    };
                     if host.debug_enabled() {
-                        let waited = now.saturating_sub(w.since_ms);
-                        let msg =
-                            format!("ctx={} resumes after {waited} ms waiting for keys", w.ctx);
+                        let waited = now.saturating_sub(parked.since_ms);
+                        let msg = format!("ctx={ctx} resumes after {waited} ms waiting for keys");
                         host.log(LogLevel::Debug, &msg);
                     }
                     // Back at the trust stage; a token still naming an unknown key is refused
                     // now: it does not wait again.
-                    let at = Step::new(w.ctx, None, w.profile, now);
-                    let v = self.trust(host, at, &w.subject, w.actor.as_deref(), false);
-                    out.push((w.ctx, v));
+                    let at = At { carrier: None, now };
+                    out.push((ctx, self.trust(host, at, parked.request, false)));
                 }
                 out
             }

@@ -17,21 +17,6 @@ mod verified;
 use fetch::{encode_attempt, in_progress, read_attempt, split_stamp, RemoteKeys};
 use verified::{actor_key, introspected_key, VerifiedTokens};
 
-/// A request waiting for its issuer's keys to be fetched again (its `kid` was unknown).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyWaiter {
-    /// Its context.
-    pub ctx: u32,
-    /// The exchange profile it goes on with.
-    pub profile: usize,
-    /// The subject token.
-    pub subject: String,
-    /// A header actor token it came with.
-    pub actor: Option<String>,
-    /// When it began to wait (ms).
-    pub since_ms: u64,
-}
-
 /// What the engine asks of a token that just verified.
 pub struct Judge<'a> {
     /// Its `may_act` names the actor of this request.
@@ -44,9 +29,9 @@ pub struct Judge<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyEvent {
     /// New keys (or none to wait for): check these again.
-    Resume(Vec<KeyWaiter>),
+    Resume(Vec<u32>),
     /// The fetch failed: these get 503.
-    Failed(Vec<KeyWaiter>),
+    Failed(Vec<u32>),
 }
 
 /// What the tick asks of the engine for one issuer.
@@ -92,7 +77,8 @@ struct IssuerState {
     version: u64,
     /// A token named a key not in the set: fetch early (rate-limited).
     unknown_kid: bool,
-    waiters: Vec<KeyWaiter>,
+    /// The contexts of the requests waiting for a fetch.
+    waiters: Vec<u32>,
 }
 
 /// The trusted issuers' keys of one worker.
@@ -175,7 +161,7 @@ impl Keys {
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
     /// `judge` reads a newly verified token (its `may_act`, its claims). With [`Check::Wait`], the
-    /// request (as `waiter` makes it) waits for a fetch of the issuer's keys; without a
+    /// request `waiter` (its context) waits for a fetch of the issuer's keys; without a
     /// `waiter`, a token naming an unknown key is refused.
     #[allow(clippy::too_many_arguments)]
     pub fn check<H: Host>(
@@ -186,7 +172,7 @@ impl Keys {
         key: &CacheKey,
         judge: &Judge<'_>,
         now: u64,
-        waiter: Option<impl FnOnce() -> KeyWaiter>,
+        waiter: Option<u32>,
     ) -> Check {
         if let Some(v) = self.verified(key, now) {
             return Check::Valid(v);
@@ -226,7 +212,7 @@ impl Keys {
                 };
                 if let Some(state) = self.state.get_mut(i) {
                     state.unknown_kid = true;
-                    state.waiters.push(waiter());
+                    state.waiters.push(waiter);
                 }
                 token::log_debug(host, ctx, subject, "waits for fresh signing keys");
                 Check::Wait(i)
@@ -274,7 +260,7 @@ impl Keys {
     /// Forgets request `ctx`, which waited for the keys of `issuer` and ended.
     pub fn leave(&mut self, ctx: u32, issuer: usize) {
         if let Some(s) = self.state.get_mut(issuer) {
-            s.waiters.retain(|w| w.ctx != ctx);
+            s.waiters.retain(|w| *w != ctx);
         }
     }
 

@@ -1,0 +1,77 @@
+//! One request as the engine carries it from stage to stage, and where it waits when it must:
+//! a parked request is kept as this record alone, and resumes at its stage from it.
+
+use crate::cache::CacheKey;
+use crate::caller::Subject;
+use crate::token::Verified;
+use crate::verdict::Verdict;
+
+/// A request past its route and credentials.
+#[derive(Debug)]
+pub(super) struct Request {
+    /// Its context.
+    pub(super) ctx: u32,
+    /// Its exchange profile (the route's).
+    pub(super) profile: usize,
+    /// Its subject token, in the header value it was cut from.
+    pub(super) subject: Subject,
+    /// A header actor token it came with.
+    pub(super) header_actor: Option<String>,
+    /// The exchange's cache key.
+    pub(super) key: CacheKey,
+    /// What the trust stage found: the subject's verification, with trusted issuers.
+    pub(super) verified: Option<Verified>,
+}
+
+impl Request {
+    /// The subject token.
+    pub(super) fn token(&self) -> &str {
+        self.subject.token()
+    }
+
+    /// The header actor token, if it came with one.
+    pub(super) fn actor(&self) -> Option<&str> {
+        self.header_actor.as_deref()
+    }
+}
+
+/// When a stage runs: the context that would carry a call it starts (`None`: the root), and
+/// the time.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct At {
+    pub(super) carrier: Option<u32>,
+    pub(super) now: u64,
+}
+
+/// What a stage says of a request: go on with what it found, stop with a verdict, or wait.
+pub(super) enum Next<T> {
+    /// Go on to the next stage with this.
+    Go(T),
+    /// The request is answered.
+    Stop(Verdict),
+    /// The request waits here.
+    Park(Wait),
+}
+
+/// Where a parked request waits, and so the stage it resumes at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Trust, for a fetch of this trusted issuer's keys: checked again.
+    Keys(usize),
+    /// Trust, for the introspection of this key: goes on at admit.
+    Introspection(CacheKey),
+    /// Exchange, for the filter's actor token of this key: exchanges with it.
+    Actor(CacheKey),
+    /// The answer of the exchange in flight for this key.
+    Flight(CacheKey),
+    /// The user's consent for this key.
+    Consent(CacheKey),
+}
+
+/// A parked request: the record, where it waits, and since when.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) request: Request,
+    pub(super) wait: Wait,
+    pub(super) since_ms: u64,
+}
