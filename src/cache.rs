@@ -227,6 +227,17 @@ pub fn token_expiry_ms(
     (until > now_ms).then_some(until)
 }
 
+/// The latest any minted token for this subject and actor may be served (ms since the epoch),
+/// whatever the STS says: [`token_expiry_ms`] of a token that never expires by itself.
+pub fn latest_expiry_ms(
+    rules: &CacheConfig,
+    subject_exp_s: Option<u64>,
+    actor_until_ms: Option<u64>,
+    now_ms: u64,
+) -> Option<u64> {
+    token_expiry_ms(rules, Some(u64::MAX), subject_exp_s, actor_until_ms, now_ms)
+}
+
 /// How long an STS rejection is remembered, in ms: `negative_ttl_s`, never past the subject's
 /// `exp`; `None` when negative caching is off or would be empty.
 pub fn rejection_lifetime_ms(

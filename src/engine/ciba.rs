@@ -3,8 +3,8 @@
 
 use super::calls::Owner;
 use super::request::{At, Request, Wait};
-use super::{Engine, UNAVAILABLE};
-use crate::cache::CacheKey;
+use super::{serve, Engine, UNAVAILABLE};
+use crate::cache::{CacheKey, Cached};
 use crate::config::{CibaMode, LoginHint};
 use crate::consent::{Ask, Asking, ConsentEvent, ConsentWaiter, Want};
 use crate::freshness::Served;
@@ -193,25 +193,27 @@ impl Engine {
                 subject_exp,
                 waiters,
             } => {
-                let token = minted.access_token.clone();
+                let token = Cached::Token(minted.access_token.clone());
                 let outcome = Ok(minted);
-                if let Some((v, until)) = sts::cache_entry(rules, &outcome, subject_exp, None, now)
-                {
+                let entry = sts::cache_entry(rules, &outcome, subject_exp, None, now);
+                let kept = entry.map(|(v, until)| {
                     self.cache.put(host, &key, until, &v);
-                    let served = Served {
+                    Served {
                         key,
                         expires_at_ms: until,
-                    };
-                    for w in &waiters {
-                        self.freshness.served(w.ctx, &v, served);
                     }
-                }
+                });
                 let requests = self.resume(&contexts(&waiters));
-                let o = &self.outcomes;
-                requests
-                    .iter()
-                    .map(|r| (r.ctx, o.success(&token, r.token(), facts_of(r))))
-                    .collect()
+                let mut out = Vec::with_capacity(requests.len());
+                for r in &requests {
+                    let parts = (&self.outcomes, &mut self.freshness);
+                    let answer = (&token, kept);
+                    out.push((
+                        r.ctx,
+                        serve(parts, host, &[r.ctx], answer, r.token(), facts_of(r)),
+                    ));
+                }
+                out
             }
             ConsentEvent::Refused {
                 key,
@@ -234,23 +236,23 @@ impl Engine {
             ConsentEvent::Settled { key, waiters } => {
                 let entry = self.cache.get(host, &key, now);
                 let requests = self.resume(&contexts(&waiters));
-                requests
-                    .iter()
-                    .map(|r| {
-                        let v = match &entry {
-                            Some((hit, until)) => {
-                                let served = Served {
-                                    key,
-                                    expires_at_ms: *until,
-                                };
-                                self.freshness.served(r.ctx, hit, served);
-                                self.outcomes.cached(host, hit, r.token(), facts_of(r))
-                            }
-                            None => Verdict::Respond(LocalReply::consent_pending(retry)),
-                        };
-                        (r.ctx, v)
-                    })
-                    .collect()
+                let mut out = Vec::with_capacity(requests.len());
+                for r in &requests {
+                    let v = match &entry {
+                        Some((hit, until)) => {
+                            let served = Served {
+                                key,
+                                expires_at_ms: *until,
+                            };
+                            let parts = (&self.outcomes, &mut self.freshness);
+                            let answer = (hit, Some(served));
+                            serve(parts, host, &[r.ctx], answer, r.token(), facts_of(r))
+                        }
+                        None => Verdict::Respond(LocalReply::consent_pending(retry)),
+                    };
+                    out.push((r.ctx, v));
+                }
+                out
             }
             ConsentEvent::TimedOut(waiters) => {
                 self.resume(&contexts(&waiters));

@@ -3,7 +3,7 @@
 //! token alone; the waiters get the last hop's answer, never the first's, and it is cached for
 //! the shorter of the hops' lifetimes.
 
-use super::{Engine, Owner, UNAVAILABLE};
+use super::{serve, Engine, Owner, UNAVAILABLE};
 use crate::cache::{self, CacheKey, Cached};
 use crate::config::ACCESS_TOKEN_TYPE;
 use crate::endpoint::NoRandomness;
@@ -145,6 +145,10 @@ impl Engine {
             _ => sts::cache_entry(rules, &judged, x.subject_exp, cap, now),
         };
         let life = entry.as_ref().map_or(0, |(_, until)| until - now);
+        let kept = entry.as_ref().map(|(_, until)| Served {
+            key: *key,
+            expires_at_ms: *until,
+        });
         if let Some((value, until)) = entry {
             if x.refresh {
                 host.metric(Metric::RefreshedAhead, 1);
@@ -157,13 +161,6 @@ impl Engine {
                 };
                 self.freshness.retry_at(host, key, next);
             }
-            let served = Served {
-                key: *key,
-                expires_at_ms: until,
-            };
-            for w in waiters {
-                self.freshness.served(*w, &value, served);
-            }
             self.keep(host, key, x, value, until);
         }
         match judged {
@@ -173,9 +170,10 @@ impl Engine {
                     let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
                     host.log(LogLevel::Debug, &msg);
                 }
+                let parts = (&self.outcomes, &mut self.freshness);
+                let token = Cached::Token(minted.access_token);
                 let facts = x.verified.as_ref().map(|v| &v.facts);
-                self.outcomes
-                    .success(&minted.access_token, &x.subject, facts)
+                serve(parts, host, waiters, (&token, kept), &x.subject, facts)
             }
             Err(failure) => {
                 if failure.rejection().is_none() && !self.config.token_services.is_empty() {

@@ -3,14 +3,12 @@
 //! request that carried a minted token evicts that token, here and in every worker's memo.
 
 use super::request::{At, Request};
-use super::Engine;
-use crate::actor;
-use crate::cache::CacheKey;
+use super::{serve, Engine};
+use crate::cache::{self, CacheKey};
 use crate::caller::Subject;
 use crate::challenge;
-use crate::client::ActorSource;
 use crate::config::Grant;
-use crate::flights::{Exchange, Job};
+use crate::flights::Job;
 use crate::freshness::{News, Served};
 use crate::host::{Host, LogLevel};
 use crate::memo::Remembered;
@@ -46,18 +44,16 @@ impl Engine {
                     verified: hit.verified.clone(),
                 };
                 self.refresh_ahead(host, at, &req, served(&hit));
+                let parts = (&self.outcomes, &mut self.freshness);
                 let facts = hit.verified.as_ref().map(|v| &v.facts);
-                let verdict = self.outcomes.cached(host, &hit.value, req.token(), facts);
-                self.freshness.served(ctx, &hit.value, served(&hit));
-                return verdict;
+                let answer = (&hit.value, Some(served(&hit)));
+                return serve(parts, host, &[ctx], answer, req.token(), facts);
             }
         }
+        let parts = (&self.outcomes, &mut self.freshness);
         let facts = hit.verified.as_ref().map(|v| &v.facts);
-        let verdict = self
-            .outcomes
-            .cached(host, &hit.value, subject.token(), facts);
-        self.freshness.served(ctx, &hit.value, served(&hit));
-        verdict
+        let answer = (&hit.value, Some(served(&hit)));
+        serve(parts, host, &[ctx], answer, subject.token(), facts)
     }
 
     /// Starts the refresh of `entry`, the hot entry (of a minted token) `req` was served,
@@ -75,52 +71,20 @@ impl Engine {
         if p.grant == Grant::Ciba || self.flights.contains(&key) {
             return;
         }
-        let skew_ms = self.config.cache.expiry_skew_s.saturating_mul(1000);
-        let subject_exp = req
-            .verified
-            .as_ref()
-            .map(|v| v.exp)
-            .or_else(|| token::unverified_exp(req.token()));
-        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
-            None => (None, None),
-            Some(ActorSource::Header(_)) => (
-                req.header_actor.clone(),
-                actor::header_actor_until(req.actor(), self.config.cache.expiry_skew_s),
-            ),
-            Some(ActorSource::ClientCredentials(ai)) => {
-                let a = &self.client.actors[*ai];
-                match self.actors.current(host, a, at.now) {
-                    Some((t, until)) => (Some(t), Some(until)),
-                    // The actor's own token is not at hand: the entry expires as usual.
-                    None => return,
-                }
-            }
+        // The actor's own token not at hand: the entry expires as usual.
+        let Ok(actor) = self.actor_for(host, req.profile, req.actor(), None, at.now) else {
+            return;
         };
-        let subject_cap = subject_exp.map(|e| e.saturating_mul(1000).saturating_sub(skew_ms));
-        let cap = match (subject_cap, actor_until_ms) {
-            (Some(s), Some(a)) => Some(s.min(a)),
-            (s, a) => s.or(a),
-        };
-        if cap.is_some_and(|c| c <= entry.expires_at_ms) {
+        let rules = &self.config.cache;
+        let cap = cache::latest_expiry_ms(rules, req.subject_exp(), actor.1, at.now);
+        if cap.is_none_or(|c| c <= entry.expires_at_ms) {
             // Already as long as the subject or actor allows: a refresh could not extend it.
             return;
         }
         if !self.freshness.claim(host, &key, at.now) {
             return;
         }
-        let client_id = self.client.endpoint(p.service).client_id();
-        let job = Job::Exchange(Exchange {
-            profile: req.profile,
-            subject: req.token().to_string(),
-            subject_exp,
-            actor_sub: p.actor_sub(actor_token.as_deref(), client_id),
-            actor_token,
-            actor_until_ms,
-            rememberable: req.header_actor.is_none(),
-            verified: req.verified.clone(),
-            first_hop: None,
-            refresh: true,
-        });
+        let job = Job::Exchange(self.exchange_job(req, actor, true));
         self.flights.queue(key, job);
         token::log_debug(host, req.ctx, req.token(), "refresh ahead queued");
     }

@@ -7,21 +7,21 @@
 use std::collections::HashMap;
 
 use crate::actor::Actors;
-use crate::cache::SharedCache;
+use crate::cache::{Cached, SharedCache};
 use crate::caller;
-use crate::client::{ActorSource, Client};
+use crate::client::Client;
 use crate::config::{Config, ConfigError, RouteAction};
 use crate::consent::Consents;
 use crate::endpoint::NoRandomness;
 use crate::flights::{Flights, Job};
-use crate::freshness::Freshness;
+use crate::freshness::{Freshness, Served};
 use crate::host::{Host, HttpAnswer, RequestHeaders};
 use crate::introspection::Introspector;
 use crate::keys::{KeyTick, Keys};
 use crate::memo::Memo;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
-use crate::policy::Rules;
+use crate::policy::{Facts, Rules};
 use crate::resource::ResourceMetadata;
 use crate::route::{Ambiguous, Routes};
 use crate::sts::StsFailure;
@@ -36,6 +36,7 @@ mod ciba;
 mod exchanged;
 mod fresh;
 mod introspect;
+mod orphans;
 mod request;
 mod stages;
 mod trust;
@@ -305,70 +306,7 @@ impl Engine {
 
     fn ticked<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
         let now = host.now_ms();
-        let mut out = Vec::new();
-        for (key, job) in self.flights.orphans() {
-            let (owner, request) = match &job {
-                Job::Exchange(x) if x.first_hop.is_some() => {
-                    (Owner::Flight(key), Ok(self.second_hop_request(x, now)))
-                }
-                Job::Exchange(x) => {
-                    let p = &self.client.profiles[x.profile];
-                    let current = match p.actor.as_ref().map(|a| &a.source) {
-                        Some(ActorSource::ClientCredentials(ai)) => {
-                            let a = &self.client.actors[*ai];
-                            self.actors.current(host, a, now).map(|(t, _)| t)
-                        }
-                        _ => None,
-                    };
-                    let actor = current.as_deref().or(x.actor_token.as_deref());
-                    let endpoint = self.client.endpoint(p.service);
-                    let r = p.request(endpoint, &x.subject, actor, now / 1000);
-                    (Owner::Flight(key), Ok(r))
-                }
-                Job::Actor { actor } => {
-                    let a = &self.client.actors[*actor];
-                    let r = a.request(self.client.endpoint(a.service), now / 1000);
-                    (Owner::Flight(key), Ok(r))
-                }
-                Job::Introspect { issuer, token } => (
-                    Owner::Introspection(key),
-                    self.introspection.request(*issuer, token, now),
-                ),
-            };
-            let what = match &job {
-                Job::Exchange(x) if x.refresh && x.first_hop.is_none() => "refresh ahead",
-                _ => "call sent again",
-            };
-            let sent = request.map(|r| self.calls.send(host, owner, what, r));
-            let service = match &job {
-                Job::Exchange(x) => Some(self.hop_service(x)),
-                Job::Actor { actor } => Some(self.client.actors[*actor].service),
-                Job::Introspect { .. } => None,
-            };
-            if let Some(s) = service {
-                self.count_service(host, s, matches!(sent, Ok(Ok(_))));
-            }
-            if let Ok(Ok(call)) = sent {
-                self.flights.resent(&key, call);
-                continue;
-            }
-            let waiters = self.flights.take(&key).map(|l| l.waiters);
-            let waiters = waiters.unwrap_or_default();
-            self.resume(&waiters);
-            if waiters.is_empty() {
-                if let Job::Exchange(x) = &job {
-                    if x.refresh {
-                        self.refresh_failed(host, &key, "its call could not be sent");
-                    }
-                }
-                continue;
-            }
-            let v = match job {
-                Job::Introspect { .. } => self.outcomes.untrusted(host, introspect::NOT_SENT),
-                _ => self.outcomes.failure(host, &UNAVAILABLE),
-            };
-            out.extend(to_each(waiters.iter().copied(), &v));
-        }
+        let mut out = self.send_orphans(host, now);
         self.memo.sweep(now);
         self.apply_evictions(host);
         for tick in self.keys.tick(host, now) {
@@ -415,6 +353,26 @@ impl Engine {
             .map(|p| p.request)
             .collect()
     }
+}
+
+/// Hands the requests `ctxs` the answer `value` (a token, or a remembered rejection) of the
+/// cache entry `entry`, if it was kept: the verdict, and the note that lets the upstream's 401
+/// evict that entry. Every path that hands out an answer goes through here (a function of the
+/// two parts it touches, so that a memo hit can serve while it holds the memo's entry).
+fn serve<H: Host>(
+    (outcomes, freshness): (&Outcomes, &mut Freshness),
+    host: &H,
+    ctxs: &[u32],
+    (value, entry): (&Cached, Option<Served>),
+    subject: &str,
+    facts: Option<&Facts>,
+) -> Verdict {
+    if let Some(entry) = entry {
+        for ctx in ctxs {
+            freshness.served(*ctx, value, entry);
+        }
+    }
+    outcomes.cached(host, value, subject, facts)
 }
 
 /// How long a refresh-ahead claim holds: both hops of a chain at the slowest token service,

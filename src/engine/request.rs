@@ -3,7 +3,7 @@
 
 use crate::cache::CacheKey;
 use crate::caller::Subject;
-use crate::token::Verified;
+use crate::token::{self, Verified};
 use crate::verdict::Verdict;
 
 /// A request past its route and credentials.
@@ -32,6 +32,15 @@ impl Request {
     /// The header actor token, if it came with one.
     pub(super) fn actor(&self) -> Option<&str> {
         self.header_actor.as_deref()
+    }
+
+    /// The subject's `exp` (seconds), capping what is cached for it: the verified one, else
+    /// the one a JWT claims (read only to shorten a lifetime).
+    pub(super) fn subject_exp(&self) -> Option<u64> {
+        self.verified
+            .as_ref()
+            .map(|v| v.exp)
+            .or_else(|| token::unverified_exp(self.token()))
     }
 }
 

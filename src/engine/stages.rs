@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use super::calls::Owner;
 use super::fresh::served;
 use super::request::{At, Next, Request, Wait};
-use super::{Engine, UNAVAILABLE};
+use super::{serve, Engine, UNAVAILABLE};
 use crate::actor;
 use crate::cache::{CacheKey, Cached};
 use crate::caller::Subject;
@@ -50,12 +50,10 @@ impl Engine {
                     let hit = hit.clone();
                     return self.hot_memo_hit(host, at, (ctx, profile), subject, hit);
                 }
+                let parts = (&self.outcomes, &mut self.freshness);
+                let answer = (&hit.value, Some(served(hit)));
                 let facts = hit.verified.as_ref().map(|v| &v.facts);
-                let verdict = self
-                    .outcomes
-                    .cached(host, &hit.value, subject.token(), facts);
-                self.freshness.served(ctx, &hit.value, served(hit));
-                return verdict;
+                return serve(parts, host, &[ctx], answer, subject.token(), facts);
             }
         }
         let p = &self.client.profiles[profile];
@@ -147,13 +145,13 @@ impl Engine {
         if let Some((hit, expires_at)) = self.cache.get(host, &key, now) {
             host.metric(Metric::CacheHits, 1);
             token::log_debug(host, ctx, req.token(), "cache hit");
-            let facts = req.verified.as_ref().map(|v| &v.facts);
-            let verdict = self.outcomes.cached(host, &hit, req.token(), facts);
             let entry = Served {
                 key,
                 expires_at_ms: expires_at,
             };
-            self.freshness.served(ctx, &hit, entry);
+            let parts = (&self.outcomes, &mut self.freshness);
+            let facts = req.verified.as_ref().map(|v| &v.facts);
+            let verdict = serve(parts, host, &[ctx], (&hit, Some(entry)), req.token(), facts);
             if matches!(hit, Cached::Token(_)) && self.freshness.due(expires_at, now) {
                 self.refresh_ahead(host, at, &req, entry);
             }
@@ -169,11 +167,7 @@ impl Engine {
             return verdict;
         }
         host.metric(Metric::CacheMisses, 1);
-        let subject_exp = req
-            .verified
-            .as_ref()
-            .map(|v| v.exp)
-            .or_else(|| token::unverified_exp(req.token()));
+        let subject_exp = req.subject_exp();
         if let Some(consent) = consent {
             return self.ask_consent(host, at, req, consent, subject_exp);
         }
@@ -182,24 +176,14 @@ impl Engine {
             token::log_debug(host, ctx, req.token(), "waits on the STS call in flight");
             return self.park(req, Wait::Flight(key), now);
         }
-        let p = &self.client.profiles[profile];
-        let (actor_token, actor_until_ms) = match p.actor.as_ref().map(|a| &a.source) {
-            None => (None, None),
-            Some(ActorSource::Header(_)) => (
-                req.header_actor.clone(),
-                actor::header_actor_until(req.actor(), self.config.cache.expiry_skew_s),
-            ),
-            Some(ActorSource::ClientCredentials(ai)) => {
-                let a = &self.client.actors[*ai];
-                match self.actors.token_for(host, a, fetched_actor, now) {
-                    Some((t, until)) => (Some(t), Some(until)),
-                    None => return self.park_for_actor(host, at, req, *ai),
-                }
-            }
+        let actor = match self.actor_for(host, profile, req.actor(), fetched_actor, now) {
+            Ok(actor) => actor,
+            Err(ai) => return self.park_for_actor(host, at, req, ai),
         };
+        let x = self.exchange_job(&req, actor, false);
+        let p = &self.client.profiles[profile];
         let endpoint = self.client.endpoint(p.service);
-        let actor_sub = p.actor_sub(actor_token.as_deref(), endpoint.client_id());
-        let request = p.request(endpoint, req.token(), actor_token.as_deref(), now / 1000);
+        let request = p.request(endpoint, req.token(), x.actor_token.as_deref(), now / 1000);
         let call = match self.send(host, (ctx, p.service), key, "STS call", request) {
             Ok(call) => call,
             Err(verdict) => return verdict,
@@ -210,20 +194,62 @@ impl Engine {
             req.token(),
             &format!("cache miss, STS call {call}"),
         );
-        let job = Job::Exchange(Exchange {
-            profile,
+        self.flights
+            .start(key, call, at.carrier, ctx, Job::Exchange(x));
+        self.park(req, Wait::Flight(key), now)
+    }
+
+    /// The actor token a delegation of `profile` sends now and until when it is good (ms):
+    /// none for an impersonation, the request's header actor token, or the filter's own
+    /// (`fetched` when the request resumes with it). `Err(actor)`: the filter's own token of
+    /// that actor profile is not at hand.
+    pub(super) fn actor_for<H: Host>(
+        &self,
+        host: &H,
+        profile: usize,
+        header_actor: Option<&str>,
+        fetched: Option<&str>,
+        now: u64,
+    ) -> Result<(Option<String>, Option<u64>), usize> {
+        let p = &self.client.profiles[profile];
+        match p.actor.as_ref().map(|a| &a.source) {
+            None => Ok((None, None)),
+            Some(ActorSource::Header(_)) => Ok((
+                header_actor.map(str::to_string),
+                actor::header_actor_until(header_actor, self.config.cache.expiry_skew_s),
+            )),
+            Some(ActorSource::ClientCredentials(ai)) => {
+                let a = &self.client.actors[*ai];
+                match self.actors.token_for(host, a, fetched, now) {
+                    Some((t, until)) => Ok((Some(t), Some(until))),
+                    None => Err(*ai),
+                }
+            }
+        }
+    }
+
+    /// The exchange `req` makes with `(actor_token, actor_until_ms)`: what deciding on its
+    /// answer, or sending it again, needs. A `refresh` replaces a live entry ahead of its end.
+    pub(super) fn exchange_job(
+        &self,
+        req: &Request,
+        (actor_token, actor_until_ms): (Option<String>, Option<u64>),
+        refresh: bool,
+    ) -> Exchange {
+        let p = &self.client.profiles[req.profile];
+        let client_id = self.client.endpoint(p.service).client_id();
+        Exchange {
+            profile: req.profile,
             subject: req.token().to_string(),
-            subject_exp,
+            subject_exp: req.subject_exp(),
+            actor_sub: p.actor_sub(actor_token.as_deref(), client_id),
             actor_token,
             actor_until_ms,
-            actor_sub,
             rememberable: req.header_actor.is_none(),
             verified: req.verified.clone(),
             first_hop: None,
-            refresh: false,
-        });
-        self.flights.start(key, call, at.carrier, ctx, job);
-        self.park(req, Wait::Flight(key), now)
+            refresh,
+        }
     }
 
     /// Parks a request at the exchange stage until the filter's actor token arrives;
