@@ -35,7 +35,7 @@ mod calls;
 mod ciba;
 mod exchanged;
 mod fresh;
-mod introspect;
+mod opaque;
 mod orphans;
 mod request;
 mod stages;
@@ -154,7 +154,7 @@ impl Engine {
         self.route(host, ctx, req)
     }
 
-    /// The route and credential stages of a request, then [`Engine::authorize`].
+    /// The route and credential stages of a request, then [`Engine::memo_or_trust`].
     fn route<H, R>(&mut self, host: &H, ctx: u32, req: &R) -> Verdict
     where
         H: Host,
@@ -193,7 +193,7 @@ impl Engine {
             carrier: Some(ctx),
             now: host.now_ms(),
         };
-        self.authorize(host, at, (ctx, profile), subject, actor)
+        self.memo_or_trust(host, at, (ctx, profile), subject, actor)
     }
 
     /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict

@@ -3,7 +3,7 @@
 //! answers its waiters as an outage.
 
 use super::calls::Owner;
-use super::{introspect, Engine, UNAVAILABLE};
+use super::{opaque, Engine, UNAVAILABLE};
 use crate::flights::Job;
 use crate::host::Host;
 use crate::verdict::{to_each, Verdict};
@@ -67,7 +67,7 @@ impl Engine {
                 continue;
             }
             let v = match job {
-                Job::Introspect { .. } => self.outcomes.untrusted(host, introspect::NOT_SENT),
+                Job::Introspect { .. } => self.outcomes.untrusted(host, opaque::NOT_SENT),
                 _ => self.outcomes.failure(host, &UNAVAILABLE),
             };
             out.extend(to_each(waiters.iter().copied(), &v));

@@ -67,7 +67,7 @@ pub(super) enum Next<T> {
 pub(super) enum Wait {
     /// Trust, for a fetch of this trusted issuer's keys: checked again.
     Keys(usize),
-    /// Trust, for the introspection of this key: goes on at admit.
+    /// Trust, for the introspection of this key: goes on at authorize.
     Introspection(CacheKey),
     /// Exchange, for the filter's actor token of this key: exchanges with it.
     Actor(CacheKey),

@@ -1,8 +1,9 @@
-//! The stages of a request after its route and credentials: `authorize` (the worker memo, then
-//! trust: the subject verified against the trusted issuers) and `exchange` (the shared cache, a
-//! consent, single flight, the actor token, the STS call). A request that must wait parks at
-//! its stage with what that stage needs, and resumes there: after keys or an introspection at
-//! `trust`, after the filter's actor token at `exchange`.
+//! The stages of a request after its route and credentials: the worker memo, then `trust` (the
+//! subject verified against the trusted issuers), `authorize` (the route's policy, a forwarded
+//! issuer) and `exchange` (the shared cache, a consent, single flight, the actor token, the STS
+//! call). A request that must wait parks at its stage as its [`Request`] record, and resumes
+//! there: after keys or an introspection at `trust`, after the filter's actor token at
+//! `exchange`.
 
 use std::borrow::Cow;
 
@@ -29,7 +30,7 @@ impl Engine {
     /// The memo and trust stages: a hot token is answered from the worker memo; otherwise the
     /// request's record is made (its cache key) and the subject is verified (with trusted
     /// issuers; it may park for keys or an introspection) on the way to the exchange stage.
-    pub(super) fn authorize<H: Host>(
+    pub(super) fn memo_or_trust<H: Host>(
         &mut self,
         host: &H,
         at: At,
@@ -92,7 +93,7 @@ impl Engine {
         match found {
             Next::Go(verified) => {
                 req.verified = verified;
-                self.admit(host, at, req)
+                self.authorize(host, at, req)
             }
             Next::Stop(verdict) => verdict,
             Next::Park(wait) => self.park(req, wait, at.now),
@@ -101,7 +102,7 @@ impl Engine {
 
     /// The authorize stage, for a subject the trust stage let through: the route's policy, then
     /// a forwarded issuer's token passed on, or the exchange.
-    pub(super) fn admit<H: Host>(&mut self, host: &H, at: At, req: Request) -> Verdict {
+    pub(super) fn authorize<H: Host>(&mut self, host: &H, at: At, req: Request) -> Verdict {
         let facts = req.verified.as_ref().map(|v| &v.facts);
         let policy = self.client.profiles[req.profile].policy;
         if !self.rules.permits(policy, facts) {

@@ -93,7 +93,7 @@ impl Engine {
                 Ok(found) => match self.trusted(host, &req, issuer, found) {
                     Next::Go(v) => {
                         req.verified = v;
-                        self.admit(host, at, req)
+                        self.authorize(host, at, req)
                     }
                     Next::Stop(verdict) => verdict,
                     Next::Park(wait) => self.park(req, wait, now),
