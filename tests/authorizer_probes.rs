@@ -297,3 +297,61 @@ fn a_name_written_twice_or_a_misplaced_secret_stops_envoy_with_one_clear_line() 
     assert!(log.contains("sts.client_auth"), "{log}");
     assert!(!log.contains("Tr0ub4dor"), "{log}");
 }
+
+#[test]
+fn a_shared_introspection_answer_is_judged_by_the_listener_that_reads_it() {
+    // D2: two listeners share the VM (and its shared data); the first trusts any audience, the
+    // second requires its own. The first one's answer must not make the second trust a token
+    // for another audience.
+    let sts = TestSts::start(0, mint);
+    let idp = TestSts::start(0, |_, _| {
+        StsReply::json(
+            200,
+            json!({ "active": true, "iss": "https://p.test", "sub": "x",
+                                    "aud": "api://other" }),
+        )
+    });
+    let lax = config(json!({ "trusted_issuers": [introspecting("https://p.test", "idp")] }));
+    let mut strict_issuer = introspecting("https://p.test", "idp");
+    strict_issuer["audiences"] = json!(["api://edge"]);
+    let strict = config(json!({ "trusted_issuers": [strict_issuer] }));
+    let second = support::free_port();
+    let setup = EnvoySetup {
+        filter_config: lax,
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        concurrency: 1,
+        clusters: &[("idp", idp.port)],
+        ..EnvoySetup::default()
+    };
+    let envoy = Envoy::start_edited(setup, |doc| {
+        let listeners = doc["static_resources"]["listeners"].as_array_mut().unwrap();
+        let mut other = listeners[0].clone();
+        other["name"] = json!("second");
+        other["address"]["socket_address"]["port_value"] = json!(second);
+        let filter =
+            &mut other["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+        filter["typed_config"]["config"]["configuration"]["value"] = json!(strict.to_string());
+        listeners.push(other);
+    });
+    let r = envoy.get_with_token("/", "shared-opaque");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = raw_request_to(second, "shared-opaque");
+    assert_eq!(status_of(&text), 401, "{text}");
+    assert!(text.contains("not meant for this audience"), "{text}");
+    assert_eq!(idp.count(), 1, "judged from the shared answer");
+}
+
+/// A GET of `/` with `token` to the listener on `port`; the whole answer.
+fn raw_request_to(port: u16, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -441,6 +441,19 @@ impl Envoy {
         Envoy::launch(dir, yaml, port, admin, setup.concurrency, &[])
     }
 
+    /// Starts Envoy with the filter after `edit` changed its bootstrap (as JSON), e.g. to add a
+    /// second listener; waits until the first listener is ready.
+    pub fn start_edited(setup: EnvoySetup<'_>, edit: impl FnOnce(&mut serde_json::Value)) -> Envoy {
+        let dir = TempDir::new("edited");
+        let port = free_port();
+        let admin = free_port();
+        let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&yaml).expect("the bootstrap is JSON");
+        edit(&mut doc);
+        Envoy::launch(dir, doc.to_string(), port, admin, setup.concurrency, &[])
+    }
+
     /// Starts the repository's own `envoy.yaml`, its ports moved to free ones and its `sts` and
     /// `upstream` clusters pointed at the given ports; `env` goes to Envoy's environment.
     pub fn start_shipped(sts_port: u16, echo_port: u16, env: &[(&str, &str)]) -> Envoy {
