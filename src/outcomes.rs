@@ -307,3 +307,153 @@ impl Outcomes {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    fn outcomes(extra: serde_json::Value) -> Outcomes {
+        let mut config = serde_json::json!({
+            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
+                     "client_id": "c", "client_secret": "s" },
+            "trusted_issuers": [{ "issuer": "i", "algorithms": ["ES256"], "jwks": { "keys": [] } }],
+            "output": { "original_token_header": "x-original",
+                        "claims_to_headers": [{ "claim": "tenant", "header": "x-tenant" }] },
+            "exchange": { "actor": { "source": "header", "header": "x-actor" } }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
+        Outcomes::new(&config)
+    }
+
+    fn ops(v: &Verdict) -> &[HeaderOp] {
+        match v {
+            Verdict::Continue(ops) => ops,
+            other => panic!("expected the request to go on, got {other:?}"),
+        }
+    }
+
+    fn removed(v: &Verdict, name: &str) -> bool {
+        ops(v).contains(&HeaderOp::Remove(name.into()))
+    }
+
+    #[test]
+    fn a_success_writes_the_minted_token_and_strips_what_a_client_could_forge() {
+        let o = outcomes(serde_json::json!({}));
+        let v = o.success("minted", "caller", None);
+        let ops = ops(&v);
+        assert!(ops.contains(&HeaderOp::Set(
+            "authorization".into(),
+            "Bearer minted".into()
+        )));
+        assert!(ops.contains(&HeaderOp::Set("x-original".into(), "caller".into())));
+        assert!(
+            removed(&v, "x-actor"),
+            "the actor header never reaches the upstream"
+        );
+        for claim_header in ["x-tenant", "x_tenant"] {
+            assert!(
+                removed(&v, claim_header),
+                "{claim_header}: no verified value, no header"
+            );
+        }
+        // The original token header is set after its client copy is removed.
+        let strip = ops
+            .iter()
+            .position(|op| *op == HeaderOp::Remove("x-original".into()));
+        let set = ops
+            .iter()
+            .position(|op| matches!(op, HeaderOp::Set(n, _) if n == "x-original"));
+        assert!(strip < set, "{ops:?}");
+    }
+
+    #[test]
+    fn a_bypass_or_an_allowed_missing_token_loses_every_header_the_filter_owns() {
+        let o = outcomes(serde_json::json!({ "on_missing_token": "allow" }));
+        for v in [
+            o.pass(),
+            o.no_token(&FakeHost::at(0), 1, NoToken::Missing, true),
+        ] {
+            for h in ["x-original", "x-actor", "x-tenant", "x_tenant"] {
+                assert!(removed(&v, h), "{h}");
+            }
+            assert!(
+                !removed(&v, "authorization"),
+                "the caller's own request goes on as it is"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_token_is_challenged_where_the_route_asks_for_something() {
+        let h = FakeHost::at(0);
+        let allow = outcomes(serde_json::json!({ "on_missing_token": "allow" }));
+        let v = allow.no_token(&h, 1, NoToken::Missing, false);
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 401),
+            "{v:?}"
+        );
+        let reject = outcomes(serde_json::json!({}));
+        let v = reject.no_token(&h, 2, NoToken::Missing, true);
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 401),
+            "{v:?}"
+        );
+        let v = allow.no_token(&h, 3, NoToken::Malformed("bad"), true);
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 401),
+            "malformed: {v:?}"
+        );
+        assert_eq!(h.metric_value(Metric::Rejected), 3);
+    }
+
+    #[test]
+    fn failing_open_strips_the_callers_token_and_never_passes_it() {
+        let h = FakeHost::at(0);
+        let open = outcomes(serde_json::json!({ "on_sts_unavailable": "allow" }));
+        let v = open.failure(&h, &StsFailure::Unavailable("down"));
+        assert!(
+            removed(&v, "authorization") && removed(&v, "x-tenant"),
+            "{v:?}"
+        );
+        let closed = outcomes(serde_json::json!({}));
+        let v = closed.failure(&h, &StsFailure::Unavailable("down"));
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 503),
+            "{v:?}"
+        );
+        // An opaque token whose issuer is down is never passed on, fail-open or not.
+        let v = open.untrusted(&h, Failure::Unavailable("down"));
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 503),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn every_waiter_of_a_rejected_exchange_counts_as_rejected() {
+        let h = FakeHost::at(0);
+        let o = outcomes(serde_json::json!({}));
+        let rejected = StsFailure::SubjectRejected("invalid_grant".into());
+        let v = o.exchange_failed(&h, 7, &rejected, 5);
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 401),
+            "{v:?}"
+        );
+        assert_eq!(h.metric_value(Metric::Rejected), 5);
+        assert_eq!(
+            h.metric_value(Metric::StsErrors),
+            0,
+            "the STS judged the token"
+        );
+        let v = o.exchange_failed(&h, 8, &StsFailure::BadAnswer("nonsense"), 2);
+        assert!(
+            matches!(&v, Verdict::Respond(r) if r.status == 502),
+            "{v:?}"
+        );
+        assert_eq!(h.metric_value(Metric::StsErrors), 1);
+    }
+}

@@ -209,3 +209,25 @@ fn the_code_map_names_every_part_and_only_parts_that_exist() {
         assert!(mentioned, "ARCHITECTURE.md's code map does not name {path}");
     }
 }
+
+/// The most fields the engine may hold: its parts belong to the stages that use them, not to
+/// one object that grows a field per feature.
+const MAX_ENGINE_FIELDS: usize = 17;
+
+#[test]
+fn the_engine_holds_no_more_parts_than_it_does() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = std::fs::read_to_string(root.join("src/engine/mod.rs")).unwrap();
+    let start = code.find("pub struct Engine {").expect("the engine");
+    let body = &code[start..];
+    let body = &body[..body.find("\n}").expect("its end")];
+    let fields = body
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim_start().starts_with("//") && l.contains(':'))
+        .count();
+    assert!(
+        fields <= MAX_ENGINE_FIELDS,
+        "Engine has {fields} fields (at most {MAX_ENGINE_FIELDS})"
+    );
+}

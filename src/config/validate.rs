@@ -473,3 +473,66 @@ fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
         evict_on_upstream_401: c.evict_on_upstream_401.unwrap_or(true),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use serde_json::{json, Value};
+
+    fn parse(extra: Value) -> Result<Config, super::ConfigError> {
+        let mut doc = json!({ "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
+                                       "client_id": "c", "client_secret": "s" } });
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        Config::parse(doc.to_string().as_bytes(), &|_| None)
+    }
+
+    #[test]
+    fn a_bypass_rule_carries_nothing_a_request_on_it_would_skip() {
+        let issuers = json!([{ "issuer": "i", "algorithms": ["ES256"], "jwks": { "keys": [] } }]);
+        for rule in [
+            json!({ "match": { "path_prefix": "/h" }, "bypass": true, "exchange": { "scope": "s" } }),
+            json!({ "match": { "path_prefix": "/h" }, "bypass": true, "require": [] }),
+        ] {
+            let e = parse(json!({ "trusted_issuers": issuers, "routes": [rule] })).unwrap_err();
+            assert_eq!(e.key, "routes[0]", "{e}");
+        }
+    }
+
+    #[test]
+    fn a_route_with_its_own_policy_gets_a_profile_of_its_own() {
+        let issuers = json!([{ "issuer": "i", "algorithms": ["ES256"], "jwks": { "keys": [] } }]);
+        let c = parse(json!({
+            "trusted_issuers": issuers,
+            "require": [{ "scopes": ["read"] }],
+            "routes": [
+                { "match": { "path_prefix": "/admin" }, "require": [{ "claims": { "g": ["admins"] } }] },
+                { "match": { "path_prefix": "/open" }, "require": [] }
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            c.exchanges.len(),
+            3,
+            "the default and one per route with a policy"
+        );
+        assert_eq!(c.policies.len(), 3);
+        assert!(c.policies[2].is_empty(), "[] is no policy");
+    }
+
+    #[test]
+    fn at_most_fifteen_token_services_each_named_as_a_key_may_be() {
+        let sts = json!({ "cluster": "p", "authority": "p", "token_path": "/t",
+                          "client_id": "c", "client_secret": "s" });
+        let many: serde_json::Map<String, Value> =
+            (0..16).map(|i| (format!("s{i}"), sts.clone())).collect();
+        let e = parse(json!({ "token_services": many })).unwrap_err();
+        assert_eq!(e.key, "token_services");
+        for bad in ["sts", "Partner", "with space", ""] {
+            let e = parse(json!({ "token_services": { bad: sts.clone() } })).unwrap_err();
+            assert_eq!(e.key, "token_services", "{bad}");
+        }
+        assert!(parse(json!({ "token_services": { "partner-2": sts } })).is_ok());
+    }
+}

@@ -519,3 +519,91 @@ fn log<H: Host>(host: &H, key: &CacheKey, what: &str) {
     let tag: String = key[..4].iter().map(|b| format!("{b:02x}")).collect();
     host.log(LogLevel::Info, &format!("consent key={tag}: {what}"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::host::FakeHost;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    /// Consents of a ciba configuration (`wait_s` 10), a worker with id `worker`.
+    fn consents(worker: u64) -> Consents {
+        let config = json!({
+            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
+                     "client_id": "c", "client_secret": "s",
+                     "ciba": { "path": "/bc", "login_hint": "login_hint_token", "wait_s": 10 } },
+            "exchange": { "grant": "ciba", "scope": "openid" }
+        });
+        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
+        let ciba = config.sts.ciba.as_ref().unwrap();
+        Consents::new(ciba, 64, 2_000, worker)
+    }
+
+    fn asking(key: u8, ctx: u32) -> Asking {
+        Asking {
+            key: [key; 32],
+            client: [key; 32],
+            ctx,
+            profile: 0,
+            subject_exp: None,
+            hint: "the-user".into(),
+        }
+    }
+
+    fn backchannels(wanted: &[Wanted]) -> usize {
+        let calls = wanted
+            .iter()
+            .filter(|w| matches!(w.call, Want::Backchannel { .. }));
+        calls.count()
+    }
+
+    #[test]
+    fn one_prompt_per_key_across_workers_and_later_requests_join_it() {
+        let h = FakeHost::at(NOW);
+        let (mut a, mut b) = (consents(1), consents(2));
+        a.prepare(&h);
+        assert_eq!(a.ask(&h, asking(1, 10), NOW), Ask::Waiting);
+        assert_eq!(a.ask(&h, asking(1, 11), NOW), Ask::Waiting, "joins");
+        assert_eq!(
+            b.ask(&h, asking(1, 20), NOW),
+            Ask::Waiting,
+            "waits for the other worker"
+        );
+        let (_, wanted) = a.tick(&h, NOW);
+        assert_eq!(backchannels(&wanted), 1, "one prompt");
+        let (_, wanted) = b.tick(&h, NOW);
+        assert_eq!(
+            backchannels(&wanted),
+            0,
+            "never a second one for the same key"
+        );
+        // Another key is another prompt.
+        assert_eq!(a.ask(&h, asking(2, 12), NOW), Ask::Waiting);
+        let (_, wanted) = a.tick(&h, NOW);
+        assert_eq!(backchannels(&wanted), 1);
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_is_not_answered_and_the_rest_time_out_after_wait_s() {
+        let h = FakeHost::at(NOW);
+        let mut a = consents(1);
+        a.prepare(&h);
+        a.ask(&h, asking(1, 10), NOW);
+        a.ask(&h, asking(1, 11), NOW);
+        a.leave(10, &[1; 32]);
+        let (events, _) = a.tick(&h, NOW + 9_999);
+        assert!(events.is_empty(), "{events:?}");
+        let (events, _) = a.tick(&h, NOW + 10_000);
+        let timed_out: Vec<u32> = events
+            .iter()
+            .flat_map(|e| match e {
+                ConsentEvent::TimedOut(w) => w.iter().map(|w| w.ctx).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(timed_out, vec![11], "only the one still waiting, once");
+    }
+}

@@ -491,3 +491,120 @@ fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
         KeySource::None => Ok(state(None, None)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::host::FakeHost;
+    use crate::jwks::tests::TestKeys;
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    const NOW: u64 = 1_700_000_000_000;
+    const ISS: &str = "https://idp.example";
+
+    fn test_keys() -> &'static TestKeys {
+        static KEYS: OnceLock<TestKeys> = OnceLock::new();
+        KEYS.get_or_init(TestKeys::new)
+    }
+
+    /// The key store of a configuration with these trusted issuers.
+    fn keys_of(issuers: serde_json::Value) -> Keys {
+        let config = json!({
+            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
+                     "client_id": "c", "client_secret": "s" },
+            "trusted_issuers": issuers
+        });
+        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
+        Keys::compile(&config.trusted_issuers).unwrap()
+    }
+
+    fn inline() -> Keys {
+        keys_of(json!([{ "issuer": ISS, "algorithms": ["RS256"], "jwks": test_keys().jwks() }]))
+    }
+
+    fn token(exp_s: u64) -> String {
+        let claims = json!({ "iss": ISS, "sub": "alice", "exp": exp_s });
+        test_keys().sign("RS256", Some("rsa"), &claims)
+    }
+
+    fn check(k: &mut Keys, h: &FakeHost, t: &str, key: CacheKey, now: u64) -> Check {
+        let judge = Judge {
+            may_act: &|_| true,
+            claims: &|_| Facts::default(),
+        };
+        k.check(h, 1, t, &key, &judge, now, None)
+    }
+
+    fn verifications(h: &FakeHost) -> usize {
+        let logs = h.logs.borrow();
+        logs.iter()
+            .filter(|(_, l)| l.ends_with(" verified"))
+            .count()
+    }
+
+    #[test]
+    fn a_token_is_verified_once_per_cache_key_and_never_past_its_exp() {
+        let h = FakeHost::at(NOW);
+        let mut k = inline();
+        let t = token(NOW / 1000 + 600);
+        for _ in 0..3 {
+            assert!(matches!(
+                check(&mut k, &h, &t, [1; 32], NOW),
+                Check::Valid(_)
+            ));
+        }
+        assert_eq!(verifications(&h), 1, "remembered under its cache key");
+        assert!(matches!(
+            check(&mut k, &h, &t, [2; 32], NOW),
+            Check::Valid(_)
+        ));
+        assert_eq!(
+            verifications(&h),
+            2,
+            "another exchange of it verifies on its own"
+        );
+        let later = NOW + 700_000;
+        let expired = check(&mut k, &h, &t, [1; 32], later);
+        assert_eq!(
+            expired,
+            Check::Refused(JwtError::Expired),
+            "the record never outlives exp"
+        );
+    }
+
+    #[test]
+    fn trust_by_introspection_serves_only_its_issuer_and_never_a_signature_check() {
+        let mut k = keys_of(json!([
+            { "issuer": ISS, "algorithms": ["RS256"], "jwks": test_keys().jwks() },
+            { "issuer": "https://partner.example", "introspection": { "cluster": "p",
+              "authority": "p", "path": "/i", "client_id": "c", "client_secret": "s" } }
+        ]));
+        let v = Verified {
+            issuer: 1,
+            version: 0,
+            exp: u64::MAX,
+            may_act_ok: true,
+            facts: Facts::default(),
+            until_ms: Some(NOW + 60_000),
+            claims: None,
+        };
+        k.remember_introspected(&[9; 32], v.clone());
+        assert_eq!(k.introspected(&[9; 32], 1, NOW), Some(v));
+        assert_eq!(k.introspected(&[9; 32], 0, NOW), None, "another issuer");
+        assert_eq!(
+            k.verified(&[9; 32], NOW),
+            None,
+            "never a signature's record"
+        );
+        let h = FakeHost::at(NOW);
+        let opaque = check(&mut k, &h, "opaque-token", [9; 32], NOW);
+        assert!(matches!(opaque, Check::Refused(_)), "{opaque:?}");
+        assert_eq!(
+            k.introspected(&[9; 32], 1, NOW + 60_000),
+            None,
+            "its trust ended"
+        );
+    }
+}
