@@ -19,26 +19,16 @@ const ISS: &str = "https://idp.test";
 
 /// The filter's configuration: the test STS as `sts`, and `extra` at the top level.
 fn config(extra: Value) -> Value {
-    let mut c = json!({
+    let c = json!({
         "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token",
                  "timeout_ms": 1000, "client_id": "edge", "client_secret": "sts-secret" },
         "exchange": { "audience": ["api"] }
     });
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    c
+    support::merged(c, extra)
 }
 
 fn start(sts: &TestSts, config: Value, concurrency: u32, clusters: &[(&str, u16)]) -> Envoy {
-    Envoy::start(EnvoySetup {
-        filter_config: config,
-        sts_port: sts.port,
-        echo_port: start_echo(0),
-        concurrency,
-        clusters,
-        ..EnvoySetup::default()
-    })
+    support::start_filter(sts.port, config, concurrency, clusters, &[])
 }
 
 /// A GET of `path` as written (no client library rewrites it) with these header lines; the

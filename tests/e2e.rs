@@ -15,7 +15,7 @@ use support::{mint, start_echo, Envoy, EnvoySetup, StsCall, StsReply, TestSts, A
 const SECRET: &str = "s3:cr+t% ü";
 
 fn sts_config(extra: serde_json::Value) -> serde_json::Value {
-    let mut config = json!({
+    let config = json!({
         "sts": {
             "cluster": "sts",
             "authority": "sts.test",
@@ -26,12 +26,7 @@ fn sts_config(extra: serde_json::Value) -> serde_json::Value {
         },
         "exchange": { "audience": ["default-api"], "scope": "read" }
     });
-    if let (Some(base), Some(more)) = (config.as_object_mut(), extra.as_object()) {
-        for (k, v) in more {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-    config
+    support::merged(config, extra)
 }
 
 fn envoy(sts_port: u16, config: serde_json::Value, concurrency: u32) -> Envoy {
@@ -44,15 +39,13 @@ fn envoy_with(
     concurrency: u32,
     clusters: &[(&str, u16)],
 ) -> Envoy {
-    Envoy::start(EnvoySetup {
-        filter_config: config,
+    support::start_filter(
         sts_port,
-        echo_port: start_echo(0),
-        env: &[("STS_SECRET", SECRET)],
+        config,
         concurrency,
         clusters,
-        ..EnvoySetup::default()
-    })
+        &[("STS_SECRET", SECRET)],
+    )
 }
 
 /// A GET written by hand (to send repeated headers); returns the whole response text.

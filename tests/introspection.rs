@@ -56,28 +56,18 @@ fn start(
     concurrency: u32,
     clusters: &[(&str, u16)],
 ) -> Envoy {
-    Envoy::start(EnvoySetup {
-        filter_config: config,
-        sts_port: sts.port,
-        echo_port: start_echo(0),
-        env: &[("PARTNER_SECRET", PARTNER_SECRET)],
-        concurrency,
-        clusters,
-        ..EnvoySetup::default()
-    })
+    let env = [("PARTNER_SECRET", PARTNER_SECRET)];
+    support::start_filter(sts.port, config, concurrency, clusters, &env)
 }
 
 fn config(issuers: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
-    let mut c = json!({
+    let c = json!({
         "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token",
                  "timeout_ms": 1000, "client_id": "edge", "client_secret": "sts-secret" },
         "exchange": { "audience": ["default-api"] },
         "trusted_issuers": issuers
     });
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    c
+    support::merged(c, extra)
 }
 
 #[test]

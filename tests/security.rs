@@ -17,17 +17,14 @@ use support::{
 const ISS: &str = "https://idp.test";
 
 fn config(extra: serde_json::Value) -> serde_json::Value {
-    let mut config = json!({
+    let config = json!({
         "sts": {
             "cluster": "sts", "authority": "sts.test", "token_path": "/oauth2/token",
             "timeout_ms": 500, "client_id": "edge", "client_secret_env": "STS_SECRET"
         },
         "exchange": { "audience": ["api"] }
     });
-    for (k, v) in extra.as_object().unwrap() {
-        config[k] = v.clone();
-    }
-    config
+    support::merged(config, extra)
 }
 
 fn start(

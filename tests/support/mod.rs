@@ -340,6 +340,37 @@ pub fn start_echo(port: u16) -> u16 {
     port
 }
 
+/// `base` (a JSON object) with the top-level keys of `extra` set over it: a test's filter
+/// configuration from its file's defaults.
+pub fn merged(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
+/// Starts Envoy with the filter configured by `config`, the STS cluster at `sts_port`, a new
+/// echo upstream, `concurrency` workers, further `clusters` and the VM environment `env`.
+pub fn start_filter(
+    sts_port: u16,
+    config: serde_json::Value,
+    concurrency: u32,
+    clusters: &[(&str, u16)],
+    env: &[(&str, &str)],
+) -> Envoy {
+    Envoy::start(EnvoySetup {
+        filter_config: config,
+        sts_port,
+        echo_port: start_echo(0),
+        env,
+        concurrency,
+        clusters,
+        ..EnvoySetup::default()
+    })
+}
+
 /// A free port on 127.0.0.1, never the same twice in one test process. Ports come from a
 /// per-process run below the kernel's ephemeral range (which the OS hands out for port 0, so two
 /// tests could each be given the same one between its release and Envoy's bind; Envoy's listeners
