@@ -44,6 +44,19 @@ pub enum ConsentEvent {
     TimedOut(Vec<ConsentWaiter>),
 }
 
+impl ConsentEvent {
+    /// The contexts of the requests whose wait it ends.
+    pub fn waiting(&self) -> Vec<u32> {
+        let waiters = match self {
+            ConsentEvent::Approved { waiters, .. }
+            | ConsentEvent::Refused { waiters, .. }
+            | ConsentEvent::Settled { waiters, .. }
+            | ConsentEvent::TimedOut(waiters) => waiters,
+        };
+        waiters.iter().map(|w| w.ctx).collect()
+    }
+}
+
 /// A request that needs the user's consent.
 #[derive(Debug, Clone)]
 pub struct Asking {

@@ -1,59 +1,92 @@
-//! What an exchange's answer becomes. In a two-hop chain (identity chaining, ID-JAG), a first
-//! hop's token sends the same flight on as the second hop at its own token service, sent that
-//! token alone; the waiters get the last hop's answer, never the first's, and it is cached for
-//! the shorter of the hops' lifetimes.
+//! What an answer becomes, in the exchange stage. In a two-hop chain (identity chaining,
+//! ID-JAG), a first hop's token sends the same flight on as the second hop at its own token
+//! service, sent that token alone; the waiters get the last hop's answer, never the first's,
+//! and it is cached for the shorter of the hops' lifetimes. A consent's end is cached and
+//! served here too.
 
-use super::{serve, Engine, Owner, UNAVAILABLE};
+use super::calls::{Calls, Owner};
+use super::exchange::{hop_service, second_hop_request, Exchanges};
+use super::request::Request;
+use super::setup::Setup;
+use super::UNAVAILABLE;
 use crate::cache::{self, CacheKey, Cached};
 use crate::config::ACCESS_TOKEN_TYPE;
-use crate::endpoint::NoRandomness;
+use crate::consent::ConsentEvent;
 use crate::flights::{Exchange, FirstHop, Job};
 use crate::freshness::Served;
-use crate::host::{Host, HttpAnswer, HttpCall, LogLevel};
+use crate::host::{Host, HttpAnswer, LogLevel};
 use crate::memo::Remembered;
 use crate::metrics::Metric;
+use crate::reply::LocalReply;
 use crate::sts::{self, Minted, StsFailure};
 use crate::token;
-use crate::verdict::Verdict;
+use crate::verdict::{to_each, Verdict};
 
 /// What became of an answer at a chain's first hop.
-pub(super) enum Hop {
+enum Hop {
     /// The second hop is in the air for the same waiters.
     Sent,
     /// The answer decides the flight: a last hop's, or a first hop's failure.
     Done(Result<Minted, StsFailure>),
 }
 
-impl Engine {
-    /// Reads an exchange's answer with the profile of the hop that was asked.
-    pub(super) fn judge_hop(
-        &self,
-        x: &Exchange,
+impl Exchanges {
+    /// The answer to exchange call `call` of the flight `key` that `waiters` wait on (carried by
+    /// `receiver`): the waiters and their verdict, or `None` when a chain's second hop went on
+    /// for them.
+    pub(super) fn answered<H: Host>(
+        &mut self,
+        (s, calls): (&Setup, &mut Calls),
+        host: &H,
+        (receiver, call): (Option<u32>, u32),
+        ((key, x), mut waiters): ((CacheKey, Exchange), Vec<u32>),
         answer: &HttpAnswer,
-    ) -> Result<Minted, StsFailure> {
-        let p = &self.client.profiles[x.profile];
-        match (&x.first_hop, &p.then) {
-            (Some(_), Some(then)) => then.judge(answer, None),
-            _ => p.judge(answer, x.actor_sub.as_deref()),
-        }
+    ) -> Option<(Vec<u32>, Verdict)> {
+        let now = host.now_ms();
+        let judged = judge_hop(s, &x, answer);
+        let at = (receiver, key, now);
+        let judged = match self.next_hop((s, calls), host, at, &x, judged, &mut waiters) {
+            Hop::Sent => return None,
+            Hop::Done(judged) => judged,
+        };
+        let v = self.decide(s, host, (call, &key), &x, &waiters, judged, now);
+        Some((waiters, v))
+    }
+
+    /// The answer to the filter's own actor-token call `call` of actor profile `actor`: the
+    /// token, cached for the next requests, or the verdict of those that waited for it.
+    pub(super) fn actor_answered<H: Host>(
+        &mut self,
+        s: &Setup,
+        host: &H,
+        (call, actor): (u32, usize),
+        answer: &HttpAnswer,
+        now: u64,
+    ) -> Result<String, Verdict> {
+        let a = &s.client.actors[actor];
+        self.actors
+            .on_answer(host, a, call, answer, now)
+            .map_err(|failure| s.outcomes.actor_failed(host, call, &failure))
     }
 
     /// A first hop's token goes on to the second hop (carried by the context the answer came
     /// to); `waiters` move to that flight. Anything else is [`Hop::Done`].
-    pub(super) fn next_hop<H: Host>(
+    fn next_hop<H: Host>(
         &mut self,
+        (s, calls): (&Setup, &mut Calls),
         host: &H,
         (receiver, key, now): (Option<u32>, CacheKey, u64),
         x: &Exchange,
         judged: Result<Minted, StsFailure>,
         waiters: &mut Vec<u32>,
     ) -> Hop {
-        let first = x.first_hop.is_none() && self.client.profiles[x.profile].then.is_some();
+        let p = &s.client.profiles[x.profile];
+        let first = x.first_hop.is_none() && p.then.is_some();
         let minted = match judged {
             Ok(m) if first => m,
             other => return Hop::Done(other),
         };
-        let rules = &self.config.cache;
+        let rules = &s.config.cache;
         let until = cache::token_expiry_ms(
             rules,
             minted.expires_in,
@@ -61,7 +94,6 @@ impl Engine {
             x.actor_until_ms,
             now,
         );
-        let p = &self.client.profiles[x.profile];
         let issued_type = minted
             .issued_token_type
             .or_else(|| p.requested_token_type.clone())
@@ -73,12 +105,10 @@ impl Engine {
             // A first hop's token too short-lived to keep still makes one chain answer.
             until_ms: until.unwrap_or(now),
         }));
-        let request = self.second_hop_request(&second, now);
-        let sent = self
-            .calls
-            .send(host, Owner::Flight(key), "second hop", request);
+        let request = second_hop_request(s, &second, now);
+        let sent = calls.send(host, Owner::Flight(key), "second hop", request);
         let service = p.then.as_ref().map_or(0, |t| t.service);
-        self.count_service(host, service, sent.is_ok());
+        s.count_service(host, service, sent.is_ok());
         let Ok(call) = sent else {
             return Hop::Done(Err(UNAVAILABLE));
         };
@@ -88,50 +118,21 @@ impl Engine {
         Hop::Sent
     }
 
-    /// The token service of the hop of `x` that is in the air.
-    pub(super) fn hop_service(&self, x: &Exchange) -> usize {
-        let p = &self.client.profiles[x.profile];
-        let hop = p.then.as_deref().filter(|_| x.first_hop.is_some());
-        hop.unwrap_or(p).service
-    }
-
-    /// The second hop's request of a chain whose first hop answered.
-    pub(super) fn second_hop_request(
-        &self,
-        x: &Exchange,
-        now: u64,
-    ) -> Result<HttpCall, NoRandomness> {
-        let p = &self.client.profiles[x.profile];
-        match (&p.then, &x.first_hop) {
-            (Some(then), Some(hop)) => {
-                let endpoint = self.client.endpoint(then.service);
-                then.hop_request(endpoint, &hop.token, &hop.issued_type, now / 1000)
-            }
-            // Not a chain: the first hop's own request (never reached).
-            _ => p.request(
-                self.client.endpoint(p.service),
-                &x.subject,
-                None,
-                now / 1000,
-            ),
-        }
-    }
-
     /// Decides on an exchange's judged answer (a chain's last): cache it (token or remembered
     /// rejection, never outliving a first hop's token) and say what its `waiters` get. A
     /// refresh ahead that failed caches nothing: the entry it would replace stays.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_exchange_answer<H: Host>(
+    fn decide<H: Host>(
         &mut self,
+        s: &Setup,
         host: &H,
-        call: u32,
-        key: &CacheKey,
+        (call, key): (u32, &CacheKey),
         x: &Exchange,
         waiters: &[u32],
         judged: Result<Minted, StsFailure>,
         now: u64,
     ) -> Verdict {
-        let rules = &self.config.cache;
+        let rules = &s.config.cache;
         let first_until = x.first_hop.as_ref().map(|h| h.until_ms);
         let cap = match (x.actor_until_ms, first_until) {
             (Some(a), Some(f)) => Some(a.min(f)),
@@ -170,14 +171,20 @@ impl Engine {
                     let msg = format!("STS call {call} token={fp} minted, cached for {life} ms");
                     host.log(LogLevel::Debug, &msg);
                 }
-                let parts = (&self.outcomes, &mut self.freshness);
                 let token = Cached::Token(minted.access_token);
                 let facts = x.verified.as_ref().map(|v| &v.facts);
-                serve(parts, host, waiters, (&token, kept), &x.subject, facts)
+                let answer = (&token, kept);
+                s.serve(
+                    &mut self.freshness,
+                    host,
+                    waiters,
+                    answer,
+                    (&x.subject, facts),
+                )
             }
             Err(failure) => {
-                if failure.rejection().is_none() && !self.config.token_services.is_empty() {
-                    let n = u8::try_from(self.hop_service(x)).unwrap_or(u8::MAX);
+                if failure.rejection().is_none() && !s.config.token_services.is_empty() {
+                    let n = u8::try_from(hop_service(s, x)).unwrap_or(u8::MAX);
                     host.metric(Metric::ServiceErrors(n), 1);
                 }
                 if x.refresh && waiters.is_empty() {
@@ -186,7 +193,7 @@ impl Engine {
                     host.metric(Metric::StsErrors, u64::from(outage));
                     return Verdict::Pause;
                 }
-                self.outcomes
+                s.outcomes
                     .exchange_failed(host, call, &failure, waiters.len())
             }
         }
@@ -205,5 +212,95 @@ impl Engine {
             };
             self.memo.put(x.profile, &x.subject, remembered, now);
         }
+    }
+
+    /// What the `requests` that waited for a consent get when it ended as `event`: the token
+    /// cached and served, the refusal remembered, the other worker's outcome read from the
+    /// cache, or 503 with `retry-after` (`retry` s) while it goes on.
+    pub(super) fn consented<H: Host>(
+        &mut self,
+        s: &Setup,
+        host: &H,
+        event: ConsentEvent,
+        requests: &[Request],
+        (retry, now): (u64, u64),
+    ) -> Vec<(u32, Verdict)> {
+        let rules = &s.config.cache;
+        let facts_of = |r: &Request| r.verified.as_ref().map(|v| v.facts.clone());
+        match event {
+            ConsentEvent::Approved {
+                key,
+                minted,
+                subject_exp,
+                ..
+            } => {
+                let token = Cached::Token(minted.access_token.clone());
+                let entry = sts::cache_entry(rules, &Ok(minted), subject_exp, None, now);
+                let kept = entry.map(|(v, until)| {
+                    self.cache.put(host, &key, until, &v);
+                    Served {
+                        key,
+                        expires_at_ms: until,
+                    }
+                });
+                let mut out = Vec::with_capacity(requests.len());
+                for r in requests {
+                    let facts = facts_of(r);
+                    let answer = (&token, kept);
+                    let subject = (r.token(), facts.as_ref());
+                    let v = s.serve(&mut self.freshness, host, &[r.ctx], answer, subject);
+                    out.push((r.ctx, v));
+                }
+                out
+            }
+            ConsentEvent::Refused {
+                key,
+                failure,
+                subject_exp,
+                waiters,
+            } => {
+                let outcome = Err(failure.clone());
+                if let Some((v, until)) = sts::cache_entry(rules, &outcome, subject_exp, None, now)
+                {
+                    self.cache.put(host, &key, until, &v);
+                }
+                let v = s.outcomes.failure(host, &failure);
+                waiters.iter().map(|w| (w.ctx, v.clone())).collect()
+            }
+            ConsentEvent::Settled { key, .. } => {
+                let entry = self.cache.get(host, &key, now);
+                let mut out = Vec::with_capacity(requests.len());
+                for r in requests {
+                    let v = match &entry {
+                        Some((hit, until)) => {
+                            let served = Served {
+                                key,
+                                expires_at_ms: *until,
+                            };
+                            let facts = facts_of(r);
+                            let subject = (r.token(), facts.as_ref());
+                            let answer = (hit, Some(served));
+                            s.serve(&mut self.freshness, host, &[r.ctx], answer, subject)
+                        }
+                        None => Verdict::Respond(LocalReply::consent_pending(retry)),
+                    };
+                    out.push((r.ctx, v));
+                }
+                out
+            }
+            ConsentEvent::TimedOut(waiters) => {
+                let v = Verdict::Respond(LocalReply::consent_pending(retry));
+                to_each(waiters.iter().map(|w| w.ctx), &v)
+            }
+        }
+    }
+}
+
+/// Reads an exchange's answer with the profile of the hop that was asked.
+fn judge_hop(s: &Setup, x: &Exchange, answer: &HttpAnswer) -> Result<Minted, StsFailure> {
+    let p = &s.client.profiles[x.profile];
+    match (&x.first_hop, &p.then) {
+        (Some(_), Some(then)) => then.judge(answer, None),
+        _ => p.judge(answer, x.actor_sub.as_deref()),
     }
 }

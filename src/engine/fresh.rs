@@ -1,9 +1,11 @@
-//! Keeping minted tokens fresh: a hit inside the refresh window queues one background exchange
-//! (claimed across workers) that replaces the entry before it expires, and an upstream 401 to a
-//! request that carried a minted token evicts that token, here and in every worker's memo.
+//! Keeping minted tokens fresh, in the exchange stage: a hit inside the refresh window queues
+//! one background exchange (claimed across workers) that replaces the entry before it expires,
+//! and an upstream 401 about a request's minted token evicts that token, here and in every
+//! worker's memo.
 
+use super::exchange::{exchange_job, served, Exchanges};
 use super::request::{At, Request};
-use super::{serve, Engine};
+use super::setup::Setup;
 use crate::cache::{self, CacheKey};
 use crate::caller::Subject;
 use crate::challenge;
@@ -16,12 +18,13 @@ use crate::metrics::Metric;
 use crate::token;
 use crate::verdict::Verdict;
 
-impl Engine {
+impl Exchanges {
     /// A worker-memo hit inside the refresh window: another worker may have refreshed the
     /// shared entry already (then this memo takes it); else this worker may start the refresh.
     /// Either way the request is served at once.
     pub(super) fn hot_memo_hit<H: Host>(
         &mut self,
+        s: &Setup,
         host: &H,
         at: At,
         (ctx, profile): (u32, usize),
@@ -29,31 +32,36 @@ impl Engine {
         mut hit: Remembered,
     ) -> Verdict {
         let newer = self.cache.get(host, &hit.key, at.now);
-        match newer.filter(|(_, until)| *until > hit.expires_at_ms) {
-            Some((value, until)) => {
-                (hit.value, hit.expires_at_ms) = (value, until);
-                self.memo.put(profile, subject.token(), hit.clone(), at.now);
-            }
-            None => {
-                let req = Request {
-                    ctx,
-                    profile,
-                    subject,
-                    header_actor: None,
-                    key: hit.key,
-                    verified: hit.verified.clone(),
-                };
-                self.refresh_ahead(host, at, &req, served(&hit));
-                let parts = (&self.outcomes, &mut self.freshness);
-                let facts = hit.verified.as_ref().map(|v| &v.facts);
-                let answer = (&hit.value, Some(served(&hit)));
-                return serve(parts, host, &[ctx], answer, req.token(), facts);
-            }
+        if let Some((value, until)) = newer.filter(|(_, until)| *until > hit.expires_at_ms) {
+            (hit.value, hit.expires_at_ms) = (value, until);
+            self.memo.put(profile, subject.token(), hit.clone(), at.now);
+        } else {
+            let req = Request {
+                ctx,
+                profile,
+                subject,
+                header_actor: None,
+                key: hit.key,
+                verified: hit.verified.clone(),
+            };
+            self.refresh_ahead(s, host, at, &req, served(&hit));
+            return self.serve_hit(s, host, ctx, &hit, req.token());
         }
-        let parts = (&self.outcomes, &mut self.freshness);
+        self.serve_hit(s, host, ctx, &hit, subject.token())
+    }
+
+    /// Request `ctx` served from memo entry `hit`.
+    fn serve_hit<H: Host>(
+        &mut self,
+        s: &Setup,
+        host: &H,
+        ctx: u32,
+        hit: &Remembered,
+        subject: &str,
+    ) -> Verdict {
         let facts = hit.verified.as_ref().map(|v| &v.facts);
-        let answer = (&hit.value, Some(served(&hit)));
-        serve(parts, host, &[ctx], answer, subject.token(), facts)
+        let answer = (&hit.value, Some(served(hit)));
+        s.serve(&mut self.freshness, host, &[ctx], answer, (subject, facts))
     }
 
     /// Starts the refresh of `entry`, the hot entry (of a minted token) `req` was served,
@@ -61,21 +69,23 @@ impl Engine {
     /// in the air, or another worker claimed it. The root sends it on its next tick.
     pub(super) fn refresh_ahead<H: Host>(
         &mut self,
+        s: &Setup,
         host: &H,
         at: At,
         req: &Request,
         entry: Served,
     ) {
-        let p = &self.client.profiles[req.profile];
+        let p = &s.client.profiles[req.profile];
         let key = entry.key;
         if p.grant == Grant::Ciba || self.flights.contains(&key) {
             return;
         }
         // The actor's own token not at hand: the entry expires as usual.
-        let Ok(actor) = self.actor_for(host, req.profile, req.actor(), None, at.now) else {
+        let actor = self.actor_for(s, host, req.profile, req.actor(), None, at.now);
+        let Ok(actor) = actor else {
             return;
         };
-        let rules = &self.config.cache;
+        let rules = &s.config.cache;
         let cap = cache::latest_expiry_ms(rules, req.subject_exp(), actor.1, at.now);
         if cap.is_none_or(|c| c <= entry.expires_at_ms) {
             // Already as long as the subject or actor allows: a refresh could not extend it.
@@ -84,7 +94,7 @@ impl Engine {
         if !self.freshness.claim(host, &key, at.now) {
             return;
         }
-        let job = Job::Exchange(self.exchange_job(req, actor, true));
+        let job = Job::Exchange(exchange_job(s, req, actor, true));
         self.flights.queue(key, job);
         token::log_debug(host, req.ctx, req.token(), "refresh ahead queued");
     }
@@ -99,17 +109,12 @@ impl Engine {
         host.log(LogLevel::Warn, &msg);
     }
 
-    /// Whether request `ctx` carries a minted token, so that its answer's status matters.
-    pub fn watches(&self, ctx: u32) -> bool {
-        self.freshness.watches(ctx)
-    }
-
     /// The upstream answered request `ctx` with `status` (`challenges`: its `WWW-Authenticate`
     /// values, read only for a 401). A 401 about a minted token (no error code, or
     /// `invalid_token`) evicts it from the shared cache and from every worker's memo, so the
     /// next request exchanges anew; a challenge asking for more evicts nothing, and a key is
     /// evicted at most once a minute across workers (the 401s still reach the client as sent).
-    pub fn on_response<H: Host>(
+    pub(super) fn on_response<H: Host>(
         &mut self,
         host: &H,
         ctx: u32,
@@ -139,9 +144,11 @@ impl Engine {
         }
     }
 
-    /// On the tick: drops the memo's copies of tokens other workers evicted. An empty memo has
-    /// none to drop and reads nothing (it starts over from the log's next read).
-    pub(super) fn apply_evictions<H: Host>(&mut self, host: &H) {
+    /// On the tick: drops the memo's expired entries, and its copies of tokens other workers
+    /// evicted. An empty memo has none to drop and reads nothing (it starts over from the
+    /// log's next read).
+    pub(super) fn tick<H: Host>(&mut self, host: &H, now: u64) {
+        self.memo.sweep(now);
         if self.memo.is_empty() {
             self.freshness.restart_log();
             return;
@@ -154,13 +161,5 @@ impl Engine {
             }
             News::Missed => self.memo.clear(),
         }
-    }
-}
-
-/// The entry a memo hit serves.
-pub(super) fn served(hit: &Remembered) -> Served {
-    Served {
-        key: hit.key,
-        expires_at_ms: hit.expires_at_ms,
     }
 }

@@ -1,136 +1,90 @@
 //! The request state machine of one worker, as a dispatcher: host events (request headers, a
-//! callout's answer, the root's tick, a request's end) go to the parts that own the state — the
-//! route rules, the trusted issuers' [`Keys`], the worker [`Memo`], the shared cache, the
-//! [`Flights`] of STS calls — and come back as verdicts. Nothing here touches proxy-wasm: the
-//! host is reached through [`Host`].
+//! callout's answer, the root's tick, a request's end) go to the stage a request is at — trust
+//! ([`Trust`]: key stores, introspection), authorize (the policy), exchange ([`Exchanges`]:
+//! cache, memo, flights, actor tokens, freshness), consent ([`Consent`]) — and what a stage says
+//! (go on, stop with a verdict, wait) moves the request on, answers it, or parks it as its
+//! [`Request`] record. Nothing here touches proxy-wasm: the host is reached through [`Host`].
 
 use std::collections::HashMap;
 
-use crate::actor::Actors;
-use crate::cache::{Cached, SharedCache};
-use crate::caller;
-use crate::client::Client;
-use crate::config::{Config, ConfigError, RouteAction};
-use crate::consent::Consents;
-use crate::endpoint::NoRandomness;
-use crate::flights::{Flights, Job};
-use crate::freshness::{Freshness, Served};
+use crate::caller::Subject;
+use crate::config::{Config, ConfigError};
+use crate::consent::ConsentEvent;
+use crate::flights::Job;
 use crate::host::{Host, HttpAnswer, RequestHeaders};
-use crate::introspection::Introspector;
-use crate::keys::{KeyTick, Keys};
-use crate::memo::Memo;
+use crate::keys::KeyEvent;
 use crate::metrics::Metric;
-use crate::outcomes::Outcomes;
-use crate::policy::{Facts, Rules};
-use crate::resource::ResourceMetadata;
-use crate::route::{Ambiguous, Routes};
 use crate::sts::StsFailure;
+use crate::token::Verified;
 use crate::verdict::{to_each, Verdict};
+use advertise::Advertiser;
 use calls::{Calls, Owner};
-use exchanged::Hop;
-use request::{At, Parked, Request, Wait};
+use consent::Consent;
+use exchange::Exchanges;
+use request::{At, Next, Parked, Request, Wait};
+use setup::Setup;
+use trust::Trust;
 
 mod advertise;
+mod authorize;
 mod calls;
-mod ciba;
+mod consent;
+mod exchange;
 mod exchanged;
+mod extract;
 mod fresh;
-mod opaque;
-mod orphans;
 mod request;
-mod stages;
+mod setup;
 mod trust;
 
-/// The per-worker filter state: the compiled configuration and the parts that own the rest.
+/// The per-worker filter state: the compiled configuration, the stages that own the parts,
+/// the call table and the parked requests.
 pub struct Engine {
-    config: Config,
-    client: Client,
-    routes: Routes,
-    outcomes: Outcomes,
-    /// The access policies and claim headers.
-    rules: Rules,
-    cache: SharedCache,
-    actors: Actors,
-    keys: Keys,
-    introspection: Introspector,
-    memo: Memo,
-    /// Refresh-ahead claims, served minted tokens, evictions.
-    freshness: Freshness,
-    flights: Flights,
+    setup: Setup,
     /// Every callout in the air, and whose answer it is.
     calls: Calls,
     /// Each parked request, and where it waits.
     parked: HashMap<u32, Parked>,
-    /// CIBA consents, when `sts.ciba` is configured.
-    consents: Option<Consents>,
-    /// RFC 9728 metadata, when `protected_resource` is configured.
-    metadata: Option<ResourceMetadata>,
-    /// With `metadata`: the metadata URL of each parked request, for the 401 it may get.
-    advertised: HashMap<u32, String>,
+    trust: Trust,
+    exchange: Exchanges,
+    /// When `sts.ciba` is configured.
+    consent: Option<Consent>,
+    /// RFC 9728 metadata, and the URL each parked request's 401 would name.
+    advertiser: Advertiser,
 }
 
 impl Engine {
     /// An engine for a validated configuration; compiling it can still refuse it (a key that
     /// does not parse, a route prefix that could never match).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let client = Client::compile(&config)?;
-        let routes = Routes::compile(&config.routes)?;
-        let keys = Keys::compile(&config.trusted_issuers)?;
-        let introspection = Introspector::compile(&config.trusted_issuers, &config.cache)?;
-        let cap = config.cache.max_entries as usize;
-        let consents = match &config.sts.ciba {
-            Some(ciba) => {
-                let mut id = [0u8; 8];
-                getrandom::getrandom(&mut id)
-                    .map_err(|_| ConfigError::new("sts.ciba", "no randomness for a worker id"))?;
-                let id = u64::from_be_bytes(id);
-                // Every slot is written at start: a large cache must not mean a slow start.
-                let slots = config.cache.max_entries.min(MAX_CONSENT_SLOTS);
-                Some(Consents::new(ciba, slots, config.sts.timeout_ms, id))
-            }
-            None => None,
-        };
+        let trust = Trust::compile(&config)?;
+        let consent = Consent::compile(&config)?;
+        let advertiser = Advertiser::new(&config);
+        let setup = Setup::compile(config)?;
+        let profiles = setup.client.profiles.len();
+        let exchange = Exchanges::new(&setup.config, profiles, trust.keys.enabled());
         Ok(Engine {
-            consents,
-            metadata: config
-                .protected_resource
-                .as_ref()
-                .map(ResourceMetadata::new),
-            advertised: HashMap::new(),
-            memo: Memo::new(client.profiles.len(), cap, keys.enabled()),
-            freshness: Freshness::new(&config.cache, refresh_hold_ms(&config)),
-            cache: SharedCache::new(config.cache.max_entries),
-            actors: Actors::new(config.cache),
-            outcomes: Outcomes::new(&config),
-            rules: Rules::new(&config),
-            flights: Flights::default(),
+            setup,
             calls: Calls::default(),
             parked: HashMap::new(),
-            config,
-            client,
-            routes,
-            keys,
-            introspection,
+            trust,
+            exchange,
+            consent,
+            advertiser,
         })
     }
 
     /// The token services the per-service counters are kept for: none without
     /// `token_services`, else `sts` and each named one, in service order.
     pub fn counted_services(&self) -> Vec<String> {
-        if self.config.token_services.is_empty() {
-            return Vec::new();
-        }
-        let n = self.config.service_count();
-        (0..n)
-            .map(|i| self.config.service_name(i).to_string())
-            .collect()
+        self.setup.counted_services()
     }
 
     /// Work at start, on the root context before any request: the consents' claim slots exist
     /// (so that claiming one is always a compare-and-swap).
     pub fn on_start<H: Host>(&self, host: &H) {
-        if let Some(consents) = &self.consents {
-            consents.prepare(host);
+        if let Some(consent) = &self.consent {
+            consent.prepare(host);
         }
     }
 
@@ -141,53 +95,29 @@ impl Engine {
         R: RequestHeaders + ?Sized,
     {
         host.metric(Metric::Requests, 1);
-        if let Some(v) = self.notification(host, req) {
+        let ping = self.consent.as_ref();
+        if let Some(v) = ping.and_then(|c| c.notification(&self.setup, host, req)) {
             return v;
         }
-        if let Some(m) = &self.metadata {
-            if let Some(reply) = m.answer(req) {
-                return Verdict::Respond(reply);
-            }
-            let v = self.route(host, ctx, req);
-            return self.advertise_at_start(ctx, req, v);
+        if !self.advertiser.enabled() {
+            return self.route(host, ctx, req);
         }
-        self.route(host, ctx, req)
+        if let Some(v) = self.advertiser.answer(req) {
+            return v;
+        }
+        let v = self.route(host, ctx, req);
+        self.advertiser.at_start(ctx, req, v)
     }
 
-    /// The route and credential stages of a request, then [`Engine::memo_or_trust`].
+    /// The route and extract stages of a request, then the worker memo or trust.
     fn route<H, R>(&mut self, host: &H, ctx: u32, req: &R) -> Verdict
     where
         H: Host,
         R: RequestHeaders + ?Sized,
     {
-        let profile = match self.routes.select(req) {
-            Ok(RouteAction::Bypass) => {
-                host.metric(Metric::Bypassed, 1);
-                return self.outcomes.pass();
-            }
-            Ok(RouteAction::Exchange(p)) => p,
-            Err(Ambiguous) => return self.outcomes.ambiguous_path(host, ctx),
-        };
-        let rules = &self.config.subject_token;
-        let subject = match caller::subject(req, rules) {
-            Ok(s) => s,
-            Err(why) => {
-                // A route whose policy asks for anything never passes a request without a token.
-                let policy = self.client.profiles[profile].policy;
-                let open = self.rules.permits(policy, None);
-                return self.outcomes.no_token(host, ctx, why, open);
-            }
-        };
-        let actor = match self.client.profiles[profile].actor_header() {
-            Some(name) => match caller::actor(req, name, rules.max_bytes) {
-                Some(t) => Some(t),
-                None => {
-                    return self
-                        .outcomes
-                        .invalid_token(host, "actor token missing or malformed")
-                }
-            },
-            None => None,
+        let (profile, subject, actor) = match extract::credentials(&self.setup, host, ctx, req) {
+            Ok(credentials) => credentials,
+            Err(verdict) => return verdict,
         };
         let at = At {
             carrier: Some(ctx),
@@ -196,8 +126,103 @@ impl Engine {
         self.memo_or_trust(host, at, (ctx, profile), subject, actor)
     }
 
-    /// Handles the answer to callout `call` (an STS call or a key fetch) and returns a verdict
-    /// for every request that waited on it.
+    /// A hot token is answered from the worker memo; otherwise the request's record is made
+    /// (its cache key) and goes to the trust stage.
+    fn memo_or_trust<H: Host>(
+        &mut self,
+        host: &H,
+        at: At,
+        (ctx, profile): (u32, usize),
+        subject: Subject,
+        header_actor: Option<String>,
+    ) -> Verdict {
+        let subject = match header_actor {
+            Some(_) => subject,
+            None => {
+                let keys = &self.trust.keys;
+                let holds = |v: &_| keys.still_valid(v, at.now);
+                let s = &self.setup;
+                match self
+                    .exchange
+                    .memo_hit(s, host, at, (ctx, profile), subject, &holds)
+                {
+                    Ok(verdict) => return verdict,
+                    Err(subject) => subject,
+                }
+            }
+        };
+        let req = Request::new(&self.setup, (ctx, profile), subject, header_actor);
+        self.trust_stage(host, at, req, true)
+    }
+
+    /// The trust stage, then on (with `may_wait`, a token naming an unknown key may wait for
+    /// a fetch of its issuer's keys).
+    fn trust_stage<H: Host>(&mut self, host: &H, at: At, req: Request, may_wait: bool) -> Verdict {
+        let ctx = (&self.setup, &mut self.calls);
+        let next = self.trust.check(ctx, host, at, &req, may_wait);
+        self.trusted(host, at, req, next)
+    }
+
+    /// What the trust stage said of `req`: on to the authorize stage with its verification,
+    /// its verdict, or a wait.
+    fn trusted<H: Host>(
+        &mut self,
+        host: &H,
+        at: At,
+        mut req: Request,
+        next: Next<Option<Verified>>,
+    ) -> Verdict {
+        match next {
+            Next::Go(verified) => {
+                req.verified = verified;
+                self.authorize_stage(host, at, req)
+            }
+            Next::Stop(verdict) => verdict,
+            Next::Park(wait) => self.park(req, wait, at.now),
+        }
+    }
+
+    /// The authorize stage, then the exchange.
+    fn authorize_stage<H: Host>(&mut self, host: &H, at: At, req: Request) -> Verdict {
+        match authorize::authorize(&self.setup, host, &req) {
+            Next::Go(()) => self.exchange_stage(host, at, req, None),
+            Next::Stop(verdict) => verdict,
+            Next::Park(wait) => self.park(req, wait, at.now),
+        }
+    }
+
+    /// The exchange stage (a ciba route's key is its user's consent's), then the consent.
+    fn exchange_stage<H: Host>(
+        &mut self,
+        host: &H,
+        at: At,
+        req: Request,
+        fetched_actor: Option<&str>,
+    ) -> Verdict {
+        let consent = match consent::needed(&self.setup, host, &req) {
+            Ok(consent) => consent,
+            Err(verdict) => return verdict,
+        };
+        let key = consent.as_ref().map_or((req.key, false), |c| (c.key, true));
+        let ctx = (&self.setup, &mut self.calls);
+        let next = match self.exchange.run(ctx, host, at, &req, key, fetched_actor) {
+            // A miss on a ciba route: the user's consent.
+            Next::Go(()) => match (consent, self.consent.as_mut()) {
+                (Some(c), Some(stage)) => stage.ask(host, at, &req, c),
+                _ => Next::Go(()),
+            },
+            next => next,
+        };
+        match next {
+            Next::Stop(verdict) => verdict,
+            Next::Park(wait) => self.park(req, wait, at.now),
+            // Nothing goes on past the consent stage.
+            Next::Go(()) => self.setup.outcomes.failure(host, &UNAVAILABLE),
+        }
+    }
+
+    /// Handles the answer to callout `call` and returns a verdict for every request that waited
+    /// on it.
     pub fn on_http_answer<H: Host>(
         &mut self,
         host: &H,
@@ -206,7 +231,7 @@ impl Engine {
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
         let out = self.answered(host, receiver, call, answer);
-        self.advertise(out)
+        self.advertiser.later(out)
     }
 
     fn answered<H: Host>(
@@ -216,124 +241,182 @@ impl Engine {
         call: u32,
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
+        let now = host.now_ms();
+        let at = At {
+            carrier: receiver,
+            now,
+        };
         let landed = match self.calls.land(host, call) {
             Some(Owner::Keys(issuer)) => {
-                let event = self.keys.on_answer(host, issuer, answer);
-                return self.after_keys(host, event, host.now_ms());
+                let event = self.trust.keys.on_answer(host, issuer, answer);
+                return self.after_keys(host, event, now);
             }
             Some(Owner::Consent(key)) => {
-                let now = host.now_ms();
-                let consents = self.consents.as_mut();
-                let event = consents.and_then(|c| c.on_answer(host, key, call, answer, now));
+                let stage = self.consent.as_mut();
+                let event = stage.and_then(|c| c.on_answer(host, (key, call), answer, now));
                 return event.map_or_else(Vec::new, |e| self.after_consent(host, e, now));
             }
-            Some(Owner::Flight(key) | Owner::Introspection(key)) => self.flights.land(&key, call),
+            Some(Owner::Introspection(key)) => {
+                let Some(landed) = self.trust.flights.land(&key, call) else {
+                    return Vec::new();
+                };
+                let requests = self.resume(&landed.waiters);
+                let s = &self.setup;
+                let judged = self
+                    .trust
+                    .introspected_all(s, host, landed, answer, requests);
+                let mut out = Vec::with_capacity(judged.len());
+                for (req, next) in judged {
+                    let ctx = req.ctx;
+                    out.push((ctx, self.trusted(host, at, req, next)));
+                }
+                return out;
+            }
+            Some(Owner::Flight(key)) => self.exchange.flights.land(&key, call),
             None => None,
         };
         let Some(landed) = landed else {
             return Vec::new();
         };
-        let now = host.now_ms();
         match landed.job {
-            Job::Introspect { issuer, .. } => {
-                let w = landed.waiters;
-                self.after_introspection(host, receiver, &landed.key, w, issuer, answer)
-            }
             Job::Exchange(x) => {
-                let (key, mut waiters) = (landed.key, landed.waiters);
-                let judged = self.judge_hop(&x, answer);
-                let at = (receiver, key, now);
-                let judged = match self.next_hop(host, at, &x, judged, &mut waiters) {
-                    Hop::Sent => return Vec::new(),
-                    Hop::Done(judged) => judged,
+                let ctx = (&self.setup, &mut self.calls);
+                let flight = ((landed.key, x), landed.waiters);
+                let answered = self
+                    .exchange
+                    .answered(ctx, host, (receiver, call), flight, answer);
+                let Some((waiters, v)) = answered else {
+                    return Vec::new();
                 };
                 self.resume(&waiters);
-                let v = self.on_exchange_answer(host, call, &key, &x, &waiters, judged, now);
                 to_each(waiters.iter().copied(), &v)
             }
             Job::Actor { actor } => {
                 let requests = self.resume(&landed.waiters);
-                let a = &self.client.actors[actor];
-                match self.actors.on_answer(host, a, call, answer, now) {
+                let s = &self.setup;
+                match self
+                    .exchange
+                    .actor_answered(s, host, (call, actor), answer, now)
+                {
                     Ok(token) => {
-                        let at = At {
-                            carrier: receiver,
-                            now,
-                        };
                         let mut out = Vec::with_capacity(requests.len());
                         for req in requests {
                             let ctx = req.ctx;
-                            out.push((ctx, self.exchange(host, at, req, Some(&token))));
+                            out.push((ctx, self.exchange_stage(host, at, req, Some(&token))));
                         }
                         out
                     }
-                    Err(failure) => {
-                        let v = self.outcomes.actor_failed(host, call, &failure);
-                        to_each(requests.iter().map(|r| r.ctx), &v)
-                    }
+                    Err(v) => to_each(requests.iter().map(|r| r.ctx), &v),
                 }
+            }
+            Job::Introspect { .. } => Vec::new(),
+        }
+    }
+
+    /// Requests whose wait for keys is over: at the trust stage again with the keys now at
+    /// hand (a token still naming an unknown key is refused now: it does not wait again), or
+    /// 503.
+    fn after_keys<H: Host>(&mut self, host: &H, event: KeyEvent, now: u64) -> Vec<(u32, Verdict)> {
+        match event {
+            KeyEvent::Failed(waiters) => {
+                self.resume(&waiters);
+                let v = self.setup.outcomes.no_keys(true);
+                to_each(waiters.iter().copied(), &v)
+            }
+            KeyEvent::Resume(waiters) => {
+                let mut out = Vec::with_capacity(waiters.len());
+                for ctx in waiters {
+                    let Some(parked) = self.parked.remove(&ctx) else {
+                        continue;
+                    };
+                    parked.log_resumed(host, now);
+                    let at = At { carrier: None, now };
+                    out.push((ctx, self.trust_stage(host, at, parked.request, false)));
+                }
+                out
             }
         }
     }
 
+    /// What the requests that waited for a consent get.
+    fn after_consent<H: Host>(
+        &mut self,
+        host: &H,
+        event: ConsentEvent,
+        now: u64,
+    ) -> Vec<(u32, Verdict)> {
+        let requests = self.resume(&event.waiting());
+        let retry = self.consent.as_ref().map_or(1, Consent::retry_after_s);
+        let s = &self.setup;
+        self.exchange
+            .consented(s, host, event, &requests, (retry, now))
+    }
+
     /// Forgets a request that ended (answered, or the client went away). If its context carried
-    /// an STS call others still wait on, the call waits for the root to send it again.
+    /// a call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
-        self.advertised.remove(&ctx);
-        self.freshness.take(ctx);
+        self.advertiser.forget(ctx);
+        self.exchange.freshness.take(ctx);
         match self.parked.remove(&ctx).map(|p| p.wait) {
-            Some(Wait::Keys(issuer)) => self.keys.leave(ctx, issuer),
-            Some(Wait::Flight(key) | Wait::Actor(key) | Wait::Introspection(key)) => {
-                self.flights.leave(ctx, &key)
-            }
+            Some(Wait::Keys(issuer)) => self.trust.keys.leave(ctx, issuer),
+            Some(Wait::Flight(key) | Wait::Actor(key)) => self.exchange.flights.leave(ctx, &key),
+            Some(Wait::Introspection(key)) => self.trust.flights.leave(ctx, &key),
             Some(Wait::Consent(key)) => {
-                if let Some(c) = self.consents.as_mut() {
+                if let Some(c) = self.consent.as_mut() {
                     c.leave(ctx, &key);
                 }
             }
             None => {}
         }
-        let lost = self.flights.carrier_gone(ctx);
+        let mut lost = self.exchange.flights.carrier_gone(ctx);
+        lost.extend(self.trust.flights.carrier_gone(ctx));
         self.calls.forget(lost);
     }
 
-    /// Periodic work on the root context: sends again the STS calls whose carrier went away,
-    /// and looks after the issuers' keys. Returns verdicts for requests that were waiting.
+    /// Periodic work on the root context: sends again the calls whose carrier went away, and
+    /// looks after the memo, the issuers' keys and the consents. Returns verdicts for requests
+    /// that were waiting.
     pub fn on_tick<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
-        let out = self.ticked(host);
-        self.advertise(out)
-    }
-
-    fn ticked<H: Host>(&mut self, host: &H) -> Vec<(u32, Verdict)> {
         let now = host.now_ms();
-        let mut out = self.send_orphans(host, now);
-        self.memo.sweep(now);
-        self.apply_evictions(host);
-        for tick in self.keys.tick(host, now) {
-            let event = match tick {
-                KeyTick::Event(event) => event,
-                KeyTick::Fetch(issuer) => {
-                    let request = self.keys.fetch_call(issuer).ok_or(NoRandomness);
-                    match self
-                        .calls
-                        .send(host, Owner::Keys(issuer), "key fetch", request)
-                    {
-                        Ok(call) => {
-                            self.keys.fetch_sent(issuer, call, now);
-                            continue;
-                        }
-                        Err(_) => self.keys.fetch_unsent(host, issuer, now),
-                    }
-                }
-            };
+        let ctx = (&self.setup, &mut self.calls);
+        let mut failed = self.exchange.send_orphans(ctx, host, now);
+        let ctx = (&self.setup, &mut self.calls);
+        failed.extend(self.trust.send_orphans(ctx, host, now));
+        let mut out = Vec::new();
+        for (waiters, v) in failed {
+            self.resume(&waiters);
+            out.extend(to_each(waiters.iter().copied(), &v));
+        }
+        self.exchange.tick(host, now);
+        for event in self.trust.tick(&mut self.calls, host, now) {
             out.extend(self.after_keys(host, event, now));
         }
-        out.extend(self.consent_tick(host, now));
-        out
+        let ctx = (&self.setup, &mut self.calls);
+        let events = self.consent.as_mut().map(|c| c.tick(ctx, host, now));
+        for event in events.unwrap_or_default() {
+            out.extend(self.after_consent(host, event, now));
+        }
+        self.advertiser.later(out)
     }
-}
 
-impl Engine {
+    /// Whether request `ctx` carries a minted token, so that its answer's status matters.
+    pub fn watches(&self, ctx: u32) -> bool {
+        self.exchange.freshness.watches(ctx)
+    }
+
+    /// The upstream answered request `ctx` with `status` (`challenges`: its `WWW-Authenticate`
+    /// values, read only for a 401): a 401 about its minted token evicts it (see
+    /// `cache.evict_on_upstream_401`).
+    pub fn on_response<H: Host>(
+        &mut self,
+        host: &H,
+        ctx: u32,
+        status: Option<u16>,
+        challenges: impl FnOnce() -> Vec<String>,
+    ) {
+        self.exchange.on_response(host, ctx, status, challenges);
+    }
+
     /// Parks `req` where it waits: it resumes from this record alone.
     fn park(&mut self, req: Request, wait: Wait, now: u64) -> Verdict {
         let parked = Parked {
@@ -355,39 +438,7 @@ impl Engine {
     }
 }
 
-/// Hands the requests `ctxs` the answer `value` (a token, or a remembered rejection) of the
-/// cache entry `entry`, if it was kept: the verdict, and the note that lets the upstream's 401
-/// evict that entry. Every path that hands out an answer goes through here (a function of the
-/// two parts it touches, so that a memo hit can serve while it holds the memo's entry).
-fn serve<H: Host>(
-    (outcomes, freshness): (&Outcomes, &mut Freshness),
-    host: &H,
-    ctxs: &[u32],
-    (value, entry): (&Cached, Option<Served>),
-    subject: &str,
-    facts: Option<&Facts>,
-) -> Verdict {
-    if let Some(entry) = entry {
-        for ctx in ctxs {
-            freshness.served(*ctx, value, entry);
-        }
-    }
-    outcomes.cached(host, value, subject, facts)
-}
-
-/// How long a refresh-ahead claim holds: both hops of a chain at the slowest token service,
-/// and a tick to send it.
-fn refresh_hold_ms(config: &Config) -> u64 {
-    let slowest = (0..config.service_count())
-        .map(|i| config.service(i).timeout_ms)
-        .max()
-        .unwrap_or(0);
-    slowest.saturating_mul(2).saturating_add(1_000)
-}
-
-/// The most CIBA claim slots (the table is `cache.max_entries` slots up to this).
-const MAX_CONSENT_SLOTS: u32 = 4096;
-
+/// The answer to a request whose token service cannot be reached now.
 const UNAVAILABLE: StsFailure = StsFailure::Unavailable("token service unavailable");
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! One request as the engine carries it from stage to stage, and where it waits when it must:
 //! a parked request is kept as this record alone, and resumes at its stage from it.
 
+use super::setup::Setup;
 use crate::cache::CacheKey;
 use crate::caller::Subject;
+use crate::host::{Host, LogLevel};
 use crate::token::{self, Verified};
 use crate::verdict::Verdict;
 
@@ -24,6 +26,27 @@ pub(super) struct Request {
 }
 
 impl Request {
+    /// The record of request `ctx` on `profile`, with its cache key (both spellings of an ES256
+    /// token share one) and no verification yet.
+    pub(super) fn new(
+        s: &Setup,
+        (ctx, profile): (u32, usize),
+        subject: Subject,
+        header_actor: Option<String>,
+    ) -> Request {
+        let p = &s.client.profiles[profile];
+        let canonical = token::canonical(subject.token());
+        let key = p.cache_key(&canonical, header_actor.as_deref());
+        Request {
+            ctx,
+            profile,
+            subject,
+            header_actor,
+            key,
+            verified: None,
+        }
+    }
+
     /// The subject token.
     pub(super) fn token(&self) -> &str {
         self.subject.token()
@@ -83,4 +106,15 @@ pub(super) struct Parked {
     pub(super) request: Request,
     pub(super) wait: Wait,
     pub(super) since_ms: u64,
+}
+
+impl Parked {
+    /// A debug line: the request goes on at `now_ms` after its wait.
+    pub(super) fn log_resumed<H: Host>(&self, host: &H, now_ms: u64) {
+        if host.debug_enabled() {
+            let waited = now_ms.saturating_sub(self.since_ms);
+            let msg = format!("ctx={} resumes after {waited} ms waiting", self.request.ctx);
+            host.log(LogLevel::Debug, &msg);
+        }
+    }
 }

@@ -111,11 +111,6 @@ impl Keys {
         })
     }
 
-    /// Whether the tokens of `issuer` are passed on unchanged (`action: forward`).
-    pub fn forwards(&self, issuer: usize) -> bool {
-        self.issuers.get(issuer).is_some_and(|t| t.forward)
-    }
-
     /// Whether any issuer is trusted (otherwise the STS alone judges tokens).
     pub fn enabled(&self) -> bool {
         !self.issuers.is_empty()
