@@ -278,3 +278,48 @@ fn the_engine_holds_no_more_parts_than_it_does() {
         "Engine has {fields} fields (at most {MAX_ENGINE_FIELDS})"
     );
 }
+
+/// The floors `ARCHITECTURE.md`'s code map gives each module (its first column), by module name.
+fn floors() -> BTreeMap<String, u32> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut out = BTreeMap::new();
+    for line in map.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(floor), Some(files)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        let Ok(floor) = floor.parse::<u32>() else {
+            continue;
+        };
+        for path in files.split('`').filter(|w| w.starts_with("src/")) {
+            let name = path.trim_start_matches("src/").trim_end_matches('/');
+            out.insert(name.trim_end_matches(".rs").to_string(), floor);
+        }
+    }
+    out
+}
+
+/// The code map's floors are the code's: a module imports only modules on its floor or below.
+#[test]
+fn every_import_looks_down_the_code_maps_floors() {
+    let floors = floors();
+    assert!(
+        floors.len() > 20,
+        "the code map names too few modules: {floors:?}"
+    );
+    for (module, deps) in graph() {
+        let Some(own) = floors.get(&module) else {
+            continue;
+        };
+        for dep in deps {
+            let Some(theirs) = floors.get(&dep) else {
+                continue;
+            };
+            assert!(
+                theirs <= own,
+                "{module} (floor {own}) imports {dep} (floor {theirs}): fix the code or the map"
+            );
+        }
+    }
+}
