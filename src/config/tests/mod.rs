@@ -3,6 +3,7 @@
 use super::*;
 use crate::client::{ActorSource as CompiledActor, Client};
 use crate::endpoint::ClientAuth;
+use serde_json::{json, Value};
 
 mod refusals;
 mod wording;
@@ -25,31 +26,84 @@ impl std::ops::Deref for Loaded {
     }
 }
 
-fn load(json: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
-    let config = Config::parse(json.as_bytes(), env)?;
+/// A configuration as a test writes it: structured JSON (`json!`), or text for what a JSON
+/// value cannot hold (a key written twice, a syntax error).
+trait Doc {
+    /// The document's text.
+    fn text(&self) -> String;
+}
+
+impl Doc for Value {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Doc for &Value {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Doc for &str {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Doc for String {
+    fn text(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Doc for &String {
+    fn text(&self) -> String {
+        (*self).clone()
+    }
+}
+
+fn load(doc: impl Doc, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let config = Config::parse(doc.text().as_bytes(), env)?;
     crate::engine::Engine::new(config.clone())?;
     let client = Client::compile(&config)?;
     Ok(Loaded { config, client })
 }
 
-fn parse(json: &str) -> Result<Loaded, ConfigError> {
-    load(json, &no_env)
+fn parse(doc: impl Doc) -> Result<Loaded, ConfigError> {
+    load(doc, &no_env)
 }
 
-const MINIMAL: &str = r#"{"sts":{"cluster":"sts","authority":"sts.example.com","token_path":"/token","client_id":"edge","client_secret":"s3cret"}}"#;
-
-/// MINIMAL with `extra` spliced in as further top-level keys.
-fn with(extra: &str) -> String {
-    format!("{},{extra}}}", &MINIMAL[..MINIMAL.len() - 1])
+/// The least configuration there is.
+fn minimal() -> Value {
+    json!({
+        "sts": {
+            "cluster": "sts", "authority": "sts.example.com", "token_path": "/token",
+            "client_id": "edge", "client_secret": "s3cret"
+        }
+    })
 }
 
-fn err_key(json: &str) -> String {
-    parse(json).expect_err("config must be refused").key
+/// `a` with the top-level keys of `b` set over it.
+fn merged(mut a: Value, b: &Value) -> Value {
+    for (k, v) in b.as_object().into_iter().flatten() {
+        a[k] = v.clone();
+    }
+    a
+}
+
+/// [`minimal`] with the top-level keys of `extra`.
+fn with(extra: Value) -> Value {
+    merged(minimal(), &extra)
+}
+
+fn err_key(doc: impl Doc) -> String {
+    parse(doc).expect_err("config must be refused").key
 }
 
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
-    let c = parse(MINIMAL).unwrap();
+    let c = parse(minimal()).unwrap();
     assert_eq!(
         c.client.profiles[0]
             .request(c.client.endpoint(0), "t", None, 0)
@@ -85,23 +139,37 @@ fn minimal_config_gets_the_documented_defaults() {
 
 #[test]
 fn full_documented_example_is_accepted() {
-    let c = parse(
-        r#"{
-        "sts": {"cluster":"sts","authority":"sts.example.com","token_path":"/oauth2/token","timeout_ms":1500,
-                "client_id":"edge-proxy","client_secret":"x","client_auth":"client_secret_post"},
-        "subject_token": {"header":"Authorization","prefix":"Bearer ","token_type":"urn:ietf:params:oauth:token-type:jwt","max_bytes":4096},
-        "exchange": {"grant":"token_exchange","audience":["orders-api"],"resource":["https://orders.internal/"],"scope":"orders:read",
-                     "requested_token_type":null,"actor":null,"extra_params":{"k":"v"}},
+    let c = parse(json!({
+        "sts": {
+            "cluster": "sts", "authority": "sts.example.com", "token_path": "/oauth2/token",
+            "timeout_ms": 1500, "client_id": "edge-proxy", "client_secret": "x",
+            "client_auth": "client_secret_post"
+        },
+        "subject_token": {
+            "header": "Authorization", "prefix": "Bearer ",
+            "token_type": "urn:ietf:params:oauth:token-type:jwt", "max_bytes": 4096
+        },
+        "exchange": {
+            "grant": "token_exchange", "audience": ["orders-api"],
+            "resource": ["https://orders.internal/"], "scope": "orders:read",
+            "requested_token_type": null, "actor": null, "extra_params": { "k": "v" }
+        },
         "routes": [
-          {"match":{"authority":"orders.example.com","path_prefix":"/orders","methods":["get"]},"exchange":{"audience":["orders-api"],"scope":"orders:read"}},
-          {"match":{"path_prefix":"/healthz"},"bypass":true}
+            {
+                "match": {
+                    "authority": "orders.example.com", "path_prefix": "/orders", "methods": ["get"]
+                },
+                "exchange": { "audience": ["orders-api"], "scope": "orders:read" }
+            },
+            { "match": { "path_prefix": "/healthz" }, "bypass": true }
         ],
-        "output": {"header":"authorization","prefix":"Bearer ","original_token_header":"x-original-token"},
-        "cache": {"max_entries":10,"expiry_skew_s":0,"default_ttl_s":60,"negative_ttl_s":0},
-        "realm": "orders",
-        "on_missing_token":"allow","on_sts_unavailable":"allow"
-    }"#,
-    )
+        "output": {
+            "header": "authorization", "prefix": "Bearer ",
+            "original_token_header": "x-original-token"
+        },
+        "cache": { "max_entries": 10, "expiry_skew_s": 0, "default_ttl_s": 60, "negative_ttl_s": 0 },
+        "realm": "orders", "on_missing_token": "allow", "on_sts_unavailable": "allow"
+    }))
     .unwrap();
     assert_eq!(c.subject_token.header, "authorization");
     assert_eq!(c.routes.len(), 2);
@@ -118,19 +186,22 @@ fn full_documented_example_is_accepted() {
 
 #[test]
 fn unknown_keys_are_refused_naming_the_key() {
-    assert_eq!(err_key(&with(r#""colour":"blue""#)), "colour");
+    assert_eq!(err_key(with(json!({ "colour": "blue" }))), "colour");
     assert_eq!(
-        err_key(&with(r#""routes":[{"match":{"path":"/"}}]"#)),
+        err_key(with(json!({ "routes": [{ "match": { "path": "/" } }] }))),
         "routes[0].match.path"
     );
     assert_eq!(
-        err_key(
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","tmeout_ms":5}}"#
-        ),
+        err_key(json!({
+            "sts": {
+                "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "none",
+                "tmeout_ms": 5
+            }
+        })),
         "sts.tmeout_ms"
     );
     assert_eq!(
-        err_key(&with(r#""cache":{"max_entry":5}"#)),
+        err_key(with(json!({ "cache": { "max_entry": 5 } }))),
         "cache.max_entry"
     );
 }
@@ -139,27 +210,28 @@ fn unknown_keys_are_refused_naming_the_key() {
 fn keys_are_named_in_a_pretty_printed_document() {
     // Envoy passes the configuration as written, over many lines; braces, brackets and quotes
     // inside string values must not move the path.
-    let json = r#"{
-  "sts": {
-    "cluster": "s{[\"",
-    "authority": "a", "token_path": "/t", "client_id": "c", "client_secret": "x"
-  },
-  "routes": [
-    { "match": { "path_prefix": "/a" } },
-    { "match": { "methods": ["GET", 7] } }
-  ]
-}"#;
+    let json = json!({
+        "sts": {
+            "cluster": "s{[\"", "authority": "a", "token_path": "/t", "client_id": "c",
+            "client_secret": "x"
+        },
+        "routes": [{ "match": { "path_prefix": "/a" } }, { "match": { "methods": ["GET", 7] } }]
+    });
     assert_eq!(err_key(json), "routes[1].match.methods[1]");
     let json = "{\n\t\"sts\": {\"cluster\": \"s\", \"authority\": \"a\",\n \"token_path\": \"/t\",\n \"client_id\": \"c\", \"client_secret\": \"x\"},\n \"cache\": {\n  \"max_entries\": 10,\n  \"ttl\": 1 }\n}";
     assert_eq!(err_key(json), "cache.ttl");
     let json = "{\"sts\": {\"cluster\": \"s\",\n \"authority\": \"a\"\n }\n}";
     assert_eq!(err_key(json), "sts.token_path");
     assert_eq!(
-        err_key(&with(r#""routes":[{"match":{}}, {"bypass":"yes"}]"#)),
+        err_key(with(
+            json!({ "routes": [{ "match": {} }, { "bypass": "yes" }] })
+        )),
         "routes[1].bypass"
     );
     assert_eq!(
-        err_key(&with(r#""exchange":{"extra_params":{"a":"1","b":2}}"#)),
+        err_key(with(
+            json!({ "exchange": { "extra_params": { "a": "1", "b": 2 } } })
+        )),
         "exchange.extra_params.b"
     );
 }
@@ -168,15 +240,17 @@ fn keys_are_named_in_a_pretty_printed_document() {
 fn missing_required_keys_are_refused() {
     assert_eq!(err_key("{}"), "sts");
     assert_eq!(
-        err_key(r#"{"sts":{"cluster":"s","authority":"a"}}"#),
+        err_key(json!({ "sts": { "cluster": "s", "authority": "a" } })),
         "sts.token_path"
     );
     assert_eq!(
-        err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t"}}"#),
+        err_key(json!({ "sts": { "cluster": "s", "authority": "a", "token_path": "/t" } })),
         "sts.client_id"
     );
     assert_eq!(
-        err_key(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c"}}"#),
+        err_key(json!({
+            "sts": { "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c" }
+        })),
         "sts.client_secret"
     );
     assert_eq!(
@@ -190,120 +264,184 @@ fn missing_required_keys_are_refused() {
 fn bad_values_are_refused_naming_the_key() {
     let cases = [
         (
-            r#"{"sts":{"cluster":"","authority":"a","token_path":"/t","client_auth":"none"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "", "authority": "a", "token_path": "/t", "client_auth": "none"
+                }
+            }),
             "sts.cluster",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"https://a","token_path":"/t","client_auth":"none"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "https://a", "token_path": "/t",
+                    "client_auth": "none"
+                }
+            }),
             "sts.authority",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"t","client_auth":"none"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "t", "client_auth": "none"
+                }
+            }),
             "sts.token_path",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":0}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "none",
+                    "timeout_ms": 0
+                }
+            }),
             "sts.timeout_ms",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","timeout_ms":60001}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "none",
+                    "timeout_ms": 60001
+                }
+            }),
             "sts.timeout_ms",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"mtls"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "mtls"
+                }
+            }),
             "sts.client_auth",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","client_secret":"x"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "none",
+                    "client_secret": "x"
+                }
+            }),
             "sts.client_secret",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_secret_env":"E"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_secret": "x", "client_secret_env": "E"
+                }
+            }),
             "sts.client_secret",
         ),
     ];
     for (json, key) in cases {
-        assert_eq!(err_key(json), key, "{json}");
+        assert_eq!(err_key(&json), key, "{json}");
     }
     let cases = [
         (
-            r#""subject_token":{"header":"bad header"}"#,
+            json!({ "subject_token": { "header": "bad header" } }),
             "subject_token.header",
         ),
         (
-            r#""subject_token":{"token_type":"access_token"}"#,
+            json!({ "subject_token": { "token_type": "access_token" } }),
             "subject_token.token_type",
         ),
         (
-            r#""subject_token":{"max_bytes":1}"#,
+            json!({ "subject_token": { "max_bytes": 1 } }),
             "subject_token.max_bytes",
         ),
         (
-            r#""subject_token":{"prefix":"Bearer\n"}"#,
+            json!({ "subject_token": { "prefix": "Bearer\n" } }),
             "subject_token.prefix",
         ),
-        (r#""output":{"header":":path"}"#, "output.header"),
+        (json!({ "output": { "header": ":path" } }), "output.header"),
         (
-            r#""output":{"original_token_header":"authorization"}"#,
+            json!({ "output": { "original_token_header": "authorization" } }),
             "output.original_token_header",
         ),
-        (r#""cache":{"max_entries":0}"#, "cache.max_entries"),
-        (r#""cache":{"default_ttl_s":90000}"#, "cache.default_ttl_s"),
-        (r#""exchange":{"grant":"password"}"#, "exchange.grant"),
-        (r#""exchange":{"audience":[""]}"#, "exchange.audience"),
-        (r#""exchange":{"resource":["orders"]}"#, "exchange.resource"),
         (
-            r#""exchange":{"resource":["https://o/#frag"]}"#,
+            json!({ "cache": { "max_entries": 0 } }),
+            "cache.max_entries",
+        ),
+        (
+            json!({ "cache": { "default_ttl_s": 90000 } }),
+            "cache.default_ttl_s",
+        ),
+        (
+            json!({ "exchange": { "grant": "password" } }),
+            "exchange.grant",
+        ),
+        (
+            json!({ "exchange": { "audience": [""] } }),
+            "exchange.audience",
+        ),
+        (
+            json!({ "exchange": { "resource": ["orders"] } }),
             "exchange.resource",
         ),
-        (r#""exchange":{"scope":"a  b"}"#, "exchange.scope"),
-        (r#""exchange":{"scope":"a\"b"}"#, "exchange.scope"),
         (
-            r#""exchange":{"requested_token_type":"jwt"}"#,
+            json!({ "exchange": { "resource": ["https://o/#frag"] } }),
+            "exchange.resource",
+        ),
+        (json!({ "exchange": { "scope": "a  b" } }), "exchange.scope"),
+        (json!({ "exchange": { "scope": "a\"b" } }), "exchange.scope"),
+        (
+            json!({ "exchange": { "requested_token_type": "jwt" } }),
             "exchange.requested_token_type",
         ),
         (
-            r#""exchange":{"extra_params":{"subject_token":"x"}}"#,
+            json!({ "exchange": { "extra_params": { "subject_token": "x" } } }),
             "exchange.extra_params.subject_token",
         ),
         (
-            r#""routes":[{"match":{"path_prefix":"x"}}]"#,
+            json!({ "routes": [{ "match": { "path_prefix": "x" } }] }),
             "routes[0].match.path_prefix",
         ),
         (
-            r#""routes":[{"match":{"methods":["G ET"]}}]"#,
+            json!({ "routes": [{ "match": { "methods": ["G ET"] } }] }),
             "routes[0].match.methods",
         ),
         (
-            r#""routes":[{"bypass":true,"exchange":{"scope":"a"}}]"#,
+            json!({ "routes": [{ "bypass": true, "exchange": { "scope": "a" } }] }),
             "routes[0]",
         ),
         (
-            r#""routes":[{"exchange":{"scope":""}}]"#,
+            json!({ "routes": [{ "exchange": { "scope": "" } }] }),
             "routes[0].exchange.scope",
         ),
-        (r#""on_missing_token":"maybe""#, "on_missing_token"),
-        (r#""cache":{"max_entries":-1}"#, "cache.max_entries"),
-        (r#""realm":"a\"b""#, "realm"),
+        (json!({ "on_missing_token": "maybe" }), "on_missing_token"),
+        (
+            json!({ "cache": { "max_entries": -1 } }),
+            "cache.max_entries",
+        ),
+        (json!({ "realm": "a\"b" }), "realm"),
     ];
     for (extra, key) in cases {
-        assert_eq!(err_key(&with(extra)), key, "{extra}");
+        assert_eq!(err_key(with(extra.clone())), key, "{extra}");
     }
 }
 
 #[test]
 fn ciba_is_validated() {
-    let sts = |ciba: &str| {
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{ciba}}}"#
-        )
+    let doc = |ciba: Value, rest: &Value| {
+        let sts = json!({ "sts": { "cluster": "s", "authority": "a", "token_path": "/t",
+                                   "client_auth": "none", "ciba": ciba } });
+        merged(sts, rest)
     };
-    let doc = |ciba: &str, rest: &str| format!("{},{rest}}}", sts(ciba));
-    let grant = r#""exchange":{"grant":"ciba","scope":"openid orders"}"#;
-    let issuers = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["ES256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
-    let ok = parse(&doc(
-        r#"{"path":"/bc","mode":"ping","notify_path":"/ciba/notify","binding_message":"orders-gw","wait_s":10}"#,
-        &format!("{grant},{issuers}"),
+    let grant = json!({ "exchange": { "grant": "ciba", "scope": "openid orders" } });
+    let issuers = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://idp", "algorithms": ["ES256"],
+                "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" }
+            }
+        ]
+    });
+    let ok = parse(doc(
+        json!({
+            "path": "/bc", "mode": "ping", "notify_path": "/ciba/notify",
+            "binding_message": "orders-gw", "wait_s": 10
+        }),
+        &merged(grant.clone(), &issuers),
     ))
     .unwrap();
     let c = ok.sts.ciba.as_ref().unwrap();
@@ -319,7 +457,10 @@ fn ciba_is_validated() {
         }
     );
     assert_eq!(ok.exchanges[0].grant, Grant::Ciba);
-    let token_hint = doc(r#"{"path":"/bc","login_hint":"login_hint_token"}"#, grant);
+    let token_hint = doc(
+        json!({ "path": "/bc", "login_hint": "login_hint_token" }),
+        &grant,
+    );
     assert_eq!(
         parse(&token_hint)
             .unwrap()
@@ -332,85 +473,95 @@ fn ciba_is_validated() {
     );
     for (json, key) in [
         (
-            with(r#""exchange":{"grant":"ciba","scope":"openid"}"#),
+            with(json!({ "exchange": { "grant": "ciba", "scope": "openid" } })),
             "exchange.grant",
         ),
-        (doc(r#"{"path":"/bc"}"#, grant), "sts.ciba.login_hint"),
+        (doc(json!({ "path": "/bc" }), &grant), "sts.ciba.login_hint"),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
-                r#""exchange":{"grant":"ciba","scope":"orders"}"#,
+                json!({ "path": "/bc", "login_hint": "login_hint_token" }),
+                &json!({ "exchange": { "grant": "ciba", "scope": "orders" } }),
             ),
             "exchange.scope",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
-                r#""exchange":{"grant":"ciba","scope":"openid","audience":"x"}"#,
+                json!({ "path": "/bc", "login_hint": "login_hint_token" }),
+                &json!({ "exchange": { "grant": "ciba", "scope": "openid", "audience": "x" } }),
             ),
             "exchange.audience",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token"}"#,
-                r#""exchange":{"grant":"ciba","scope":"openid","actor":{"source":"header","header":"x-a"}}"#,
+                json!({ "path": "/bc", "login_hint": "login_hint_token" }),
+                &json!({
+                    "exchange": {
+                        "grant": "ciba", "scope": "openid",
+                        "actor": { "source": "header", "header": "x-a" }
+                    }
+                }),
             ),
             "exchange.actor",
         ),
         (
-            doc(r#"{"path":"bc","login_hint":"login_hint_token"}"#, grant),
+            doc(
+                json!({ "path": "bc", "login_hint": "login_hint_token" }),
+                &grant,
+            ),
             "sts.ciba.path",
         ),
         (
             doc(
-                r#"{"path":"/bc","mode":"ping","login_hint":"login_hint_token"}"#,
-                grant,
+                json!({ "path": "/bc", "mode": "ping", "login_hint": "login_hint_token" }),
+                &grant,
             ),
             "sts.ciba.notify_path",
         ),
         (
             doc(
-                r#"{"path":"/bc","notify_path":"/n","login_hint":"login_hint_token"}"#,
-                grant,
+                json!({ "path": "/bc", "notify_path": "/n", "login_hint": "login_hint_token" }),
+                &grant,
             ),
             "sts.ciba.notify_path",
         ),
         (
             doc(
-                r#"{"path":"/bc","mode":"push","login_hint":"login_hint_token"}"#,
-                grant,
+                json!({ "path": "/bc", "mode": "push", "login_hint": "login_hint_token" }),
+                &grant,
             ),
             "sts.ciba.mode",
         ),
         (
-            doc(r#"{"path":"/bc","login_hint":"a b"}"#, grant),
+            doc(json!({ "path": "/bc", "login_hint": "a b" }), &grant),
             "sts.ciba.login_hint",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token","wait_s":0}"#,
-                grant,
+                json!({ "path": "/bc", "login_hint": "login_hint_token", "wait_s": 0 }),
+                &grant,
             ),
             "sts.ciba.wait_s",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token","binding_message":"\u0007"}"#,
-                grant,
+                json!({
+                    "path": "/bc", "login_hint": "login_hint_token", "binding_message": "\u{7}"
+                }),
+                &grant,
             ),
             "sts.ciba.binding_message",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token","requested_expiry_s":0}"#,
-                grant,
+                json!({ "path": "/bc", "login_hint": "login_hint_token", "requested_expiry_s": 0 }),
+                &grant,
             ),
             "sts.ciba.requested_expiry_s",
         ),
         (
             doc(
-                r#"{"path":"/bc","login_hint":"login_hint_token","bogus":1}"#,
-                grant,
+                json!({ "path": "/bc", "login_hint": "login_hint_token", "bogus": 1 }),
+                &grant,
             ),
             "sts.ciba.bogus",
         ),
@@ -421,12 +572,22 @@ fn ciba_is_validated() {
 
 #[test]
 fn actors_and_grants_are_validated() {
-    let ok = with(
-        r#""exchange":{"actor":{"source":"client_credentials","scope":"a b"},"expect_act":true},
-        "routes":[{"match":{"path_prefix":"/imp"},"exchange":{"actor":null,"expect_act":false}},
-                  {"match":{"path_prefix":"/hdr"},"exchange":{"actor":{"source":"header","header":"X-Actor"}}},
-                  {"match":{"path_prefix":"/same"},"exchange":{"audience":"x"}}]"#,
-    );
+    let ok = with(json!({
+        "exchange": {
+            "actor": { "source": "client_credentials", "scope": "a b" }, "expect_act": true
+        },
+        "routes": [
+            {
+                "match": { "path_prefix": "/imp" },
+                "exchange": { "actor": null, "expect_act": false }
+            },
+            {
+                "match": { "path_prefix": "/hdr" },
+                "exchange": { "actor": { "source": "header", "header": "X-Actor" } }
+            },
+            { "match": { "path_prefix": "/same" }, "exchange": { "audience": "x" } }
+        ]
+    }));
     let c = parse(&ok).unwrap();
     assert_eq!(
         c.client.actors.len(),
@@ -450,50 +611,57 @@ fn actors_and_grants_are_validated() {
 
     let cases = [
         (
-            r#""exchange":{"grant":"jwt_bearer","actor":{"source":"client_credentials"}}"#,
+            json!({
+                "exchange": { "grant": "jwt_bearer", "actor": { "source": "client_credentials" } }
+            }),
             "exchange.actor",
         ),
         (
-            r#""exchange":{"grant":"jwt_bearer","requested_token_type":"urn:x:y"}"#,
+            json!({ "exchange": { "grant": "jwt_bearer", "requested_token_type": "urn:x:y" } }),
             "exchange.requested_token_type",
         ),
         (
-            r#""exchange":{"grant":"jwt_bearer","audience":"a"}"#,
+            json!({ "exchange": { "grant": "jwt_bearer", "audience": "a" } }),
             "exchange.audience",
         ),
-        (r#""exchange":{"grant":"saml"}"#, "exchange.grant"),
-        (r#""exchange":{"expect_act":true}"#, "exchange.expect_act"),
+        (json!({ "exchange": { "grant": "saml" } }), "exchange.grant"),
         (
-            r#""exchange":{"actor":{"source":"magic"}}"#,
+            json!({ "exchange": { "expect_act": true } }),
+            "exchange.expect_act",
+        ),
+        (
+            json!({ "exchange": { "actor": { "source": "magic" } } }),
             "exchange.actor.source",
         ),
         (
-            r#""exchange":{"actor":{"source":"header"}}"#,
+            json!({ "exchange": { "actor": { "source": "header" } } }),
             "exchange.actor.header",
         ),
         (
-            r#""exchange":{"actor":{"source":"header","header":"authorization"}}"#,
+            json!({ "exchange": { "actor": { "source": "header", "header": "authorization" } } }),
             "exchange.actor.header",
         ),
         (
-            r#""exchange":{"actor":{"source":"header","header":"x","scope":"s"}}"#,
+            json!({ "exchange": { "actor": { "source": "header", "header": "x", "scope": "s" } } }),
             "exchange.actor",
         ),
         (
-            r#""exchange":{"actor":{"source":"client_credentials","header":"x"}}"#,
+            json!({ "exchange": { "actor": { "source": "client_credentials", "header": "x" } } }),
             "exchange.actor.header",
         ),
         (
-            r#""exchange":{"actor":{"source":"client_credentials","token_type":"jwt"}}"#,
+            json!({
+                "exchange": { "actor": { "source": "client_credentials", "token_type": "jwt" } }
+            }),
             "exchange.actor.token_type",
         ),
         (
-            r#""exchange":{"actor":{"source":"client_credentials","colour":"red"}}"#,
+            json!({ "exchange": { "actor": { "source": "client_credentials", "colour": "red" } } }),
             "exchange.actor.colour",
         ),
     ];
     for (extra, key) in cases {
-        assert_eq!(err_key(&with(extra)), key, "{extra}");
+        assert_eq!(err_key(with(extra.clone())), key, "{extra}");
     }
 }
 
@@ -501,9 +669,14 @@ fn actors_and_grants_are_validated() {
 fn private_key_jwt_is_validated() {
     let (pem, _) = crate::assertion::tests::es256_pem();
     let env = |k: &str| (k == "KEY").then(|| pem.clone());
-    let parse_env = |json: &str| load(json, &env);
-    let ok = r#"{"sts":{"cluster":"s","authority":"sts.local","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#;
-    let c = parse_env(ok).unwrap();
+    let parse_env = |json: &Value| load(json, &env);
+    let ok = json!({
+        "sts": {
+            "cluster": "s", "authority": "sts.local", "token_path": "/t", "client_id": "c",
+            "client_auth": "private_key_jwt", "private_key": { "pem_env": "KEY" }
+        }
+    });
+    let c = parse_env(&ok).unwrap();
     let ClientAuth::PrivateKeyJwt(signer) = c.client.endpoint(0).auth() else {
         panic!()
     };
@@ -513,36 +686,73 @@ fn private_key_jwt_is_validated() {
     );
     let cases = [
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt"}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_auth": "private_key_jwt"
+                }
+            }),
             "sts.private_key",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t",
+                    "client_auth": "private_key_jwt", "private_key": { "pem_env": "KEY" }
+                }
+            }),
             "sts.client_id",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"NOPE"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_auth": "private_key_jwt", "private_key": { "pem_env": "NOPE" }
+                }
+            }),
             "sts.private_key.pem_env",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem":"junk"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_auth": "private_key_jwt", "private_key": { "pem": "junk" }
+                }
+            }),
             "sts.private_key",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{"pem_env":"KEY","alg":"RS256"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_auth": "private_key_jwt",
+                    "private_key": { "pem_env": "KEY", "alg": "RS256" }
+                }
+            }),
             "sts.private_key",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_auth": "private_key_jwt", "client_secret": "x",
+                    "private_key": { "pem_env": "KEY" }
+                }
+            }),
             "sts.client_secret",
         ),
         (
-            r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","private_key":{"pem_env":"KEY"}}}"#,
+            json!({
+                "sts": {
+                    "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+                    "client_secret": "x", "private_key": { "pem_env": "KEY" }
+                }
+            }),
             "sts.private_key",
         ),
     ];
     for (json, key) in cases {
-        let e = parse_env(json).expect_err(json);
+        let e = parse_env(&json).expect_err(&json.to_string());
         assert_eq!(e.key, key, "{json}");
         assert!(
             !e.to_string().contains("PRIVATE KEY"),
@@ -553,9 +763,15 @@ fn private_key_jwt_is_validated() {
 
 #[test]
 fn trusted_issuers_are_validated() {
-    let good = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["RS256","EdDSA"],"audiences":["api"],
-        "jwks_uri":{"cluster":"idp","authority":"idp.local","path":"/jwks"}}]"#;
-    let c = parse(&with(good)).unwrap();
+    let good = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://idp", "algorithms": ["RS256", "EdDSA"], "audiences": ["api"],
+                "jwks_uri": { "cluster": "idp", "authority": "idp.local", "path": "/jwks" }
+            }
+        ]
+    });
+    let c = parse(with(good)).unwrap();
     let t = &c.trusted_issuers[0];
     assert_eq!(t.algorithms, vec![JwsAlg::Rs256, JwsAlg::EdDsa]);
     assert_eq!(t.leeway_s, 30);
@@ -564,91 +780,183 @@ fn trusted_issuers_are_validated() {
     };
     assert_eq!((u.refresh_s, u.timeout_ms), (300, 2000));
 
-    let ed = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k"}"#;
-    let inline = format!(
-        r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{{"keys":[{ed}]}}}}]"#
-    );
-    assert!(matches!(
-        parse(&with(&inline)).unwrap().trusted_issuers[0].keys,
-        KeySource::Inline(_)
-    ));
-    let as_string = format!(
-        r#""trusted_issuers":[{{"issuer":"i","algorithms":["EdDSA"],"jwks":{}}}]"#,
-        serde_json::Value::String(format!(r#"{{"keys":[{ed}]}}"#))
-    );
-    assert!(matches!(
-        parse(&with(&as_string)).unwrap().trusted_issuers[0].keys,
-        KeySource::Inline(_)
-    ));
+    let ed = json!({
+        "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        "kid": "k"
+    });
+    let keys = json!({ "keys": [ed] });
+    // The key set inline, as an object or as a JSON string.
+    for jwks in [keys.clone(), Value::String(keys.to_string())] {
+        let issuer = json!({ "issuer": "i", "algorithms": ["EdDSA"], "jwks": jwks });
+        let c = parse(with(json!({ "trusted_issuers": [issuer] }))).unwrap();
+        assert!(matches!(c.trusted_issuers[0].keys, KeySource::Inline(_)));
+    }
 
     let cases = [
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["none"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["none"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].algorithms",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["HS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["HS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].algorithms",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["ES384"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["ES384"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].algorithms",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":[],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": [],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].algorithms",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"]}]"#,
+            json!({ "trusted_issuers": [{ "issuer": "i", "algorithms": ["RS256"] }] }),
             "trusted_issuers[0]",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[]},"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"], "jwks": { "keys": [] },
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0]",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks": { "keys": [{ "kty": "oct", "k": "c2VjcmV0" }] }
+                    }
+                ]
+            }),
             "trusted_issuers[0].jwks",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks":"not json"}]"#,
+            json!({
+                "trusted_issuers": [{ "issuer": "i", "algorithms": ["RS256"], "jwks": "not json" }]
+            }),
             "trusted_issuers[0].jwks",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].jwks_uri.path",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","refresh_s":1}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks_uri": {
+                            "cluster": "c", "authority": "a", "path": "/j", "refresh_s": 1
+                        }
+                    }
+                ]
+            }),
             "trusted_issuers[0].jwks_uri.refresh_s",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"leeway_s":301,"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"], "leeway_s": 301,
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].leeway_s",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "", "algorithms": ["RS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].issuer",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}},{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    },
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j" }
+                    }
+                ]
+            }),
             "trusted_issuers[1].issuer",
         ),
         (
-            r#""trusted_issuers":[{"issuer":"i","algorithms":["RS256"],"jwks_uri":{"cluster":"c","authority":"a","path":"/j","url":"x"}}]"#,
+            json!({
+                "trusted_issuers": [
+                    {
+                        "issuer": "i", "algorithms": ["RS256"],
+                        "jwks_uri": { "cluster": "c", "authority": "a", "path": "/j", "url": "x" }
+                    }
+                ]
+            }),
             "trusted_issuers[0].jwks_uri.url",
         ),
     ];
     for (extra, key) in cases {
-        assert_eq!(err_key(&with(extra)), key, "{extra}");
+        assert_eq!(err_key(with(extra.clone())), key, "{extra}");
     }
 }
 
 #[test]
 fn secret_comes_from_the_vm_environment() {
-    let json = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"STS_SECRET"}}"#;
+    let json = json!({
+        "sts": {
+            "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+            "client_secret_env": "STS_SECRET"
+        }
+    });
     let env = |k: &str| (k == "STS_SECRET").then(|| "from-env".to_string());
-    let c = load(json, &env).unwrap();
+    let c = load(&json, &env).unwrap();
     assert_eq!(
         c.client.endpoint(0).auth(),
         &ClientAuth::basic("c", "from-env")
@@ -660,24 +968,34 @@ fn secret_comes_from_the_vm_environment() {
 
 #[test]
 fn errors_never_echo_the_secret() {
-    let typed = parse(r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":987654321}}"#)
-        .unwrap_err()
-        .to_string();
+    let typed = parse(json!({
+        "sts": {
+            "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+            "client_secret": 987654321
+        }
+    }))
+    .unwrap_err()
+    .to_string();
     assert!(!typed.contains("987654321"), "{typed}");
     assert!(typed.contains("must be a string"), "{typed}");
-    let e = err_key(&with(r#""bogus":1"#));
+    let e = err_key(with(json!({ "bogus": 1 })));
     assert_eq!(e, "bogus");
-    let msg = parse(&with(r#""bogus":1"#)).unwrap_err().to_string();
+    let msg = parse(with(json!({ "bogus": 1 }))).unwrap_err().to_string();
     assert!(!msg.contains("s3cret"), "{msg}");
-    let summary = parse(MINIMAL).unwrap().summary();
+    let summary = parse(minimal()).unwrap().summary();
     assert!(!summary.contains("s3cret"), "{summary}");
     assert!(summary.contains("sts.example.com/token"));
 }
 
 #[test]
 fn values_that_would_misbehave_later_are_refused_at_load() {
-    let sts = r#""sts":{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}"#;
-    let doc = |rest: &str| format!("{{{sts},{rest}}}");
+    let sts = json!({
+        "sts": {
+            "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+            "client_secret": "x"
+        }
+    });
+    let doc = |rest: Value| merged(sts.clone(), &rest);
     for h in [
         "content-length",
         "Transfer-Encoding",
@@ -689,87 +1007,94 @@ fn values_that_would_misbehave_later_are_refused_at_load() {
         "keep-alive",
     ] {
         for (json, key) in [
-            (format!(r#""output":{{"header":"{h}"}}"#), "output.header"),
+            (json!({ "output": { "header": h } }), "output.header"),
             (
-                format!(r#""output":{{"original_token_header":"{h}"}}"#),
+                json!({ "output": { "original_token_header": h } }),
                 "output.original_token_header",
             ),
             (
-                format!(r#""subject_token":{{"header":"{h}"}}"#),
+                json!({ "subject_token": { "header": h } }),
                 "subject_token.header",
             ),
             (
-                format!(r#""exchange":{{"actor":{{"source":"header","header":"{h}"}}}}"#),
+                json!({ "exchange": { "actor": { "source": "header", "header": h } } }),
                 "exchange.actor.header",
             ),
         ] {
-            assert_eq!(err_key(&doc(&json)), key, "{h} in {key}");
+            assert_eq!(err_key(doc(json)), key, "{h} in {key}");
         }
     }
-    let issuer = |iss: &str, uri: &str| {
-        doc(&format!(
-            r#""trusted_issuers":[{{"issuer":"{iss}","algorithms":["ES256"],"jwks_uri":{uri}}}]"#
-        ))
+    let issuer = |iss: &str, uri: &Value| {
+        doc(
+            json!({ "trusted_issuers": [{ "issuer": iss, "algorithms": ["ES256"], "jwks_uri": uri }] }),
+        )
     };
-    let good_uri = r#"{"cluster":"idp","authority":"idp.local","path":"/jwks"}"#;
-    assert!(parse(&issuer("https://idp", good_uri)).is_ok());
+    let good_uri = json!({ "cluster": "idp", "authority": "idp.local", "path": "/jwks" });
+    assert!(parse(issuer("https://idp", &good_uri)).is_ok());
     for (iss, uri, key) in [
-        (" https://idp", good_uri, "trusted_issuers[0].issuer"),
-        ("https://idp ", good_uri, "trusted_issuers[0].issuer"),
+        (
+            " https://idp",
+            good_uri.clone(),
+            "trusted_issuers[0].issuer",
+        ),
+        (
+            "https://idp ",
+            good_uri.clone(),
+            "trusted_issuers[0].issuer",
+        ),
         (
             "https://idp",
-            r#"{"cluster":"idp","authority":"idp.local","path":"/jw ks"}"#,
+            json!({ "cluster": "idp", "authority": "idp.local", "path": "/jw ks" }),
             "trusted_issuers[0].jwks_uri.path",
         ),
         (
             "https://idp",
-            r#"{"cluster":"idp","authority":"idp.local","path":"/jwks\r\nx: y"}"#,
+            json!({ "cluster": "idp", "authority": "idp.local", "path": "/jwks\r\nx: y" }),
             "trusted_issuers[0].jwks_uri.path",
         ),
         (
             "https://idp",
-            r#"{"cluster":"idp","authority":"idp .local","path":"/jwks"}"#,
+            json!({ "cluster": "idp", "authority": "idp .local", "path": "/jwks" }),
             "trusted_issuers[0].jwks_uri.authority",
         ),
         (
             "https://idp",
-            r#"{"cluster":"idp","authority":"idp.local\u0000","path":"/jwks"}"#,
+            json!({ "cluster": "idp", "authority": "idp.local\u{0}", "path": "/jwks" }),
             "trusted_issuers[0].jwks_uri.authority",
         ),
     ] {
-        assert_eq!(err_key(&issuer(iss, uri)), key, "{uri}");
+        assert_eq!(err_key(issuer(iss, &uri)), key, "{uri}");
     }
-    let bad_path = r#"{"sts":{"cluster":"s","authority":"a","token_path":"/t\u0001","client_id":"c","client_secret":"x"}}"#;
+    let bad_path = json!({
+        "sts": {
+            "cluster": "s", "authority": "a", "token_path": "/t\u{1}", "client_id": "c",
+            "client_secret": "x"
+        }
+    });
     assert_eq!(err_key(bad_path), "sts.token_path");
 }
 
 #[test]
 fn a_secret_in_the_wrong_key_is_never_printed() {
     let (pem, _) = crate::assertion::tests::es256_pem();
-    let pem_json = serde_json::to_string(&pem).unwrap();
     let secret = "pa55-W0rd!with spaces and more";
+    let sts = json!({ "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c" });
+    let with_sts = |extra: Value| merged(sts.clone(), &extra);
+    let server = json!({
+        "cluster": "s", "authority": "a", "token_path": "/t", "client_id": "c",
+        "client_secret": "x"
+    });
     for json in [
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem_env":{pem_json}}}}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret_env":"{secret}"}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x","client_auth":"{secret}"}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_auth":"private_key_jwt","private_key":{{"pem":"x","alg":"{secret}"}}}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"grant":"{secret}"}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"exchange":{{"actor":{{"source":"{secret}"}}}}}}"#
-        ),
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_id":"c","client_secret":"x"}},"trusted_issuers":[{{"issuer":"i","algorithms":["{secret}"],"jwks":{{"keys":[]}}}}]}}"#
-        ),
+        json!({ "sts": with_sts(json!({ "client_auth": "private_key_jwt",
+                                        "private_key": { "pem_env": pem } })) }),
+        json!({ "sts": with_sts(json!({ "client_secret_env": secret })) }),
+        json!({ "sts": with_sts(json!({ "client_secret": "x", "client_auth": secret })) }),
+        json!({ "sts": with_sts(json!({ "client_auth": "private_key_jwt",
+                                        "private_key": { "pem": "x", "alg": secret } })) }),
+        json!({ "sts": server, "exchange": { "grant": secret } }),
+        json!({ "sts": server, "exchange": { "actor": { "source": secret } } }),
+        json!({ "sts": server, "trusted_issuers": [{ "issuer": "i", "algorithms": [secret],
+                                                     "jwks": { "keys": [] } }] }),
     ] {
         let msg = parse(&json).unwrap_err().to_string();
         assert!(
@@ -783,9 +1108,10 @@ fn a_secret_in_the_wrong_key_is_never_printed() {
 
 #[test]
 fn route_overrides_replace_only_the_keys_they_set() {
-    let c = parse(&with(
-        r#""exchange":{"audience":"a","scope":"s1"},"routes":[{"match":{"path_prefix":"/b"},"exchange":{"audience":["b","c"]}}]"#,
-    ))
+    let c = parse(with(json!({
+        "exchange": { "audience": "a", "scope": "s1" },
+        "routes": [{ "match": { "path_prefix": "/b" }, "exchange": { "audience": ["b", "c"] } }]
+    })))
     .unwrap();
     let form = |i: usize| {
         let body = c.client.profiles[i]
@@ -810,11 +1136,13 @@ fn route_overrides_replace_only_the_keys_they_set() {
 #[test]
 fn only_claims_that_name_a_user_may_be_a_login_hint() {
     let doc = |hint: &str| {
-        format!(
-            r#"{{"sts":{{"cluster":"s","authority":"a","token_path":"/t","client_auth":"none","ciba":{{"path":"/bc","login_hint":"{hint}"}}}},
-              "exchange":{{"grant":"ciba","scope":"openid"}},
-              "trusted_issuers":[{{"issuer":"https://idp","algorithms":["ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp","path":"/jwks"}}}}]}}"#
-        )
+        json!({
+            "sts": { "cluster": "s", "authority": "a", "token_path": "/t", "client_auth": "none",
+                     "ciba": { "path": "/bc", "login_hint": hint } },
+            "exchange": { "grant": "ciba", "scope": "openid" },
+            "trusted_issuers": [{ "issuer": "https://idp", "algorithms": ["ES256"],
+                "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" } }]
+        })
     };
     for good in [
         "sub",
@@ -825,7 +1153,7 @@ fn only_claims_that_name_a_user_may_be_a_login_hint() {
         "https://example.com/employee_id",
         "urn:example:user",
     ] {
-        assert!(parse(&doc(good)).is_ok(), "{good}");
+        assert!(parse(doc(good)).is_ok(), "{good}");
     }
     for bad in [
         "iss",
@@ -838,7 +1166,7 @@ fn only_claims_that_name_a_user_may_be_a_login_hint() {
         "https://",
         "urn:a b",
     ] {
-        assert_eq!(err_key(&doc(bad)), "sts.ciba.login_hint", "{bad}");
+        assert_eq!(err_key(doc(bad)), "sts.ciba.login_hint", "{bad}");
     }
 }
 
@@ -858,7 +1186,7 @@ fn a_route_that_changes_grant_inherits_only_the_keys_its_grant_takes() {
     };
     // A ciba or jwt_bearer route loads: the default's audience, resource, requested type and
     // actor are not its keys, so it does not inherit them (the scope it does).
-    let c = parse(&doc(serde_json::json!([
+    let c = parse(doc(serde_json::json!([
         { "match": { "path_prefix": "/consent" }, "exchange": { "grant": "ciba" } },
         { "match": { "path_prefix": "/assert" }, "exchange": { "grant": "jwt_bearer" } },
         { "match": { "path_prefix": "/plain" }, "exchange": { "scope": "read" } }
@@ -898,49 +1226,72 @@ fn a_route_that_changes_grant_inherits_only_the_keys_its_grant_takes() {
 #[test]
 fn a_trusted_issuer_exchanges_or_forwards() {
     let doc = |action: &str| {
-        with(&format!(
-            r#""trusted_issuers":[{{"issuer":"https://i","algorithms":["ES256"],"jwks_uri":{{"cluster":"idp","authority":"idp","path":"/jwks"}},"action":"{action}"}}]"#
-        ))
+        with(
+            json!({ "trusted_issuers": [{ "issuer": "https://i", "algorithms": ["ES256"],
+            "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" }, "action": action }] }),
+        )
     };
-    assert!(!parse(&doc("exchange")).unwrap().trusted_issuers[0].forward);
-    assert!(parse(&doc("forward")).unwrap().trusted_issuers[0].forward);
-    assert_eq!(err_key(&doc("pass")), "trusted_issuers[0].action");
+    assert!(!parse(doc("exchange")).unwrap().trusted_issuers[0].forward);
+    assert!(parse(doc("forward")).unwrap().trusted_issuers[0].forward);
+    assert_eq!(err_key(doc("pass")), "trusted_issuers[0].action");
 }
 
 #[test]
 fn a_key_set_needs_its_path_and_discovery_has_a_default() {
-    let issuer = |keys: &str| {
-        with(&format!(
-            r#""trusted_issuers":[{{"issuer":"https://i","algorithms":["ES256"],{keys}}}]"#
-        ))
+    let issuer = |keys: Value| {
+        let issuer = merged(
+            json!({ "issuer": "https://i", "algorithms": ["ES256"] }),
+            &keys,
+        );
+        with(json!({ "trusted_issuers": [issuer] }))
     };
-    let no_path = issuer(r#""jwks_uri":{"cluster":"idp","authority":"idp"}"#);
+    let no_path = issuer(json!({ "jwks_uri": { "cluster": "idp", "authority": "idp" } }));
     assert_eq!(err_key(&no_path), "trusted_issuers[0].jwks_uri.path");
-    let c = parse(&issuer(
-        r#""discovery":{"cluster":"idp","authority":"idp"}"#,
+    let c = parse(issuer(
+        json!({ "discovery": { "cluster": "idp", "authority": "idp" } }),
     ))
     .unwrap();
     let KeySource::Discovery(d) = &c.trusted_issuers[0].keys else {
         panic!("{:?}", c.trusted_issuers[0].keys)
     };
     assert_eq!(d.path, "/.well-known/openid-configuration");
-    let both = issuer(r#""jwks":{"keys":[]},"discovery":{"cluster":"idp","authority":"idp"}"#);
+    let both = issuer(json!({
+        "jwks": { "keys": [] }, "discovery": { "cluster": "idp", "authority": "idp" }
+    }));
     assert_eq!(err_key(&both), "trusted_issuers[0]");
-    let odd = issuer(r#""discovery":{"cluster":"idp","authority":"idp","path":"x"}"#);
+    let odd = issuer(json!({ "discovery": { "cluster": "idp", "authority": "idp", "path": "x" } }));
     assert_eq!(err_key(&odd), "trusted_issuers[0].discovery.path");
 }
 
 #[test]
 fn the_authorizer_keys_are_validated() {
-    let trust = r#""trusted_issuers":[{"issuer":"https://idp","algorithms":["RS256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
-    let good = format!(
-        r#"{trust},"require":[{{"scopes":["orders:read"],"claims":{{"tenant":["acme","globex"],"realm_access.roles":"admin"}}}}],
-        "output":{{"claims_to_headers":[{{"claim":"sub","header":"X-User"}}]}},
-        "routes":[{{"match":{{"path_prefix":"/admin"}},"require":[{{"claims":{{"groups":["admins"]}}}}]}},
-                  {{"match":{{"path_prefix":"/public"}},"require":[]}},
-                  {{"match":{{"path_prefix":"/orders"}},"exchange":{{"audience":"orders"}}}}]"#
-    );
-    let c = parse(&with(&good)).unwrap();
+    let trust = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://idp", "algorithms": ["RS256"],
+                "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" }
+            }
+        ]
+    });
+    let trusted = |extra: Value| with(merged(trust.clone(), &extra));
+    let good = trusted(json!({
+        "require": [
+            {
+                "scopes": ["orders:read"],
+                "claims": { "tenant": ["acme", "globex"], "realm_access.roles": "admin" }
+            }
+        ],
+        "output": { "claims_to_headers": [{ "claim": "sub", "header": "X-User" }] },
+        "routes": [
+            {
+                "match": { "path_prefix": "/admin" },
+                "require": [{ "claims": { "groups": ["admins"] } }]
+            },
+            { "match": { "path_prefix": "/public" }, "require": [] },
+            { "match": { "path_prefix": "/orders" }, "exchange": { "audience": "orders" } }
+        ]
+    }));
+    let c = parse(good).unwrap();
     assert_eq!(c.policies.len(), 3);
     assert_eq!(c.policies[0][0].scopes, ["orders:read"]);
     assert_eq!(c.policies[0][0].claims[0].name, "realm_access.roles");
@@ -956,88 +1307,87 @@ fn the_authorizer_keys_are_validated() {
     assert_eq!(policy_of(1), (2, vec![]));
     assert_eq!(policy_of(2), (0, vec!["orders".to_string()]));
 
-    let cases = [
-        (r#""require":[{"scopes":["a"]}]"#.to_string(), "require"),
+    // Without trusted issuers, nothing reads verified claims.
+    for (extra, key) in [
+        (json!({ "require": [{ "scopes": ["a"] }] }), "require"),
         (
-            r#""output":{"claims_to_headers":[{"claim":"sub","header":"x-user"}]}"#.into(),
+            json!({ "output": { "claims_to_headers": [{ "claim": "sub", "header": "x-user" }] } }),
             "output.claims_to_headers",
         ),
         (
-            r#""routes":[{"match":{"path_prefix":"/a"},"require":[{"scopes":["a"]}]}]"#.into(),
+            json!({
+                "routes": [{ "match": { "path_prefix": "/a" }, "require": [{ "scopes": ["a"] }] }]
+            }),
             "routes[0].require",
         ),
-        (format!(r#"{trust},"require":[{{}}]"#), "require[0]"),
+    ] {
+        assert_eq!(err_key(with(extra.clone())), key, "{extra}");
+    }
+    let headers = |list: Value| json!({ "output": { "claims_to_headers": list } });
+    for (extra, key) in [
+        (json!({ "require": [{}] }), "require[0]"),
         (
-            format!(r#"{trust},"require":[{{"scopes":["a b"]}}]"#),
+            json!({ "require": [{ "scopes": ["a b"] }] }),
             "require[0].scopes",
         ),
         (
-            format!(r#"{trust},"require":[{{"scopes":[""]}}]"#),
+            json!({ "require": [{ "scopes": [""] }] }),
             "require[0].scopes",
         ),
         (
-            format!(r#"{trust},"require":[{{"claims":{{"g":[]}}}}]"#),
+            json!({ "require": [{ "claims": { "g": [] } }] }),
             "require[0].claims.g",
         ),
         (
-            format!(r#"{trust},"require":[{{"claims":{{"a b":["x"]}}}}]"#),
+            json!({ "require": [{ "claims": { "a b": ["x"] } }] }),
             "require[0].claims",
         ),
+        (json!({ "require": [{ "role": ["x"] }] }), "require[0].role"),
         (
-            format!(r#"{trust},"require":[{{"role":["x"]}}]"#),
-            "require[0].role",
-        ),
-        (
-            format!(r#"{trust},"routes":[{{"bypass":true,"require":[]}}]"#),
+            json!({ "routes": [{ "bypass": true, "require": [] }] }),
             "routes[0]",
         ),
         (
-            format!(
-                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"authorization"}}]}}"#
-            ),
+            headers(json!([{ "claim": "sub", "header": "authorization" }])),
             "output.claims_to_headers[0].header",
         ),
         (
-            format!(
-                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"x"}},{{"claim":"email","header":"X"}}]}}"#
+            headers(
+                json!([{ "claim": "sub", "header": "x" }, { "claim": "email", "header": "X" }]),
             ),
             "output.claims_to_headers[1].header",
         ),
         (
-            format!(
-                r#"{trust},"output":{{"claims_to_headers":[{{"claim":"sub","header":"host"}}]}}"#
-            ),
+            headers(json!([{ "claim": "sub", "header": "host" }])),
             "output.claims_to_headers[0].header",
         ),
         (
-            format!(r#"{trust},"output":{{"claims_to_headers":[{{"claim":"","header":"x"}}]}}"#),
+            headers(json!([{ "claim": "", "header": "x" }])),
             "output.claims_to_headers[0].claim",
         ),
-    ];
-    for (extra, key) in cases {
-        assert_eq!(err_key(&with(&extra)), key, "{extra}");
+    ] {
+        assert_eq!(err_key(trusted(extra.clone())), key, "{extra}");
     }
-    let many: Vec<String> = (0..64)
-        .map(|i| format!(r#"{{"match":{{"path_prefix":"/p{i}"}},"require":[]}}"#))
+    let many: Vec<Value> = (0..64)
+        .map(|i| json!({ "match": { "path_prefix": format!("/p{i}") }, "require": [] }))
         .collect();
-    let too_many = format!(r#"{trust},"routes":[{}]"#, many.join(","));
-    assert_eq!(err_key(&with(&too_many)), "routes");
+    assert_eq!(err_key(trusted(json!({ "routes": many }))), "routes");
 }
 
 #[test]
 fn introspection_goes_only_to_the_issuer_a_route_names() {
     let intro = |iss: &str| {
-        format!(
-            r#"{{"issuer":"{iss}","audiences":["api://edge"],"introspection":{{"cluster":"p","authority":"p.example","path":"/introspect","client_id":"edge","client_secret_env":"P_SECRET"}}}}"#
-        )
+        json!({ "issuer": iss, "audiences": ["api://edge"],
+                "introspection": { "cluster": "p", "authority": "p.example", "path": "/introspect",
+                                   "client_id": "edge", "client_secret_env": "P_SECRET" } })
     };
-    let jwt = r#"{"issuer":"https://idp","algorithms":["RS256"],"jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}"#;
+    let jwt = json!({
+        "issuer": "https://idp", "algorithms": ["RS256"],
+        "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" }
+    });
     let env = |n: &str| (n == "P_SECRET").then(|| "from-env".to_string());
     // One introspecting issuer: every exchange's opaque tokens go to it; no algorithms needed.
-    let one = with(&format!(
-        r#""trusted_issuers":[{jwt},{}]"#,
-        intro("https://a")
-    ));
+    let one = with(json!({ "trusted_issuers": [jwt, intro("https://a")] }));
     let c = load(&one, &env).unwrap();
     assert!(c.exchanges.iter().all(|e| e.introspect == Some(1)));
     let i = c.trusted_issuers[1].introspection.as_ref().unwrap();
@@ -1055,19 +1405,18 @@ fn introspection_goes_only_to_the_issuer_a_route_names() {
         "Debug shows no secret"
     );
     // Two: refused unless named; a route's choice and a top-level default both work.
-    let two = format!(
-        r#""trusted_issuers":[{},{}]"#,
-        intro("https://a"),
-        intro("https://b")
-    );
-    let e = load(&with(&two), &env).expect_err("two, none named");
+    let two = json!({ "trusted_issuers": [intro("https://a"), intro("https://b")] });
+    let e = load(with(two.clone()), &env).expect_err("two, none named");
     assert_eq!(e.key, "introspect");
-    let loaded = |extra: &str| load(&with(&format!("{two},{extra}")), &env);
-    let c = loaded(r#""introspect":"https://b""#).unwrap();
+    let loaded = |extra: Value| load(with(merged(two.clone(), &extra)), &env);
+    let c = loaded(json!({ "introspect": "https://b" })).unwrap();
     assert_eq!(c.exchanges[0].introspect, Some(1));
-    let c = loaded(
-        r#""routes":[{"match":{"path_prefix":"/a"},"introspect":"https://a"},{"match":{"path_prefix":"/b"},"introspect":"https://b"}]"#,
-    )
+    let c = loaded(json!({
+        "routes": [
+            { "match": { "path_prefix": "/a" }, "introspect": "https://a" },
+            { "match": { "path_prefix": "/b" }, "introspect": "https://b" }
+        ]
+    }))
     .unwrap();
     let intro_of = |i: usize| match c.routes[i].action {
         RouteAction::Exchange(p) => c.exchanges[p].introspect,
@@ -1079,56 +1428,104 @@ fn introspection_goes_only_to_the_issuer_a_route_names() {
         "unmatched: shown to nobody"
     );
     let refused = [
-        (r#""introspect":"https://c""#, "introspect"),
-        (r#""introspect":"https://idp""#, "introspect"),
+        (json!({ "introspect": "https://c" }), "introspect"),
+        (json!({ "introspect": "https://idp" }), "introspect"),
         (
-            r#""routes":[{"match":{"path_prefix":"/a"},"introspect":"https://z"}]"#,
+            json!({ "routes": [{ "match": { "path_prefix": "/a" }, "introspect": "https://z" }] }),
             "routes[0].introspect",
         ),
         (
-            r#""routes":[{"match":{"path_prefix":"/a"},"bypass":true,"introspect":"https://a"}]"#,
+            json!({
+                "routes": [
+                    { "match": { "path_prefix": "/a" }, "bypass": true, "introspect": "https://a" }
+                ]
+            }),
             "routes[0]",
         ),
     ];
     for (extra, key) in refused {
-        let e = loaded(extra).expect_err(extra);
+        let e = loaded(extra.clone()).expect_err(&extra.to_string());
         assert_eq!(e.key, key, "{extra}");
     }
-    let bad = |field: &str| {
-        let issuer = format!(
-            r#"{{"issuer":"https://a","introspection":{{"cluster":"p","authority":"p.example","path":"/i","client_id":"edge","client_secret":"s",{field}}}}}"#
-        );
-        err_key(&with(&format!(r#""trusted_issuers":[{issuer}]"#)))
+    let bad = |field: Value| {
+        let endpoint = json!({
+            "cluster": "p", "authority": "p.example", "path": "/i", "client_id": "edge",
+            "client_secret": "s"
+        });
+        let issuer = json!({ "issuer": "https://a", "introspection": merged(endpoint, &field) });
+        err_key(with(json!({ "trusted_issuers": [issuer] })))
     };
     let at = "trusted_issuers[0].introspection";
-    assert_eq!(bad(r#""timeout_ms":0"#), format!("{at}.timeout_ms"));
-    assert_eq!(bad(r#""cache_s":86401"#), format!("{at}.cache_s"));
+    assert_eq!(bad(json!({ "timeout_ms": 0 })), format!("{at}.timeout_ms"));
+    assert_eq!(bad(json!({ "cache_s": 86401 })), format!("{at}.cache_s"));
     assert_eq!(
-        bad(r#""client_auth":"private_key_jwt""#),
+        bad(json!({ "client_auth": "private_key_jwt" })),
         format!("{at}.client_secret")
     );
-    assert_eq!(bad(r#""client_auth":"magic""#), format!("{at}.client_auth"));
-    assert_eq!(bad(r#""user":"x""#), format!("{at}.user"));
-    let no_secret = r#""trusted_issuers":[{"issuer":"https://a","introspection":{"cluster":"p","authority":"p","path":"/i","client_id":"edge"}}]"#;
-    assert!(err_key(&with(no_secret)).starts_with(at));
-    let no_path = r#""trusted_issuers":[{"issuer":"https://a","introspection":{"cluster":"p","authority":"p","path":"i","client_id":"e","client_secret":"s"}}]"#;
-    assert_eq!(err_key(&with(no_path)), format!("{at}.path"));
+    assert_eq!(
+        bad(json!({ "client_auth": "magic" })),
+        format!("{at}.client_auth")
+    );
+    assert_eq!(bad(json!({ "user": "x" })), format!("{at}.user"));
+    let no_secret = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://a",
+                "introspection": {
+                    "cluster": "p", "authority": "p", "path": "/i", "client_id": "edge"
+                }
+            }
+        ]
+    });
+    assert!(err_key(with(no_secret)).starts_with(at));
+    let no_path = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://a",
+                "introspection": {
+                    "cluster": "p", "authority": "p", "path": "i", "client_id": "e",
+                    "client_secret": "s"
+                }
+            }
+        ]
+    });
+    assert_eq!(err_key(with(no_path)), format!("{at}.path"));
     // Neither keys nor introspection: nothing could ever verify its tokens.
-    let nothing = r#""trusted_issuers":[{"issuer":"https://a","algorithms":["RS256"]}]"#;
-    assert_eq!(err_key(&with(nothing)), "trusted_issuers[0]");
-    let no_alg = r#""trusted_issuers":[{"issuer":"https://a","jwks_uri":{"cluster":"idp","authority":"idp","path":"/jwks"}}]"#;
-    assert_eq!(err_key(&with(no_alg)), "trusted_issuers[0].algorithms");
+    let nothing =
+        json!({ "trusted_issuers": [{ "issuer": "https://a", "algorithms": ["RS256"] }] });
+    assert_eq!(err_key(with(nothing)), "trusted_issuers[0]");
+    let no_alg = json!({
+        "trusted_issuers": [
+            {
+                "issuer": "https://a",
+                "jwks_uri": { "cluster": "idp", "authority": "idp", "path": "/jwks" }
+            }
+        ]
+    });
+    assert_eq!(err_key(with(no_alg)), "trusted_issuers[0].algorithms");
 }
 
-const PARTNER: &str = r#""token_services":{"partner":{"cluster":"partner","authority":"as.partner.example","token_path":"/token","client_id":"edge","client_secret_env":"PARTNER_SECRET"}}"#;
+/// A further token service, its secret from the environment.
+fn partner() -> Value {
+    json!({
+        "token_services": {
+            "partner": {
+                "cluster": "partner", "authority": "as.partner.example", "token_path": "/token",
+                "client_id": "edge", "client_secret_env": "PARTNER_SECRET"
+            }
+        }
+    })
+}
 
 #[test]
 fn token_services_chains_and_metadata_are_validated() {
     let env = |name: &str| (name == "PARTNER_SECRET").then(|| "pw".to_string());
-    let ok = |extra: &str| load(&with(&format!("{PARTNER},{extra}")), &env);
-    let refused = |extra: &str| ok(extra).expect_err("must be refused").key;
-    let c =
-        ok(r#""routes":[{"match":{"path_prefix":"/p"},"exchange":{"sts":"partner"}}]"#).unwrap();
+    let ok = |extra: Value| load(with(merged(partner(), &extra)), &env);
+    let refused = |extra: Value| ok(extra).expect_err("must be refused").key;
+    let c = ok(json!({
+        "routes": [{ "match": { "path_prefix": "/p" }, "exchange": { "sts": "partner" } }]
+    }))
+    .unwrap();
     assert_eq!(c.exchanges[1].service, 1);
     assert_eq!(
         (c.service_name(1), c.service(1).cluster.as_str()),
@@ -1136,52 +1533,72 @@ fn token_services_chains_and_metadata_are_validated() {
     );
     assert_eq!(c.exchanges[0].service, 0);
     assert_eq!(
-        refused(r#""exchange":{"sts":"nobody"}"#),
+        refused(json!({ "exchange": { "sts": "nobody" } })),
         "exchange.sts",
         "an exchange names a service that exists"
     );
     assert_eq!(
-        load(&with(PARTNER), &no_env).unwrap_err().key,
+        load(with(partner()), &no_env).unwrap_err().key,
         "token_services.partner.client_secret_env",
         "a service's keys are named under it"
     );
     for name in ["sts", "Partner", "a.b", ""] {
-        let json = with(&format!(
-            r#""token_services":{{"{name}":{{"cluster":"p","authority":"p","token_path":"/t","client_auth":"none"}}}}"#
-        ));
+        let service =
+            json!({ "cluster": "p", "authority": "p", "token_path": "/t", "client_auth": "none" });
+        let json = with(json!({ "token_services": { name: service } }));
         assert_eq!(err_key(&json), "token_services", "{name}");
     }
     assert_eq!(
-        refused(r#""exchange":{"then":{"grant":"jwt_bearer"}}"#),
+        refused(json!({ "exchange": { "then": { "grant": "jwt_bearer" } } })),
         "exchange.then.sts"
     );
     assert_eq!(
-        refused(r#""exchange":{"then":{"sts":"partner"}}"#),
+        refused(json!({ "exchange": { "then": { "sts": "partner" } } })),
         "exchange.then.grant"
     );
     assert_eq!(
-        refused(r#""exchange":{"then":{"sts":"partner","grant":"ciba","scope":"openid"}}"#),
+        refused(json!({
+            "exchange": { "then": { "sts": "partner", "grant": "ciba", "scope": "openid" } }
+        })),
         "exchange.then.grant"
     );
     assert_eq!(
-        refused(
-            r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer","then":{"sts":"sts","grant":"jwt_bearer"}}}"#
-        ),
+        refused(json!({
+            "exchange": {
+                "then": {
+                    "sts": "partner", "grant": "jwt_bearer",
+                    "then": { "sts": "sts", "grant": "jwt_bearer" }
+                }
+            }
+        })),
         "exchange.then.then",
         "at most two hops"
     );
     assert_eq!(
-        refused(r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer","audience":"x"}}"#),
+        refused(json!({
+            "exchange": { "then": { "sts": "partner", "grant": "jwt_bearer", "audience": "x" } }
+        })),
         "exchange.then.audience",
         "a jwt_bearer hop takes the keys of its grant"
     );
     assert_eq!(
-        refused(
-            r#""exchange":{"then":{"sts":"partner","grant":"token_exchange","actor":{"source":"client_credentials"}}}"#
-        ),
+        refused(json!({
+            "exchange": {
+                "then": {
+                    "sts": "partner", "grant": "token_exchange",
+                    "actor": { "source": "client_credentials" }
+                }
+            }
+        })),
         "exchange.then.actor"
     );
-    let chain = ok(r#""exchange":{"requested_token_type":"urn:ietf:params:oauth:token-type:jwt","then":{"sts":"partner","grant":"jwt_bearer","scope":"read"}}"#).unwrap();
+    let chain = ok(json!({
+        "exchange": {
+            "requested_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "then": { "sts": "partner", "grant": "jwt_bearer", "scope": "read" }
+        }
+    }))
+    .unwrap();
     let then = chain.exchanges[0].then.as_deref().unwrap();
     assert_eq!(
         (then.service, then.grant, then.scope.as_deref()),
@@ -1189,14 +1606,28 @@ fn token_services_chains_and_metadata_are_validated() {
     );
     assert!(then.audience.is_empty(), "a second hop inherits nothing");
     // A route's own exchange keeps the default's chain unless it says otherwise.
-    let routed = ok(r#""exchange":{"then":{"sts":"partner","grant":"jwt_bearer"}},"routes":[{"match":{"path_prefix":"/a"},"exchange":{"scope":"x"}},{"match":{"path_prefix":"/b"},"exchange":{"then":null}}]"#).unwrap();
+    let routed = ok(json!({
+        "exchange": { "then": { "sts": "partner", "grant": "jwt_bearer" } },
+        "routes": [
+            { "match": { "path_prefix": "/a" }, "exchange": { "scope": "x" } },
+            { "match": { "path_prefix": "/b" }, "exchange": { "then": null } }
+        ]
+    }))
+    .unwrap();
     assert!(routed.exchanges[1].then.is_some());
     assert!(routed.exchanges[2].then.is_none());
-    let ciba = r#""token_services":{"partner":{"cluster":"p","authority":"p","token_path":"/t","client_auth":"none","ciba":{"path":"/bc"}}}"#;
-    assert_eq!(err_key(&with(ciba)), "token_services.partner.ciba");
+    let ciba = json!({
+        "token_services": {
+            "partner": {
+                "cluster": "p", "authority": "p", "token_path": "/t", "client_auth": "none",
+                "ciba": { "path": "/bc" }
+            }
+        }
+    });
+    assert_eq!(err_key(with(ciba)), "token_services.partner.ciba");
 
-    let metadata = |pr: &str| parse(&with(&format!(r#""protected_resource":{pr}"#)));
-    let m = metadata(r#"{"resource":"https://mcp.example.com/tools"}"#).unwrap();
+    let metadata = |pr: Value| parse(with(json!({ "protected_resource": pr })));
+    let m = metadata(json!({ "resource": "https://mcp.example.com/tools" })).unwrap();
     let pr = m.protected_resource.as_ref().unwrap();
     assert_eq!(
         pr.path, "/.well-known/oauth-protected-resource/tools",
@@ -1204,24 +1635,24 @@ fn token_services_chains_and_metadata_are_validated() {
     );
     assert_eq!(pr.origin, "https://mcp.example.com");
     for bad in [
-        r#"{"resource":"http://mcp.example.com"}"#,
-        r#"{"resource":"https://mcp.example.com#x"}"#,
-        r#"{"resource":"https://"}"#,
+        json!({ "resource": "http://mcp.example.com" }),
+        json!({ "resource": "https://mcp.example.com#x" }),
+        json!({ "resource": "https://" }),
     ] {
         assert_eq!(
-            metadata(bad).unwrap_err().key,
+            metadata(bad.clone()).unwrap_err().key,
             "protected_resource.resource",
             "{bad}"
         );
     }
     assert_eq!(
-        metadata(r#"{"resource":"https://m","path":"no-slash"}"#)
+        metadata(json!({ "resource": "https://m", "path": "no-slash" }))
             .unwrap_err()
             .key,
         "protected_resource.path"
     );
     assert_eq!(
-        metadata(r#"{"resource":"https://m","authorization_servers":["not a uri"]}"#)
+        metadata(json!({ "resource": "https://m", "authorization_servers": ["not a uri"] }))
             .unwrap_err()
             .key,
         "protected_resource.authorization_servers"
