@@ -79,7 +79,7 @@ impl Rules {
     /// Judges `claims` against every policy and reads the claim headers' values. `unwritable`
     /// hears the name of each claim whose value cannot go into a header as it is (see
     /// [`log_unwritable`]).
-    pub fn judge(&self, claims: &Claims, unwritable: &mut dyn FnMut(&str)) -> Facts {
+    pub fn facts(&self, claims: &Claims, unwritable: &mut dyn FnMut(&str)) -> Facts {
         let mut holds = 0u64;
         for (i, p) in self.policies.iter().enumerate().take(64) {
             if p.is_empty() || p.iter().any(|r| meets(claims, r)) {
@@ -278,7 +278,7 @@ mod tests {
     }
 
     fn holds(r: &Rules, policy: usize, c: Value) -> bool {
-        let f = r.judge(&claims(c), &mut |_| {});
+        let f = r.facts(&claims(c), &mut |_| {});
         r.permits(policy, Some(&f))
     }
 
@@ -414,7 +414,7 @@ mod tests {
             ]),
         );
         let mut bad = Vec::new();
-        let f = r.judge(
+        let f = r.facts(
             &claims(json!({
                 "sub": "alice", "groups": ["a", "b", 3], "n": 1.5, "ok": false,
                 "evil": "x\r\nset-cookie: y", "a": { "b": "deep" }, "nul": ["a\u{0}"], "tab": "a\tb"
@@ -445,7 +445,7 @@ mod tests {
         assert!(!rules(json!([[]]), json!([])).reads_claims());
         assert!(rules(json!([[], [{ "scopes": ["a"] }]]), json!([])).reads_claims());
         assert!(rules(json!([[]]), json!([["sub", "x"]])).reads_claims());
-        let f = rules(json!([[]]), json!([])).judge(&claims(json!({})), &mut |_| {});
+        let f = rules(json!([[]]), json!([])).facts(&claims(json!({})), &mut |_| {});
         assert_eq!(f.header_value(0), None);
     }
 }

@@ -219,7 +219,10 @@ const MAX_ENGINE_FIELDS: usize = 8;
 const STAGES: [(&str, &[&str]); 4] = [
     ("trust", &["trust.rs"]),
     ("authorize", &["authorize.rs"]),
-    ("exchange", &["exchange.rs", "exchanged.rs", "fresh.rs"]),
+    (
+        "exchange",
+        &["exchange.rs", "exchanged.rs", "refresh_evict.rs"],
+    ),
     ("consent", &["consent.rs"]),
 ];
 

@@ -2,7 +2,7 @@
 //! (joined by concurrent misses), with the filter's own actor token fetched first when a
 //! delegation needs it. It owns the cache, the memo, the flights of STS calls, the actor tokens
 //! and the freshness records, and says of each request: served, waiting, or on to the user's
-//! consent. What an answer becomes is in `exchanged.rs`, freshness in `fresh.rs`.
+//! consent. What an answer becomes is in `exchanged.rs`, refresh-ahead and eviction in `refresh_evict.rs`.
 
 use super::calls::{Calls, Owner};
 use super::request::{At, Next, Request, Wait};

@@ -32,7 +32,7 @@ mod consent;
 mod exchange;
 mod exchanged;
 mod extract;
-mod fresh;
+mod refresh_evict;
 mod request;
 mod setup;
 mod trust;

@@ -12,7 +12,7 @@ use crate::endpoint::NoRandomness;
 use crate::flights::{Flights, Job, Landed};
 use crate::host::{Host, HttpAnswer};
 use crate::introspection::{self, Failure, Found, Introspector};
-use crate::keys::{ActorCheck, Check, Judge, KeyEvent, KeyTick, Keys};
+use crate::keys::{ActorCheck, Check, KeyEvent, KeyTick, Keys, Reading};
 use crate::policy::{self, Facts, Rules};
 use crate::token::{self, MayAct, Verified};
 use crate::verdict::Verdict;
@@ -75,8 +75,9 @@ impl Trust {
         let client_id = s.client.endpoint(p.service).client_id();
         let permits = |m: &MayAct| p.may_act_permits(m, req.actor(), client_id);
         let rules = &s.rules;
-        let claims = |t: &str| judge(rules, t, &mut |name| policy::log_unwritable(host, name));
-        let judge = Judge {
+        let claims =
+            |t: &str| token_facts(rules, t, &mut |name| policy::log_unwritable(host, name));
+        let reading = Reading {
             may_act: &permits,
             claims: &claims,
         };
@@ -86,7 +87,7 @@ impl Trust {
         let o = &s.outcomes;
         match self
             .keys
-            .check(host, req.ctx, subject, &req.key, &judge, at.now, waiter)
+            .check(host, req.ctx, subject, &req.key, &reading, at.now, waiter)
         {
             Check::Valid(v) if v.may_act_ok || !enforce => Next::Go(Some(v)),
             Check::Valid(_) => Next::Stop(o.actor_not_allowed(host, req.ctx)),
@@ -211,7 +212,7 @@ impl Trust {
         let may_act = MayAct::from_claim(found.claims.get("may_act"));
         let may_act_ok = p.may_act_permits(&may_act, req.actor(), client_id);
         let facts = match s.rules.reads_claims() {
-            true => s.rules.judge(&found.claims, &mut |name| {
+            true => s.rules.facts(&found.claims, &mut |name| {
                 policy::log_unwritable(host, name)
             }),
             false => Default::default(),
@@ -281,11 +282,11 @@ impl Trust {
 
 /// What a verified token's claims allow and tell; `unwritable` hears each claim that cannot go
 /// into its header.
-fn judge(rules: &Rules, subject: &str, unwritable: &mut dyn FnMut(&str)) -> Facts {
+fn token_facts(rules: &Rules, subject: &str, unwritable: &mut dyn FnMut(&str)) -> Facts {
     if !rules.reads_claims() {
         return Facts::default();
     }
-    token::claims(subject).map_or_else(Facts::default, |c| rules.judge(&c, unwritable))
+    token::claims(subject).map_or_else(Facts::default, |c| rules.facts(&c, unwritable))
 }
 
 /// RFC 8693 §4.4 on an introspected token: its `may_act` must name the request's actor.

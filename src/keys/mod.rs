@@ -18,7 +18,7 @@ use fetch::{encode_attempt, in_progress, read_attempt, split_stamp, RemoteKeys};
 use verified::{actor_key, introspected_key, VerifiedTokens};
 
 /// What the engine asks of a token that just verified.
-pub struct Judge<'a> {
+pub struct Reading<'a> {
     /// Its `may_act` names the actor of this request.
     pub may_act: &'a dyn Fn(&MayAct) -> bool,
     /// What its claims allow and tell.
@@ -155,7 +155,7 @@ impl Keys {
     }
 
     /// Checks `subject` (remembered under `key`) for request `ctx`, once per token and key set.
-    /// `judge` reads a newly verified token (its `may_act`, its claims). With [`Check::Wait`], the
+    /// `reading` reads a newly verified token (its `may_act`, its claims). With [`Check::Wait`], the
     /// request `waiter` (its context) waits for a fetch of the issuer's keys; without a
     /// `waiter`, a token naming an unknown key is refused.
     #[allow(clippy::too_many_arguments)]
@@ -165,7 +165,7 @@ impl Keys {
         ctx: u32,
         subject: &str,
         key: &CacheKey,
-        judge: &Judge<'_>,
+        reading: &Reading<'_>,
         now: u64,
         waiter: Option<u32>,
     ) -> Check {
@@ -190,8 +190,8 @@ impl Keys {
                     issuer,
                     version: self.state.get(issuer).map_or(0, |s| s.version),
                     exp,
-                    may_act_ok: (judge.may_act)(&may_act),
-                    facts: (judge.claims)(subject),
+                    may_act_ok: (reading.may_act)(&may_act),
+                    facts: (reading.claims)(subject),
                     until_ms: None,
                     claims: None,
                 };
@@ -525,11 +525,11 @@ mod tests {
     }
 
     fn check(k: &mut Keys, h: &FakeHost, t: &str, key: CacheKey, now: u64) -> Check {
-        let judge = Judge {
+        let reading = Reading {
             may_act: &|_| true,
             claims: &|_| Facts::default(),
         };
-        k.check(h, 1, t, &key, &judge, now, None)
+        k.check(h, 1, t, &key, &reading, now, None)
     }
 
     fn verifications(h: &FakeHost) -> usize {
