@@ -206,6 +206,18 @@ impl Flights {
             .collect()
     }
 
+    /// An orphan went out again as callout `call` (`None`: it could not be sent, so it is given
+    /// up); the contexts of its waiters when it was given up, who need an answer.
+    pub fn send_again(&mut self, key: &CacheKey, call: Option<u32>) -> Option<Vec<u32>> {
+        match call {
+            Some(call) => {
+                self.resent(key, call);
+                None
+            }
+            None => Some(self.take(key).map(|l| l.waiters).unwrap_or_default()),
+        }
+    }
+
     /// An orphan was sent again (by the root) as callout `call`.
     pub fn resent(&mut self, key: &CacheKey, call: u32) {
         if let Some(flight) = self.flights.get_mut(key) {

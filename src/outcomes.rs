@@ -311,22 +311,17 @@ impl Outcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{config_with, merged};
     use crate::host::FakeHost;
 
     fn outcomes(extra: serde_json::Value) -> Outcomes {
-        let mut config = serde_json::json!({
-            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
-                     "client_id": "c", "client_secret": "s" },
+        let base = serde_json::json!({
             "trusted_issuers": [{ "issuer": "i", "algorithms": ["ES256"], "jwks": { "keys": [] } }],
             "output": { "original_token_header": "x-original",
                         "claims_to_headers": [{ "claim": "tenant", "header": "x-tenant" }] },
             "exchange": { "actor": { "source": "header", "header": "x-actor" } }
         });
-        for (k, v) in extra.as_object().unwrap() {
-            config[k] = v.clone();
-        }
-        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
-        Outcomes::new(&config)
+        Outcomes::new(&config_with(merged(base, &extra)))
     }
 
     fn ops(v: &Verdict) -> &[HeaderOp] {

@@ -476,16 +476,12 @@ fn validate_cache(c: RawCache) -> Result<CacheConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::with;
     use super::super::Config;
     use serde_json::{json, Value};
 
     fn parse(extra: Value) -> Result<Config, super::ConfigError> {
-        let mut doc = json!({ "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
-                                       "client_id": "c", "client_secret": "s" } });
-        for (k, v) in extra.as_object().unwrap() {
-            doc[k] = v.clone();
-        }
-        Config::parse(doc.to_string().as_bytes(), &|_| None)
+        Config::parse(with(extra).to_string().as_bytes(), &|_| None)
     }
 
     #[test]

@@ -523,7 +523,7 @@ fn log<H: Host>(host: &H, key: &CacheKey, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::tests::{config_with, minimal};
     use crate::host::FakeHost;
     use serde_json::json;
 
@@ -531,13 +531,10 @@ mod tests {
 
     /// Consents of a ciba configuration (`wait_s` 10), a worker with id `worker`.
     fn consents(worker: u64) -> Consents {
-        let config = json!({
-            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
-                     "client_id": "c", "client_secret": "s",
-                     "ciba": { "path": "/bc", "login_hint": "login_hint_token", "wait_s": 10 } },
-            "exchange": { "grant": "ciba", "scope": "openid" }
-        });
-        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
+        let mut sts = minimal()["sts"].clone();
+        sts["ciba"] = json!({ "path": "/bc", "login_hint": "login_hint_token", "wait_s": 10 });
+        let config = config_with(json!({ "sts": sts,
+                                         "exchange": { "grant": "ciba", "scope": "openid" } }));
         let ciba = config.sts.ciba.as_ref().unwrap();
         Consents::new(ciba, 64, 2_000, worker)
     }

@@ -12,9 +12,8 @@ use crate::verdict::Verdict;
 
 /// The route's policy, then a forwarded issuer: a verdict, or on to the exchange.
 pub(super) fn authorize<H: Host>(s: &Setup, host: &H, req: &Request) -> Next<()> {
-    let facts = req.verified.as_ref().map(|v| &v.facts);
     let policy = s.client.profiles[req.profile].policy;
-    if !s.rules.permits(policy, facts) {
+    if !s.rules.permits(policy, req.facts()) {
         return Next::Stop(deny(s, host, req, policy));
     }
     let issuers = &s.config.trusted_issuers;

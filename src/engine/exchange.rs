@@ -95,7 +95,7 @@ impl Exchanges {
                 key,
                 expires_at_ms: expires_at,
             };
-            let facts = req.verified.as_ref().map(|v| &v.facts);
+            let facts = req.facts();
             let answer = (&hit, Some(entry));
             let verdict = s.serve(
                 &mut self.freshness,
@@ -246,12 +246,9 @@ impl Exchanges {
             };
             let sent = calls.send(host, Owner::Flight(key), what, request);
             s.count_service(host, service, sent.is_ok());
-            if let Ok(call) = sent {
-                self.flights.resent(&key, call);
+            let Some(waiters) = self.flights.send_again(&key, sent.ok()) else {
                 continue;
-            }
-            let waiters = self.flights.take(&key).map(|l| l.waiters);
-            let waiters = waiters.unwrap_or_default();
+            };
             if waiters.is_empty() {
                 if let Job::Exchange(x) = &job {
                     if x.refresh {

@@ -226,7 +226,6 @@ impl Exchanges {
         (retry, now): (u64, u64),
     ) -> Vec<(u32, Verdict)> {
         let rules = &s.config.cache;
-        let facts_of = |r: &Request| r.verified.as_ref().map(|v| v.facts.clone());
         match event {
             ConsentEvent::Approved {
                 key,
@@ -245,9 +244,8 @@ impl Exchanges {
                 });
                 let mut out = Vec::with_capacity(requests.len());
                 for r in requests {
-                    let facts = facts_of(r);
                     let answer = (&token, kept);
-                    let subject = (r.token(), facts.as_ref());
+                    let subject = (r.token(), r.facts());
                     let v = s.serve(&mut self.freshness, host, &[r.ctx], answer, subject);
                     out.push((r.ctx, v));
                 }
@@ -277,8 +275,7 @@ impl Exchanges {
                                 key,
                                 expires_at_ms: *until,
                             };
-                            let facts = facts_of(r);
-                            let subject = (r.token(), facts.as_ref());
+                            let subject = (r.token(), r.facts());
                             let answer = (hit, Some(served));
                             s.serve(&mut self.freshness, host, &[r.ctx], answer, subject)
                         }

@@ -5,6 +5,7 @@ use super::setup::Setup;
 use crate::cache::CacheKey;
 use crate::caller::Subject;
 use crate::host::{Host, LogLevel};
+use crate::policy::Facts;
 use crate::token::{self, Verified};
 use crate::verdict::Verdict;
 
@@ -50,6 +51,11 @@ impl Request {
     /// The subject token.
     pub(super) fn token(&self) -> &str {
         self.subject.token()
+    }
+
+    /// What its verified claims tell (the policies that hold, the claim headers' values).
+    pub(super) fn facts(&self) -> Option<&Facts> {
+        self.verified.as_ref().map(|v| &v.facts)
     }
 
     /// The header actor token, if it came with one.

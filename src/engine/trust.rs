@@ -266,12 +266,10 @@ impl Trust {
             let request = self.introspection.request(*issuer, token, now);
             let sent =
                 request.map(|r| calls.send(host, Owner::Introspection(key), "call sent again", r));
-            if let Ok(Ok(call)) = sent {
-                self.flights.resent(&key, call);
+            let call = sent.ok().and_then(Result::ok);
+            let Some(waiters) = self.flights.send_again(&key, call) else {
                 continue;
-            }
-            let waiters = self.flights.take(&key).map(|l| l.waiters);
-            let waiters = waiters.unwrap_or_default();
+            };
             if !waiters.is_empty() {
                 out.push((waiters, s.outcomes.untrusted(host, NOT_SENT)));
             }

@@ -490,7 +490,7 @@ fn issuer_state(t: &TrustedIssuer) -> Result<IssuerState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::tests::config_with;
     use crate::host::FakeHost;
     use crate::jwks::tests::TestKeys;
     use serde_json::json;
@@ -506,12 +506,7 @@ mod tests {
 
     /// The key store of a configuration with these trusted issuers.
     fn keys_of(issuers: serde_json::Value) -> Keys {
-        let config = json!({
-            "sts": { "cluster": "sts", "authority": "sts", "token_path": "/t",
-                     "client_id": "c", "client_secret": "s" },
-            "trusted_issuers": issuers
-        });
-        let config = Config::parse(config.to_string().as_bytes(), &|_| None).unwrap();
+        let config = config_with(json!({ "trusted_issuers": issuers }));
         Keys::compile(&config.trusted_issuers).unwrap()
     }
 

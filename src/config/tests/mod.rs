@@ -75,7 +75,7 @@ fn parse(doc: impl Doc) -> Result<Loaded, ConfigError> {
 }
 
 /// The least configuration there is.
-fn minimal() -> Value {
+pub(crate) fn minimal() -> Value {
     json!({
         "sts": {
             "cluster": "sts", "authority": "sts.example.com", "token_path": "/token",
@@ -85,7 +85,7 @@ fn minimal() -> Value {
 }
 
 /// `a` with the top-level keys of `b` set over it.
-fn merged(mut a: Value, b: &Value) -> Value {
+pub(crate) fn merged(mut a: Value, b: &Value) -> Value {
     for (k, v) in b.as_object().into_iter().flatten() {
         a[k] = v.clone();
     }
@@ -93,8 +93,14 @@ fn merged(mut a: Value, b: &Value) -> Value {
 }
 
 /// [`minimal`] with the top-level keys of `extra`.
-fn with(extra: Value) -> Value {
+pub(crate) fn with(extra: Value) -> Value {
     merged(minimal(), &extra)
+}
+
+/// The validated configuration of [`with`]`(extra)`, for the unit tests of the parts that
+/// compile one (it must be valid).
+pub(crate) fn config_with(extra: Value) -> Config {
+    Config::parse(with(extra).to_string().as_bytes(), &no_env).expect("a valid configuration")
 }
 
 fn err_key(doc: impl Doc) -> String {

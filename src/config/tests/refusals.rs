@@ -5,11 +5,12 @@
 
 use serde_json::{json, Value};
 
+use super::{minimal, with};
 use crate::config::*;
 
+/// The default token service of [`minimal`], as a value to write elsewhere.
 fn sts() -> Value {
-    json!({ "cluster": "sts", "authority": "sts.local", "token_path": "/token",
-            "client_id": "edge", "client_secret": "pw" })
+    minimal()["sts"].clone()
 }
 
 /// The refusal of `text` (a configuration as the operator wrote it), with the VM environment
@@ -19,13 +20,9 @@ fn refusal(text: &str) -> ConfigError {
     Config::parse(text.as_bytes(), &env).expect_err("must be refused")
 }
 
-/// `doc` with `sts` added, as text.
+/// [`with`]`(extra)`, as text.
 fn doc(extra: Value) -> String {
-    let mut d = json!({ "sts": sts() });
-    for (k, v) in extra.as_object().expect("an object") {
-        d[k] = v.clone();
-    }
-    d.to_string()
+    with(extra).to_string()
 }
 
 #[test]
