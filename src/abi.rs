@@ -78,6 +78,12 @@ extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -152,6 +158,14 @@ fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec
 pub fn header(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: pointers to live locals and to `name`, for the call's duration.
     read(|d, s| unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), d, s) })
+}
+
+/// A property of the effective context (its path's segments joined by NUL bytes, as the ABI
+/// reads them), as bytes; `None` when it has none.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let joined = path.join("\0");
+    // SAFETY: pointers to live locals and into `joined`, for the call's duration.
+    read(|d, s| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), d, s) })
 }
 
 /// A whole header map, serialized as the ABI does (see `host::parse_map`).

@@ -191,6 +191,52 @@ fn lookup_raw(slot: &[u8], key: &CacheKey, now_ms: u64) -> Option<(u8, u64)> {
     (now_ms < expires_at).then_some((slot[1], expires_at))
 }
 
+/// The size of a claim slot's record.
+const CLAIM_LEN: usize = 32 + 8;
+
+/// Replaces slot `name` with what `decide` makes of its record (a key and a time), by
+/// compare-and-swap; `false` when `decide` keeps it or another worker wrote first.
+pub fn swap_slot<H: Host>(
+    host: &H,
+    name: &str,
+    decide: impl FnOnce(Option<(CacheKey, u64)>) -> Option<Vec<u8>>,
+) -> bool {
+    // Shared data has no "create if absent": a slot never written gets an empty value first,
+    // so that the swap itself is always a compare-and-swap.
+    let (bytes, cas) = match host.shared_get(name) {
+        Some(found) => found,
+        None => {
+            let _ = host.shared_set(name, &[], None);
+            match host.shared_get(name) {
+                Some(found) => found,
+                None => return false,
+            }
+        }
+    };
+    match decide(read_claim(&bytes)) {
+        Some(next) => host.shared_set(name, &next, Some(cas)).is_ok(),
+        None => false,
+    }
+}
+
+/// A claim slot's record: a key and a time (ms) (a refresh claim's end, an eviction's moment,
+/// a proof's last moment).
+pub fn write_claim(key: &CacheKey, until_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CLAIM_LEN);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&until_ms.to_be_bytes());
+    out
+}
+
+pub fn read_claim(bytes: &[u8]) -> Option<(CacheKey, u64)> {
+    if bytes.len() != CLAIM_LEN {
+        return None;
+    }
+    let key = bytes.get(..32)?.try_into().ok()?;
+    let until = u64::from_be_bytes(bytes.get(32..40)?.try_into().ok()?);
+    Some((key, until))
+}
+
 /// How long a minted token may be served, in ms:
 /// `min(expires_in or default_ttl_s, subject exp − now) − expiry_skew_s`; `None` when that is
 /// not positive (then nothing is cached).

@@ -14,18 +14,65 @@ pub enum NoToken {
     Malformed(&'static str),
 }
 
-/// The subject token: the header value it was cut from, and where.
+/// The header a DPoP proof comes in (RFC 9449 §4.1).
+pub const DPOP_HEADER: &str = "dpop";
+
+/// The `Authorization` scheme of a DPoP-bound token (RFC 9449 §7.1).
+const DPOP_SCHEME: &str = "DPoP ";
+
+/// The subject token: the header value it was cut from, where, and whether it came with the
+/// `DPoP` scheme.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     value: String,
     start: usize,
     end: usize,
+    dpop: bool,
 }
 
 impl Subject {
     /// The token.
     pub fn token(&self) -> &str {
         self.value.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// Whether it came as `Authorization: DPoP …`.
+    pub fn is_dpop(&self) -> bool {
+        self.dpop
+    }
+}
+
+/// What a request with a DPoP-bound token brings beside it: its proof, and what the proof must
+/// name (RFC 9449 §4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopRequest {
+    /// The one `DPoP` header, or why there is none to check.
+    pub proof: Result<String, &'static str>,
+    /// `:method`.
+    pub method: String,
+    /// `:scheme`.
+    pub scheme: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:path`.
+    pub path: String,
+}
+
+/// Reads the DPoP proof and the request's method and URI.
+pub fn dpop_request<R: RequestHeaders + ?Sized>(req: &R) -> DpopRequest {
+    let proof = match req.single_header(DPOP_HEADER) {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err("DPoP proof missing"),
+        Err(Unusable::Repeated) => Err("more than one DPoP header"),
+        Err(Unusable::NotText) => Err("DPoP proof is not text"),
+    };
+    let pseudo = |name: &str| req.header(name).unwrap_or_default();
+    DpopRequest {
+        proof,
+        method: pseudo(":method"),
+        scheme: pseudo(":scheme"),
+        authority: pseudo(":authority"),
+        path: pseudo(":path"),
     }
 }
 
@@ -48,19 +95,37 @@ pub fn subject<R: RequestHeaders + ?Sized>(
         Unusable::NotText => NoToken::Malformed("token header is not text"),
     })?;
     let value = value.ok_or(NoToken::Missing)?;
-    let (start, end) = match extract(Some(&value), &rules.prefix, rules.max_bytes) {
+    // DPoP-bound tokens come in `Authorization` only, beside the configured scheme.
+    let dpop_allowed = rules.header == "authorization" && !rules.prefix.is_empty();
+    let mut dpop = false;
+    let extracted = match extract(Some(&value), &rules.prefix, rules.max_bytes) {
+        Extracted::Missing if dpop_allowed => {
+            dpop = true;
+            extract(Some(&value), DPOP_SCHEME, rules.max_bytes)
+        }
+        other => other,
+    };
+    let (start, end) = match extracted {
         Extracted::Token(t) => {
             // `t` is a slice of `value`: its offsets.
             let start = t.as_ptr() as usize - value.as_ptr() as usize;
             (start, start + t.len())
         }
-        Extracted::Missing if joined_with_scheme(&value, &rules.prefix) => {
+        Extracted::Missing
+            if joined_with_scheme(&value, &rules.prefix)
+                || (dpop_allowed && joined_with_scheme(&value, DPOP_SCHEME)) =>
+        {
             return Err(NoToken::Malformed("repeated authorization headers"))
         }
         Extracted::Missing => return Err(NoToken::Missing),
         Extracted::Malformed(why) => return Err(NoToken::Malformed(why)),
     };
-    Ok(Subject { value, start, end })
+    Ok(Subject {
+        value,
+        start,
+        end,
+        dpop,
+    })
 }
 
 /// Whether a comma-joined value has a part that starts with the configured scheme.

@@ -26,6 +26,12 @@ pub enum ClientAuth {
     },
     /// `private_key_jwt`: a fresh signed assertion in the form of every call.
     PrivateKeyJwt(Box<AssertionSigner>),
+    /// `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705 §2): the id in the form,
+    /// nothing secret; the STS cluster's client certificate proves it.
+    Certificate {
+        /// `self_signed_tls_client_auth`.
+        self_signed: bool,
+    },
     /// No client authentication (a public client; its id, if any, goes in the form).
     None,
 }
@@ -65,6 +71,9 @@ impl ClientAuth {
                     key: signing,
                 }))
             }
+            ClientAuthConfig::Certificate { self_signed, .. } => ClientAuth::Certificate {
+                self_signed: *self_signed,
+            },
             ClientAuthConfig::None => ClientAuth::None,
         })
     }
@@ -75,6 +84,8 @@ impl ClientAuth {
             ClientAuth::Basic { .. } => "client_secret_basic",
             ClientAuth::Post { .. } => "client_secret_post",
             ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+            ClientAuth::Certificate { self_signed: false } => "tls_client_auth",
+            ClientAuth::Certificate { self_signed: true } => "self_signed_tls_client_auth",
             ClientAuth::None => "none",
         }
     }
@@ -164,7 +175,7 @@ impl Endpoint {
                 form.append_pair("client_id", id);
                 form.append_pair("client_secret", secret);
             }
-            (ClientAuth::None, Some(id)) => {
+            (ClientAuth::None | ClientAuth::Certificate { .. }, Some(id)) => {
                 form.append_pair("client_id", id);
             }
             _ => {}

@@ -364,6 +364,12 @@ impl RequestHeaders for HostHeaders {
         let pairs = host::parse_map(&bytes).ok_or(Unusable::NotText)?;
         host::single_of(pairs, name)
     }
+
+    fn peer_certificate_digest(&self) -> Option<String> {
+        let path = ["connection", "sha256_peer_certificate_digest"];
+        let bytes = abi::property(&path).ok().flatten()?;
+        host::text(bytes).ok().filter(|d| !d.is_empty())
+    }
 }
 
 impl Context for Request {

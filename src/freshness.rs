@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::cache::{slot_index, CacheKey, Cached};
+use crate::cache::{slot_index, swap_slot, write_claim, CacheKey, Cached};
 use crate::config::CacheConfig;
 use crate::host::Host;
 
@@ -47,7 +47,6 @@ pub const EVICT_EVERY_MS: u64 = 60_000;
 /// The most evictions the log keeps.
 const LOG_LEN: usize = 32;
 const LOG_NAME: &str = "token_exchange.evictions";
-const CLAIM_LEN: usize = 32 + 8;
 const RECORD_LEN: usize = 32 + 8;
 
 impl Freshness {
@@ -171,48 +170,6 @@ impl Freshness {
             slot_index(key, self.claim_slots)
         )
     }
-}
-
-/// Replaces slot `name` with what `decide` makes of its record (a key and a time), by
-/// compare-and-swap; `false` when `decide` keeps it or another worker wrote first.
-fn swap_slot<H: Host>(
-    host: &H,
-    name: &str,
-    decide: impl FnOnce(Option<(CacheKey, u64)>) -> Option<Vec<u8>>,
-) -> bool {
-    // Shared data has no "create if absent": a slot never written gets an empty value first,
-    // so that the swap itself is always a compare-and-swap.
-    let (bytes, cas) = match host.shared_get(name) {
-        Some(found) => found,
-        None => {
-            let _ = host.shared_set(name, &[], None);
-            match host.shared_get(name) {
-                Some(found) => found,
-                None => return false,
-            }
-        }
-    };
-    match decide(read_claim(&bytes)) {
-        Some(next) => host.shared_set(name, &next, Some(cas)).is_ok(),
-        None => false,
-    }
-}
-
-/// A key and a time (ms): a refresh claim's end, or an eviction's moment.
-fn write_claim(key: &CacheKey, until_ms: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CLAIM_LEN);
-    out.extend_from_slice(key);
-    out.extend_from_slice(&until_ms.to_be_bytes());
-    out
-}
-
-fn read_claim(bytes: &[u8]) -> Option<(CacheKey, u64)> {
-    if bytes.len() != CLAIM_LEN {
-        return None;
-    }
-    let key = bytes.get(..32)?.try_into().ok()?;
-    let until = u64::from_be_bytes(bytes.get(32..40)?.try_into().ok()?);
-    Some((key, until))
 }
 
 /// The log: its sequence number (evictions ever written), then the last ones, oldest first.

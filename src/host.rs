@@ -86,7 +86,14 @@ pub trait RequestHeaders {
     /// The value of a credential header that must appear at most once: `Err(Repeated)` when it
     /// is repeated, `Err(NotText)` when its value is not UTF-8.
     fn single_header(&self, name: &str) -> Result<Option<String>, Unusable>;
+    /// The SHA-256 digest of the downstream connection's client certificate, hex (Envoy's
+    /// `connection.sha256_peer_certificate_digest`); `None` without one.
+    fn peer_certificate_digest(&self) -> Option<String>;
 }
+
+/// Where a test request's headers hold its connection's client certificate digest.
+#[cfg(test)]
+pub const TEST_PEER_DIGEST: &str = "connection.sha256_peer_certificate_digest";
 
 /// A header value as text, or why not: the one conversion from the host's bytes.
 pub fn text(value: Vec<u8>) -> Result<String, Unusable> {
@@ -283,6 +290,9 @@ mod fake {
         fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
             single_of(self.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())), name)
         }
+        fn peer_certificate_digest(&self) -> Option<String> {
+            self.header(super::TEST_PEER_DIGEST)
+        }
     }
 
     /// A request whose header values are raw bytes, as a client may send them.
@@ -300,6 +310,9 @@ mod fake {
         }
         fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
             single_of(self.0.iter().map(|(n, v)| (n.as_bytes(), *v)), name)
+        }
+        fn peer_certificate_digest(&self) -> Option<String> {
+            None
         }
     }
 }

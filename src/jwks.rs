@@ -6,8 +6,15 @@ use std::fmt;
 use crate::config::JwsAlg;
 
 #[cfg(feature = "trusted-issuers")]
-use jwt_compact::alg::{RsaPublicKey, StrongKey};
+use std::str::FromStr;
+
+#[cfg(feature = "trusted-issuers")]
+use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey, StrongKey};
 use jwt_compact::jwk::JsonWebKey;
+#[cfg(feature = "trusted-issuers")]
+use jwt_compact::AlgorithmExt;
+use jwt_compact::{Token, UntrustedToken, ValidationError};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// A public key usable for verification (none in a build without the `trusted-issuers`
@@ -47,9 +54,34 @@ impl PublicKey {
         }
     }
 
+    /// Checks the signature of `token` for `alg` with this key and reads its claims (their
+    /// time claims' format too); `None` when the key does not serve that algorithm.
+    #[cfg_attr(not(feature = "trusted-issuers"), allow(unused_variables))]
+    pub fn validate<T: DeserializeOwned, H: Clone>(
+        &self,
+        alg: JwsAlg,
+        token: &UntrustedToken<'_, H>,
+    ) -> Option<Result<Token<T, H>, ValidationError>> {
+        match *self {
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::Rsa(ref k) => {
+                let rsa = Rsa::from_str(alg.name()).ok()?;
+                Some(rsa.validator::<T>(k).validate(token))
+            }
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::P256(ref k) => {
+                (alg == JwsAlg::Es256).then(|| Es256.validator::<T>(k).validate(token))
+            }
+            #[cfg(feature = "trusted-issuers")]
+            PublicKey::Ed25519(ref k) => {
+                (alg == JwsAlg::EdDsa).then(|| Ed25519.validator::<T>(k).validate(token))
+            }
+        }
+    }
+
     /// The verification key a public JWK holds, if it is of a type this build verifies.
     #[cfg(feature = "trusted-issuers")]
-    fn from_jwk(jwk: &JsonWebKey<'_>) -> Option<PublicKey> {
+    pub fn from_jwk(jwk: &JsonWebKey<'_>) -> Option<PublicKey> {
         Some(match jwk {
             JsonWebKey::Rsa {
                 private_parts: None,
@@ -70,7 +102,7 @@ impl PublicKey {
 
     /// The verification key a public JWK holds: none, in a build that verifies no JWT.
     #[cfg(not(feature = "trusted-issuers"))]
-    fn from_jwk(_: &JsonWebKey<'_>) -> Option<PublicKey> {
+    pub fn from_jwk(_: &JsonWebKey<'_>) -> Option<PublicKey> {
         None
     }
 }

@@ -17,6 +17,7 @@ pub mod challenge;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod consent;
+pub mod dpop;
 pub(crate) mod endpoint;
 pub mod engine;
 pub(crate) mod flights;

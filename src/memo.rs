@@ -193,6 +193,7 @@ mod tests {
             facts: Facts::default(),
             until_ms: None,
             claims: None,
+            binding: Default::default(),
         }
     }
 

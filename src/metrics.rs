@@ -64,6 +64,13 @@ pub enum Metric {
     /// Upstream 401s about a minted token that evicted nothing: its key was evicted less than
     /// a minute before.
     EvictionHeld,
+    /// DPoP proofs that held (RFC 9449).
+    DpopVerified,
+    /// DPoP proofs refused: missing, malformed, replayed, for another request, key or token.
+    DpopRejected,
+    /// Tokens refused for their binding: a DPoP-bound token as `Bearer`, a certificate-bound
+    /// token without its certificate, an unbound token where DPoP is required.
+    BoundTokenRejected,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
     /// With `token_services`: calls dispatched to token service `n` (0 is `sts`).
@@ -74,7 +81,7 @@ pub enum Metric {
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 24] = [
+const PLAIN: [(Metric, &str); 27] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -108,6 +115,12 @@ const PLAIN: [(Metric, &str); 24] = [
     (Metric::RefreshedAhead, "token_exchange.refreshed_ahead"),
     (Metric::EvictedOn401, "token_exchange.evicted_on_401"),
     (Metric::EvictionHeld, "token_exchange.eviction_held"),
+    (Metric::DpopVerified, "token_exchange.dpop_verified"),
+    (Metric::DpopRejected, "token_exchange.dpop_rejected"),
+    (
+        Metric::BoundTokenRejected,
+        "token_exchange.bound_token_rejected",
+    ),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

@@ -3,14 +3,14 @@
 //! policy. Counts a rejection wherever it answers one.
 
 use crate::cache::Cached;
-use crate::caller::NoToken;
+use crate::caller::{NoToken, DPOP_HEADER};
 use crate::config::{Config, OnMissingToken, OnStsUnavailable};
 use crate::host::{Host, LogLevel};
 use crate::introspection::Failure;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
 use crate::policy::Facts;
-use crate::reply::LocalReply;
+use crate::reply::{LocalReply, Schemes};
 use crate::sts::StsFailure;
 use crate::token;
 use crate::verdict::{HeaderOp, Verdict};
@@ -44,7 +44,8 @@ impl Outcomes {
     pub fn new(config: &Config) -> Self {
         let out = &config.output;
         let subject_header = config.subject_token.header.clone();
-        let mut strip = Vec::new();
+        // A DPoP proof is for the filter alone (RFC 9449): it never reaches the upstream.
+        let mut strip = vec![HeaderOp::Remove(DPOP_HEADER.to_string())];
         if out.header != subject_header {
             strip.push(HeaderOp::Remove(out.header.clone()));
         }
@@ -235,6 +236,29 @@ impl Outcomes {
     pub fn invalid_token<H: Host>(&self, host: &H, why: &str) -> Verdict {
         host.metric(Metric::Rejected, 1);
         Verdict::Respond(LocalReply::invalid_token(&self.realm, why))
+    }
+
+    /// A DPoP proof that does not hold: 401 `invalid_dpop_proof`.
+    pub fn bad_proof<H: Host>(&self, host: &H, why: &str, schemes: Schemes<'_>) -> Verdict {
+        host.metric(Metric::DpopRejected, 1);
+        host.metric(Metric::Rejected, 1);
+        let reply = LocalReply::unbound(&self.realm, "invalid_dpop_proof", why, schemes);
+        Verdict::Respond(reply)
+    }
+
+    /// A token refused for its binding (or for having none where DPoP is required): 401
+    /// `invalid_token`.
+    pub fn unbound<H: Host>(&self, host: &H, why: &str, schemes: Schemes<'_>) -> Verdict {
+        host.metric(Metric::BoundTokenRejected, 1);
+        host.metric(Metric::Rejected, 1);
+        let reply = LocalReply::unbound(&self.realm, "invalid_token", why, schemes);
+        Verdict::Respond(reply)
+    }
+
+    /// A request without a token on a route that takes DPoP-bound tokens only.
+    pub fn missing_dpop_token<H: Host>(&self, host: &H, algs: &str) -> Verdict {
+        host.metric(Metric::Rejected, 1);
+        Verdict::Respond(LocalReply::missing_dpop_token(&self.realm, algs))
     }
 
     /// A subject JWT refused by the trusted-issuer checks, counted by reason.

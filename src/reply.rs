@@ -1,6 +1,17 @@
 //! The error table: every local answer the filter sends, with its status, challenge and JSON body.
 //! Bodies never carry a token.
 
+/// The challenges a binding refusal carries (RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy)]
+pub struct Schemes<'a> {
+    /// The request used the `DPoP` scheme.
+    pub used_dpop: bool,
+    /// The route takes both schemes (DPoP is not required there).
+    pub both: bool,
+    /// The accepted proof algorithms, space-separated.
+    pub algs: &'a str,
+}
+
 /// A response the filter sends instead of routing the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -41,6 +52,36 @@ impl LocalReply {
         Self::new(401, "invalid_token", description).with(
             "www-authenticate",
             format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""),
+        )
+    }
+
+    /// 401 for a refusal about a token's binding or its DPoP proof (RFC 9449 §7.1): `error`
+    /// (`invalid_dpop_proof` or `invalid_token`) in the challenge of the scheme the request used
+    /// (`DPoP` names the accepted `algs`), and the other scheme's bare challenge when the route
+    /// takes both; a route that takes DPoP only challenges with `DPoP` alone.
+    pub fn unbound(realm: &str, error: &str, description: &str, schemes: Schemes<'_>) -> Self {
+        let algs = schemes.algs;
+        let dpop = format!("DPoP realm=\"{realm}\", algs=\"{algs}\"");
+        let bearer = format!("Bearer realm=\"{realm}\"");
+        let detail = format!(", error=\"{error}\", error_description=\"{description}\"");
+        let reply = Self::new(401, error, description);
+        match (schemes.used_dpop, schemes.both) {
+            // A route that takes DPoP only challenges with DPoP only.
+            (_, false) => reply.with("www-authenticate", dpop + &detail),
+            (true, true) => reply
+                .with("www-authenticate", dpop + &detail)
+                .with("www-authenticate", bearer),
+            (false, true) => reply
+                .with("www-authenticate", bearer + &detail)
+                .with("www-authenticate", dpop),
+        }
+    }
+
+    /// 401 for a request without a token on a route that takes DPoP-bound tokens only.
+    pub fn missing_dpop_token(realm: &str, algs: &str) -> Self {
+        Self::new(401, "unauthorized", "a DPoP-bound token is required").with(
+            "www-authenticate",
+            format!("DPoP realm=\"{realm}\", algs=\"{algs}\""),
         )
     }
 

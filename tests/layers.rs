@@ -216,8 +216,9 @@ const MAX_ENGINE_FIELDS: usize = 8;
 
 /// The engine's stages, each the files that hold it: a stage owns its parts and names no
 /// other stage (the dispatcher in `engine/mod.rs` moves a request from one to the next).
-const STAGES: [(&str, &[&str]); 4] = [
+const STAGES: [(&str, &[&str]); 5] = [
     ("trust", &["trust.rs"]),
+    ("binding", &["binding.rs"]),
     ("authorize", &["authorize.rs"]),
     (
         "exchange",

@@ -95,6 +95,21 @@ fn validate_credentials(
                 ClientAuthConfig::Post { id, secret }
             }
         }
+        "tls_client_auth" | "self_signed_tls_client_auth" => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    format!("{prefix}.client_secret"),
+                    format!("must not be set with {method}: the certificate is the credential"),
+                ));
+            }
+            let id = client_id.clone().ok_or_else(|| {
+                ConfigError::new(format!("{prefix}.client_id"), format!("is required for {method}"))
+            })?;
+            ClientAuthConfig::Certificate {
+                id,
+                self_signed: method == "self_signed_tls_client_auth",
+            }
+        }
         "private_key_jwt" => {
             if secret.is_some() {
                 return Err(ConfigError::new(
@@ -149,7 +164,7 @@ fn validate_credentials(
             return Err(ConfigError::new(
                 format!("{prefix}.client_auth"),
                 format!(
-                    "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt or none",
+                    "unknown method {}; use client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth or none",
                     shown(other, &METHODS)
                 ),
             ))
@@ -159,9 +174,11 @@ fn validate_credentials(
 }
 
 /// The client authentication methods a server's `client_auth` may name.
-const METHODS: [&str; 4] = [
+const METHODS: [&str; 6] = [
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
     "none",
 ];

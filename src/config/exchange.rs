@@ -225,6 +225,7 @@ pub(super) fn validate_exchange(
         introspect: None,
         service,
         then: None,
+        dpop_required: false,
     };
     if let Some(t) = e.then.as_ref().and_then(|t| t.as_deref()) {
         let then = validate_then(t, &exchange, &format!("{key}.then"), ctx)?;

@@ -8,6 +8,7 @@ use std::fmt;
 
 mod ciba;
 mod credentials;
+mod dpop;
 mod exchange;
 mod introspection;
 mod json_path;
@@ -270,6 +271,14 @@ pub enum ClientAuthConfig {
         /// The signing key.
         key: PrivateKeyConfig,
     },
+    /// `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705 §2): the client id in the
+    /// form, the proof in the STS cluster's client certificate.
+    Certificate {
+        /// Client id.
+        id: String,
+        /// `self_signed_tls_client_auth`.
+        self_signed: bool,
+    },
     /// No client authentication (a public client).
     None,
 }
@@ -281,6 +290,12 @@ impl ClientAuthConfig {
             ClientAuthConfig::Basic { .. } => "client_secret_basic",
             ClientAuthConfig::Post { .. } => "client_secret_post",
             ClientAuthConfig::PrivateKeyJwt { .. } => "private_key_jwt",
+            ClientAuthConfig::Certificate {
+                self_signed: false, ..
+            } => "tls_client_auth",
+            ClientAuthConfig::Certificate {
+                self_signed: true, ..
+            } => "self_signed_tls_client_auth",
             ClientAuthConfig::None => "none",
         }
     }
@@ -419,6 +434,8 @@ pub struct ExchangeConfig {
     pub service: usize,
     /// A second hop, sent the first hop's token (identity chaining, ID-JAG).
     pub then: Option<Box<ExchangeConfig>>,
+    /// These routes take DPoP-bound tokens only (`dpop.required`).
+    pub dpop_required: bool,
 }
 
 /// The criteria of a route rule; every criterion given must match.
@@ -528,6 +545,9 @@ pub struct TrustedIssuer {
     pub forward: bool,
     /// Its opaque tokens are checked at this RFC 7662 endpoint.
     pub introspection: Option<IntrospectionConfig>,
+    /// A token's `cnf` binding is checked (`bound_tokens: enforce`); `false` (`ignore`): its
+    /// tokens count as unbound.
+    pub enforce_binding: bool,
 }
 
 /// A further named token service (`token_services.<name>`), beside `sts`.
@@ -582,6 +602,25 @@ pub struct Config {
     pub on_missing_token: OnMissingToken,
     /// STS outage policy.
     pub on_sts_unavailable: OnStsUnavailable,
+    /// DPoP proof rules (RFC 9449).
+    pub dpop: DpopConfig,
+}
+
+/// The rules a DPoP proof is held to (RFC 9449 §4.3), and the default of `required`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopConfig {
+    /// Routes without a `dpop` of their own take DPoP-bound tokens only.
+    pub required: bool,
+    /// The proofs' algorithms (asymmetric only).
+    pub algorithms: Vec<JwsAlg>,
+    /// How old a proof's `iat` may be (seconds).
+    pub max_age_s: u64,
+    /// How far a proof's `iat` may be off the proxy's clock (seconds).
+    pub clock_skew_s: u64,
+    /// External origins a proof's `htu` may name (lower case), for TLS ended before Envoy.
+    pub origins: Vec<String>,
+    /// Slots of the shared table of proofs seen.
+    pub replay_entries: u32,
 }
 
 impl Config {
@@ -629,6 +668,21 @@ impl Config {
             self.cache.evict_on_upstream_401,
             self.on_missing_token.name(),
             self.on_sts_unavailable.name(),
+        ) + &self.unbound_issuers()
+    }
+
+    /// The start line's note of issuers whose bound tokens count as unbound (empty if none).
+    fn unbound_issuers(&self) -> String {
+        let names: Vec<&str> = (self.trusted_issuers.iter())
+            .filter(|t| !t.enforce_binding)
+            .map(|t| t.issuer.as_str())
+            .collect();
+        if names.is_empty() {
+            return String::new();
+        }
+        format!(
+            " bound_tokens=ignore (no cnf check, bound tokens taken as bearer tokens) for {}",
+            names.join(", ")
         )
     }
 }

@@ -48,6 +48,7 @@ objects_only!(
     RawRequirement,
     RawClaimHeader,
     RawMatch,
+    RawDpop,
     RawOutput,
     RawCache
 );
@@ -82,6 +83,8 @@ pub(super) struct RawConfig {
     pub(super) on_missing_token: OnMissingToken,
     #[serde(default)]
     pub(super) on_sts_unavailable: OnStsUnavailable,
+    #[serde(default)]
+    pub(super) dpop: Option<RawDpop>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +204,7 @@ pub(super) struct RawIssuer {
     pub(super) discovery: Option<RawRemote>,
     pub(super) action: Option<String>,
     pub(super) introspection: Option<RawIntrospection>,
+    pub(super) bound_tokens: Option<String>,
 }
 
 /// An issuer's RFC 7662 introspection endpoint.
@@ -367,6 +371,20 @@ pub(super) struct RawRoute {
     pub(super) require: Option<Vec<RawRequirement>>,
     #[serde(default)]
     pub(super) introspect: Option<String>,
+    #[serde(default)]
+    pub(super) dpop: Option<RawDpop>,
+}
+
+/// `dpop`, top-level (every key) or a route's (`required` only).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub(super) struct RawDpop {
+    pub(super) required: Option<bool>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) max_age_s: Option<Whole>,
+    pub(super) clock_skew_s: Option<Whole>,
+    pub(super) origins: Option<Vec<String>>,
+    pub(super) replay_entries: Option<Whole>,
 }
 
 /// One alternative of a `require` policy.

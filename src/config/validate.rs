@@ -3,6 +3,7 @@
 
 use super::ciba::validate_ciba;
 use super::credentials::{validate_server, Credentials};
+use super::dpop::{bound_tokens, route_required, validate_dpop};
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::introspection::{default_introspect, introspecting, validate_introspection};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
@@ -72,7 +73,9 @@ pub(super) fn validate(
         actor_headers: &mut actor_headers,
         services: &service_names,
     };
+    let dpop = validate_dpop(raw.dpop.take())?;
     let mut exchanges = vec![validate_exchange(&raw.exchange, "exchange", &mut ctx)?];
+    exchanges[0].dpop_required = dpop.required;
     let mut policies = vec![validate_policy(raw.require.unwrap_or_default(), "require")?];
     let mut policy_keys = vec!["require".to_string()];
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -80,12 +83,21 @@ pub(super) fn validate(
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
         let matcher = validate_match(r.matcher, &key)?;
-        if r.bypass && (r.exchange.is_some() || r.require.is_some() || r.introspect.is_some()) {
+        if r.bypass
+            && (r.exchange.is_some()
+                || r.require.is_some()
+                || r.introspect.is_some()
+                || r.dpop.is_some())
+        {
             return Err(ConfigError::new(
                 key,
-                "a bypass rule has no exchange, policy or introspection",
+                "a bypass rule has no exchange, policy, introspection or dpop",
             ));
         }
+        let dpop_required = r
+            .dpop
+            .map(|d| route_required(d, &format!("{key}.dpop")))
+            .transpose()?;
         let introspect = r
             .introspect
             .as_deref()
@@ -108,7 +120,9 @@ pub(super) fn validate(
             )?),
             // A policy or an introspecting issuer of its own needs an exchange profile of its
             // own (the default's keys).
-            None if policy.is_some() || introspect.is_some() => Some(exchanges[0].clone()),
+            None if policy.is_some() || introspect.is_some() || dpop_required.is_some() => {
+                Some(exchanges[0].clone())
+            }
             None => None,
         };
         let action = match (r.bypass, exchange) {
@@ -117,6 +131,7 @@ pub(super) fn validate(
             (false, Some(mut e)) => {
                 e.policy = policy.unwrap_or(0);
                 e.introspect = introspect;
+                e.dpop_required = dpop_required.unwrap_or(dpop.required);
                 exchanges.push(e);
                 RouteAction::Exchange(exchanges.len() - 1)
             }
@@ -156,6 +171,14 @@ pub(super) fn validate(
         }
     }
 
+    // A bound token is known by its verified `cnf` only.
+    if trusted_issuers.is_empty() && exchanges.iter().any(|e| e.dpop_required) {
+        return Err(ConfigError::new(
+            "dpop.required",
+            "needs trusted_issuers (a token's binding is read from its verified claims)",
+        ));
+    }
+
     // The user a consent is asked of must come from a verified token.
     if let Some(c) = &sts.ciba {
         if matches!(c.login_hint, LoginHint::Claim(_)) && trusted_issuers.is_empty() {
@@ -193,6 +216,7 @@ pub(super) fn validate(
         realm,
         on_missing_token: raw.on_missing_token,
         on_sts_unavailable: raw.on_sts_unavailable,
+        dpop,
     })
 }
 
@@ -373,6 +397,7 @@ fn validate_issuer(
         keys,
         forward,
         introspection,
+        enforce_binding: bound_tokens(r.bound_tokens.as_deref(), &format!("{key}.bound_tokens"))?,
     })
 }
 

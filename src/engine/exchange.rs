@@ -107,7 +107,7 @@ impl Exchanges {
             if matches!(hit, Cached::Token(_)) && self.freshness.due(expires_at, now) {
                 self.refresh_ahead(s, host, at, req, entry);
             }
-            if req.header_actor.is_none() {
+            if req.memo_may_hold() {
                 let remembered = Remembered {
                     value: hit,
                     key,
@@ -280,7 +280,7 @@ pub(super) fn exchange_job(
         actor_sub: p.actor_sub(actor_token.as_deref(), client_id),
         actor_token,
         actor_until_ms,
-        rememberable: req.header_actor.is_none(),
+        rememberable: req.memo_may_hold(),
         verified: req.verified.clone(),
         first_hop: None,
         refresh,

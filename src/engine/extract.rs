@@ -2,21 +2,35 @@
 //! bypass), then its subject token and, for a delegation with a header actor, its actor token.
 
 use super::setup::Setup;
-use crate::caller::{self, Subject};
+use crate::caller::{self, DpopRequest, NoToken, Subject};
 use crate::config::RouteAction;
 use crate::host::{Host, RequestHeaders};
 use crate::metrics::Metric;
 use crate::route::Ambiguous;
 use crate::verdict::Verdict;
 
-/// What request `ctx` brings: its exchange profile, subject token and header actor token;
-/// `Err` is its verdict (a bypass, no token, a malformed one, a path that reads as two routes).
+/// What a request brings, as the route and extract stages read it.
+#[derive(Debug)]
+pub(super) struct Credentials {
+    /// Its exchange profile (the route's).
+    pub(super) profile: usize,
+    /// Its subject token.
+    pub(super) subject: Subject,
+    /// A header actor token.
+    pub(super) actor: Option<String>,
+    /// With the DPoP scheme: its proof and what the proof must name.
+    pub(super) dpop: Option<Box<DpopRequest>>,
+}
+
+/// What request `ctx` brings: its exchange profile, subject token, header actor token and,
+/// with the DPoP scheme, its proof; `Err` is its verdict (a bypass, no token, a malformed one,
+/// a path that reads as two routes). `algs` names the proof algorithms in a challenge.
 pub(super) fn credentials<H, R>(
     s: &Setup,
     host: &H,
-    ctx: u32,
+    (ctx, algs): (u32, &str),
     req: &R,
-) -> Result<(usize, Subject, Option<String>), Verdict>
+) -> Result<Credentials, Verdict>
 where
     H: Host,
     R: RequestHeaders + ?Sized,
@@ -31,7 +45,12 @@ where
     };
     let rules = &s.config.subject_token;
     let subject = caller::subject(req, rules).map_err(|why| {
-        // A route whose policy asks for anything never passes a request without a token.
+        // A route whose policy asks for anything never passes a request without a token, nor
+        // does one that takes DPoP-bound tokens only.
+        let dpop_only = s.config.exchanges[profile].dpop_required;
+        if dpop_only && why == NoToken::Missing {
+            return s.outcomes.missing_dpop_token(host, algs);
+        }
         let open = s.rules.permits(s.client.profiles[profile].policy, None);
         s.outcomes.no_token(host, ctx, why, open)
     })?;
@@ -46,5 +65,13 @@ where
         },
         None => None,
     };
-    Ok((profile, subject, actor))
+    let dpop = subject
+        .is_dpop()
+        .then(|| Box::new(caller::dpop_request(req)));
+    Ok(Credentials {
+        profile,
+        subject,
+        actor,
+        dpop,
+    })
 }

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use crate::caller::Subject;
 use crate::config::{Config, ConfigError};
 use crate::consent::ConsentEvent;
 use crate::flights::Job;
@@ -18,15 +17,18 @@ use crate::sts::StsFailure;
 use crate::token::Verified;
 use crate::verdict::{to_each, Verdict};
 use advertise::Advertiser;
+use binding::BindingCheck;
 use calls::{Calls, Owner};
 use consent::Consent;
 use exchange::Exchanges;
+use extract::Credentials;
 use request::{At, Next, Parked, Request, Wait};
 use setup::Setup;
 use trust::Trust;
 
 mod advertise;
 mod authorize;
+mod binding;
 mod calls;
 mod consent;
 mod exchange;
@@ -51,6 +53,8 @@ pub struct Engine {
     consent: Option<Consent>,
     /// RFC 9728 metadata, and the URL each parked request's 401 would name.
     advertiser: Advertiser,
+    /// Sender-constrained tokens: DPoP proofs and certificate bindings.
+    binding: BindingCheck,
 }
 
 impl Engine {
@@ -60,6 +64,7 @@ impl Engine {
         let trust = Trust::compile(&config)?;
         let consent = Consent::compile(&config)?;
         let advertiser = Advertiser::new(&config);
+        let binding = BindingCheck::new(&config);
         let setup = Setup::compile(config)?;
         let profiles = setup.client.profiles.len();
         let exchange = Exchanges::new(&setup.config, profiles, trust.keys.enabled());
@@ -71,6 +76,7 @@ impl Engine {
             exchange,
             consent,
             advertiser,
+            binding,
         })
     }
 
@@ -115,7 +121,7 @@ impl Engine {
         H: Host,
         R: RequestHeaders + ?Sized,
     {
-        let (profile, subject, actor) = match extract::credentials(&self.setup, host, ctx, req) {
+        let c = match extract::credentials(&self.setup, host, (ctx, self.binding.algs()), req) {
             Ok(credentials) => credentials,
             Err(verdict) => return verdict,
         };
@@ -123,36 +129,33 @@ impl Engine {
             carrier: Some(ctx),
             now: host.now_ms(),
         };
-        self.memo_or_trust(host, at, (ctx, profile), subject, actor)
+        let c = match self.memo(host, at, ctx, c) {
+            Ok(verdict) => return verdict,
+            Err(c) => c,
+        };
+        let peer = (self.binding.reads_certificates()).then(|| req.peer_certificate_digest());
+        let req = Request::new(&self.setup, ctx, c, peer.flatten());
+        self.trust_stage(host, at, req, true)
     }
 
-    /// A hot token is answered from the worker memo; otherwise the request's record is made
-    /// (its cache key) and goes to the trust stage.
-    fn memo_or_trust<H: Host>(
+    /// A hot token answered from the worker memo: a bearer token bound to nothing, no header
+    /// actor, a route that takes bearer tokens; else the credentials go back, on to trust.
+    fn memo<H: Host>(
         &mut self,
         host: &H,
         at: At,
-        (ctx, profile): (u32, usize),
-        subject: Subject,
-        header_actor: Option<String>,
-    ) -> Verdict {
-        let subject = match header_actor {
-            Some(_) => subject,
-            None => {
-                let keys = &self.trust.keys;
-                let holds = |v: &_| keys.still_valid(v, at.now);
-                let s = &self.setup;
-                match self
-                    .exchange
-                    .memo_hit(s, host, at, (ctx, profile), subject, &holds)
-                {
-                    Ok(verdict) => return verdict,
-                    Err(subject) => subject,
-                }
-            }
-        };
-        let req = Request::new(&self.setup, (ctx, profile), subject, header_actor);
-        self.trust_stage(host, at, req, true)
+        ctx: u32,
+        c: Credentials,
+    ) -> Result<Verdict, Credentials> {
+        let dpop_only = self.setup.config.exchanges[c.profile].dpop_required;
+        if c.actor.is_some() || c.dpop.is_some() || dpop_only {
+            return Err(c);
+        }
+        let keys = &self.trust.keys;
+        let holds = |v: &Verified| keys.still_valid(v, at.now) && !v.binding.is_bound();
+        let s = &self.setup;
+        let hit = (self.exchange).memo_hit(s, host, at, (ctx, c.profile), c.subject, &holds);
+        hit.map_err(|subject| Credentials { subject, ..c })
     }
 
     /// The trust stage, then on (with `may_wait`, a token naming an unknown key may wait for
@@ -182,9 +185,13 @@ impl Engine {
         }
     }
 
-    /// The authorize stage, then the exchange.
+    /// The binding and authorize stages, then the exchange.
     fn authorize_stage<H: Host>(&mut self, host: &H, at: At, req: Request) -> Verdict {
-        match authorize::authorize(&self.setup, host, &req) {
+        let next = match self.binding.check(&self.setup, host, &req) {
+            Next::Go(()) => authorize::authorize(&self.setup, host, &req),
+            refused => refused,
+        };
+        match next {
             Next::Go(()) => self.exchange_stage(host, at, req, None),
             Next::Stop(verdict) => verdict,
             Next::Park(wait) => self.park(req, wait, at.now),

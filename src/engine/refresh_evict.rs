@@ -43,6 +43,8 @@ impl Exchanges {
                 header_actor: None,
                 key: hit.key,
                 verified: hit.verified.clone(),
+                dpop: None,
+                peer_certificate: None,
             };
             self.refresh_ahead(s, host, at, &req, served(&hit));
             return self.serve_hit(s, host, ctx, &hit, req.token());

@@ -1,9 +1,10 @@
 //! One request as the engine carries it from stage to stage, and where it waits when it must:
 //! a parked request is kept as this record alone, and resumes at its stage from it.
 
+use super::extract::Credentials;
 use super::setup::Setup;
 use crate::cache::CacheKey;
-use crate::caller::Subject;
+use crate::caller::{DpopRequest, Subject};
 use crate::host::{Host, LogLevel};
 use crate::policy::Facts;
 use crate::token::{self, Verified};
@@ -24,6 +25,11 @@ pub(super) struct Request {
     pub(super) key: CacheKey,
     /// What the trust stage found: the subject's verification, with trusted issuers.
     pub(super) verified: Option<Verified>,
+    /// With the DPoP scheme: its proof and what the proof must name.
+    pub(super) dpop: Option<Box<DpopRequest>>,
+    /// The digest of the connection's client certificate (hex), read when an issuer's tokens
+    /// may be bound to one.
+    pub(super) peer_certificate: Option<String>,
 }
 
 impl Request {
@@ -31,21 +37,32 @@ impl Request {
     /// token share one) and no verification yet.
     pub(super) fn new(
         s: &Setup,
-        (ctx, profile): (u32, usize),
-        subject: Subject,
-        header_actor: Option<String>,
+        ctx: u32,
+        c: Credentials,
+        peer_certificate: Option<String>,
     ) -> Request {
-        let p = &s.client.profiles[profile];
-        let canonical = token::canonical(subject.token());
-        let key = p.cache_key(&canonical, header_actor.as_deref());
+        let p = &s.client.profiles[c.profile];
+        let canonical = token::canonical(c.subject.token());
+        let key = p.cache_key(&canonical, c.actor.as_deref());
         Request {
             ctx,
-            profile,
-            subject,
-            header_actor,
+            profile: c.profile,
+            subject: c.subject,
+            header_actor: c.actor,
             key,
             verified: None,
+            dpop: c.dpop,
+            peer_certificate,
         }
+    }
+
+    /// Whether the worker memo may answer for its token later: no header actor (the memo
+    /// keys on the token alone), and a token presented and verified as a plain bearer token
+    /// (a bound one is checked on every request).
+    pub(super) fn memo_may_hold(&self) -> bool {
+        self.header_actor.is_none()
+            && self.dpop.is_none()
+            && !self.verified.as_ref().is_some_and(|v| v.binding.is_bound())
     }
 
     /// The subject token.

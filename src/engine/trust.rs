@@ -14,7 +14,7 @@ use crate::host::{Host, HttpAnswer};
 use crate::introspection::{self, Failure, Found, Introspector};
 use crate::keys::{ActorCheck, Check, KeyEvent, KeyTick, Keys, Reading};
 use crate::policy::{self, Facts, Rules};
-use crate::token::{self, MayAct, Verified};
+use crate::token::{self, Binding, MayAct, Verified};
 use crate::verdict::Verdict;
 
 /// The trust stage of one worker.
@@ -225,6 +225,10 @@ impl Trust {
             may_act_ok,
             facts,
             until_ms: Some(found.until_ms),
+            binding: match s.config.trusted_issuers.get(issuer) {
+                Some(t) if t.enforce_binding => Binding::from_cnf(found.claims.get("cnf")),
+                _ => Binding::default(),
+            },
             claims: Some(found.claims.clone()),
         };
         self.keys.remember_introspected(&req.key, v.clone());

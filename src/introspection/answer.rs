@@ -178,6 +178,7 @@ mod tests {
             keys: KeySource::None,
             forward: false,
             introspection: None,
+            enforce_binding: true,
         }
     }
 

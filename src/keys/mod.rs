@@ -9,7 +9,7 @@ use crate::jwks::KeySet;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
 use crate::policy::Facts;
-use crate::token::{self, JwtCheck, MayAct, Verified};
+use crate::token::{self, Binding, JwtCheck, MayAct, Verified};
 
 mod fetch;
 mod verified;
@@ -184,6 +184,7 @@ impl Keys {
                 issuer,
                 exp,
                 may_act,
+                binding,
             } => {
                 token::log_debug(host, ctx, subject, "verified");
                 let v = Verified {
@@ -194,6 +195,7 @@ impl Keys {
                     facts: (reading.claims)(subject),
                     until_ms: None,
                     claims: None,
+                    binding,
                 };
                 self.verified.remember(*key, v.clone());
                 Check::Valid(v)
@@ -242,6 +244,7 @@ impl Keys {
                         facts: Facts::default(),
                         until_ms: None,
                         claims: None,
+                        binding: Binding::default(),
                     },
                 );
                 ActorCheck::Verified
@@ -579,6 +582,7 @@ mod tests {
             facts: Facts::default(),
             until_ms: Some(NOW + 60_000),
             claims: None,
+            binding: Binding::default(),
         };
         k.remember_introspected(&[9; 32], v.clone());
         assert_eq!(k.introspected(&[9; 32], 1, NOW), Some(v));

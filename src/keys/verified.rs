@@ -70,6 +70,7 @@ mod tests {
             facts: Facts::default(),
             until_ms: None,
             claims: None,
+            binding: Default::default(),
         }
     }
 

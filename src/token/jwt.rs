@@ -2,22 +2,16 @@
 //! `kid`, the allow-listed `alg`, `exp`, `nbf`, `iss`, `aud`, and what a verified token allows
 //! (`may_act`) and tells (its facts).
 
-#[cfg(feature = "trusted-issuers")]
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-#[cfg(feature = "trusted-issuers")]
-use jwt_compact::alg::{Ed25519, Es256, Rsa};
-#[cfg(feature = "trusted-issuers")]
-use jwt_compact::AlgorithmExt;
-use jwt_compact::{Claims, Token, UntrustedToken, ValidationError};
+use jwt_compact::{Claims, UntrustedToken};
 use serde::Deserialize;
 
 use crate::config::JwsAlg;
 use crate::config::{KeySource, TrustedIssuer};
-use crate::jwks::{KeySet, Lookup, PublicKey};
+use crate::jwks::{KeySet, Lookup};
 use crate::jwt_error::JwtError;
 use crate::policy::{claims_bytes, Claims as ClaimSet, Facts};
 
@@ -66,6 +60,60 @@ impl MayAct {
     }
 }
 
+/// What a verified token is bound to (its `cnf` claim, RFC 7800), as its issuer's
+/// `bound_tokens: enforce` reads it; unbound when the issuer ignores bindings. Boxed: most
+/// tokens are bound to nothing, and this rides in every verification kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Binding(Option<Box<Bound>>);
+
+/// The members of a `cnf` claim the filter checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bound {
+    jkt: Option<String>,
+    x5t: Option<String>,
+    unknown: bool,
+}
+
+impl Binding {
+    /// Bound to nothing.
+    pub const NONE: Binding = Binding(None);
+
+    /// The binding a `cnf` claim states (absent: none).
+    pub fn from_cnf(cnf: Option<&serde_json::Value>) -> Binding {
+        let Some(cnf) = cnf else {
+            return Binding::NONE;
+        };
+        let text = |k: &str| cnf.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let (jkt, x5t) = (text("jkt"), text("x5t#S256"));
+        let malformed = |k: &str| cnf.get(k).is_some_and(|v| !v.is_string());
+        let unknown = malformed("jkt") || malformed("x5t#S256") || (jkt.is_none() && x5t.is_none());
+        Binding(Some(Box::new(Bound { jkt, x5t, unknown })))
+    }
+
+    /// Whether the token is bound to anything.
+    pub fn is_bound(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `cnf.jkt` (RFC 9449 §6): the RFC 7638 thumbprint of the key its DPoP proofs are signed
+    /// with.
+    pub fn jkt(&self) -> Option<&str> {
+        self.0.as_ref()?.jkt.as_deref()
+    }
+
+    /// `cnf["x5t#S256"]` (RFC 8705 §3): the SHA-256 thumbprint of the client certificate,
+    /// base64url.
+    pub fn x5t(&self) -> Option<&str> {
+        self.0.as_ref()?.x5t.as_deref()
+    }
+
+    /// A `cnf` naming no key or certificate the filter can check (another method, a member that
+    /// is not a string): never taken as a bearer token.
+    pub fn unknown(&self) -> bool {
+        self.0.as_ref().is_some_and(|b| b.unknown)
+    }
+}
+
 /// A subject token that verified (a JWT by signature, an opaque token by introspection), as
 /// remembered so a hot token is verified once: valid while its issuer's key set is still
 /// `version`, `exp` (plus leeway) has not passed, and an introspection answer is still trusted.
@@ -85,6 +133,8 @@ pub struct Verified {
     pub until_ms: Option<u64>,
     /// For an introspected token: the answer's claims (a JWT's are read from the token).
     pub claims: Option<Arc<ClaimSet>>,
+    /// What the token is bound to.
+    pub binding: Binding,
 }
 
 impl Verified {
@@ -105,6 +155,8 @@ pub enum JwtCheck {
         exp: u64,
         /// `may_act` claim.
         may_act: MayAct,
+        /// Its `cnf` binding (none when the issuer ignores bindings).
+        binding: Binding,
     },
     /// Refused.
     Invalid(JwtError),
@@ -129,6 +181,8 @@ struct Registered {
     aud: Option<Audience>,
     #[serde(default)]
     may_act: Option<serde_json::Value>,
+    #[serde(default)]
+    cnf: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +249,7 @@ pub fn verify_jwt<'k>(
     if !key.public.fits(alg) || key.alg.as_deref().is_some_and(|a| a != alg.name()) {
         return Invalid(JwtError::Algorithm);
     }
-    let Some(verified) = check_signature(&key.public, alg, &untrusted) else {
+    let Some(verified) = key.public.validate::<Registered, _>(alg, &untrusted) else {
         return Invalid(JwtError::Algorithm);
     };
     let Ok(verified) = verified else {
@@ -230,30 +284,9 @@ pub fn verify_jwt<'k>(
         issuer: index,
         exp,
         may_act: MayAct::from_claim(claims.custom.may_act.as_ref()),
-    }
-}
-
-/// The signature check of `token` with `key` for `alg` (which also checks the time claims'
-/// format); `None` when the key does not serve that algorithm.
-#[cfg_attr(not(feature = "trusted-issuers"), allow(unused_variables))]
-fn check_signature(
-    key: &PublicKey,
-    alg: JwsAlg,
-    token: &UntrustedToken<'_, Extensions>,
-) -> Option<Result<Token<Registered, Extensions>, ValidationError>> {
-    match *key {
-        #[cfg(feature = "trusted-issuers")]
-        PublicKey::Rsa(ref k) => {
-            let rsa = Rsa::from_str(alg.name()).ok()?;
-            Some(rsa.validator::<Registered>(k).validate(token))
-        }
-        #[cfg(feature = "trusted-issuers")]
-        PublicKey::P256(ref k) => {
-            (alg == JwsAlg::Es256).then(|| Es256.validator::<Registered>(k).validate(token))
-        }
-        #[cfg(feature = "trusted-issuers")]
-        PublicKey::Ed25519(ref k) => {
-            (alg == JwsAlg::EdDsa).then(|| Ed25519.validator::<Registered>(k).validate(token))
-        }
+        binding: match issuer.enforce_binding {
+            true => Binding::from_cnf(claims.custom.cnf.as_ref()),
+            false => Binding::NONE,
+        },
     }
 }

@@ -159,6 +159,7 @@ mod jwt {
             keys: KeySource::Inline(keys().jwks()),
             forward: false,
             introspection: None,
+            enforce_binding: true,
         }
     }
 
@@ -182,6 +183,7 @@ mod jwt {
         issuer: 0,
         exp: NOW + 600,
         may_act: MayAct::Unrestricted,
+        binding: Binding::NONE,
     };
 
     #[test]
@@ -345,6 +347,7 @@ mod jwt {
                 issuer: 0,
                 exp: NOW - 29,
                 may_act: MayAct::Unrestricted,
+                binding: Binding::default(),
             }
         );
     }

@@ -12,6 +12,7 @@ use crate::token;
 use crate::verdict::HeaderOp;
 use serde_json::json;
 
+mod binding;
 mod ciba;
 mod delegation;
 mod exchange;
@@ -53,6 +54,11 @@ pub(super) fn err(status: u16, code: &str) -> HttpAnswer {
         body: format!(r#"{{"error":"{code}"}}"#).into_bytes(),
         too_large: false,
     }
+}
+
+/// The removal of the `DPoP` header every request the filter lets through gets.
+pub(super) fn dpop_gone() -> HeaderOp {
+    HeaderOp::Remove("dpop".into())
 }
 
 pub(super) fn bearer(t: &str) -> String {

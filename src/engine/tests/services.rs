@@ -370,6 +370,7 @@ fn a_transaction_token_goes_in_its_own_header_and_the_callers_token_is_gone() {
         ops,
         &vec![
             HeaderOp::Remove("authorization".into()),
+            dpop_gone(),
             HeaderOp::Remove("txn-token".into()),
             HeaderOp::Set("txn-token".into(), "txn.jwt.sig".into()),
         ]
