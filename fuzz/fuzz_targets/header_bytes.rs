@@ -24,6 +24,9 @@ impl RequestHeaders for Bytes<'_> {
     fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
         single_of(self.0.iter().copied(), name)
     }
+    fn peer_certificate_digest(&self) -> Option<String> {
+        None
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -36,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
     // The bytes as a host's serialized map.
     if let Some(pairs) = parse_map(data) {
         let _ = caller::subject(&Bytes(pairs.clone()), &rules("authorization"));
+        let _ = caller::dpop_request(&Bytes(pairs.clone()));
         let _ = caller::subject(&Bytes(pairs), &rules("x-token"));
     }
     // The bytes as one header value.

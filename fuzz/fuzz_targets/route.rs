@@ -23,6 +23,9 @@ impl RequestHeaders for OnePath<'_> {
     fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
         Ok(self.header(name))
     }
+    fn peer_certificate_digest(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The most lenient server: decodes everything, then resolves.

@@ -5,6 +5,7 @@ use crate::client::{ActorSource as CompiledActor, Client};
 use crate::endpoint::ClientAuth;
 use serde_json::{json, Value};
 
+mod dpop;
 mod refusals;
 mod wording;
 

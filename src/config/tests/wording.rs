@@ -60,7 +60,7 @@ fn first() -> Value {
         "trusted_issuers": [
             {"issuer": "https://idp", "audiences": ["api://edge"], "algorithms": ["ES256"], "leeway_s": 10,
                 "jwks_uri": {"cluster": "idp", "authority": "idp", "path": "/jwks", "refresh_s": 60, "timeout_ms": 500},
-                "action": "exchange"},
+                "action": "exchange", "bound_tokens": "enforce"},
             {"issuer": "https://other", "algorithms": ["RS256"], "discovery": {"cluster": "idp", "authority": "other"},
                 "action": "forward"},
             {"issuer": "https://opaque", "introspection": {"cluster": "p", "authority": "p.example",
@@ -76,7 +76,8 @@ fn first() -> Value {
             {"match": {"authority": "orders.example", "path_prefix": "/orders", "methods": ["GET"]},
                 "exchange": {"scope": "orders:write"}, "introspect": "https://opaque",
                 "require": [{"scopes": ["orders:write"], "claims": {"tenant": ["acme"]}}]},
-            {"match": {"path_prefix": "/healthz"}, "bypass": true}
+            {"match": {"path_prefix": "/healthz"}, "bypass": true},
+            {"match": {"path_prefix": "/pay"}, "dpop": {"required": true}}
         ],
         "require": [{"scopes": ["orders:read"], "claims": {"tenant": "acme"}}],
         "introspect": "https://opaque",
@@ -84,7 +85,9 @@ fn first() -> Value {
             "claims_to_headers": [{"claim": "sub", "header": "x-user"}]},
         "cache": {"max_entries": 100, "expiry_skew_s": 10, "default_ttl_s": 60, "negative_ttl_s": 2,
             "refresh_ahead_s": 5, "evict_on_upstream_401": false},
-        "realm": "orders", "on_missing_token": "allow", "on_sts_unavailable": "allow"
+        "realm": "orders", "on_missing_token": "allow", "on_sts_unavailable": "allow",
+        "dpop": {"required": false, "algorithms": ["ES256", "EdDSA"], "max_age_s": 60, "clock_skew_s": 5,
+            "origins": ["https://api.example"], "replay_entries": 65536}
     })
 }
 
@@ -296,6 +299,13 @@ fn every_wrong_type_of_every_key_is_refused_in_the_contract_words() {
         "negative_ttl_s",
         "refresh_ahead_s",
         "evict_on_upstream_401",
+        "dpop",
+        "required",
+        "max_age_s",
+        "clock_skew_s",
+        "origins",
+        "replay_entries",
+        "bound_tokens",
     ] {
         assert!(names.contains(key), "no document holds {key}");
     }
