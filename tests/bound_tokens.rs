@@ -551,3 +551,102 @@ fn a_certificate_bound_token_goes_on_only_on_a_connection_with_its_certificate()
     assert_eq!(sts.count(), 1);
     assert_eq!(envoy.counter("bound_token_rejected"), 4);
 }
+
+/// A listener that ends TLS with a client certificate required (the CA's) and passes the
+/// certificate's digest on to the test STS in `x-forwarded-client-cert`.
+fn mtls_front(dir: &Path, port: u16) -> Value {
+    let path = |f: &str| dir.join(f).display().to_string();
+    json!({
+        "name": "sts-tls",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "filter_chains": [{
+            "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": {
+                    "tls_certificates": [{ "certificate_chain": { "filename": path("server.pem") },
+                                           "private_key": { "filename": path("server.key") } }],
+                    "validation_context": { "trusted_ca": { "filename": path("ca.pem") } } } } },
+            "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "sts_tls",
+                "forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": { "subject": true },
+                "route_config": { "virtual_hosts": [{ "name": "sts", "domains": ["*"],
+                    "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "sts" } }] }] },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }]
+        }]
+    })
+}
+
+#[test]
+fn the_filter_authenticates_to_the_sts_by_its_clusters_client_certificate() {
+    let dir = TempDir::new("sts-mtls");
+    certificates(&dir.0);
+    let sts = TestSts::start(0, mint);
+    let signer = Signer::new("k1");
+    let front = support::free_port();
+    let path = |f: &str| dir.0.join(f).display().to_string();
+    // The STS cluster as the docs show it: a client certificate in its transport socket.
+    let cluster = json!({
+        "name": "sts_mtls", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "sts_mtls", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": front } } } }] }] },
+        "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{ "certificate_chain": { "filename": path("client1.pem") },
+                                       "private_key": { "filename": path("client1.key") } }],
+                "validation_context": { "trusted_ca": { "filename": path("ca.pem") } } } } }
+    });
+    let extra = json!({ "sts": { "cluster": "sts_mtls", "authority": "sts.test", "token_path": "/oauth2/token",
+        "timeout_ms": 1000, "client_id": "edge", "client_auth": "tls_client_auth" } });
+    let setup = EnvoySetup {
+        filter_config: config(&signer, extra),
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        concurrency: 1,
+        ..EnvoySetup::default()
+    };
+    let envoy = Envoy::start_edited(setup, |doc| {
+        let resources = &mut doc["static_resources"];
+        resources["listeners"]
+            .as_array_mut()
+            .unwrap()
+            .push(mtls_front(&dir.0, front));
+        resources["clusters"].as_array_mut().unwrap().push(cluster);
+    });
+    let token = bound(&signer, Value::Null);
+    let mut reply = envoy.get_with_token("/", &token);
+    for _ in 0..30 {
+        if reply.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        reply = envoy.get_with_token("/", &token);
+    }
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let call = sts.calls().pop().expect("an STS call");
+    assert_eq!(call.field("client_id"), Some("edge"));
+    assert!(call.field("client_secret").is_none() && call.field("client_assertion").is_none());
+    let xfcc = call
+        .header("x-forwarded-client-cert")
+        .unwrap_or_default()
+        .to_string();
+    let der_hash = {
+        let text = std::fs::read_to_string(dir.0.join("client1.pem")).unwrap();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::engine::general_purpose::STANDARD;
+        let digest = Sha256::digest(STANDARD.decode(b64).unwrap());
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(
+        xfcc.contains(&format!("Hash={der_hash}")),
+        "the STS saw no client certificate: {xfcc}"
+    );
+    assert!(xfcc.contains("CN=client1"), "{xfcc}");
+}

@@ -419,3 +419,31 @@ fn a_full_replay_table_is_503_never_a_pass_even_failing_open() {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(h.calls_to("sts").len(), 0);
 }
+
+#[test]
+fn an_introspected_token_is_bound_by_the_cnf_of_its_answer() {
+    let h = FakeHost::at(NOW);
+    let mut e = engine(json!({
+        "trusted_issuers": [{ "issuer": "https://partner.example",
+            "introspection": { "cluster": "partner", "authority": "partner.example",
+                               "path": "/introspect", "client_id": "edge", "client_secret": "pw2" } }]
+    }));
+    let t = "opaque-bound";
+    assert_eq!(with_proof(&mut e, &h, 1, t, &fresh(t)), Verdict::Pause);
+    let answer = json!({ "active": true, "iss": "https://partner.example", "sub": "dora",
+        "exp": NOW / 1000 + 600, "cnf": { "jkt": jkt(client(), "ES256") } });
+    let call = h.calls_to("partner").last().unwrap().0;
+    let body = answer.to_string().into_bytes();
+    let answer = HttpAnswer {
+        status: Some(200),
+        body,
+        too_large: false,
+    };
+    let out = e.on_http_answer(&h, None, call, &answer);
+    assert_eq!(out, vec![(1, Verdict::Pause)], "on to the STS");
+    assert_eq!(h.calls_to("sts").len(), 1);
+    assert_eq!(h.metric_value(Metric::DpopVerified), 1);
+    // The answer is remembered: as a bearer token it is refused without asking again.
+    assert_eq!(status(&send(&mut e, &h, 2, &bearer(t), &[])), 401);
+    assert_eq!(h.calls_to("partner").len(), 1);
+}
