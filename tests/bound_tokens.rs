@@ -442,12 +442,17 @@ fn certificates(dir: &Path) {
     }
 }
 
-/// `x5t#S256` of a PEM certificate: base64url(SHA-256 of its DER).
-fn thumbprint(pem: &Path) -> String {
+/// SHA-256 of a PEM certificate's DER.
+fn der_sha256(pem: &Path) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD;
     let text = std::fs::read_to_string(pem).unwrap();
     let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    use base64::engine::general_purpose::STANDARD;
-    URL_SAFE_NO_PAD.encode(Sha256::digest(STANDARD.decode(b64).unwrap()))
+    Sha256::digest(STANDARD.decode(b64).unwrap()).to_vec()
+}
+
+/// `x5t#S256` of a PEM certificate: base64url(SHA-256 of its DER).
+fn thumbprint(pem: &Path) -> String {
+    URL_SAFE_NO_PAD.encode(der_sha256(pem))
 }
 
 /// A GET over TLS to `port` with `token`, presenting `cert` (or none); status and body.
@@ -630,20 +635,17 @@ fn the_filter_authenticates_to_the_sts_by_its_clusters_client_certificate() {
     let call = sts.calls().pop().expect("an STS call");
     assert_eq!(call.field("client_id"), Some("edge"));
     assert!(call.field("client_secret").is_none() && call.field("client_assertion").is_none());
+    assert!(
+        call.header("authorization").is_none(),
+        "nothing secret in the call"
+    );
     let xfcc = call
         .header("x-forwarded-client-cert")
         .unwrap_or_default()
         .to_string();
-    let der_hash = {
-        let text = std::fs::read_to_string(dir.0.join("client1.pem")).unwrap();
-        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-        use base64::engine::general_purpose::STANDARD;
-        let digest = Sha256::digest(STANDARD.decode(b64).unwrap());
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let der_hash: String = (der_sha256(&dir.0.join("client1.pem")).iter())
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert!(
         xfcc.contains(&format!("Hash={der_hash}")),
         "the STS saw no client certificate: {xfcc}"
