@@ -19,7 +19,8 @@ import time
 import urllib.request
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv/bin/envoy"))
@@ -52,17 +53,68 @@ def b64url(data: bytes) -> str:
 
 
 def rs256_material():
-    """An RSA key, its JWKS and an RS256 token valid for an hour."""
+    """An RSA key, its JWKS, an RS256 token valid for an hour, and one bound to a DPoP key
+    (`cnf.jkt`) with that key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pub = key.public_key().public_numbers()
     n = pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")
     jwk = {"kty": "RSA", "kid": "bench", "alg": "RS256", "n": b64url(n), "e": b64url(pub.e.to_bytes(3, "big"))}
     header = b64url(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
-    claims = {"iss": ISSUER, "sub": "bench-user", "aud": "api://bench", "exp": int(time.time()) + 3600,
-              "scope": "openid bench:read", "tenant": "acme"}
-    payload = b64url(json.dumps(claims).encode())
-    sig = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return {"keys": [jwk]}, f"{header}.{payload}.{b64url(sig)}"
+
+    def sign(extra):
+        claims = {"iss": ISSUER, "sub": "bench-user", "aud": "api://bench", "exp": int(time.time()) + 3600,
+                  "scope": "openid bench:read", "tenant": "acme", **extra}
+        payload = b64url(json.dumps(claims).encode())
+        sig = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{payload}.{b64url(sig)}"
+
+    bound = {}
+    for alg in ("ES256", "EdDSA"):
+        client = DpopClient(alg)
+        bound[alg] = (sign({"cnf": {"jkt": client.jkt}}), client)
+    return {"keys": [jwk]}, sign({}), bound
+
+
+class DpopClient:
+    """A client's DPoP key (ES256: P-256, EdDSA: Ed25519), signing fresh proofs (RFC 9449) for GET
+    of the front's `/`."""
+
+    def __init__(self, alg):
+        self.alg = alg
+        if alg == "ES256":
+            self.key = ec.generate_private_key(ec.SECP256R1())
+            nums = self.key.public_key().public_numbers()
+            self.jwk = {"crv": "P-256", "kty": "EC", "x": b64url(nums.x.to_bytes(32, "big")),
+                        "y": b64url(nums.y.to_bytes(32, "big"))}
+        else:
+            self.key = ed25519.Ed25519PrivateKey.generate()
+            self.jwk = {"crv": "Ed25519", "kty": "OKP", "x": b64url(self.key.public_key().public_bytes_raw())}
+        canonical = json.dumps(self.jwk, separators=(",", ":"), sort_keys=True).encode()
+        self.jkt = b64url(hashes_sha256(canonical))
+
+    def proofs(self, token, count):
+        """`count` proofs for `token`, each with its own `jti`, issued now."""
+        header = b64url(json.dumps({"typ": "dpop+jwt", "alg": self.alg, "jwk": self.jwk}).encode())
+        ath = b64url(hashes_sha256(token.encode()))
+        now, out = int(time.time()), []
+        for i in range(count):
+            claims = {"jti": f"{now}-{i}", "htm": "GET", "htu": f"http://127.0.0.1:{FRONT}/", "iat": now, "ath": ath}
+            signing = f"{header}.{b64url(json.dumps(claims).encode())}"
+            out.append(f"{signing}.{b64url(self.sign(signing.encode()))}")
+        return out
+
+
+    def sign(self, data):
+        if self.alg == "EdDSA":
+            return self.key.sign(data)
+        r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def hashes_sha256(data):
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
 
 
 def addr(port):
@@ -256,13 +308,44 @@ end
 """
 
 
+# Each request a proof of its own, from a file of fresh ones: each wrk thread reads its share.
+DPOP_PROOFS = """
+local proofs, n, threads, token = {}, 0, 0, "%s"
+function setup(thread) threads = threads + 1; thread:set("id", threads) end
+function init(args)
+  local i = 0
+  for line in io.lines("%s") do
+    i = i + 1
+    if i %% %d == id - 1 then proofs[#proofs + 1] = line end
+  end
+end
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, { ["authorization"] = "DPoP " .. token, ["dpop"] = proofs[(n - 1) %% #proofs + 1] })
+end
+"""
+
+
+def dpop_script(token, client, count=80000, threads=2):
+    """A wrk script sending `token` with a fresh proof per request."""
+    path = os.path.join(TMP, "proofs.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(client.proofs(token, count)) + "\n")
+    return DPOP_PROOFS % (token, path, threads)
+
+
 def measure(name, filters, token, route_disables=None):
     envoy = Envoy(name, front_config(filters, route_disables=route_disables), FRONT_ADMIN)
     try:
-        auth = ["-H", f"authorization: Bearer {token}"]
-        wrk(auth, duration=1)  # warm-up: first exchange, JIT, connections
+        if isinstance(token, tuple):  # a DPoP-bound token and its client: fresh proofs
+            bound, client = token
+            wrk([], dpop_script(bound, client, 20000), duration=1)
+            args, script = [], dpop_script(bound, client)
+        else:
+            args, script = ["-H", f"authorization: Bearer {token}"], None
+            wrk(args, duration=1)  # warm-up: first exchange, JIT, connections
         cpu0 = envoy.cpu_s()
-        r = wrk(auth)
+        r = wrk(args, script)
         r["cpu_us"] = (envoy.cpu_s() - cpu0) * 1e6 / max(r["total"], 1)
         r["rss"] = envoy.rss_mb()
         if r["errors"]:
@@ -273,12 +356,14 @@ def measure(name, filters, token, route_disables=None):
 
 
 def main():
-    jwks, rs_token = rs256_material()
+    jwks, rs_token, dpop_bound = rs256_material()
     issuers = {"trusted_issuers": [{"issuer": ISSUER, "algorithms": ["RS256"], "audiences": ["api://bench"], "jwks": jwks}]}
     # A two-condition policy and two claim headers, against the same hit without them.
     authorizer = dict(issuers, require=[{"scopes": ["bench:read"], "claims": {"tenant": ["acme"]}}],
                       output={"claims_to_headers": [{"claim": "sub", "header": "x-user"},
                                                     {"claim": "tenant", "header": "x-tenant"}]})
+    # Room for every proof of the rounds' DPoP runs inside the iat window.
+    dpop = dict(issuers, dpop={"replay_entries": 1048576})
     only = os.environ.get("BENCH_ONLY")
     configs = [
         ("plain Envoy", [], "opaque-bench-token"),
@@ -292,6 +377,10 @@ def main():
         ("token-exchange, route disabled in Envoy", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
         ("token-exchange, cache hit", [wasm_filter(filter_config("sts_ok"))], "opaque-bench-token"),
         ("token-exchange + trusted issuers, hit", [wasm_filter(filter_config("sts_ok", issuers))], rs_token),
+        ("token-exchange + trusted issuers, DPoP-bound token, hit (ES256 proofs)",
+         [wasm_filter(filter_config("sts_ok", dpop))], dpop_bound["ES256"]),
+        ("token-exchange + trusted issuers, DPoP-bound token, hit (EdDSA proofs)",
+         [wasm_filter(filter_config("sts_ok", dpop))], dpop_bound["EdDSA"]),
         ("token-exchange + trusted issuers, policy + claim headers, hit",
          [wasm_filter(filter_config("sts_ok", authorizer))], rs_token),
         ("token-exchange + introspection, cache hit, introspected token",
@@ -366,7 +455,11 @@ def print_table(results):
              ("token-exchange + trusted issuers, hit", "reference: minimal hit module, RS256 token", None),
              ("token-exchange + trusted issuers, policy + claim headers, hit",
               "token-exchange + trusted issuers, hit", 1.05),
-             ("token-exchange + introspection, cache hit, introspected token", "token-exchange, cache hit", 1.05)]
+             ("token-exchange + introspection, cache hit, introspected token", "token-exchange, cache hit", 1.05),
+             ("token-exchange + trusted issuers, DPoP-bound token, hit (ES256 proofs)",
+              "token-exchange + trusted issuers, hit", None),
+             ("token-exchange + trusted issuers, DPoP-bound token, hit (EdDSA proofs)",
+              "token-exchange + trusted issuers, hit", None)]
     for ours, ref, goal in goals:
         if ours in results and ref in results:
             ratio = best(results[ours], "cpu_us") / best(results[ref], "cpu_us")
