@@ -68,6 +68,9 @@ pub enum Metric {
     DpopVerified,
     /// DPoP proofs refused: missing, malformed, replayed, for another request, key or token.
     DpopRejected,
+    /// Verified tokens refused for the user's authentication alone (a `require` alternative's
+    /// `acr` or `max_age_s`): RFC 9470's step-up challenge.
+    StepUpRequired,
     /// Tokens refused for their binding: a DPoP-bound token as `Bearer`, a certificate-bound
     /// token without its certificate, an unbound token where DPoP is required.
     BoundTokenRejected,
@@ -81,7 +84,7 @@ pub enum Metric {
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 27] = [
+const PLAIN: [(Metric, &str); 28] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -121,6 +124,7 @@ const PLAIN: [(Metric, &str); 27] = [
         Metric::BoundTokenRejected,
         "token_exchange.bound_token_rejected",
     ),
+    (Metric::StepUpRequired, "token_exchange.step_up_required"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

@@ -9,10 +9,10 @@ use crate::host::{Host, LogLevel};
 use crate::introspection::Failure;
 use crate::jwt_error::JwtError;
 use crate::metrics::Metric;
-use crate::policy::Facts;
+use crate::policy::StepUp;
 use crate::reply::{LocalReply, Schemes};
 use crate::sts::StsFailure;
-use crate::token;
+use crate::token::{self, Verified};
 use crate::verdict::{HeaderOp, Verdict};
 
 /// The verdicts of one configuration.
@@ -44,8 +44,7 @@ impl Outcomes {
     pub fn new(config: &Config) -> Self {
         let out = &config.output;
         let subject_header = config.subject_token.header.clone();
-        // A DPoP proof is for the filter alone (RFC 9449): it never reaches the upstream.
-        let mut strip = vec![HeaderOp::Remove(DPOP_HEADER.to_string())];
+        let mut strip = Vec::new();
         if out.header != subject_header {
             strip.push(HeaderOp::Remove(out.header.clone()));
         }
@@ -71,7 +70,9 @@ impl Outcomes {
         let mut pass = strip.clone();
         pass.extend(claim_headers.iter().map(|h| HeaderOp::Remove(h.clone())));
         pass.extend(aliases.iter().cloned());
-        let mut strip_all = vec![HeaderOp::Remove(subject_header.clone())];
+        // A request let through without its token loses its DPoP proof too.
+        let dpop = HeaderOp::Remove(DPOP_HEADER.to_string());
+        let mut strip_all = vec![HeaderOp::Remove(subject_header.clone()), dpop];
         strip_all.extend(pass.iter().cloned());
         Outcomes {
             realm: config.realm.clone(),
@@ -95,10 +96,17 @@ impl Outcomes {
     }
 
     /// The request goes on with the minted token in the output header, and the claim headers
-    /// from the subject's verified `facts`.
-    pub fn success(&self, minted: &str, subject: &str, facts: Option<&Facts>) -> Verdict {
+    /// from the subject's `verified` facts. A token bound to a key came with the DPoP scheme:
+    /// its proof is for the filter alone (RFC 9449) and never reaches the upstream. (A stray
+    /// `DPoP` header on a bearer request is passed as any header: its proof names a token the
+    /// upstream never sees, and removing it would cost every bearer request a host call.)
+    pub fn success(&self, minted: &str, subject: &str, verified: Option<&Verified>) -> Verdict {
         let claims = self.claim_headers.len() + self.aliases.len();
-        let mut ops = Vec::with_capacity(self.strip.len() + claims + 3);
+        let mut ops = Vec::with_capacity(self.strip.len() + claims + 4);
+        if verified.is_some_and(|v| v.binding.jkt().is_some()) {
+            ops.push(HeaderOp::Remove(DPOP_HEADER.to_string()));
+        }
+        let facts = verified.map(|v| &v.facts);
         // Setting the output header replaces every copy of it; the subject header needs its
         // own removal only when it is another header.
         if self.output_header != self.subject_header {
@@ -123,9 +131,9 @@ impl Outcomes {
     }
 
     /// A verified token of an `action: forward` issuer goes on unchanged in the output header.
-    pub fn forward<H: Host>(&self, host: &H, subject: &str, facts: Option<&Facts>) -> Verdict {
+    pub fn forward<H: Host>(&self, host: &H, subject: &str, verified: &Verified) -> Verdict {
         host.metric(Metric::Forwarded, 1);
-        self.success(subject, subject, facts)
+        self.success(subject, subject, Some(verified))
     }
 
     /// A verified token that fails the route's `require` policy: 403 naming the scope of the
@@ -138,6 +146,15 @@ impl Outcomes {
             "the token does not meet this route's access policy",
             scope,
         ))
+    }
+
+    /// A verified token whose authentication is not strong or recent enough for the route:
+    /// RFC 9470's 401 naming what would do.
+    pub fn step_up<H: Host>(&self, host: &H, step: &StepUp) -> Verdict {
+        host.metric(Metric::StepUpRequired, 1);
+        host.metric(Metric::Rejected, 1);
+        let acr = step.acr_values.as_deref();
+        Verdict::Respond(LocalReply::step_up(&self.realm, acr, step.max_age))
     }
 
     /// A path whose readings fall under different route rules: 400, counted as rejected.
@@ -176,6 +193,10 @@ impl Outcomes {
                 Verdict::Continue(self.strip_all.clone())
             }
             StsFailure::Unavailable(why) => Verdict::Respond(LocalReply::unavailable(why)),
+            StsFailure::Interaction { code, claims } => {
+                host.metric(Metric::Rejected, 1);
+                Verdict::Respond(LocalReply::interaction(realm, code, claims.as_deref()))
+            }
         }
     }
 
@@ -185,10 +206,10 @@ impl Outcomes {
         host: &H,
         value: &Cached,
         subject: &str,
-        facts: Option<&Facts>,
+        verified: Option<&Verified>,
     ) -> Verdict {
         match value {
-            Cached::Token(minted) => self.success(minted, subject, facts),
+            Cached::Token(minted) => self.success(minted, subject, verified),
             Cached::Rejected(r) => self.failure(host, &StsFailure::from(r.clone())),
         }
     }
@@ -202,7 +223,8 @@ impl Outcomes {
         failure: &StsFailure,
         waiting: usize,
     ) -> Verdict {
-        if failure.rejection().is_none() {
+        let asks_the_user = matches!(failure, StsFailure::Interaction { .. });
+        if failure.rejection().is_none() && !asks_the_user {
             host.metric(Metric::StsErrors, 1);
             host.log(
                 LogLevel::Warn,

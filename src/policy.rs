@@ -18,11 +18,21 @@ pub type Claims = Map<String, Value>;
 pub struct Facts {
     /// Bit `i`: policy `i` holds.
     holds: u64,
+    /// Policies that hold only while the user's authentication is recent enough (`max_age_s`):
+    /// each with the last second it holds (`auth_time` + the most lenient `max_age_s`).
+    timed: Option<Arc<[(u8, u64)]>>,
     /// The claim headers' values, in the configuration's order (`None`: not written).
     values: Option<Arc<[Option<Box<str>>]>>,
 }
 
 impl Facts {
+    /// Whether policy `policy` holds at `now_s` (seconds).
+    fn allows(&self, policy: usize, now_s: u64) -> bool {
+        let bit = policy < 64 && self.holds & (1 << policy) != 0;
+        bit || (self.timed.iter().flat_map(|t| t.iter()))
+            .any(|(p, last)| usize::from(*p) == policy && now_s <= *last)
+    }
+
     /// The value of claim header `i`, if the token gives one that may be written.
     pub fn header_value(&self, i: usize) -> Option<&str> {
         self.values.as_ref()?.get(i)?.as_deref()
@@ -30,7 +40,8 @@ impl Facts {
 
     /// About the bytes the claim headers' values hold.
     pub fn bytes(&self) -> usize {
-        self.values.as_ref().map_or(0, |v| {
+        let timed = self.timed.as_ref().map_or(0, |t| t.len() * 16);
+        timed + self.values.as_ref().map_or(0, |v| {
             v.iter()
                 .map(|s| {
                     s.as_ref().map_or(0, |s| s.len()) + std::mem::size_of::<Option<Box<str>>>()
@@ -81,11 +92,24 @@ impl Rules {
     /// [`log_unwritable`]).
     pub fn facts(&self, claims: &Claims, unwritable: &mut dyn FnMut(&str)) -> Facts {
         let mut holds = 0u64;
+        let mut timed = Vec::new();
+        let auth_time = claims.get("auth_time").and_then(Value::as_u64);
         for (i, p) in self.policies.iter().enumerate().take(64) {
-            if p.is_empty() || p.iter().any(|r| meets(claims, r)) {
+            let met = p.iter().filter(|r| meets(claims, r) && acr_meets(claims, r));
+            let mut last = None;
+            for r in met {
+                match r.max_age_s {
+                    None => holds |= 1 << i,
+                    Some(max) => last = last.max(auth_time.map(|t| t.saturating_add(max))),
+                }
+            }
+            if p.is_empty() {
                 holds |= 1 << i;
+            } else if let Some(last) = last.filter(|_| holds & (1 << i) == 0) {
+                timed.push((u8::try_from(i).unwrap_or(u8::MAX), last));
             }
         }
+        let timed = (!timed.is_empty()).then(|| timed.into());
         let values = (!self.headers.is_empty()).then(|| {
             self.headers
                 .iter()
@@ -98,16 +122,42 @@ impl Rules {
                 })
                 .collect()
         });
-        Facts { holds, values }
+        Facts {
+            holds,
+            timed,
+            values,
+        }
     }
 
-    /// Policy `policy` holds for a token with these facts (no policy always holds).
-    pub fn permits(&self, policy: usize, facts: Option<&Facts>) -> bool {
+    /// Policy `policy` holds at `now_s` for a token with these facts (no policy always holds).
+    pub fn permits(&self, policy: usize, facts: Option<&Facts>, now_s: u64) -> bool {
         match self.policies.get(policy) {
             None => true,
             Some(p) if p.is_empty() => true,
-            Some(_) => facts.is_some_and(|f| policy < 64 && f.holds & (1 << policy) != 0),
+            Some(_) => facts.is_some_and(|f| f.allows(policy, now_s)),
         }
+    }
+
+    /// Whether some alternative of `policy` asks for `acr` or `max_age_s`.
+    pub fn may_step_up(&self, policy: usize) -> bool {
+        self.policies
+            .get(policy)
+            .is_some_and(|p| p.iter().any(Requirement::steps_up))
+    }
+
+    /// For claims that fail `policy`: the first alternative that fails only on the user's
+    /// authentication (its `acr` or `max_age_s`; its scopes and claims hold), as RFC 9470's
+    /// challenge names it: `acr_values` and `max_age`, each when the alternative asks for it.
+    pub fn step_up(&self, policy: usize, claims: &Claims) -> Option<StepUp> {
+        let r = self
+            .policies
+            .get(policy)?
+            .iter()
+            .find(|r| r.steps_up() && meets(claims, r))?;
+        Some(StepUp {
+            acr_values: (!r.acr.is_empty()).then(|| r.acr.join(" ")),
+            max_age: r.max_age_s,
+        })
     }
 
     /// The `scope` a refusal by `policy` names: the first alternative's scopes, if it lists any.
@@ -131,6 +181,10 @@ impl Rules {
                     format!("claim {} missing", c.name)
                 }
                 (None, Some(c)) => format!("claim {} has no accepted value", c.name),
+                (None, None) if !acr_meets(claims, r) => "acr not accepted".to_string(),
+                (None, None) if r.max_age_s.is_some() => {
+                    "authentication too old or without auth_time".to_string()
+                }
                 (None, None) => "holds".to_string(),
             };
             parts.push(format!("[{i}] {why}"));
@@ -144,7 +198,26 @@ impl Rules {
     }
 }
 
-/// Every condition of `r` holds.
+/// What a step-up challenge asks for (RFC 9470 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// `acr_values`: the accepted `acr` values, space-separated.
+    pub acr_values: Option<String>,
+    /// `max_age`: seconds since the user's authentication.
+    pub max_age: Option<u64>,
+}
+
+/// The token's `acr` is one `r` accepts (any, when it names none).
+fn acr_meets(claims: &Claims, r: &Requirement) -> bool {
+    r.acr.is_empty()
+        || claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .is_some_and(|a| r.acr.iter().any(|w| w == a))
+}
+
+/// Its scopes and claims hold (the user's authentication is judged apart: [`acr_meets`] and
+/// `max_age_s`).
 fn meets(claims: &Claims, r: &Requirement) -> bool {
     r.scopes.iter().all(|s| has_scope(claims, s)) && r.claims.iter().all(|c| claim_meets(claims, c))
 }
@@ -255,6 +328,11 @@ mod tests {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    acr: r["acr"]
+                        .as_array()
+                        .map(|a| a.iter().map(|s| s.as_str().unwrap().into()).collect())
+                        .unwrap_or_default(),
+                    max_age_s: r["max_age_s"].as_u64(),
                 })
                 .collect()
         };
@@ -279,7 +357,41 @@ mod tests {
 
     fn holds(r: &Rules, policy: usize, c: Value) -> bool {
         let f = r.facts(&claims(c), &mut |_| {});
-        r.permits(policy, Some(&f))
+        r.permits(policy, Some(&f), NOW)
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn acr_and_max_age_judge_the_users_authentication_at_the_moment_of_the_request() {
+        let r = rules(
+            json!([[{"scopes": ["pay"], "acr": ["phr", "phrh"], "max_age_s": 300}, {"scopes": ["admin"]}]]),
+            json!([]),
+        );
+        let c = |acr: &str, auth_time: u64| {
+            claims(json!({"scope": "pay", "acr": acr, "auth_time": auth_time}))
+        };
+        let f = r.facts(&c("phr", NOW - 100), &mut |_| {});
+        assert!(r.permits(0, Some(&f), NOW));
+        assert!(r.permits(0, Some(&f), NOW + 200), "the last second it holds");
+        assert!(!r.permits(0, Some(&f), NOW + 201), "the same facts, later: too old");
+        let step = StepUp {
+            acr_values: Some("phr phrh".into()),
+            max_age: Some(300),
+        };
+        assert_eq!(r.step_up(0, &c("phr", NOW - 400)), Some(step.clone()));
+        let weak = r.facts(&c("pwd", NOW), &mut |_| {});
+        assert!(!r.permits(0, Some(&weak), NOW));
+        assert_eq!(r.step_up(0, &c("pwd", NOW)), Some(step));
+        // Without auth_time a max_age never holds; without the scope it is no step-up.
+        let none = claims(json!({"scope": "pay", "acr": "phr"}));
+        assert!(!r.permits(0, Some(&r.facts(&none, &mut |_| {})), NOW));
+        assert_eq!(r.step_up(0, &claims(json!({"scope": "read", "acr": "pwd"}))), None);
+        // Another alternative that holds outright needs no time.
+        let admin = r.facts(&claims(json!({"scope": "admin"})), &mut |_| {});
+        assert!(r.permits(0, Some(&admin), u64::MAX));
+        assert!(r.may_step_up(0) && !r.may_step_up(1));
+        assert!(r.reason(0, &c("pwd", NOW)).contains("acr not accepted"));
     }
 
     #[test]
@@ -377,8 +489,8 @@ mod tests {
             "both of one must hold"
         );
         assert!(holds(&r, 1, json!({})));
-        assert!(r.permits(1, None) && r.permits(9, None));
-        assert!(!r.permits(0, None), "a policy needs facts");
+        assert!(r.permits(1, None, NOW) && r.permits(9, None, NOW));
+        assert!(!r.permits(0, None, NOW), "a policy needs facts");
         assert_eq!(r.challenge_scope(0).as_deref(), Some("a"));
         assert_eq!(r.challenge_scope(1), None);
     }

@@ -77,6 +77,40 @@ impl LocalReply {
         }
     }
 
+    /// 401 when the token service asks the user to act first: its error code, or Entra's
+    /// claims challenge (`insufficient_claims` with the base64 `claims`). The service's own
+    /// description is never echoed.
+    pub fn interaction(realm: &str, code: &str, claims: Option<&str>) -> Self {
+        let description = "the user must act at the identity provider before this request";
+        let challenge = match claims {
+            Some(c) => format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_claims\", error_description=\"{description}\", claims=\"{c}\""
+            ),
+            None => format!(
+                "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\""
+            ),
+        };
+        let error = if claims.is_some() { "insufficient_claims" } else { code };
+        Self::new(401, error, description).with("www-authenticate", challenge)
+    }
+
+    /// 401 for a verified token whose authentication is not strong or fresh enough for the
+    /// route (RFC 9470 §3): the `acr_values` and `max_age` that would do, each when asked for.
+    pub fn step_up(realm: &str, acr_values: Option<&str>, max_age: Option<u64>) -> Self {
+        let description = "a stronger or more recent authentication is required";
+        let mut challenge = format!(
+            "Bearer realm=\"{realm}\", error=\"insufficient_user_authentication\", error_description=\"{description}\""
+        );
+        if let Some(a) = acr_values {
+            challenge.push_str(&format!(", acr_values=\"{a}\""));
+        }
+        if let Some(m) = max_age {
+            challenge.push_str(&format!(", max_age={m}"));
+        }
+        Self::new(401, "insufficient_user_authentication", description)
+            .with("www-authenticate", challenge)
+    }
+
     /// 401 for a request without a token on a route that takes DPoP-bound tokens only.
     pub fn missing_dpop_token(realm: &str, algs: &str) -> Self {
         Self::new(401, "unauthorized", "a DPoP-bound token is required").with(
@@ -159,10 +193,10 @@ impl LocalReply {
         Self::new(405, "invalid_request", "only GET is answered here").with("allow", "GET".into())
     }
 
-    /// A 401's challenge names the resource's metadata (RFC 9728 §5.1); other answers are
-    /// left as they are.
+    /// A 401's or 403's challenge names the resource's metadata (RFC 9728 §5.1; MCP clients
+    /// step up their scopes from it); other answers are left as they are.
     pub fn advertise(&mut self, metadata_url: &str) {
-        if self.status != 401 {
+        if self.status != 401 && self.status != 403 {
             return;
         }
         for (name, value) in &mut self.headers {

@@ -31,6 +31,16 @@ pub enum StsFailure {
     BadAnswer(&'static str),
     /// The STS could not be used: unreachable, timed out, 5xx, 429: 503.
     Unavailable(&'static str),
+    /// The user must act at the identity provider first (`interaction_required`,
+    /// `consent_required`, `login_required`, `account_selection_required`): 401 with that code,
+    /// or with the claims challenge the STS sent (standard base64 of its JSON). Never
+    /// remembered: the user can act and retry at once.
+    Interaction {
+        /// The OAuth error code.
+        code: &'static str,
+        /// The claims challenge, base64 of its JSON.
+        claims: Option<String>,
+    },
 }
 
 impl StsFailure {
@@ -62,6 +72,11 @@ impl std::fmt::Display for StsFailure {
                 write!(f, "the token service's answer is unusable: {why}")
             }
             StsFailure::Unavailable(why) => f.write_str(why),
+            StsFailure::Interaction { code, claims } => write!(
+                f,
+                "the token service asks the user to act first ({code}{})",
+                if claims.is_some() { ", with a claims challenge" } else { "" }
+            ),
         }
     }
 }
@@ -214,6 +229,10 @@ struct TokenResponse {
 #[derive(Deserialize)]
 struct ErrorResponse {
     error: String,
+    /// A claims challenge (OpenID Connect Core §5.5's request, as Microsoft Entra sends it with
+    /// `interaction_required`): a JSON object, or one written as a JSON string.
+    #[serde(default)]
+    claims: Option<serde_json::Value>,
 }
 
 /// What an answer must say about the issued token type.
@@ -292,6 +311,30 @@ fn seconds(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
+/// The error codes that ask the user to act (OpenID Connect Core §3.1.2.6).
+const INTERACTION_CODES: [&str; 4] = [
+    "interaction_required",
+    "consent_required",
+    "login_required",
+    "account_selection_required",
+];
+
+/// The longest claims challenge passed on (its JSON text).
+const MAX_CLAIMS_BYTES: usize = 4096;
+
+/// A claims challenge as the client gets it: standard base64 of a JSON object's text (a JSON
+/// string is read as the text of one); `None` for anything else, or one over 4 KiB.
+fn claims_challenge(v: &serde_json::Value) -> Option<String> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let object = match v {
+        serde_json::Value::String(text) => serde_json::from_str::<serde_json::Value>(text).ok()?,
+        other => other.clone(),
+    };
+    let text = object.is_object().then(|| object.to_string())?;
+    (text.len() <= MAX_CLAIMS_BYTES).then(|| STANDARD.encode(text))
+}
+
 /// A token that can be written into a header as is: visible ASCII, no spaces.
 fn is_header_safe(t: &str) -> bool {
     !t.is_empty() && t.len() <= 16 * 1024 && t.bytes().all(|b| (0x21..0x7f).contains(&b))
@@ -307,6 +350,15 @@ fn parse_error(body: &[u8]) -> StsFailure {
             StsFailure::Forbidden(e.error)
         }
         "invalid_client" => StsFailure::InvalidClient,
+        "interaction_required" | "consent_required" | "login_required"
+        | "account_selection_required" => StsFailure::Interaction {
+            code: INTERACTION_CODES
+                .iter()
+                .find(|c| **c == e.error)
+                .copied()
+                .unwrap_or("interaction_required"),
+            claims: e.claims.as_ref().and_then(claims_challenge),
+        },
         "temporarily_unavailable" | "server_error" => {
             StsFailure::Unavailable("token service unavailable")
         }

@@ -22,7 +22,7 @@ pub(super) fn validate_dpop(raw: Option<RawDpop>) -> Result<DpopConfig, ConfigEr
         }
         Some(names) => names
             .iter()
-            .map(|n| proof_algorithm(n))
+            .map(|n| asymmetric_algorithm(n, "dpop.algorithms", "DPoP proofs"))
             .collect::<Result<_, _>>()?,
     };
     let mut origins = Vec::new();
@@ -73,14 +73,18 @@ pub(super) fn bound_tokens(v: Option<&str>, key: &str) -> Result<bool, ConfigErr
     }
 }
 
-/// One algorithm of `dpop.algorithms`: asymmetric only (RFC 9449 §4.2: never `none`, never a
-/// MAC).
-fn proof_algorithm(name: &str) -> Result<JwsAlg, ConfigError> {
+/// A JWS algorithm named under `key` for `what` (subject tokens, DPoP proofs): asymmetric
+/// only, never `none` nor a MAC (RFC 8725 §3.1, RFC 9449 §4.2).
+pub(super) fn asymmetric_algorithm(
+    name: &str,
+    key: &str,
+    what: &str,
+) -> Result<JwsAlg, ConfigError> {
     JwsAlg::from_name(name).ok_or_else(|| {
         let why =
             if name.eq_ignore_ascii_case("none") || name.to_ascii_uppercase().starts_with("HS") {
                 format!(
-                    "{} is never accepted for DPoP proofs (they are signed with a public key)",
+                    "{} is never accepted for {what}",
                     shown(name, &["none", "HS256", "HS384", "HS512"])
                 )
             } else {
@@ -89,7 +93,7 @@ fn proof_algorithm(name: &str) -> Result<JwsAlg, ConfigError> {
                     shown(name, &JwsAlg::NAMES)
                 )
             };
-        ConfigError::new("dpop.algorithms", why)
+        ConfigError::new(key, why)
     })
 }
 

@@ -139,6 +139,17 @@ pub struct Requirement {
     pub scopes: Vec<String>,
     /// Claims whose value (or an element of it) must equal one of the listed strings.
     pub claims: Vec<ClaimRule>,
+    /// The token's `acr` must be one of these (none: any).
+    pub acr: Vec<String>,
+    /// The token's `auth_time` must be at most this many seconds ago.
+    pub max_age_s: Option<u64>,
+}
+
+impl Requirement {
+    /// It asks for a strength or freshness of the user's authentication (RFC 9470).
+    pub fn steps_up(&self) -> bool {
+        !self.acr.is_empty() || self.max_age_s.is_some()
+    }
 }
 
 /// A claim condition of a [`Requirement`].

@@ -37,13 +37,27 @@ pub(super) fn validate_policy(raw: Vec<RawRequirement>, key: &str) -> Result<Pol
             }
             claims.push(ClaimRule { name, values });
         }
-        if scopes.is_empty() && claims.is_empty() {
+        let acr = r.acr.map(OneOrMany::into_vec).unwrap_or_default();
+        for a in &acr {
+            no_space_or_control(a, &format!("{key}.acr"))?;
+            non_empty(a, &format!("{key}.acr"))?;
+        }
+        let max_age_s = match r.max_age_s {
+            None => None,
+            Some(w) => Some(whole(Some(w), 0, 0..=31_536_000, format!("{key}.max_age_s"))?),
+        };
+        if scopes.is_empty() && claims.is_empty() && acr.is_empty() && max_age_s.is_none() {
             return Err(ConfigError::new(
                 key,
-                "must list scopes or claims (an empty alternative would allow every token)",
+                "must list scopes, claims, acr or max_age_s (an empty alternative would allow every token)",
             ));
         }
-        policy.push(Requirement { scopes, claims });
+        policy.push(Requirement {
+            scopes,
+            claims,
+            acr,
+            max_age_s,
+        });
     }
     Ok(policy)
 }

@@ -392,6 +392,8 @@ pub(super) struct RawDpop {
 #[serde(deny_unknown_fields, remote = "Self")]
 pub(super) struct RawRequirement {
     pub(super) scopes: Option<Vec<String>>,
+    pub(super) acr: Option<OneOrMany>,
+    pub(super) max_age_s: Option<Whole>,
     #[serde(default, deserialize_with = "unique_or_none")]
     pub(super) claims: Option<BTreeMap<String, OneOrMany>>,
 }

@@ -3,7 +3,7 @@
 
 use super::ciba::validate_ciba;
 use super::credentials::{validate_server, Credentials};
-use super::dpop::{bound_tokens, route_required, validate_dpop};
+use super::dpop::{asymmetric_algorithm, bound_tokens, route_required, validate_dpop};
 use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::introspection::{default_introspect, introspecting, validate_introspection};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
@@ -333,23 +333,8 @@ fn validate_issuer(
     }
     let mut algorithms = Vec::with_capacity(names.len());
     for name in &names {
-        let alg = JwsAlg::from_name(name).ok_or_else(|| {
-            let why = if name.eq_ignore_ascii_case("none")
-                || name.to_ascii_uppercase().starts_with("HS")
-            {
-                format!(
-                    "{} is never accepted for subject tokens",
-                    shown(name, &["none", "HS256", "HS384", "HS512"])
-                )
-            } else {
-                format!(
-                    "{} is not supported; use RS256/384/512, PS256/384/512, ES256 or EdDSA",
-                    shown(name, &JwsAlg::NAMES)
-                )
-            };
-            ConfigError::new(format!("{key}.algorithms"), why)
-        })?;
-        algorithms.push(alg);
+        let k = format!("{key}.algorithms");
+        algorithms.push(asymmetric_algorithm(name, &k, "subject tokens")?);
     }
     let leeway_s = whole(r.leeway_s, 30, 0..=300, format!("{key}.leeway_s"))?;
     let keys = match (r.jwks, r.jwks_uri, r.discovery) {

@@ -69,9 +69,9 @@ impl Exchanges {
             return Ok(self.hot_memo_hit(s, host, at, (ctx, profile), subject, hit));
         }
         let answer = (&hit.value, Some(served(hit)));
-        let facts = hit.verified.as_ref().map(|v| &v.facts);
+        let verified = hit.verified.as_ref();
         let freshness = &mut self.freshness;
-        Ok(s.serve(freshness, host, &[ctx], answer, (subject.token(), facts)))
+        Ok(s.serve(freshness, host, &[ctx], answer, (subject.token(), verified)))
     }
 
     /// The shared cache under `key`, then one STS call per key (joined by concurrent misses).
@@ -95,15 +95,9 @@ impl Exchanges {
                 key,
                 expires_at_ms: expires_at,
             };
-            let facts = req.facts();
             let answer = (&hit, Some(entry));
-            let verdict = s.serve(
-                &mut self.freshness,
-                host,
-                &[ctx],
-                answer,
-                (req.token(), facts),
-            );
+            let subject = (req.token(), req.verified.as_ref());
+            let verdict = s.serve(&mut self.freshness, host, &[ctx], answer, subject);
             if matches!(hit, Cached::Token(_)) && self.freshness.due(expires_at, now) {
                 self.refresh_ahead(s, host, at, req, entry);
             }

@@ -172,14 +172,14 @@ impl Exchanges {
                     host.log(LogLevel::Debug, &msg);
                 }
                 let token = Cached::Token(minted.access_token);
-                let facts = x.verified.as_ref().map(|v| &v.facts);
+                let verified = x.verified.as_ref();
                 let answer = (&token, kept);
                 s.serve(
                     &mut self.freshness,
                     host,
                     waiters,
                     answer,
-                    (&x.subject, facts),
+                    (&x.subject, verified),
                 )
             }
             Err(failure) => {
@@ -245,7 +245,7 @@ impl Exchanges {
                 let mut out = Vec::with_capacity(requests.len());
                 for r in requests {
                     let answer = (&token, kept);
-                    let subject = (r.token(), r.facts());
+                    let subject = (r.token(), r.verified.as_ref());
                     let v = s.serve(&mut self.freshness, host, &[r.ctx], answer, subject);
                     out.push((r.ctx, v));
                 }
@@ -275,7 +275,7 @@ impl Exchanges {
                                 key,
                                 expires_at_ms: *until,
                             };
-                            let subject = (r.token(), r.facts());
+                            let subject = (r.token(), r.verified.as_ref());
                             let answer = (hit, Some(served));
                             s.serve(&mut self.freshness, host, &[r.ctx], answer, subject)
                         }

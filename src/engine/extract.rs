@@ -51,7 +51,7 @@ where
         if dpop_only && why == NoToken::Missing {
             return s.outcomes.missing_dpop_token(host, algs);
         }
-        let open = s.rules.permits(s.client.profiles[profile].policy, None);
+        let open = s.rules.permits(s.client.profiles[profile].policy, None, 0);
         s.outcomes.no_token(host, ctx, why, open)
     })?;
     let actor = match s.client.profiles[profile].actor_header() {

@@ -151,9 +151,12 @@ impl Engine {
         if c.actor.is_some() || c.dpop.is_some() || dpop_only {
             return Err(c);
         }
-        let keys = &self.trust.keys;
-        let holds = |v: &Verified| keys.still_valid(v, at.now) && !v.binding.is_bound();
-        let s = &self.setup;
+        let (keys, s) = (&self.trust.keys, &self.setup);
+        let policy = s.client.profiles[c.profile].policy;
+        let holds = |v: &Verified| {
+            let fresh = s.rules.permits(policy, Some(&v.facts), at.now / 1000);
+            fresh && keys.still_valid(v, at.now) && !v.binding.is_bound()
+        };
         let hit = (self.exchange).memo_hit(s, host, at, (ctx, c.profile), c.subject, &holds);
         hit.map_err(|subject| Credentials { subject, ..c })
     }

@@ -61,9 +61,9 @@ impl Exchanges {
         hit: &Remembered,
         subject: &str,
     ) -> Verdict {
-        let facts = hit.verified.as_ref().map(|v| &v.facts);
         let answer = (&hit.value, Some(served(hit)));
-        s.serve(&mut self.freshness, host, &[ctx], answer, (subject, facts))
+        let verified = hit.verified.as_ref();
+        s.serve(&mut self.freshness, host, &[ctx], answer, (subject, verified))
     }
 
     /// Starts the refresh of `entry`, the hot entry (of a minted token) `req` was served,

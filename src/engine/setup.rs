@@ -9,7 +9,8 @@ use crate::freshness::{Freshness, Served};
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
-use crate::policy::{Facts, Rules};
+use crate::policy::Rules;
+use crate::token::Verified;
 use crate::route::Routes;
 use crate::verdict::Verdict;
 
@@ -70,13 +71,13 @@ impl Setup {
         host: &H,
         ctxs: &[u32],
         (value, entry): (&Cached, Option<Served>),
-        (subject, facts): (&str, Option<&Facts>),
+        (subject, verified): (&str, Option<&Verified>),
     ) -> Verdict {
         if let Some(entry) = entry {
             for ctx in ctxs {
                 freshness.served(*ctx, value, entry);
             }
         }
-        self.outcomes.cached(host, value, subject, facts)
+        self.outcomes.cached(host, value, subject, verified)
     }
 }

@@ -34,10 +34,10 @@ fn hot_tokens_are_served_from_the_worker_memo_until_expiry() {
     let v = e.on_request(&h, 2, &[("authorization", "Bearer hot")][..]);
     assert_eq!(
         v,
-        Verdict::Continue(vec![
-            dpop_gone(),
-            HeaderOp::Set("authorization".into(), "Bearer m".into())
-        ])
+        Verdict::Continue(vec![HeaderOp::Set(
+            "authorization".into(),
+            "Bearer m".into()
+        )])
     );
     h.advance_ms(60_000);
     assert_eq!(
@@ -71,7 +71,6 @@ fn the_callers_token_never_survives_a_success() {
         ops,
         &vec![
             HeaderOp::Remove("authorization".into()),
-            dpop_gone(),
             HeaderOp::Remove("x-exchanged".into()),
             HeaderOp::Remove("x-orig".into()),
             HeaderOp::Set("x-exchanged".into(), "minted".into()),
@@ -171,7 +170,7 @@ fn missing_token_is_rejected_or_passed_on_by_policy() {
     let mut e = engine(json!({"on_missing_token":"allow"}));
     assert_eq!(
         e.on_request(&h, 1, &[(":path", "/")][..]),
-        Verdict::Continue(vec![dpop_gone()])
+        Verdict::Continue(vec![])
     );
     assert!(h.calls.borrow().is_empty());
 }
@@ -345,7 +344,7 @@ fn routes_pick_audiences_and_bypass() {
         1,
         &[(":path", "/healthz"), ("authorization", "Bearer t")][..],
     );
-    assert_eq!(health, Verdict::Continue(vec![dpop_gone()]));
+    assert_eq!(health, Verdict::Continue(vec![]));
     assert_eq!(h.metric_value(Metric::Bypassed), 1);
     let req = [
         (":path", "/o"),
@@ -397,7 +396,7 @@ fn bypass_matches_only_the_path_the_server_will_serve() {
     ] {
         assert_eq!(
             ask(path),
-            Verdict::Continue(vec![dpop_gone()]),
+            Verdict::Continue(vec![]),
             "{path} is bypassed"
         );
     }

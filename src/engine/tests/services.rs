@@ -328,12 +328,18 @@ fn the_metadata_is_answered_and_every_401_names_it() {
         challenge(&out[0].1)
     );
     assert!(challenge(&out[0].1).contains("error=\"invalid_token\""));
-    // A 403 or 503 names no metadata.
+    // A 403 names it too (MCP clients step their scopes up from it); a 503 names none.
     let req = [origin[0], origin[1], ("authorization", "Bearer other")];
     e.on_request(&h, 4, &req[..]);
     let out = e.on_http_answer(&h, None, h.last_call(), &err(400, "invalid_scope"));
     assert_eq!(status(&out[0].1), 403);
-    assert!(!challenge(&out[0].1).contains("resource_metadata"));
+    assert!(challenge(&out[0].1).ends_with(&format!(", {url}")));
+    let req = [origin[0], origin[1], ("authorization", "Bearer down")];
+    e.on_request(&h, 6, &req[..]);
+    let out = e.on_http_answer(&h, None, h.last_call(), &no_answer());
+    assert_eq!(status(&out[0].1), 503);
+    let Verdict::Respond(r) = &out[0].1 else { unreachable!() };
+    assert!(!r.headers.iter().any(|(_, v)| v.contains("resource_metadata")));
     // Without protected_resource, no challenge names one.
     let mut plain = engine(json!({}));
     assert_eq!(
@@ -370,7 +376,6 @@ fn a_transaction_token_goes_in_its_own_header_and_the_callers_token_is_gone() {
         ops,
         &vec![
             HeaderOp::Remove("authorization".into()),
-            dpop_gone(),
             HeaderOp::Remove("txn-token".into()),
             HeaderOp::Set("txn-token".into(), "txn.jwt.sig".into()),
         ]
