@@ -41,13 +41,14 @@ impl Facts {
     /// About the bytes the claim headers' values hold.
     pub fn bytes(&self) -> usize {
         let timed = self.timed.as_ref().map_or(0, |t| t.len() * 16);
-        timed + self.values.as_ref().map_or(0, |v| {
-            v.iter()
-                .map(|s| {
-                    s.as_ref().map_or(0, |s| s.len()) + std::mem::size_of::<Option<Box<str>>>()
-                })
-                .sum()
-        })
+        timed
+            + self.values.as_ref().map_or(0, |v| {
+                v.iter()
+                    .map(|s| {
+                        s.as_ref().map_or(0, |s| s.len()) + std::mem::size_of::<Option<Box<str>>>()
+                    })
+                    .sum()
+            })
     }
 }
 
@@ -95,7 +96,9 @@ impl Rules {
         let mut timed = Vec::new();
         let auth_time = claims.get("auth_time").and_then(Value::as_u64);
         for (i, p) in self.policies.iter().enumerate().take(64) {
-            let met = p.iter().filter(|r| meets(claims, r) && acr_meets(claims, r));
+            let met = p
+                .iter()
+                .filter(|r| meets(claims, r) && acr_meets(claims, r));
             let mut last = None;
             for r in met {
                 match r.max_age_s {
@@ -373,8 +376,14 @@ mod tests {
         };
         let f = r.facts(&c("phr", NOW - 100), &mut |_| {});
         assert!(r.permits(0, Some(&f), NOW));
-        assert!(r.permits(0, Some(&f), NOW + 200), "the last second it holds");
-        assert!(!r.permits(0, Some(&f), NOW + 201), "the same facts, later: too old");
+        assert!(
+            r.permits(0, Some(&f), NOW + 200),
+            "the last second it holds"
+        );
+        assert!(
+            !r.permits(0, Some(&f), NOW + 201),
+            "the same facts, later: too old"
+        );
         let step = StepUp {
             acr_values: Some("phr phrh".into()),
             max_age: Some(300),
@@ -386,7 +395,10 @@ mod tests {
         // Without auth_time a max_age never holds; without the scope it is no step-up.
         let none = claims(json!({"scope": "pay", "acr": "phr"}));
         assert!(!r.permits(0, Some(&r.facts(&none, &mut |_| {})), NOW));
-        assert_eq!(r.step_up(0, &claims(json!({"scope": "read", "acr": "pwd"}))), None);
+        assert_eq!(
+            r.step_up(0, &claims(json!({"scope": "read", "acr": "pwd"}))),
+            None
+        );
         // Another alternative that holds outright needs no time.
         let admin = r.facts(&claims(json!({"scope": "admin"})), &mut |_| {});
         assert!(r.permits(0, Some(&admin), u64::MAX));

@@ -90,7 +90,11 @@ impl LocalReply {
                 "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\""
             ),
         };
-        let error = if claims.is_some() { "insufficient_claims" } else { code };
+        let error = if claims.is_some() {
+            "insufficient_claims"
+        } else {
+            code
+        };
         Self::new(401, error, description).with("www-authenticate", challenge)
     }
 

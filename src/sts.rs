@@ -75,7 +75,11 @@ impl std::fmt::Display for StsFailure {
             StsFailure::Interaction { code, claims } => write!(
                 f,
                 "the token service asks the user to act first ({code}{})",
-                if claims.is_some() { ", with a claims challenge" } else { "" }
+                if claims.is_some() {
+                    ", with a claims challenge"
+                } else {
+                    ""
+                }
             ),
         }
     }
@@ -350,7 +354,9 @@ fn parse_error(body: &[u8]) -> StsFailure {
             StsFailure::Forbidden(e.error)
         }
         "invalid_client" => StsFailure::InvalidClient,
-        "interaction_required" | "consent_required" | "login_required"
+        "interaction_required"
+        | "consent_required"
+        | "login_required"
         | "account_selection_required" => StsFailure::Interaction {
             code: INTERACTION_CODES
                 .iter()
@@ -440,6 +446,64 @@ mod tests {
                 parse_answer(&answer(200, body), IssuedType::Required(Some(asked))),
                 Err(StsFailure::BadAnswer("issued_token_type missing")),
                 "asked for {asked}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_sts_that_asks_the_user_to_act_is_a_401_with_its_code_or_its_claims_challenge() {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine as _;
+        for code in INTERACTION_CODES {
+            let body = format!(r#"{{"error":"{code}","error_description":"AADSTS50079: enroll"}}"#);
+            let got = parse_answer(&answer(400, &body), IssuedType::Required(None));
+            assert_eq!(got, Err(StsFailure::Interaction { code, claims: None }));
+            assert_eq!(got.unwrap_err().rejection(), None, "never remembered");
+        }
+        // Entra: `claims` as a JSON string, beside its own members.
+        let challenge = r#"{"access_token":{"capolids":{"essential":true,"values":["c1"]}}}"#;
+        let body = serde_json::json!({"error": "interaction_required", "error_description": "AADSTS50079: x",
+            "error_codes": [50079], "suberror": "basic_action", "claims": challenge}).to_string();
+        let Err(StsFailure::Interaction {
+            code,
+            claims: Some(b64),
+        }) = parse_answer(&answer(400, &body), IssuedType::Required(None))
+        else {
+            panic!("no claims challenge")
+        };
+        assert_eq!(code, "interaction_required");
+        let decoded: serde_json::Value =
+            serde_json::from_slice(&STANDARD.decode(b64).unwrap()).unwrap();
+        assert_eq!(
+            decoded,
+            serde_json::from_str::<serde_json::Value>(challenge).unwrap()
+        );
+        // An object works too; anything that is not one, or a huge one, is left out.
+        let object = serde_json::json!({"error": "login_required", "claims": {"id_token": {"acr": {"essential": true}}}});
+        assert!(matches!(
+            parse_answer(
+                &answer(400, &object.to_string()),
+                IssuedType::Required(None)
+            ),
+            Err(StsFailure::Interaction {
+                claims: Some(_),
+                ..
+            })
+        ));
+        let huge = "x".repeat(5000);
+        for claims in [
+            serde_json::json!("not json"),
+            serde_json::json!([1]),
+            serde_json::json!({ "a": huge }),
+        ] {
+            let body =
+                serde_json::json!({"error": "interaction_required", "claims": claims}).to_string();
+            assert_eq!(
+                parse_answer(&answer(400, &body), IssuedType::Required(None)),
+                Err(StsFailure::Interaction {
+                    code: "interaction_required",
+                    claims: None
+                })
             );
         }
     }

@@ -1,6 +1,8 @@
 //! Any JWT payload judged against policies and claim headers: no panic, a header value never
 //! holds a line break or other control character but tab nor white space at an end, a list
-//! claim's value reads back as exactly its elements, and the reason agrees with the verdict.
+//! claim's value reads back as exactly its elements, the reason agrees with the verdict, and a
+//! step-up (RFC 9470) is offered only for a token that fails a policy on its `acr` or
+//! `auth_time` alone, never one the policy lets through or one without the alternative's scopes.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -19,12 +21,18 @@ const CONFIG: &str = r#"{
     { "scopes": ["a", "b:c"], "claims": { "tenant": ["acme", "1", "true"] } },
     { "claims": { "realm_access.roles": ["admin"], "a.b.c": ["x"] } }
   ],
-  "routes": [{ "match": { "path_prefix": "/p" }, "require": [{ "scopes": ["s"] }] }],
+  "routes": [
+    { "match": { "path_prefix": "/p" }, "require": [{ "scopes": ["s"] }] },
+    { "match": { "path_prefix": "/pay" }, "require": [
+      { "scopes": ["pay"], "acr": ["phr", "phrh"], "max_age_s": 300 }, { "acr": "mfa" } ] }
+  ],
   "output": { "claims_to_headers": [
     { "claim": "sub", "header": "x-sub" }, { "claim": "groups", "header": "x-groups" },
     { "claim": "a.b", "header": "x-ab" }, { "claim": "n", "header": "x-n" }
   ] }
 }"#;
+
+const NOW: u64 = 1_800_000_000;
 
 fn rules() -> &'static Rules {
     static RULES: OnceLock<Rules> = OnceLock::new();
@@ -50,8 +58,24 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(read.len(), list.len(), "{v:?} from {list:?}");
     }
     for policy in 0..2 {
-        let permits = rules().permits(policy, Some(&facts));
+        let permits = rules().permits(policy, Some(&facts), NOW);
         let why = rules().reason(policy, &claims);
         assert_eq!(permits, why.contains("] holds"), "{why}");
+    }
+    // The step-up policy, at a moment chosen by the input.
+    let now = NOW + u64::from(data.first().copied().unwrap_or(0)) * 10;
+    let permits = rules().permits(2, Some(&facts), now);
+    if let Some(step) = rules().step_up(2, &claims) {
+        if !permits {
+            let has_pay = matches!(claims.get("scope"), Some(serde_json::Value::String(s)) if s.split(' ').any(|t| t == "pay"))
+                || matches!(claims.get("scope"), Some(serde_json::Value::Array(a)) if a.iter().any(|t| t == "pay"))
+                || claims.get("scp").is_some();
+            assert!(has_pay || step.acr_values.as_deref() == Some("mfa"), "a step-up without the scopes");
+        }
+    }
+    if permits {
+        let acr = claims.get("acr").and_then(|a| a.as_str());
+        let fresh = claims.get("auth_time").and_then(|t| t.as_u64()).is_some_and(|t| t.saturating_add(300) >= now);
+        assert!(acr == Some("mfa") || (matches!(acr, Some("phr" | "phrh")) && fresh), "let through: {acr:?}");
     }
 });

@@ -44,7 +44,12 @@ pub(super) fn validate_policy(raw: Vec<RawRequirement>, key: &str) -> Result<Pol
         }
         let max_age_s = match r.max_age_s {
             None => None,
-            Some(w) => Some(whole(Some(w), 0, 0..=31_536_000, format!("{key}.max_age_s"))?),
+            Some(w) => Some(whole(
+                Some(w),
+                0,
+                0..=31_536_000,
+                format!("{key}.max_age_s"),
+            )?),
         };
         if scopes.is_empty() && claims.is_empty() && acr.is_empty() && max_age_s.is_none() {
             return Err(ConfigError::new(

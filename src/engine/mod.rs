@@ -152,11 +152,8 @@ impl Engine {
             return Err(c);
         }
         let (keys, s) = (&self.trust.keys, &self.setup);
-        let policy = s.client.profiles[c.profile].policy;
-        let holds = |v: &Verified| {
-            let fresh = s.rules.permits(policy, Some(&v.facts), at.now / 1000);
-            fresh && keys.still_valid(v, at.now) && !v.binding.is_bound()
-        };
+        let holds =
+            |v: &Verified| s.memo_may_serve(c.profile, v, at.now) && keys.still_valid(v, at.now);
         let hit = (self.exchange).memo_hit(s, host, at, (ctx, c.profile), c.subject, &holds);
         hit.map_err(|subject| Credentials { subject, ..c })
     }

@@ -63,7 +63,13 @@ impl Exchanges {
     ) -> Verdict {
         let answer = (&hit.value, Some(served(hit)));
         let verified = hit.verified.as_ref();
-        s.serve(&mut self.freshness, host, &[ctx], answer, (subject, verified))
+        s.serve(
+            &mut self.freshness,
+            host,
+            &[ctx],
+            answer,
+            (subject, verified),
+        )
     }
 
     /// Starts the refresh of `entry`, the hot entry (of a minted token) `req` was served,

@@ -10,8 +10,8 @@ use crate::host::Host;
 use crate::metrics::Metric;
 use crate::outcomes::Outcomes;
 use crate::policy::Rules;
-use crate::token::Verified;
 use crate::route::Routes;
+use crate::token::Verified;
 use crate::verdict::Verdict;
 
 /// The compiled configuration of one worker, read by every stage.
@@ -59,6 +59,14 @@ impl Setup {
         if !sent {
             host.metric(Metric::ServiceErrors(n), 1);
         }
+    }
+
+    /// Whether the worker memo may still answer on `profile` for a token verified as `v`, at
+    /// `now_ms`: it is bound to nothing (a bound token is checked on every request), and the
+    /// profile's policy still holds (a `max_age_s` ends as time passes).
+    pub(super) fn memo_may_serve(&self, profile: usize, v: &Verified, now_ms: u64) -> bool {
+        let policy = self.client.profiles[profile].policy;
+        !v.binding.is_bound() && self.rules.permits(policy, Some(&v.facts), now_ms / 1000)
     }
 
     /// Hands the requests `ctxs` the answer `value` (a token, or a remembered rejection) of the

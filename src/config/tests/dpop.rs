@@ -4,18 +4,8 @@
 
 use serde_json::json;
 
-use super::{config_with, minimal, with};
+use super::{config_with, minimal, one_trusted_issuer, refused};
 use crate::config::*;
-
-fn refused(extra: serde_json::Value) -> ConfigError {
-    let text = with(extra).to_string();
-    Config::parse(text.as_bytes(), &|_| None).expect_err("must be refused")
-}
-
-fn trusted() -> serde_json::Value {
-    json!([{ "issuer": "https://idp", "algorithms": ["RS256"],
-             "jwks": { "keys": [{ "kty": "RSA", "n": "sXch", "e": "AQAB", "kid": "k" }] } }])
-}
 
 #[test]
 fn dpop_is_accepted_with_the_documented_defaults_when_not_written() {
@@ -37,7 +27,7 @@ fn dpop_is_accepted_with_the_documented_defaults_when_not_written() {
 #[test]
 fn a_route_may_require_dpop_and_takes_the_default_otherwise() {
     let c = config_with(json!({
-        "trusted_issuers": trusted(),
+        "trusted_issuers": one_trusted_issuer(),
         "dpop": { "required": true, "origins": ["HTTPS://API.example:8443"] },
         "routes": [
             { "match": { "path_prefix": "/public" }, "dpop": { "required": false } },
@@ -64,7 +54,7 @@ fn proofs_are_never_none_or_a_mac_and_a_route_sets_only_required() {
         refused(json!({ "dpop": { "algorithms": [] } })).key,
         "dpop.algorithms"
     );
-    let e = refused(json!({ "trusted_issuers": trusted(),
+    let e = refused(json!({ "trusted_issuers": one_trusted_issuer(),
         "routes": [{ "match": { "path_prefix": "/a" }, "dpop": { "required": true, "max_age_s": 5 } }] }));
     assert_eq!(e.key, "routes[0].dpop.max_age_s");
     let e = refused(
@@ -100,7 +90,7 @@ fn dpop_required_needs_a_trusted_issuer_and_bound_tokens_is_enforce_or_ignore() 
     let e = refused(json!({
         "routes": [{ "match": { "path_prefix": "/a" }, "dpop": { "required": true } }] }));
     assert_eq!(e.key, "dpop.required");
-    let mut issuers = trusted();
+    let mut issuers = one_trusted_issuer();
     issuers[0]["bound_tokens"] = "ignor".into();
     let e = refused(json!({ "trusted_issuers": issuers }));
     assert_eq!(e.key, "trusted_issuers[0].bound_tokens");

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 mod dpop;
 mod refusals;
+mod step_up;
 mod wording;
 
 fn no_env(_: &str) -> Option<String> {
@@ -102,6 +103,18 @@ pub(crate) fn with(extra: Value) -> Value {
 /// compile one (it must be valid).
 pub(crate) fn config_with(extra: Value) -> Config {
     Config::parse(with(extra).to_string().as_bytes(), &no_env).expect("a valid configuration")
+}
+
+/// The refusal of [`with`]`(extra)`.
+pub(super) fn refused(extra: Value) -> ConfigError {
+    let text = with(extra).to_string();
+    Config::parse(text.as_bytes(), &no_env).expect_err("must be refused")
+}
+
+/// `trusted_issuers` with one issuer and an inline key.
+pub(super) fn one_trusted_issuer() -> Value {
+    json!([{ "issuer": "https://idp", "algorithms": ["RS256"],
+             "jwks": { "keys": [{ "kty": "RSA", "n": "sXch", "e": "AQAB", "kid": "k" }] } }])
 }
 
 fn err_key(doc: impl Doc) -> String {

@@ -75,7 +75,8 @@ fn first() -> Value {
         "routes": [
             {"match": {"authority": "orders.example", "path_prefix": "/orders", "methods": ["GET"]},
                 "exchange": {"scope": "orders:write"}, "introspect": "https://opaque",
-                "require": [{"scopes": ["orders:write"], "claims": {"tenant": ["acme"]}}]},
+                "require": [{"scopes": ["orders:write"], "claims": {"tenant": ["acme"]}},
+                    {"scopes": ["orders:admin"], "acr": ["phr", "phrh"], "max_age_s": 300}]},
             {"match": {"path_prefix": "/healthz"}, "bypass": true},
             {"match": {"path_prefix": "/pay"}, "dpop": {"required": true}}
         ],
@@ -306,6 +307,7 @@ fn every_wrong_type_of_every_key_is_refused_in_the_contract_words() {
         "origins",
         "replay_entries",
         "bound_tokens",
+        "acr",
     ] {
         assert!(names.contains(key), "no document holds {key}");
     }

@@ -394,11 +394,7 @@ fn bypass_matches_only_the_path_the_server_will_serve() {
         "/healthz/./a",
         "/%68ealthz",
     ] {
-        assert_eq!(
-            ask(path),
-            Verdict::Continue(vec![]),
-            "{path} is bypassed"
-        );
+        assert_eq!(ask(path), Verdict::Continue(vec![]), "{path} is bypassed");
     }
     for path in [
         "/healthz/../admin",

@@ -81,11 +81,7 @@ fn an_authority_bypass_never_matches_a_host_envoy_routes_elsewhere() {
         ]
     };
     let v = e.on_request(&h, 1, &at("Public.Example.COM")[..]);
-    assert_eq!(
-        v,
-        Verdict::Continue(vec![]),
-        "case alone still matches"
-    );
+    assert_eq!(v, Verdict::Continue(vec![]), "case alone still matches");
     for (ctx, other) in [
         (2, "public.example.com:8443"),
         (3, "public.example.com."),

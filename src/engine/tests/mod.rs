@@ -22,6 +22,7 @@ mod introspection;
 mod issuers;
 mod policy;
 mod services;
+mod step_up;
 
 pub(super) const NOW: u64 = 1_700_000_000_000;
 const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";

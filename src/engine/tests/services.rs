@@ -338,8 +338,13 @@ fn the_metadata_is_answered_and_every_401_names_it() {
     e.on_request(&h, 6, &req[..]);
     let out = e.on_http_answer(&h, None, h.last_call(), &no_answer());
     assert_eq!(status(&out[0].1), 503);
-    let Verdict::Respond(r) = &out[0].1 else { unreachable!() };
-    assert!(!r.headers.iter().any(|(_, v)| v.contains("resource_metadata")));
+    let Verdict::Respond(r) = &out[0].1 else {
+        unreachable!()
+    };
+    assert!(!r
+        .headers
+        .iter()
+        .any(|(_, v)| v.contains("resource_metadata")));
     // Without protected_resource, no challenge names one.
     let mut plain = engine(json!({}));
     assert_eq!(
