@@ -2,7 +2,7 @@
 //! copy, the configured scheme) and, for a delegation with a header actor, the actor token.
 
 use crate::config::SubjectTokenConfig;
-use crate::host::{RequestHeaders, Unusable};
+use crate::host::{HttpCall, RequestHeaders, Unusable};
 use crate::token::{extract, Extracted};
 
 /// Why a request has no usable subject token.
@@ -135,6 +135,45 @@ fn joined_with_scheme(value: &str, prefix: &str) -> bool {
         && value
             .split(',')
             .any(|part| !matches!(extract(Some(part), prefix, usize::MAX), Extracted::Missing))
+}
+
+/// The trace context a request carries (W3C `traceparent`/`tracestate`, Envoy's
+/// `x-request-id`, B3 single and multi headers), passed on to the calls made for it so that the
+/// token service's spans join the caller's trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext(Option<Box<[(String, String)]>>);
+
+/// The headers of a trace context.
+pub const TRACE_HEADERS: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// The longest trace header value passed on (W3C's `tracestate` is at most 512 bytes).
+const MAX_TRACE_VALUE: usize = 512;
+
+impl TraceContext {
+    /// The trace context of `req`, in one read of its headers.
+    pub fn of<R: RequestHeaders + ?Sized>(req: &R) -> TraceContext {
+        let found: Vec<(String, String)> = (req.headers_among(&TRACE_HEADERS).into_iter())
+            .filter(|(_, v)| v.len() <= MAX_TRACE_VALUE && !v.chars().any(char::is_control))
+            .collect();
+        TraceContext((!found.is_empty()).then(|| found.into()))
+    }
+
+    /// `call` with these headers added (a call made for the request).
+    pub fn on(&self, mut call: HttpCall) -> HttpCall {
+        call.headers
+            .extend(self.0.iter().flat_map(|h| h.iter().cloned()));
+        call
+    }
 }
 
 /// Reads a header actor token: exactly one copy of `header`, a well-formed token of at most

@@ -365,6 +365,13 @@ impl RequestHeaders for HostHeaders {
         host::single_of(pairs, name)
     }
 
+    fn headers_among(&self, names: &[&str]) -> Vec<(String, String)> {
+        let Ok(bytes) = abi::header_pairs(abi::REQUEST_HEADERS) else {
+            return Vec::new();
+        };
+        host::parse_map(&bytes).map_or_else(Vec::new, |pairs| host::among(pairs, names))
+    }
+
     fn peer_certificate_digest(&self) -> Option<String> {
         let path = ["connection", "sha256_peer_certificate_digest"];
         let bytes = abi::property(&path).ok().flatten()?;

@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 
 use crate::cache::CacheKey;
+use crate::caller::TraceContext;
 use crate::token::Verified;
 
 /// What an STS call is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
     /// A token exchange; every waiter gets its token.
-    Exchange(Exchange),
+    Exchange(Box<Exchange>),
     /// The filter's own client-credentials call for actor `actor`; each waiter then goes on with
     /// its own exchange.
     Actor {
@@ -52,6 +53,8 @@ pub struct Exchange {
     /// A refresh ahead: started by a hit, it replaces a live entry; its failure leaves that
     /// entry as it was.
     pub refresh: bool,
+    /// The trace context of the request it was made for (none for a refresh ahead).
+    pub trace: TraceContext,
 }
 
 /// A chain's first hop, done: what the second hop is sent, and how long its answer may live.

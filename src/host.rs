@@ -89,6 +89,28 @@ pub trait RequestHeaders {
     /// The SHA-256 digest of the downstream connection's client certificate, hex (Envoy's
     /// `connection.sha256_peer_certificate_digest`); `None` without one.
     fn peer_certificate_digest(&self) -> Option<String>;
+    /// The first value of each header among `names` the request has, as text, in one read.
+    fn headers_among(&self, names: &[&str]) -> Vec<(String, String)>;
+}
+
+/// The headers among `names` in `pairs` (name, value bytes): the first copy of each, text only.
+pub fn among<'a>(
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    names: &[&str],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (n, v) in pairs {
+        let Some(name) = names.iter().find(|w| n.eq_ignore_ascii_case(w.as_bytes())) else {
+            continue;
+        };
+        if out.iter().any(|(o, _)| o == name) {
+            continue;
+        }
+        if let Ok(value) = text(v.to_vec()) {
+            out.push((name.to_string(), value));
+        }
+    }
+    out
 }
 
 /// Where a test request's headers hold its connection's client certificate digest.
@@ -293,6 +315,12 @@ mod fake {
         fn peer_certificate_digest(&self) -> Option<String> {
             self.header(super::TEST_PEER_DIGEST)
         }
+        fn headers_among(&self, names: &[&str]) -> Vec<(String, String)> {
+            among(
+                self.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                names,
+            )
+        }
     }
 
     /// A request whose header values are raw bytes, as a client may send them.
@@ -313,6 +341,9 @@ mod fake {
         }
         fn peer_certificate_digest(&self) -> Option<String> {
             None
+        }
+        fn headers_among(&self, names: &[&str]) -> Vec<(String, String)> {
+            among(self.0.iter().map(|(n, v)| (n.as_bytes(), *v)), names)
         }
     }
 }

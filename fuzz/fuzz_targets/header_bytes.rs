@@ -27,6 +27,9 @@ impl RequestHeaders for Bytes<'_> {
     fn peer_certificate_digest(&self) -> Option<String> {
         None
     }
+    fn headers_among(&self, names: &[&str]) -> Vec<(String, String)> {
+        token_exchange_wasm::host::among(self.0.iter().copied(), names)
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -40,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(pairs) = parse_map(data) {
         let _ = caller::subject(&Bytes(pairs.clone()), &rules("authorization"));
         let _ = caller::dpop_request(&Bytes(pairs.clone()));
+        let _ = caller::TraceContext::of(&Bytes(pairs.clone()));
         let _ = caller::subject(&Bytes(pairs), &rules("x-token"));
     }
     // The bytes as one header value.

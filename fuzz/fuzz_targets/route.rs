@@ -26,6 +26,9 @@ impl RequestHeaders for OnePath<'_> {
     fn peer_certificate_digest(&self) -> Option<String> {
         None
     }
+    fn headers_among(&self, _: &[&str]) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The most lenient server: decodes everything, then resolves.

@@ -2,6 +2,7 @@
 //! do, the calls the table wants sent, and what became of a consent.
 
 use crate::cache::CacheKey;
+use crate::caller::TraceContext;
 use crate::sts::{Minted, StsFailure};
 
 /// A request waiting for a consent.
@@ -72,6 +73,8 @@ pub struct Asking {
     pub subject_exp: Option<u64>,
     /// The `login_hint` (or hint token) the backchannel request sends.
     pub hint: String,
+    /// The request's trace context, for the backchannel request made for it.
+    pub trace: TraceContext,
 }
 
 /// A call a consent wants the engine to send from the root.
@@ -94,6 +97,8 @@ pub enum Want {
         hint: String,
         /// The `client_notification_token`, in ping mode.
         notification_token: Option<String>,
+        /// The trace context of the request that asked.
+        trace: TraceContext,
     },
     /// A token request for the pending consent.
     Poll {

@@ -200,6 +200,7 @@ impl Consents {
             let outgoing = Want::Backchannel {
                 hint: a.hint.clone(),
                 notification_token: token,
+                trace: a.trace.clone(),
             };
             return Some(Phase::Asking {
                 outgoing: Some(outgoing),
@@ -547,6 +548,7 @@ mod tests {
             profile: 0,
             subject_exp: None,
             hint: "the-user".into(),
+            trace: Default::default(),
         }
     }
 

@@ -92,6 +92,7 @@ impl Consent {
             profile: req.profile,
             subject_exp: req.subject_exp(),
             hint,
+            trace: req.trace.clone(),
         };
         match self.consents.ask(host, asking, at.now) {
             Ask::Waiting => Next::Park(Wait::Consent(key)),
@@ -130,8 +131,10 @@ impl Consent {
                 Want::Backchannel {
                     hint,
                     notification_token,
+                    trace,
                 } => (
-                    p.ciba_request(endpoint, hint, notification_token.as_deref(), now / 1000),
+                    p.ciba_request(endpoint, hint, notification_token.as_deref(), now / 1000)
+                        .map(|r| r.map(|r| trace.on(r))),
                     Metric::CibaRequests,
                     "backchannel request",
                 ),

@@ -10,7 +10,7 @@ use super::setup::Setup;
 use super::UNAVAILABLE;
 use crate::actor::{self, Actors};
 use crate::cache::{CacheKey, Cached, SharedCache};
-use crate::caller::Subject;
+use crate::caller::{Subject, TraceContext};
 use crate::client::ActorSource;
 use crate::config::Config;
 use crate::endpoint::NoRandomness;
@@ -129,6 +129,7 @@ impl Exchanges {
         let p = &s.client.profiles[profile];
         let endpoint = s.client.endpoint(p.service);
         let request = p.request(endpoint, req.token(), x.actor_token.as_deref(), now / 1000);
+        let request = request.map(|r| x.trace.on(r));
         let call = match send((s, calls), host, (ctx, p.service), key, "STS call", request) {
             Ok(call) => call,
             Err(verdict) => return Next::Stop(verdict),
@@ -136,7 +137,7 @@ impl Exchanges {
         let what = format!("cache miss, STS call {call}");
         token::log_debug(host, ctx, req.token(), &what);
         self.flights
-            .start(key, call, at.carrier, ctx, Job::Exchange(x));
+            .start(key, call, at.carrier, ctx, Job::Exchange(Box::new(x)));
         Next::Park(Wait::Flight(key))
     }
 
@@ -157,6 +158,7 @@ impl Exchanges {
         }
         let a = &s.client.actors[actor];
         let request = a.request(s.client.endpoint(a.service), at.now / 1000);
+        let request = request.map(|r| req.trace.on(r));
         let to = (ctx, a.service);
         let call = match send((s, calls), host, to, key, "actor token call", request) {
             Ok(call) => call,
@@ -223,7 +225,7 @@ impl Exchanges {
                     let p = &s.client.profiles[x.profile];
                     let endpoint = s.client.endpoint(p.service);
                     let r = p.request(endpoint, &x.subject, actor.as_deref(), now / 1000);
-                    (r, p.service)
+                    (r.map(|r| x.trace.on(r)), p.service)
                 }
                 Job::Actor { actor } => {
                     let a = &s.client.actors[*actor];
@@ -278,6 +280,12 @@ pub(super) fn exchange_job(
         verified: req.verified.clone(),
         first_hop: None,
         refresh,
+        // A refresh ahead is the root's, made for no request.
+        trace: if refresh {
+            TraceContext::default()
+        } else {
+            req.trace.clone()
+        },
     }
 }
 

@@ -105,7 +105,7 @@ impl Exchanges {
             // A first hop's token too short-lived to keep still makes one chain answer.
             until_ms: until.unwrap_or(now),
         }));
-        let request = second_hop_request(s, &second, now);
+        let request = second_hop_request(s, &second, now).map(|r| second.trace.on(r));
         let sent = calls.send(host, Owner::Flight(key), "second hop", request);
         let service = p.then.as_ref().map_or(0, |t| t.service);
         s.count_service(host, service, sent.is_ok());
@@ -113,8 +113,13 @@ impl Exchanges {
             return Hop::Done(Err(UNAVAILABLE));
         };
         let waiting = std::mem::take(waiters);
-        self.flights
-            .relaunch(key, call, receiver, waiting, Job::Exchange(second));
+        self.flights.relaunch(
+            key,
+            call,
+            receiver,
+            waiting,
+            Job::Exchange(Box::new(second)),
+        );
         Hop::Sent
     }
 

@@ -22,6 +22,15 @@ pub(super) struct Credentials {
     pub(super) dpop: Option<Box<DpopRequest>>,
 }
 
+impl Credentials {
+    /// Whether the worker memo may answer for them: a plain bearer token, no header actor (the
+    /// memo keys on the token alone), on a route that takes bearer tokens.
+    pub(super) fn memo_may_answer(&self, s: &Setup) -> bool {
+        let dpop_only = s.config.exchanges[self.profile].dpop_required;
+        self.actor.is_none() && self.dpop.is_none() && !dpop_only
+    }
+}
+
 /// What request `ctx` brings: its exchange profile, subject token, header actor token and,
 /// with the DPoP scheme, its proof; `Err` is its verdict (a bypass, no token, a malformed one,
 /// a path that reads as two routes). `algs` names the proof algorithms in a challenge.

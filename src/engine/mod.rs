@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::caller::TraceContext;
 use crate::config::{Config, ConfigError};
 use crate::consent::ConsentEvent;
 use crate::flights::Job;
@@ -134,7 +135,7 @@ impl Engine {
             Err(c) => c,
         };
         let peer = (self.binding.reads_certificates()).then(|| req.peer_certificate_digest());
-        let req = Request::new(&self.setup, ctx, c, peer.flatten());
+        let req = Request::new(&self.setup, ctx, c, (peer.flatten(), TraceContext::of(req)));
         self.trust_stage(host, at, req, true)
     }
 
@@ -147,8 +148,7 @@ impl Engine {
         ctx: u32,
         c: Credentials,
     ) -> Result<Verdict, Credentials> {
-        let dpop_only = self.setup.config.exchanges[c.profile].dpop_required;
-        if c.actor.is_some() || c.dpop.is_some() || dpop_only {
+        if !c.memo_may_answer(&self.setup) {
             return Err(c);
         }
         let (keys, s) = (&self.trust.keys, &self.setup);
@@ -288,7 +288,7 @@ impl Engine {
         match landed.job {
             Job::Exchange(x) => {
                 let ctx = (&self.setup, &mut self.calls);
-                let flight = ((landed.key, x), landed.waiters);
+                let flight = ((landed.key, *x), landed.waiters);
                 let answered = self
                     .exchange
                     .answered(ctx, host, (receiver, call), flight, answer);

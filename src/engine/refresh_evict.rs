@@ -45,6 +45,7 @@ impl Exchanges {
                 verified: hit.verified.clone(),
                 dpop: None,
                 peer_certificate: None,
+                trace: Default::default(),
             };
             self.refresh_ahead(s, host, at, &req, served(&hit));
             return self.serve_hit(s, host, ctx, &hit, req.token());
@@ -102,7 +103,7 @@ impl Exchanges {
         if !self.freshness.claim(host, &key, at.now) {
             return;
         }
-        let job = Job::Exchange(exchange_job(s, req, actor, true));
+        let job = Job::Exchange(Box::new(exchange_job(s, req, actor, true)));
         self.flights.queue(key, job);
         token::log_debug(host, req.ctx, req.token(), "refresh ahead queued");
     }

@@ -4,7 +4,7 @@
 use super::extract::Credentials;
 use super::setup::Setup;
 use crate::cache::CacheKey;
-use crate::caller::{DpopRequest, Subject};
+use crate::caller::{DpopRequest, Subject, TraceContext};
 use crate::host::{Host, LogLevel};
 use crate::policy::Facts;
 use crate::token::{self, Verified};
@@ -30,6 +30,8 @@ pub(super) struct Request {
     /// The digest of the connection's client certificate (hex), read when an issuer's tokens
     /// may be bound to one.
     pub(super) peer_certificate: Option<String>,
+    /// Its trace context, for the calls made for it.
+    pub(super) trace: TraceContext,
 }
 
 impl Request {
@@ -39,7 +41,7 @@ impl Request {
         s: &Setup,
         ctx: u32,
         c: Credentials,
-        peer_certificate: Option<String>,
+        (peer_certificate, trace): (Option<String>, TraceContext),
     ) -> Request {
         let p = &s.client.profiles[c.profile];
         let canonical = token::canonical(c.subject.token());
@@ -53,6 +55,7 @@ impl Request {
             verified: None,
             dpop: c.dpop,
             peer_certificate,
+            trace,
         }
     }
 

@@ -147,7 +147,7 @@ impl Trust {
             return Next::Park(Wait::Introspection(ikey));
         }
         let request = match self.introspection.request(issuer, subject, at.now) {
-            Ok(request) => request,
+            Ok(request) => request.map(|r| req.trace.on(r)),
             Err(failure) => return Next::Stop(untrusted(s, host, req, failure)),
         };
         let what = format!("ctx={} introspection", req.ctx);

@@ -23,6 +23,7 @@ mod issuers;
 mod policy;
 mod services;
 mod step_up;
+mod trace;
 
 pub(super) const NOW: u64 = 1_700_000_000_000;
 const ATT: &str = "urn:ietf:params:oauth:token-type:access_token";
