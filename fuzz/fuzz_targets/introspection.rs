@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         keys: KeySource::None,
         forward: false,
         introspection: None,
+        enforce_binding: true,
     };
     if let Ok(active) = judge(&answer, &issuer, NOW) {
         assert_eq!(status, Some(200));
