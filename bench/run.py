@@ -381,6 +381,9 @@ def main():
          [wasm_filter(filter_config("sts_ok", dpop))], dpop_bound["ES256"]),
         ("token-exchange + trusted issuers, DPoP-bound token, hit (EdDSA proofs)",
          [wasm_filter(filter_config("sts_ok", dpop))], dpop_bound["EdDSA"]),
+        ("token-exchange + trusted issuers, hit, every filter_state field",
+         [wasm_filter(filter_config("sts_ok", dict(issuers, output={"filter_state": [
+             "outcome", "error", "sub", "iss", "actor", "service", "sts_ms", "token_id"]})))], rs_token),
         ("token-exchange + trusted issuers, policy + claim headers, hit",
          [wasm_filter(filter_config("sts_ok", authorizer))], rs_token),
         ("token-exchange + introspection, cache hit, introspected token",
@@ -456,6 +459,8 @@ def print_table(results):
              ("token-exchange + trusted issuers, policy + claim headers, hit",
               "token-exchange + trusted issuers, hit", 1.05),
              ("token-exchange + introspection, cache hit, introspected token", "token-exchange, cache hit", 1.05),
+             ("token-exchange + trusted issuers, hit, every filter_state field",
+              "token-exchange + trusted issuers, hit", None),
              ("token-exchange + trusted issuers, DPoP-bound token, hit (ES256 proofs)",
               "token-exchange + trusted issuers, hit", None),
              ("token-exchange + trusted issuers, DPoP-bound token, hit (EdDSA proofs)",

@@ -78,6 +78,12 @@ extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -166,6 +172,13 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     let joined = path.join("\0");
     // SAFETY: pointers to live locals and into `joined`, for the call's duration.
     read(|d, s| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), d, s) })
+}
+
+/// Sets a property of the effective context: a one-segment `name` unknown to Envoy becomes
+/// the filter state object `wasm.<name>`.
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers into live buffers, for the call's duration.
+    done(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// A whole header map, serialized as the ABI does (see `host::parse_map`).

@@ -195,8 +195,14 @@ fn apply_ops(ops: &[HeaderOp]) {
         let _ = match op {
             HeaderOp::Set(name, value) => abi::set_header(abi::REQUEST_HEADERS, name, Some(value)),
             HeaderOp::Remove(name) => abi::set_header(abi::REQUEST_HEADERS, name, None),
+            HeaderOp::State(field, value) => set_state(field, value),
         };
     }
+}
+
+/// One field of the decision in the request's filter state (`wasm.token_exchange.<field>`).
+fn set_state(field: &str, value: &str) -> Result<(), abi::Status> {
+    abi::set_property(&format!("token_exchange.{field}"), value.as_bytes())
 }
 
 /// Every `WWW-Authenticate` value of the upstream's answer (bytes that are not text are read
@@ -214,6 +220,9 @@ fn response_challenges() -> Vec<String> {
 }
 
 fn respond(reply: &LocalReply) {
+    for (field, value) in &reply.state {
+        let _ = set_state(field, value);
+    }
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()

@@ -33,6 +33,7 @@ pub(crate) mod outcomes;
 pub mod path;
 pub mod policy;
 pub mod reply;
+pub(crate) mod report;
 pub mod resource;
 pub mod route;
 pub mod sts;

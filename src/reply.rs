@@ -21,10 +21,15 @@ pub struct LocalReply {
     pub headers: Vec<(String, String)>,
     /// JSON body `{"error": …, "error_description": …}`.
     pub body: String,
+    /// The `error` code of the body (empty for an answer that is not an error).
+    pub error: &'static str,
+    /// Fields of the decision left in the request's filter state before the answer goes out
+    /// (`output.filter_state`).
+    pub state: Vec<(&'static str, String)>,
 }
 
 impl LocalReply {
-    fn new(status: u32, error: &str, description: &str) -> Self {
+    fn new(status: u32, error: &'static str, description: &str) -> Self {
         let body = serde_json::json!({ "error": error, "error_description": description });
         LocalReply {
             status,
@@ -33,6 +38,8 @@ impl LocalReply {
                 ("cache-control".into(), "no-store".into()),
             ],
             body: body.to_string(),
+            error,
+            state: Vec::new(),
         }
     }
 
@@ -59,7 +66,12 @@ impl LocalReply {
     /// (`invalid_dpop_proof` or `invalid_token`) in the challenge of the scheme the request used
     /// (`DPoP` names the accepted `algs`), and the other scheme's bare challenge when the route
     /// takes both; a route that takes DPoP only challenges with `DPoP` alone.
-    pub fn unbound(realm: &str, error: &str, description: &str, schemes: Schemes<'_>) -> Self {
+    pub fn unbound(
+        realm: &str,
+        error: &'static str,
+        description: &str,
+        schemes: Schemes<'_>,
+    ) -> Self {
         let algs = schemes.algs;
         let dpop = format!("DPoP realm=\"{realm}\", algs=\"{algs}\"");
         let bearer = format!("Bearer realm=\"{realm}\"");
@@ -80,7 +92,7 @@ impl LocalReply {
     /// 401 when the token service asks the user to act first: its error code, or Entra's
     /// claims challenge (`insufficient_claims` with the base64 `claims`). The service's own
     /// description is never echoed.
-    pub fn interaction(realm: &str, code: &str, claims: Option<&str>) -> Self {
+    pub fn interaction(realm: &str, code: &'static str, claims: Option<&str>) -> Self {
         let description = "the user must act at the identity provider before this request";
         let challenge = match claims {
             Some(c) => format!(
@@ -177,6 +189,8 @@ impl LocalReply {
             status: if accepted { 204 } else { 401 },
             headers: vec![("cache-control".into(), "no-store".into())],
             body: String::new(),
+            error: "",
+            state: Vec::new(),
         }
     }
 
@@ -189,6 +203,8 @@ impl LocalReply {
                 ("cache-control".into(), "max-age=300".into()),
             ],
             body: document.to_string(),
+            error: "",
+            state: Vec::new(),
         }
     }
 

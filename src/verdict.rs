@@ -9,6 +9,10 @@ pub enum HeaderOp {
     Set(String, String),
     /// Remove every copy of the header.
     Remove(String),
+    /// Leave this field of the decision in the request's filter state, where Envoy's access
+    /// log, RBAC and rate limits read it as `wasm.token_exchange.<field>`
+    /// (`output.filter_state`).
+    State(&'static str, String),
 }
 
 /// The same verdict for each of these requests.

@@ -14,11 +14,13 @@ mod introspection;
 mod json_path;
 mod policy;
 mod raw;
+mod state;
 mod unique;
 mod validate;
 mod values;
 
 use raw::RawConfig;
+pub use state::StateField;
 
 /// The RFC 8693 token type URI of an OAuth access token, the default subject token type.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -118,6 +120,8 @@ pub struct OutputConfig {
     pub original_token_header: Option<String>,
     /// Verified claims written into request headers (client-sent copies always removed).
     pub claims_to_headers: Vec<ClaimHeader>,
+    /// The fields of each request's decision left in Envoy's filter state.
+    pub filter_state: Vec<StateField>,
 }
 
 /// A verified claim written into a request header.

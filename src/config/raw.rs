@@ -421,6 +421,7 @@ pub(super) struct RawOutput {
     pub(super) prefix: Option<String>,
     pub(super) original_token_header: Option<String>,
     pub(super) claims_to_headers: Option<Vec<RawClaimHeader>>,
+    pub(super) filter_state: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,6 +8,7 @@ use super::exchange::{validate_exchange, validate_match, ExchangeContext};
 use super::introspection::{default_introspect, introspecting, validate_introspection};
 use super::policy::{validate_claim_headers, validate_policy, MAX_POLICIES};
 use super::raw::*;
+use super::state::validate_filter_state;
 use super::values::*;
 use super::*;
 
@@ -466,6 +467,7 @@ fn validate_output(
         prefix,
         original_token_header,
         claims_to_headers: Vec::new(),
+        filter_state: validate_filter_state(o.filter_state.unwrap_or_default())?,
     })
 }
 

@@ -5,6 +5,7 @@
 //! consent. What an answer becomes is in `exchanged.rs`, refresh-ahead and eviction in `refresh_evict.rs`.
 
 use super::calls::{Calls, Owner};
+use super::extract::Credentials;
 use super::request::{At, Next, Request, Wait};
 use super::setup::Setup;
 use super::UNAVAILABLE;
@@ -21,6 +22,13 @@ use crate::memo::{Memo, Remembered};
 use crate::metrics::Metric;
 use crate::token::{self, Verified};
 use crate::verdict::Verdict;
+
+/// What a memo hit is checked against (its verification still holds) and told to (who the
+/// verification names).
+pub(super) type MemoChecks<'a> = (
+    &'a dyn Fn(&Verified) -> bool,
+    &'a mut dyn FnMut(&Verified, &str),
+);
 
 /// The exchange stage of one worker.
 pub(super) struct Exchanges {
@@ -47,20 +55,44 @@ impl Exchanges {
         }
     }
 
+    /// A hot token answered from the worker memo for request `c.ctx`: a bearer token bound to
+    /// nothing, no header actor, a route that takes bearer tokens, a verification that is
+    /// `still_valid` and that the profile's policy still allows (`identify` hears it); else the
+    /// credentials go back, on to trust.
+    pub(super) fn memo_answer<H: Host>(
+        &mut self,
+        s: &Setup,
+        host: &H,
+        at: At,
+        c: Credentials,
+        (still_valid, identify): MemoChecks<'_>,
+    ) -> Result<Verdict, Credentials> {
+        if !c.memo_may_answer(s) {
+            return Err(c);
+        }
+        let holds = |v: &Verified| s.memo_may_serve(c.profile, v, at.now) && still_valid(v);
+        let (ctx, profile) = (c.ctx, c.profile);
+        let hit = self.memo_hit(s, host, at, (ctx, profile), c.subject, (&holds, identify));
+        hit.map_err(|subject| Credentials { subject, ..c })
+    }
+
     /// A hot token answered from the worker memo (its verification still `holds`); `Err` hands
     /// the subject back for the trust stage.
-    pub(super) fn memo_hit<H: Host>(
+    fn memo_hit<H: Host>(
         &mut self,
         s: &Setup,
         host: &H,
         at: At,
         (ctx, profile): (u32, usize),
         subject: Subject,
-        holds: &dyn Fn(&Verified) -> bool,
+        (holds, identify): MemoChecks<'_>,
     ) -> Result<Verdict, Subject> {
         let Some(hit) = self.memo.get(profile, subject.token(), at.now, holds) else {
             return Err(subject);
         };
+        if let Some(v) = &hit.verified {
+            identify(v, subject.token());
+        }
         host.metric(Metric::CacheHits, 1);
         token::log_debug(host, ctx, subject.token(), "cache hit (worker)");
         let minted = matches!(hit.value, Cached::Token(_));

@@ -17,21 +17,20 @@ use crate::metrics::Metric;
 use crate::sts::StsFailure;
 use crate::token::Verified;
 use crate::verdict::{to_each, Verdict};
-use advertise::Advertiser;
 use binding::BindingCheck;
 use calls::{Calls, Owner};
 use consent::Consent;
+use edge::Edge;
 use exchange::Exchanges;
-use extract::Credentials;
 use request::{At, Next, Parked, Request, Wait};
 use setup::Setup;
 use trust::Trust;
 
-mod advertise;
 mod authorize;
 mod binding;
 mod calls;
 mod consent;
+mod edge;
 mod exchange;
 mod exchanged;
 mod extract;
@@ -52,8 +51,8 @@ pub struct Engine {
     exchange: Exchanges,
     /// When `sts.ciba` is configured.
     consent: Option<Consent>,
-    /// RFC 9728 metadata, and the URL each parked request's 401 would name.
-    advertiser: Advertiser,
+    /// What the engine tells at its edge: RFC 9728 metadata, each decision in filter state.
+    edge: Edge,
     /// Sender-constrained tokens: DPoP proofs and certificate bindings.
     binding: BindingCheck,
 }
@@ -64,7 +63,7 @@ impl Engine {
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         let trust = Trust::compile(&config)?;
         let consent = Consent::compile(&config)?;
-        let advertiser = Advertiser::new(&config);
+        let edge = Edge::new(&config);
         let binding = BindingCheck::new(&config);
         let setup = Setup::compile(config)?;
         let profiles = setup.client.profiles.len();
@@ -76,7 +75,7 @@ impl Engine {
             trust,
             exchange,
             consent,
-            advertiser,
+            edge,
             binding,
         })
     }
@@ -106,14 +105,14 @@ impl Engine {
         if let Some(v) = ping.and_then(|c| c.notification(&self.setup, host, req)) {
             return v;
         }
-        if !self.advertiser.enabled() {
+        if !self.edge.enabled() {
             return self.route(host, ctx, req);
         }
-        if let Some(v) = self.advertiser.answer(req) {
+        if let Some(v) = self.edge.answer(req) {
             return v;
         }
         let v = self.route(host, ctx, req);
-        self.advertiser.at_start(ctx, req, v)
+        self.edge.at_start((ctx, host.now_ms()), req, v)
     }
 
     /// The route and extract stages of a request, then the worker memo or trust.
@@ -124,38 +123,28 @@ impl Engine {
     {
         let c = match extract::credentials(&self.setup, host, (ctx, self.binding.algs()), req) {
             Ok(credentials) => credentials,
-            Err(verdict) => return verdict,
+            Err((verdict, path)) => return self.edge.early(ctx, path, verdict),
         };
+        self.edge.start(&self.setup, &c);
         let at = At {
             carrier: Some(ctx),
             now: host.now_ms(),
         };
-        let c = match self.memo(host, at, ctx, c) {
+        let (keys, edge) = (&self.trust.keys, &mut self.edge);
+        let still_valid = |v: &Verified| keys.still_valid(v, at.now);
+        let mut identify = |v: &Verified, token: &str| edge.identify(ctx, v, token);
+        let checks = (
+            &still_valid as &dyn Fn(&Verified) -> bool,
+            &mut identify as _,
+        );
+        let answer = (self.exchange).memo_answer(&self.setup, host, at, c, checks);
+        let c = match answer {
             Ok(verdict) => return verdict,
             Err(c) => c,
         };
         let peer = (self.binding.reads_certificates()).then(|| req.peer_certificate_digest());
-        let req = Request::new(&self.setup, ctx, c, (peer.flatten(), TraceContext::of(req)));
+        let req = Request::new(&self.setup, c, (peer.flatten(), TraceContext::of(req)));
         self.trust_stage(host, at, req, true)
-    }
-
-    /// A hot token answered from the worker memo: a bearer token bound to nothing, no header
-    /// actor, a route that takes bearer tokens; else the credentials go back, on to trust.
-    fn memo<H: Host>(
-        &mut self,
-        host: &H,
-        at: At,
-        ctx: u32,
-        c: Credentials,
-    ) -> Result<Verdict, Credentials> {
-        if !c.memo_may_answer(&self.setup) {
-            return Err(c);
-        }
-        let (keys, s) = (&self.trust.keys, &self.setup);
-        let holds =
-            |v: &Verified| s.memo_may_serve(c.profile, v, at.now) && keys.still_valid(v, at.now);
-        let hit = (self.exchange).memo_hit(s, host, at, (ctx, c.profile), c.subject, &holds);
-        hit.map_err(|subject| Credentials { subject, ..c })
     }
 
     /// The trust stage, then on (with `may_wait`, a token naming an unknown key may wait for
@@ -177,6 +166,9 @@ impl Engine {
     ) -> Verdict {
         match next {
             Next::Go(verified) => {
+                if let Some(v) = &verified {
+                    self.edge.identify(req.ctx, v, req.token());
+                }
                 req.verified = verified;
                 self.authorize_stage(host, at, req)
             }
@@ -238,7 +230,7 @@ impl Engine {
         answer: &HttpAnswer,
     ) -> Vec<(u32, Verdict)> {
         let out = self.answered(host, receiver, call, answer);
-        self.advertiser.later(out)
+        self.edge.later(out, host.now_ms())
     }
 
     fn answered<H: Host>(
@@ -362,7 +354,7 @@ impl Engine {
     /// Forgets a request that ended (answered, or the client went away). If its context carried
     /// a call others still wait on, the call waits for the root to send it again.
     pub fn on_request_done(&mut self, ctx: u32) {
-        self.advertiser.forget(ctx);
+        self.edge.forget(ctx);
         self.exchange.freshness.take(ctx);
         match self.parked.remove(&ctx).map(|p| p.wait) {
             Some(Wait::Keys(issuer)) => self.trust.keys.leave(ctx, issuer),
@@ -403,7 +395,7 @@ impl Engine {
         for event in events.unwrap_or_default() {
             out.extend(self.after_consent(host, event, now));
         }
-        self.advertiser.later(out)
+        self.edge.later(out, host.now_ms())
     }
 
     /// Whether request `ctx` carries a minted token, so that its answer's status matters.
@@ -426,6 +418,7 @@ impl Engine {
 
     /// Parks `req` where it waits: it resumes from this record alone.
     fn park(&mut self, req: Request, wait: Wait, now: u64) -> Verdict {
+        self.edge.parked(req.ctx, &wait, now);
         let parked = Parked {
             request: req,
             wait,

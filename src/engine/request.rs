@@ -39,7 +39,6 @@ impl Request {
     /// token share one) and no verification yet.
     pub(super) fn new(
         s: &Setup,
-        ctx: u32,
         c: Credentials,
         (peer_certificate, trace): (Option<String>, TraceContext),
     ) -> Request {
@@ -47,7 +46,7 @@ impl Request {
         let canonical = token::canonical(c.subject.token());
         let key = p.cache_key(&canonical, c.actor.as_deref());
         Request {
-            ctx,
+            ctx: c.ctx,
             profile: c.profile,
             subject: c.subject,
             header_actor: c.actor,

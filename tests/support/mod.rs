@@ -609,6 +609,16 @@ impl Envoy {
         panic!("envoy not ready after 30 s:\n{}", self.log_text());
     }
 
+    /// The access log's lines so far.
+    pub fn access_log(&self) -> Vec<String> {
+        thread::sleep(Duration::from_millis(200)); // the log files are flushed every 50 ms
+        let text = std::fs::read_to_string(self.log.with_file_name("access.log"));
+        text.unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Envoy's log so far.
     pub fn log_text(&self) -> String {
         thread::sleep(Duration::from_millis(200)); // the log files are flushed every 50 ms

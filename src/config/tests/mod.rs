@@ -6,8 +6,8 @@ use crate::endpoint::ClientAuth;
 use serde_json::{json, Value};
 
 mod dpop;
+mod policy_and_output;
 mod refusals;
-mod step_up;
 mod wording;
 
 fn no_env(_: &str) -> Option<String> {

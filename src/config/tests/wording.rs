@@ -83,7 +83,7 @@ fn first() -> Value {
         "require": [{"scopes": ["orders:read"], "claims": {"tenant": "acme"}}],
         "introspect": "https://opaque",
         "output": {"header": "authorization", "prefix": "Bearer ", "original_token_header": "x-original-token",
-            "claims_to_headers": [{"claim": "sub", "header": "x-user"}]},
+            "claims_to_headers": [{"claim": "sub", "header": "x-user"}], "filter_state": ["outcome", "sub"]},
         "cache": {"max_entries": 100, "expiry_skew_s": 10, "default_ttl_s": 60, "negative_ttl_s": 2,
             "refresh_ahead_s": 5, "evict_on_upstream_401": false},
         "realm": "orders", "on_missing_token": "allow", "on_sts_unavailable": "allow",
@@ -308,6 +308,7 @@ fn every_wrong_type_of_every_key_is_refused_in_the_contract_words() {
         "replay_entries",
         "bound_tokens",
         "acr",
+        "filter_state",
     ] {
         assert!(names.contains(key), "no document holds {key}");
     }

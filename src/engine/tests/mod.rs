@@ -21,6 +21,7 @@ mod hostile;
 mod introspection;
 mod issuers;
 mod policy;
+mod report;
 mod services;
 mod step_up;
 mod trace;

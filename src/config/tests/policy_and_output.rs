@@ -1,4 +1,5 @@
-//! `require` alternatives that ask for the user's authentication (`acr`, `max_age_s`, RFC 9470).
+//! `require` alternatives that ask for the user's authentication (`acr`, `max_age_s`, RFC 9470), and
+//! `output.filter_state`, what the rest of Envoy is told of each decision.
 
 use serde_json::json;
 
@@ -25,5 +26,24 @@ fn an_alternative_may_ask_for_the_users_authentication_alone() {
     ] {
         let e = refused(json!({ "trusted_issuers": one_trusted_issuer(), "require": [bad] }));
         assert_eq!(e.key, key, "{e}");
+    }
+}
+
+#[test]
+fn filter_state_names_known_fields_once() {
+    let c = config_with(json!({ "output": { "filter_state": ["outcome", "sts_ms", "token_id"] } }));
+    let names: Vec<&str> = c.output.filter_state.iter().map(|f| f.name()).collect();
+    assert_eq!(names, ["outcome", "sts_ms", "token_id"]);
+    assert!(
+        config_with(json!({})).output.filter_state.is_empty(),
+        "none by default"
+    );
+    for bad in [
+        json!(["outcome", "outcome"]),
+        json!(["token"]),
+        json!(["Sub"]),
+    ] {
+        let e = refused(json!({ "output": { "filter_state": bad } }));
+        assert_eq!(e.key, "output.filter_state", "{e}");
     }
 }

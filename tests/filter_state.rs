@@ -1,0 +1,216 @@
+//! End to end, what the filter tells the rest of Envoy: with `output.filter_state`, each
+//! request's decision is in Envoy's filter state, and an access log prints it as
+//! `%FILTER_STATE(wasm.token_exchange.<field>:PLAIN)%` for a miss, a hit, a bypass, a request
+//! without a token let through, a forwarded token and each refusal. The release `.wasm` in a
+//! real Envoy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{mint, now_s, start_echo, Envoy, EnvoySetup, Signer, StsReply, TestSts};
+
+const ISS: &str = "https://idp.test";
+const FIELDS: [&str; 8] = [
+    "outcome", "error", "sub", "iss", "actor", "service", "sts_ms", "token_id",
+];
+
+/// A JSON access log with the path, the status and every field.
+fn json_log(doc: &mut Value) {
+    let mut format = json!({ "path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%" });
+    for f in FIELDS {
+        format[f] = json!(format!("%FILTER_STATE(wasm.token_exchange.{f}:PLAIN)%"));
+    }
+    let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    hcm["access_log"][0]["typed_config"]["log_format"] = json!({ "json_format": format });
+}
+
+fn start(sts: &TestSts, signer: &Signer, extra: Value) -> Envoy {
+    let mut config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "s" },
+        "exchange": { "audience": ["api"] },
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } },
+                            { "issuer": "https://legacy.test", "algorithms": ["ES256"],
+                              "jwks": { "keys": [signer.jwk()] }, "action": "forward" }],
+        "routes": [
+            { "match": { "path_prefix": "/healthz" }, "bypass": true },
+            { "match": { "path_prefix": "/public" }, "require": [] },
+            { "match": { "path_prefix": "/admin" }, "require": [{ "scopes": ["admin"] }] }
+        ],
+        "on_missing_token": "allow",
+        "output": { "filter_state": FIELDS }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    launch(sts, config, json_log)
+}
+
+/// Envoy with the filter configured by `config`, one worker, its bootstrap changed by `edit`.
+fn launch(sts: &TestSts, config: Value, edit: impl FnOnce(&mut Value)) -> Envoy {
+    let setup = EnvoySetup {
+        filter_config: config,
+        sts_port: sts.port,
+        echo_port: start_echo(0),
+        concurrency: 1,
+        ..EnvoySetup::default()
+    };
+    Envoy::start_edited(setup, edit)
+}
+
+/// The access log's line for `path`, as JSON (the last one).
+fn logged(envoy: &Envoy, path: &str) -> Value {
+    let lines = envoy.access_log();
+    let line = lines.iter().rev().find_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["path"] == path).then_some(v)
+    });
+    line.unwrap_or_else(|| panic!("no line for {path}:\n{}", lines.join("\n")))
+}
+
+#[test]
+fn every_path_a_request_takes_is_in_the_access_log() {
+    let sts = TestSts::start(0, mint);
+    let signer = Signer::new("k1");
+    let envoy = start(&sts, &signer, json!({}));
+    let alice = signer.token(
+        &json!({ "iss": ISS, "sub": "alice", "exp": now_s() + 600, "scope": "read" }),
+        None,
+    );
+    let auth = format!("Bearer {alice}");
+
+    assert_eq!(
+        envoy
+            .get("/orders?miss", &[("authorization", &auth)])
+            .status,
+        200
+    );
+    assert_eq!(
+        envoy.get("/orders?hit", &[("authorization", &auth)]).status,
+        200
+    );
+    assert_eq!(envoy.get("/healthz", &[]).status, 200);
+    assert_eq!(envoy.get("/public", &[]).status, 200);
+    assert_eq!(envoy.get("/admin", &[("authorization", &auth)]).status, 403);
+    assert_eq!(
+        envoy
+            .get("/orders?bad", &[("authorization", "Bearer not.a.jwt")])
+            .status,
+        401
+    );
+    let legacy = signer.token(
+        &json!({ "iss": "https://legacy.test", "sub": "lee", "exp": now_s() + 600 }),
+        None,
+    );
+    assert_eq!(envoy.get_with_token("/orders?fwd", &legacy).status, 200);
+
+    let miss = logged(&envoy, "/orders?miss");
+    assert_eq!(miss["outcome"], "exchanged");
+    assert_eq!(
+        (miss["sub"].as_str(), miss["iss"].as_str()),
+        (Some("alice"), Some(ISS))
+    );
+    assert_eq!(miss["service"], "sts");
+    assert!(
+        miss["sts_ms"].as_str().unwrap().parse::<u64>().is_ok(),
+        "{miss}"
+    );
+    assert_eq!(miss["token_id"].as_str().unwrap().len(), 8);
+    let hit = logged(&envoy, "/orders?hit");
+    assert_eq!(
+        (hit["outcome"].as_str(), hit["sub"].as_str()),
+        (Some("cached"), Some("alice"))
+    );
+    assert_eq!(hit["token_id"], miss["token_id"]);
+    assert_eq!(logged(&envoy, "/healthz")["outcome"], "bypassed");
+    assert_eq!(logged(&envoy, "/public")["outcome"], "passed_without_token");
+    let denied = logged(&envoy, "/admin");
+    assert_eq!(
+        (denied["outcome"].as_str(), denied["error"].as_str()),
+        (Some("denied"), Some("insufficient_scope"))
+    );
+    assert_eq!(denied["sub"], "alice");
+    let bad = logged(&envoy, "/orders?bad");
+    assert_eq!(
+        (bad["outcome"].as_str(), bad["error"].as_str()),
+        (Some("rejected"), Some("invalid_token"))
+    );
+    assert!(bad["sub"].is_null(), "not verified: {bad}");
+    let fwd = logged(&envoy, "/orders?fwd");
+    assert_eq!(
+        (fwd["outcome"].as_str(), fwd["sub"].as_str()),
+        (Some("forwarded"), Some("lee"))
+    );
+    // Never a token.
+    for line in envoy.access_log() {
+        assert!(
+            !line.contains(&alice) && !line.contains("minted-"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn an_outage_and_a_delegations_actor_are_in_the_access_log() {
+    let sts = TestSts::start(0, |n, _| match n {
+        1 => StsReply::error(503, "temporarily_unavailable"),
+        _ => StsReply::json(
+            200,
+            json!({ "access_token": format!("{}.{}.sig", "eyJhbGciOiJub25lIn0",
+            "eyJzdWIiOiJhbGljZSIsImFjdCI6eyJzdWIiOiJlZGdlLWFnZW50In19"),
+            "token_type": "Bearer", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "expires_in": 600 }),
+        ),
+    });
+    let signer = Signer::new("k1");
+    let envoy = start(&sts, &signer, json!({}));
+    let bob = signer.token(
+        &json!({ "iss": ISS, "sub": "bob", "exp": now_s() + 600 }),
+        None,
+    );
+    assert_eq!(envoy.get_with_token("/orders?down", &bob).status, 503);
+    let down = logged(&envoy, "/orders?down");
+    assert_eq!(
+        (down["outcome"].as_str(), down["error"].as_str()),
+        (Some("unavailable"), Some("temporarily_unavailable"))
+    );
+    assert_eq!(envoy.get_with_token("/orders?acting", &bob).status, 200);
+    assert_eq!(logged(&envoy, "/orders?acting")["actor"], "edge-agent");
+}
+
+#[test]
+fn envoys_rbac_denies_by_the_verified_subject_the_filter_left() {
+    let sts = TestSts::start(0, mint);
+    let signer = Signer::new("k1");
+    let config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "s" },
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
+        "output": { "filter_state": ["sub"] }
+    });
+    // The docs' RBAC filter (docs/access-logs.md), after this one.
+    let envoy = launch(&sts, config, |doc| {
+        let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let filters = hcm["http_filters"].as_array_mut().unwrap();
+        filters.insert(1, json!({ "name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": { "action": "DENY", "policies": { "suspended-users": {
+                "permissions": [{ "any": true }],
+                "principals": [{ "filter_state": { "key": "wasm.token_exchange.sub",
+                                                    "string_match": { "exact": "mallory" } } }] } } } } }));
+    });
+    let token = |sub: &str| {
+        signer.token(
+            &json!({ "iss": ISS, "sub": sub, "exp": now_s() + 600 }),
+            None,
+        )
+    };
+    assert_eq!(envoy.get_with_token("/", &token("alice")).status, 200);
+    let r = envoy.get_with_token("/", &token("mallory"));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("RBAC"), "{}", r.body);
+}
