@@ -214,3 +214,50 @@ fn envoys_rbac_denies_by_the_verified_subject_the_filter_left() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("RBAC"), "{}", r.body);
 }
+
+#[test]
+fn a_step_up_a_bad_proof_and_a_token_service_fault_are_in_the_access_log() {
+    let sts = TestSts::start(0, |_, _| StsReply::error(401, "invalid_client"));
+    let signer = Signer::new("k1");
+    let extra = json!({ "routes": [
+        { "match": { "path_prefix": "/pay" }, "require": [{ "scopes": ["pay"], "acr": ["phr"] }] }
+    ] });
+    let envoy = start(&sts, &signer, extra);
+    let claims = |scope: &str| json!({ "iss": ISS, "sub": "carol", "exp": now_s() + 600, "scope": scope, "acr": "pwd" });
+    assert_eq!(
+        envoy
+            .get_with_token("/pay", &signer.token(&claims("pay"), None))
+            .status,
+        401
+    );
+    let pay = logged(&envoy, "/pay");
+    assert_eq!(
+        (pay["outcome"].as_str(), pay["sub"].as_str()),
+        (Some("step_up"), Some("carol"))
+    );
+    assert_eq!(pay["error"], "insufficient_user_authentication");
+    // A DPoP request without a proof.
+    let dpop = [(
+        "authorization",
+        format!("DPoP {}", signer.token(&claims("read"), None)),
+    )];
+    let headers: Vec<(&str, &str)> = dpop.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(envoy.get("/orders?dpop", &headers).status, 401);
+    let proof = logged(&envoy, "/orders?dpop");
+    assert_eq!(
+        (proof["outcome"].as_str(), proof["error"].as_str()),
+        (Some("rejected"), Some("invalid_dpop_proof"))
+    );
+    // The token service refuses the filter's own credentials: 502.
+    assert_eq!(
+        envoy
+            .get_with_token("/orders?fault", &signer.token(&claims("read"), None))
+            .status,
+        502
+    );
+    let fault = logged(&envoy, "/orders?fault");
+    assert_eq!(
+        (fault["outcome"].as_str(), fault["error"].as_str()),
+        (Some("failed"), Some("bad_gateway"))
+    );
+}
