@@ -13,7 +13,9 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{mint, raw_request, start_echo, Envoy, EnvoySetup, Signer, StsReply, TestSts};
+use support::{
+    mint, raw_request, start_echo, status_of, Envoy, EnvoySetup, Signer, StsReply, TestSts,
+};
 
 const ISS: &str = "https://idp.test";
 
@@ -41,15 +43,6 @@ fn raw_get(envoy: &Envoy, path: &str, headers: &[String]) -> String {
     }
     req.push_str("\r\n");
     raw_request(envoy, req.as_bytes())
-}
-
-/// The status of a whole answer.
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A trusted issuer with inline keys of `signer`.

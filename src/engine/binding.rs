@@ -69,18 +69,18 @@ impl BindingCheck {
             },
         };
         if let Some(why) = refused {
-            return Next::Stop(self.refuse(s, host, req, why, schemes));
+            return Next::Stop(self.refuse(s, host, req, Refused::Token(why), schemes));
         }
         match (binding.x5t(), &req.peer_certificate) {
             (None, _) => Next::Go(()),
             (Some(x5t), Some(hex)) if same_certificate(x5t, hex) => Next::Go(()),
             (Some(_), None) => {
                 let why = "a certificate-bound token needs its client certificate";
-                Next::Stop(self.refuse(s, host, req, why, schemes))
+                Next::Stop(self.refuse(s, host, req, Refused::Token(why), schemes))
             }
             (Some(_), Some(_)) => {
                 let why = "the client certificate is not the one the token is bound to";
-                Next::Stop(self.refuse(s, host, req, why, schemes))
+                Next::Stop(self.refuse(s, host, req, Refused::Token(why), schemes))
             }
         }
     }
@@ -96,12 +96,12 @@ impl BindingCheck {
     ) -> Result<(), Verdict> {
         let Some(v) = req.verified.as_ref() else {
             let why = "a DPoP-bound token must come from a trusted issuer";
-            return Err(self.refuse(s, host, req, why, schemes));
+            return Err(self.refuse(s, host, req, Refused::Token(why), schemes));
         };
         let proof = d
             .proof
             .as_deref()
-            .map_err(|why| self.bad(s, host, req, why, schemes))?;
+            .map_err(|why| self.refuse(s, host, req, Refused::Proof(why), schemes))?;
         let target = Target {
             method: &d.method,
             scheme: &d.scheme,
@@ -112,12 +112,12 @@ impl BindingCheck {
         let rules = &s.config.dpop;
         let now_s = host.now_ms() / 1000;
         let proven = dpop::verify(proof, &target, rules, now_s)
-            .map_err(|e| self.bad(s, host, req, e.describe(), schemes))?;
+            .map_err(|e| self.refuse(s, host, req, Refused::Proof(e.describe()), schemes))?;
         match v.binding.jkt() {
             Some(jkt) if jkt == proven.jkt => {}
             Some(_) => {
                 let why = "DPoP proof key is not the one the token is bound to";
-                return Err(self.bad(s, host, req, why, schemes));
+                return Err(self.refuse(s, host, req, Refused::Proof(why), schemes));
             }
             None => return Err(self.unbound_dpop(s, host, req, v, schemes)),
         }
@@ -132,7 +132,13 @@ impl BindingCheck {
                 host.metric(Metric::DpopVerified, 1);
                 Ok(())
             }
-            Recorded::Seen => Err(self.bad(s, host, req, "DPoP proof was used before", schemes)),
+            Recorded::Seen => Err(self.refuse(
+                s,
+                host,
+                req,
+                Refused::Proof("DPoP proof was used before"),
+                schemes,
+            )),
             Recorded::Full => {
                 host.log(
                     LogLevel::Warn,
@@ -159,34 +165,34 @@ impl BindingCheck {
             Some(_) => "a certificate-bound token cannot be sent with the DPoP scheme",
             None => "the token is not DPoP-bound",
         };
-        self.refuse(s, host, req, why, schemes)
+        self.refuse(s, host, req, Refused::Token(why), schemes)
     }
 
-    /// A refusal of the token for its binding.
+    /// A refusal of the proof or of the token's binding, its reason in the debug log.
     fn refuse<H: Host>(
         &self,
         s: &Setup,
         host: &H,
         req: &Request,
-        why: &str,
+        refused: Refused<'_>,
         schemes: Schemes<'_>,
     ) -> Verdict {
+        let (Refused::Proof(why) | Refused::Token(why)) = refused;
         token::log_debug(host, req.ctx, req.token(), &format!("refused: {why}"));
-        s.outcomes.unbound(host, why, schemes)
+        match refused {
+            Refused::Proof(why) => s.outcomes.bad_proof(host, why, schemes),
+            Refused::Token(why) => s.outcomes.unbound(host, why, schemes),
+        }
     }
+}
 
-    /// A refusal of the proof.
-    fn bad<H: Host>(
-        &self,
-        s: &Setup,
-        host: &H,
-        req: &Request,
-        why: &str,
-        schemes: Schemes<'_>,
-    ) -> Verdict {
-        token::log_debug(host, req.ctx, req.token(), &format!("refused: {why}"));
-        s.outcomes.bad_proof(host, why, schemes)
-    }
+/// What a refusal is about, and why.
+#[derive(Debug, Clone, Copy)]
+enum Refused<'a> {
+    /// The DPoP proof (`invalid_dpop_proof`).
+    Proof(&'a str),
+    /// The token's binding (`invalid_token`).
+    Token(&'a str),
 }
 
 /// Whether a certificate's hex SHA-256 digest (as Envoy gives it) is the base64url thumbprint

@@ -62,11 +62,11 @@ impl Setup {
     }
 
     /// Whether the worker memo may still answer on `profile` for a token verified as `v`, at
-    /// `now_ms`: it is bound to nothing (a bound token is checked on every request), and the
-    /// profile's policy still holds (a `max_age_s` ends as time passes).
+    /// `now_ms`: the profile's policy still holds (a `max_age_s` ends as time passes). A bound
+    /// token is never in the memo (`Request::memo_may_hold`).
     pub(super) fn memo_may_serve(&self, profile: usize, v: &Verified, now_ms: u64) -> bool {
         let policy = self.client.profiles[profile].policy;
-        !v.binding.is_bound() && self.rules.permits(policy, Some(&v.facts), now_ms / 1000)
+        self.rules.permits(policy, Some(&v.facts), now_ms / 1000)
     }
 
     /// Hands the requests `ctxs` the answer `value` (a token, or a remembered rejection) of the

@@ -206,3 +206,21 @@ fn only_the_listed_fields_are_written_and_none_by_default() {
     let out = none.on_http_answer(&h, None, h.last_call(), &ok("m", 60));
     assert!(state(&out[0].1).is_empty());
 }
+
+#[test]
+fn a_request_that_goes_away_mid_wait_leaves_no_note_behind() {
+    let h = FakeHost::at(NOW);
+    let mut e = reporting(json!({}));
+    assert_eq!(at(&mut e, &h, 1, "/orders", &user()), Verdict::Pause);
+    e.on_request_done(1);
+    // Another request on the same context id: its own decision only.
+    let v = at(&mut e, &h, 1, "/healthz", "t");
+    assert_eq!(
+        state(&v),
+        BTreeMap::from([("outcome", "bypassed".to_string())])
+    );
+    // The call's answer reaches nobody.
+    assert!(e
+        .on_http_answer(&h, None, h.last_call(), &ok("m", 60))
+        .is_empty());
+}
