@@ -1158,3 +1158,58 @@ fn refusals_and_failures_are_logged_in_the_readme_words() {
     );
     assert!(!log.contains("some-token"), "{log}");
 }
+
+/// The Envoy Gateway manifest as Envoy gets it: the filter with the policy's `config` and the
+/// clusters the EnvoyPatchPolicy adds pass `envoy --mode validate` (which resolves no name).
+#[test]
+fn envoy_gateway_manifest_loads_in_envoy() {
+    use serde::Deserialize;
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/envoy-gateway/token-exchange.yaml"))
+            .unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
+    let config =
+        serde_json::to_value(&kind("EnvoyExtensionPolicy")["spec"]["wasm"][0]["config"]).unwrap();
+    let clusters: Vec<serde_json::Value> = kind("EnvoyPatchPolicy")["spec"]["jsonPatches"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::to_value(&p["operation"]["value"]).unwrap())
+        .collect();
+    // The secret as the policy's `env.hostKeys` hands it to the VM.
+    let env = [("STS_CLIENT_SECRET", "validate")];
+    let setup = EnvoySetup {
+        filter_config: config,
+        env: &env,
+        concurrency: 1,
+        ..EnvoySetup::default()
+    };
+    let dir = support::TempDir::new("gateway");
+    let yaml = support::envoy_yaml(
+        &setup,
+        support::free_port(),
+        support::free_port(),
+        &dir.0.join("access.log"),
+    );
+    let mut doc: serde_json::Value = serde_json::from_str(&yaml).unwrap();
+    doc["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .extend(clusters);
+    let file = dir.0.join("gateway.yaml");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new(support::envoy_binary())
+        .args(["--mode", "validate", "-l", "warn", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -41,15 +41,43 @@ fn check(where_: &str, json: &[u8]) {
     }
 }
 
+/// The filter configurations of a manifest: each Istio `WasmPlugin`'s `pluginConfig` and each
+/// Envoy Gateway `EnvoyExtensionPolicy` wasm extension's `config`.
 fn plugin_configs(yaml: &str) -> Vec<serde_json::Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
-        .filter(|doc| doc["kind"] == "WasmPlugin")
-        .map(|doc| {
-            serde_json::to_value(&doc["spec"]["pluginConfig"]).expect("pluginConfig as JSON")
+    let as_json = |v: &serde_yaml::Value| serde_json::to_value(v).expect("a config as JSON");
+    yaml_docs(yaml)
+        .iter()
+        .flat_map(|doc| match doc["kind"].as_str() {
+            Some("WasmPlugin") => vec![as_json(&doc["spec"]["pluginConfig"])],
+            Some("EnvoyExtensionPolicy") => doc["spec"]["wasm"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|w| as_json(&w["config"]))
+                .collect(),
+            _ => Vec::new(),
         })
         .collect()
+}
+
+/// The clusters a filter configuration calls: the STS's and each `jwks_uri`'s, with the
+/// authority the filter sends to each.
+fn called_clusters(config: &serde_yaml::Value) -> Vec<(String, String)> {
+    let mut out = vec![(
+        config["sts"]["cluster"].as_str().unwrap().to_string(),
+        config["sts"]["authority"].as_str().unwrap().to_string(),
+    )];
+    for i in config["trusted_issuers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = i["jwks_uri"]["cluster"].as_str() {
+            let authority = i["jwks_uri"]["authority"].as_str().unwrap();
+            out.push((c.to_string(), authority.to_string()));
+        }
+    }
+    out
 }
 
 #[test]
@@ -70,6 +98,83 @@ fn istio_wasmplugin_config_parses() {
     assert_eq!(configs.len(), 1);
     for c in configs {
         check("deploy/istio/wasmplugin.yaml", c.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn envoy_gateway_policy_config_parses() {
+    let configs = plugin_configs(&read("deploy/envoy-gateway/token-exchange.yaml"));
+    assert_eq!(configs.len(), 1);
+    for c in configs {
+        check(
+            "deploy/envoy-gateway/token-exchange.yaml",
+            c.to_string().as_bytes(),
+        );
+    }
+}
+
+#[test]
+fn envoy_gateway_clusters_are_the_ones_the_filter_calls_and_check_certificate_names() {
+    let docs = yaml_docs(&read("deploy/envoy-gateway/token-exchange.yaml"));
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "EnvoyExtensionPolicy")
+        .unwrap();
+    let wasm = &policy["spec"]["wasm"][0];
+    assert_eq!(
+        wasm["failOpen"], false,
+        "a filter that failed lets nothing pass"
+    );
+    let patch = docs
+        .iter()
+        .find(|d| d["kind"] == "EnvoyPatchPolicy")
+        .unwrap();
+    assert_eq!(
+        patch["spec"]["targetRef"], policy["spec"]["targetRefs"][0],
+        "the clusters are added where the filter runs"
+    );
+    let added: Vec<&serde_yaml::Value> = patch["spec"]["jsonPatches"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster")
+        .map(|p| &p["operation"]["value"])
+        .collect();
+    let called = called_clusters(&wasm["config"]);
+    assert_eq!(
+        added.len(),
+        called.len(),
+        "one cluster for each server the filter calls"
+    );
+    for (name, authority) in called {
+        let cluster = added
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no cluster {name} in the EnvoyPatchPolicy"));
+        let tls = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(
+            tls["sni"],
+            authority.as_str(),
+            "{name}: SNI is the authority"
+        );
+        let validation = &tls["common_tls_context"]["validation_context"];
+        assert!(
+            validation["trusted_ca"].is_mapping(),
+            "{name}: the server's CA is checked"
+        );
+        let sans = &validation["match_typed_subject_alt_names"];
+        assert_eq!(
+            sans[0]["matcher"]["exact"],
+            authority.as_str(),
+            "{name}: the name is checked"
+        );
+        let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"]["address"];
+        assert_eq!(
+            address,
+            authority.as_str(),
+            "{name}: the cluster reaches the authority"
+        );
     }
 }
 
@@ -103,7 +208,7 @@ fn every_documented_configuration_example_parses() {
     assert!(checked >= 15, "only {checked} configuration examples found");
 }
 
-/// Parses each JSON configuration block and each WasmPlugin's `pluginConfig` of document
+/// Parses each JSON configuration block and each manifest configuration (`plugin_configs`) of document
 /// `name` with the filter's own parser; how many it checked.
 fn examples_in(name: &str) -> usize {
     let text = read(name);
@@ -119,7 +224,7 @@ fn examples_in(name: &str) -> usize {
         let text = block.join("\n");
         if lang == "yaml" {
             for c in plugin_configs(&text) {
-                check(&format!("{name} (WasmPlugin)"), c.to_string().as_bytes());
+                check(&format!("{name} (manifest)"), c.to_string().as_bytes());
                 checked += 1;
             }
             continue;
@@ -178,18 +283,7 @@ fn istio_clusters_check_certificate_names_and_stay_on_the_gateway() {
         ["AUTHN", "AUTHZ"].contains(&plugin["spec"]["phase"].as_str().unwrap()),
         "phase is one the README explains"
     );
-    let config = &plugin["spec"]["pluginConfig"];
-    let mut clusters = vec![config["sts"]["cluster"].as_str().unwrap().to_string()];
-    for i in config["trusted_issuers"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(c) = i["jwks_uri"]["cluster"].as_str() {
-            clusters.push(c.to_string());
-        }
-    }
-    for cluster in clusters {
+    for (cluster, _) in called_clusters(&plugin["spec"]["pluginConfig"]) {
         let host = cluster.rsplit("||").next().unwrap();
         let entry = docs
             .iter()

@@ -261,3 +261,52 @@ fn a_step_up_a_bad_proof_and_a_token_service_fault_are_in_the_access_log() {
         (Some("failed"), Some("bad_gateway"))
     );
 }
+
+#[test]
+fn a_local_rate_limit_counts_each_verified_subject_apart() {
+    let sts = TestSts::start(0, mint);
+    let signer = Signer::new("k1");
+    let config = json!({
+        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "s" },
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
+        "output": { "claims_to_headers": [{ "claim": "sub", "header": "x-subject" }] }
+    });
+    // The docs' local rate limit (docs/access-logs.md), after this filter: two requests a minute
+    // for each subject.
+    let envoy = launch(&sts, config, |doc| {
+        let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let filters = hcm["http_filters"].as_array_mut().unwrap();
+        filters.insert(1, json!({ "name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "per_subject",
+            "token_bucket": { "max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "1s" },
+            "filter_enabled": { "default_value": { "numerator": 100 }, "runtime_key": "rl_enabled" },
+            "filter_enforced": { "default_value": { "numerator": 100 }, "runtime_key": "rl_enforced" },
+            "rate_limits": [{ "actions": [{ "request_headers": {
+                "header_name": "x-subject", "descriptor_key": "subject" } }] }],
+            "descriptors": [{ "entries": [{ "key": "subject" }],
+                              "token_bucket": { "max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "60s" } }],
+            "max_dynamic_descriptors": 1000 } }));
+    });
+    let token = |sub: &str| {
+        signer.token(
+            &json!({ "iss": ISS, "sub": sub, "exp": now_s() + 600 }),
+            None,
+        )
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    for _ in 0..2 {
+        assert_eq!(envoy.get_with_token("/", &alice).status, 200);
+    }
+    assert_eq!(envoy.get_with_token("/", &alice).status, 429);
+    // Another subject has its own bucket; a caller naming another subject in the header
+    // itself does not move to that bucket (the filter sets the header from the verified claim).
+    assert_eq!(envoy.get_with_token("/", &bob).status, 200);
+    let bearer = format!("Bearer {alice}");
+    let r = envoy.get("/", &[("authorization", &bearer), ("x-subject", "carol")]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(envoy.get_with_token("/", &bob).status, 200);
+    assert_eq!(envoy.get_with_token("/", &bob).status, 429);
+}
