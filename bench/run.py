@@ -36,6 +36,9 @@ PATH_READ = os.path.join(ROOT, "target/bench/reference-path.wasm")
 MINIMAL_HIT = os.path.join(ROOT, "target/bench/reference-hit.wasm")
 # `make lean`: this module without the trusted-issuers and private-key-jwt features.
 LEAN = os.path.join(ROOT, "target/lean/wasm32-wasip1/release/token_exchange_wasm.wasm")
+NATIVE = os.path.join(ROOT, "target/native/libtoken_exchange.so")
+# Where Envoy finds libtoken_exchange.so (`make native`); every Envoy started here inherits it.
+os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = os.path.dirname(NATIVE)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = tempfile.mkdtemp(prefix="txw-bench-")
 
@@ -179,6 +182,15 @@ def wasm_filter(config, module=WASM):
         "config": {"name": "token_exchange",
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(config)},
                    "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}}}}
+
+
+def native_filter(config):
+    """The same filter as an Envoy dynamic module (`make native`)."""
+    return {"name": "token_exchange", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "token_exchange", "do_not_close": True},
+        "filter_name": "token_exchange",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(config)}}}
 
 
 def introspecting(cluster):
@@ -388,6 +400,11 @@ def main():
          [wasm_filter(filter_config("sts_ok", authorizer))], rs_token),
         ("token-exchange + introspection, cache hit, introspected token",
          [wasm_filter(filter_config("sts_ok", introspecting("introspect_ok")))], "opaque-bench-token"),
+        ("native module, bypass route",
+         [native_filter(filter_config("sts_ok", {"routes": [{"match": {"path_prefix": "/"}, "bypass": True}]}))],
+         "opaque-bench-token"),
+        ("native module, cache hit", [native_filter(filter_config("sts_ok"))], "opaque-bench-token"),
+        ("native module + trusted issuers, hit", [native_filter(filter_config("sts_ok", issuers))], rs_token),
         ("ext_authz HTTP authorizer", [ext_authz()], "opaque-bench-token"),
         ("jwt_authn RS256, no cache", [jwt_authn(jwks, False)], rs_token),
         ("jwt_authn RS256, cache", [jwt_authn(jwks, True)], rs_token),
@@ -486,7 +503,8 @@ def footprint(issuers, rs_token):
                ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], MINIMAL_HIT, opaque),
                ("token-exchange, trusted issuers", [wasm_filter(filter_config("sts_ok", issuers))], WASM, rs_token),
                ("token-exchange without trusted-issuers, private-key-jwt", [wasm_filter(filter_config("sts_ok"), LEAN)],
-                LEAN, opaque)]
+                LEAN, opaque),
+               ("native module, trusted issuers", [native_filter(filter_config("sts_ok", issuers))], NATIVE, rs_token)]
     print("\n| front Envoy | module bytes | RSS MiB, 1 worker | RSS MiB, 2 workers | start to ready s, 1 worker | 2 workers |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, filters, module, token in modules:
@@ -519,6 +537,8 @@ def extra_runs(backend):
                 ("slow", [], UPSTREAM_SLOW, None),
                 ("fast", [], UPSTREAM, None),
                 ("miss", [wasm_filter(filter_config("sts_slow"))], UPSTREAM, UNIQUE_TOKENS % f"miss{connections}"),
+                ("native miss", [native_filter(filter_config("sts_slow"))], UPSTREAM,
+                 UNIQUE_TOKENS % f"nmiss{connections}"),
                 ("introspected", [wasm_filter(filter_config("sts_slow", introspecting("introspect_slow")))], UPSTREAM,
                  UNIQUE_TOKENS % f"intro{connections}")]:
             envoy = Envoy(f"miss-{name}", front_config(filters, port), FRONT_ADMIN)
@@ -531,6 +551,10 @@ def extra_runs(backend):
               f"p99 {lat['miss']['p99']:.2f} ms; plain Envoy to a {STS_DELAY_MS} ms upstream p50 {lat['slow']['p50']:.2f}, "
               f"p99 {lat['slow']['p99']:.2f}; to the direct upstream p50 {lat['fast']['p50']:.2f}, p99 {lat['fast']['p99']:.2f}; "
               f"added by the filter: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
+        native = {p: lat["native miss"][p] - lat["slow"][p] - lat["fast"][p] for p in ("p50", "p99")}
+        print(f"native module miss path, -c{connections}: p50 {lat['native miss']['p50']:.2f} ms, "
+              f"p99 {lat['native miss']['p99']:.2f} ms; added by the filter: p50 {native['p50']:.2f} ms, "
+              f"p99 {native['p99']:.2f} ms")
         more = {p: lat["introspected"][p] - lat["miss"][p] - lat["slow"][p] + lat["fast"][p] for p in ("p50", "p99")}
         print(f"miss path with one introspection, -c{connections} (introspection delay {STS_DELAY_MS} ms too): "
               f"p50 {lat['introspected']['p50']:.2f} ms, p99 {lat['introspected']['p99']:.2f} ms; "

@@ -44,3 +44,9 @@ pub mod verdict;
 mod abi;
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
+// The native glue's shared data has no Envoy symbol in it: its tests run with the others.
+#[cfg(all(test, not(feature = "native")))]
+#[path = "native/shared.rs"]
+mod native_shared;

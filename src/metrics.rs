@@ -74,6 +74,8 @@ pub enum Metric {
     /// Tokens refused for their binding: a DPoP-bound token as `Bearer`, a certificate-bound
     /// token without its certificate, an unbound token where DPoP is required.
     BoundTokenRejected,
+    /// Faults contained by the native module: a hook that panicked (its request answered 500).
+    Panics,
     /// Subject JWTs refused, by reason (each also counts in [`Metric::Rejected`]).
     InvalidToken(JwtError),
     /// With `token_services`: calls dispatched to token service `n` (0 is `sts`).
@@ -84,7 +86,7 @@ pub enum Metric {
 }
 
 /// Every metric but the refusals by reason, with its stat name, in [`Metric::index`] order.
-const PLAIN: [(Metric, &str); 28] = [
+const PLAIN: [(Metric, &str); 29] = [
     (Metric::Requests, "token_exchange.requests"),
     (Metric::CacheHits, "token_exchange.cache_hits"),
     (Metric::CacheMisses, "token_exchange.cache_misses"),
@@ -125,6 +127,7 @@ const PLAIN: [(Metric, &str); 28] = [
         "token_exchange.bound_token_rejected",
     ),
     (Metric::StepUpRequired, "token_exchange.step_up_required"),
+    (Metric::Panics, "token_exchange.panics"),
 ];
 
 /// The refusals by reason, with their stat names, after [`PLAIN`] in [`Metric::index`] order.

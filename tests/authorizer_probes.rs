@@ -314,7 +314,7 @@ fn a_shared_introspection_answer_is_judged_by_the_listener_that_reads_it() {
         other["address"]["socket_address"]["port_value"] = json!(second);
         let filter =
             &mut other["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
-        filter["typed_config"]["config"]["configuration"]["value"] = json!(strict.to_string());
+        support::set_filter_config(filter, &strict);
         listeners.push(other);
     });
     let r = envoy.get_with_token("/", "shared-opaque");

@@ -892,10 +892,16 @@ fn the_dashboard_queries_only_metrics_envoy_exports() {
         .expect("prometheus stats")
         .into_string()
         .expect("text");
+        // The native module's stats carry Envoy's prefix for dynamic modules (the docs give
+        // the relabeling that strips it).
         let exported: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|name| {
+                name.strip_prefix("envoy_dynamicmodulescustom_")
+                    .unwrap_or(name)
+            })
             .collect();
         let missing: Vec<&String> = wanted
             .iter()
@@ -1204,6 +1210,9 @@ fn envoy_gateway_manifest_loads_in_envoy() {
     let out = std::process::Command::new(support::envoy_binary())
         .args(["--mode", "validate", "-l", "warn", "-c"])
         .arg(&file)
+        // The native module reads the secret from Envoy's environment.
+        .env("STS_CLIENT_SECRET", "validate")
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", support::native_dir())
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);

@@ -227,6 +227,7 @@ fn examples_in(name: &str) -> usize {
                 check(&format!("{name} (manifest)"), c.to_string().as_bytes());
                 checked += 1;
             }
+            checked += native_configs_in(name, &text);
             continue;
         }
         let trimmed = text.trim();
@@ -241,6 +242,57 @@ fn examples_in(name: &str) -> usize {
         checked += 1;
     }
     checked
+}
+
+/// Checks each native module configuration in a YAML block: a `DynamicModuleFilter`'s
+/// `filter_config` as the filter's configuration, a `DynamicModuleFilterPerRoute`'s as a route
+/// rule of one; how many it checked.
+fn native_configs_in(name: &str, yaml: &str) -> usize {
+    fn walk(v: &serde_yaml::Value, out: &mut Vec<(bool, String)>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                let kind = v["@type"].as_str().unwrap_or_default();
+                if let Some(value) = v["filter_config"]["value"].as_str() {
+                    if kind.ends_with(".DynamicModuleFilter") {
+                        out.push((false, value.to_string()));
+                    } else if kind.ends_with(".DynamicModuleFilterPerRoute") {
+                        out.push((true, value.to_string()));
+                    }
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(yaml) else {
+        return 0;
+    };
+    let mut found = Vec::new();
+    walk(&doc, &mut found);
+    for (per_route, value) in &found {
+        let json = if *per_route {
+            format!("{{{BASE_STS}, \"routes\": [{value}]}}")
+        } else {
+            value.clone()
+        };
+        check(&format!("{name} (native module)"), json.as_bytes());
+    }
+    found.len()
+}
+
+#[test]
+fn the_native_modules_examples_are_checked() {
+    let per_block: usize = read("docs/native.md")
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(|b| native_configs_in("docs/native.md", b))
+        .sum();
+    assert_eq!(
+        per_block, 2,
+        "the filter and the per-route rule of docs/native.md"
+    );
 }
 
 #[test]

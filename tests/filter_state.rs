@@ -49,6 +49,24 @@ fn start(sts: &TestSts, signer: &Signer, extra: Value) -> Envoy {
     launch(sts, config, json_log)
 }
 
+/// A filter that verifies `signer`'s tokens, with `output`.
+fn verifying(signer: &Signer, output: Value) -> Value {
+    json!({
+        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
+                 "client_id": "edge", "client_secret": "s" },
+        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
+        "output": output
+    })
+}
+
+/// A token of `signer`'s issuer for `sub`, valid ten minutes.
+fn token_of(signer: &Signer, sub: &str) -> String {
+    signer.token(
+        &json!({ "iss": ISS, "sub": sub, "exp": now_s() + 600 }),
+        None,
+    )
+}
+
 /// Envoy with the filter configured by `config`, one worker, its bootstrap changed by `edit`.
 fn launch(sts: &TestSts, config: Value, edit: impl FnOnce(&mut Value)) -> Envoy {
     let setup = EnvoySetup {
@@ -185,12 +203,7 @@ fn an_outage_and_a_delegations_actor_are_in_the_access_log() {
 fn envoys_rbac_denies_by_the_verified_subject_the_filter_left() {
     let sts = TestSts::start(0, mint);
     let signer = Signer::new("k1");
-    let config = json!({
-        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
-                 "client_id": "edge", "client_secret": "s" },
-        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
-        "output": { "filter_state": ["sub"] }
-    });
+    let config = verifying(&signer, json!({ "filter_state": ["sub"] }));
     // The docs' RBAC filter (docs/access-logs.md), after this one.
     let envoy = launch(&sts, config, |doc| {
         let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -203,12 +216,7 @@ fn envoys_rbac_denies_by_the_verified_subject_the_filter_left() {
                 "principals": [{ "filter_state": { "key": "wasm.token_exchange.sub",
                                                     "string_match": { "exact": "mallory" } } }] } } } } }));
     });
-    let token = |sub: &str| {
-        signer.token(
-            &json!({ "iss": ISS, "sub": sub, "exp": now_s() + 600 }),
-            None,
-        )
-    };
+    let token = |sub: &str| token_of(&signer, sub);
     assert_eq!(envoy.get_with_token("/", &token("alice")).status, 200);
     let r = envoy.get_with_token("/", &token("mallory"));
     assert_eq!(r.status, 403, "{}", r.body);
@@ -266,12 +274,10 @@ fn a_step_up_a_bad_proof_and_a_token_service_fault_are_in_the_access_log() {
 fn a_local_rate_limit_counts_each_verified_subject_apart() {
     let sts = TestSts::start(0, mint);
     let signer = Signer::new("k1");
-    let config = json!({
-        "sts": { "cluster": "sts", "authority": "sts.test", "token_path": "/token",
-                 "client_id": "edge", "client_secret": "s" },
-        "trusted_issuers": [{ "issuer": ISS, "algorithms": ["ES256"], "jwks": { "keys": [signer.jwk()] } }],
-        "output": { "claims_to_headers": [{ "claim": "sub", "header": "x-subject" }] }
-    });
+    let config = verifying(
+        &signer,
+        json!({ "claims_to_headers": [{ "claim": "sub", "header": "x-subject" }] }),
+    );
     // The docs' local rate limit (docs/access-logs.md), after this filter: two requests a minute
     // for each subject.
     let envoy = launch(&sts, config, |doc| {
@@ -290,12 +296,7 @@ fn a_local_rate_limit_counts_each_verified_subject_apart() {
                               "token_bucket": { "max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "60s" } }],
             "max_dynamic_descriptors": 1000 } }));
     });
-    let token = |sub: &str| {
-        signer.token(
-            &json!({ "iss": ISS, "sub": sub, "exp": now_s() + 600 }),
-            None,
-        )
-    };
+    let token = |sub: &str| token_of(&signer, sub);
     let (alice, bob) = (token("alice"), token("bob"));
     for _ in 0..2 {
         assert_eq!(envoy.get_with_token("/", &alice).status, 200);

