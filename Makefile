@@ -82,8 +82,8 @@ e2e: build envoy ## end-to-end tests: the release .wasm in a real Envoy, and `ma
 	cargo test $(E2E_SUITES) --test demo
 
 E2E_SUITES := --test e2e --test ciba --test security --test authorizer_probes --test bound_tokens --test step_up --test trace_context --test filter_state --test introspection --test chains --test freshness
-e2e-native: native envoy ## the end-to-end suites again, against the native module in the same Envoy
-	@command -v openssl >/dev/null && command -v curl >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl; }
+e2e-native: native envoy ## the end-to-end suites again, against the native module in the same Envoy (installs openssl, curl and binutils' nm)
+	@command -v openssl >/dev/null && command -v curl >/dev/null && command -v nm >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && $$sudo apt-get install -y -qq openssl curl binutils; }
 	DELIVERY=native cargo test $(E2E_SUITES) --test native
 	cargo build --profile native --features fault-probe --lib
 	@mkdir -p target/native/probe && cp target/native/libtoken_exchange_wasm.so target/native/probe/libtoken_exchange.so
