@@ -379,6 +379,7 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     configs = [
         ("plain Envoy", [], "opaque-bench-token"),
+        ("plain Envoy, RS256 token", [], rs_token),
         ("reference: no-op module", [wasm_filter({}, NOOP)], "opaque-bench-token"),
         ("reference: no-op module + :path read", [wasm_filter({}, PATH_READ)], "opaque-bench-token"),
         ("reference: minimal hit module", [wasm_filter({}, MINIMAL_HIT)], "opaque-bench-token"),

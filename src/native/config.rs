@@ -97,6 +97,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const 
             // every stream it made.
             let filters = unsafe { Box::from_raw(config as *mut Filters) };
             RouteEngines::forget(filters.envoy.0 as usize);
+            filters.metrics.flush(filters.envoy);
             if let Some(ticker) = filters.ticker {
                 ticker.stop();
             }
@@ -132,6 +133,8 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             let verdicts = engine.on_tick(&host);
             post(parked, verdicts);
         }
+        drop(shared);
+        filters.metrics.flush(filters.envoy);
     });
 }
 

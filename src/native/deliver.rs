@@ -96,7 +96,9 @@ pub fn respond(stream: StreamPtr, reply: &LocalReply) {
 /// Answers a request whose hook panicked: 500, counted.
 pub fn fault(filters: &Filters, stream: StreamPtr) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        filters.metrics.count_stream(stream, Metric::Panics, 1);
+        filters
+            .metrics
+            .count(Some(stream), filters.envoy, Metric::Panics, 1);
         envoy::log(
             ffi::LOG_WARN,
             "token-exchange: a fault in the filter answered 500",

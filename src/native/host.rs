@@ -4,15 +4,19 @@
 //! came to the configuration).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::envoy::{self, ConfigPtr, StreamPtr};
 use super::{ffi, shared, Calls, Filters};
 use crate::host::{self, Host, HostError, HttpCall, LogLevel, RequestHeaders, Unusable};
 use crate::metrics::{Metric, MetricKind};
 
-/// The metric ids Envoy gave, in [`Metric::index`] order.
+/// The metric ids Envoy gave, in [`Metric::index`] order, and the counts not yet handed to
+/// Envoy: counters are summed here and flushed on the tick (as the wasm module does), so a
+/// request makes no counter callback.
 pub struct Metrics {
     ids: Vec<Option<usize>>,
+    pending: Vec<AtomicU64>,
 }
 
 impl Metrics {
@@ -25,24 +29,39 @@ impl Metrics {
         for (_, name) in Metric::per_service(services) {
             ids.push(config.define(&name, false));
         }
-        Metrics { ids }
+        let pending = ids.iter().map(|_| AtomicU64::new(0)).collect();
+        Metrics { ids, pending }
     }
 
-    fn id(&self, metric: Metric) -> Option<usize> {
-        self.ids.get(metric.index()).copied().flatten()
-    }
-
-    /// Counts on a stream.
-    pub fn count_stream(&self, stream: StreamPtr, metric: Metric, value: u64) {
-        if let Some(id) = self.id(metric) {
-            stream.count(id, metric.kind() == MetricKind::Histogram, value);
+    /// Adds to a counter (summed until the flush), or records in a histogram on `stream` (or
+    /// the configuration, with no stream at hand).
+    pub fn count(&self, stream: Option<StreamPtr>, config: ConfigPtr, metric: Metric, value: u64) {
+        let at = metric.index();
+        match metric.kind() {
+            MetricKind::Counter => {
+                if let Some(n) = self.pending.get(at) {
+                    n.fetch_add(value, Ordering::Relaxed);
+                }
+            }
+            MetricKind::Histogram => {
+                let Some(Some(id)) = self.ids.get(at).copied() else {
+                    return;
+                };
+                match stream {
+                    Some(s) => s.count(id, true, value),
+                    None => config.count(id, true, value),
+                }
+            }
         }
     }
 
-    /// Counts with no stream at hand.
-    pub fn count_config(&self, config: ConfigPtr, metric: Metric, value: u64) {
-        if let Some(id) = self.id(metric) {
-            config.count(id, metric.kind() == MetricKind::Histogram, value);
+    /// Hands the summed counters to Envoy (main thread).
+    pub fn flush(&self, config: ConfigPtr) {
+        for (n, id) in self.pending.iter().zip(&self.ids) {
+            let value = n.swap(0, Ordering::Relaxed);
+            if let (true, Some(id)) = (value > 0, id) {
+                config.count(*id, false, value);
+            }
         }
     }
 }
@@ -111,13 +130,10 @@ impl Host for NativeHost<'_> {
     }
 
     fn metric(&self, metric: Metric, value: u64) {
-        match self.stream {
-            Some(stream) => self.filters.metrics.count_stream(stream, metric, value),
-            None => self
-                .filters
-                .metrics
-                .count_config(self.filters.envoy, metric, value),
-        }
+        let filters = self.filters;
+        filters
+            .metrics
+            .count(self.stream, filters.envoy, metric, value);
     }
 
     fn debug_enabled(&self) -> bool {
