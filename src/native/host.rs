@@ -3,7 +3,7 @@
 //! configuration on the main thread when no stream is at hand (the tick, a call's answer that
 //! came to the configuration).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::envoy::{self, ConfigPtr, StreamPtr};
@@ -72,6 +72,8 @@ pub struct NativeHost<'a> {
     stream: Option<StreamPtr>,
     engine: Option<u64>,
     calls: RefCell<&'a mut Calls>,
+    /// A call went out on the stream (its record must be dropped when the stream ends).
+    sent: Cell<bool>,
     debug: bool,
 }
 
@@ -89,8 +91,16 @@ impl<'a> NativeHost<'a> {
             stream,
             engine,
             calls: RefCell::new(calls),
+            sent: Cell::new(false),
             debug: envoy::debug_enabled(),
         }
+    }
+}
+
+impl NativeHost<'_> {
+    /// Whether a call went out on the stream this hook runs for.
+    pub fn sent_on_stream(&self) -> bool {
+        self.sent.get()
     }
 }
 
@@ -126,6 +136,7 @@ impl Host for NativeHost<'_> {
         self.calls
             .borrow_mut()
             .insert((owner, id), (self.engine, token));
+        self.sent.set(self.sent.get() || self.stream.is_some());
         Ok(token)
     }
 

@@ -63,6 +63,8 @@ struct Stream {
     envoy: usize,
     /// The engine of its Envoy route's rule, if it has one.
     engine: std::cell::Cell<Option<u64>>,
+    /// A call went out on it, so its calls' records go when it ends.
+    sent: std::cell::Cell<bool>,
 }
 
 impl Shared {

@@ -28,11 +28,21 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
                 ctx: filters.next_ctx.fetch_add(1, Ordering::Relaxed),
                 envoy: stream_envoy as usize,
                 engine: std::cell::Cell::new(None),
+                sent: std::cell::Cell::new(false),
             });
             Box::into_raw(stream) as *const c_void
         },
         std::ptr::null,
     )
+}
+
+impl Stream {
+    /// Remembers that `host` sent a call on this request.
+    fn note_sent(&self, host: &NativeHost<'_>) {
+        if host.sent_on_stream() {
+            self.sent.set(true);
+        }
+    }
 }
 
 /// Runs the hook of a request: its record, its configuration and Envoy's side of it handed to
@@ -97,6 +107,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
                     }
                 };
                 let verdict = engine.on_request(&host, stream.ctx, &StreamHeaders(envoy));
+                stream.note_sent(&host);
                 if matches!(verdict, Verdict::Pause) {
                     parked.insert(
                         stream.ctx,
@@ -155,6 +166,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
                 };
                 let host = NativeHost::new(filters, Some(envoy), key, calls);
                 let mut verdicts = engine.on_http_answer(&host, Some(stream.ctx), token, &answer);
+                stream.note_sent(&host);
                 let own = verdicts
                     .iter()
                     .position(|(c, _)| *c == stream.ctx)
@@ -225,6 +237,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                         .collect()
                 });
+                stream.note_sent(&host);
             }
             ffi::CONTINUE
         },
@@ -245,8 +258,10 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_void)
                     engine.on_request_done(stream.ctx);
                 }
                 // Envoy cancels the calls of a stream that ends: they never answer.
-                let owner = stream.envoy;
-                shared.calls.retain(|(sent_by, _), _| *sent_by != owner);
+                if stream.sent.get() {
+                    let owner = stream.envoy;
+                    shared.calls.retain(|(sent_by, _), _| *sent_by != owner);
+                }
                 if let Some(p) = shared.parked.remove(&stream.ctx) {
                     p.scheduler.delete_filter();
                 }
